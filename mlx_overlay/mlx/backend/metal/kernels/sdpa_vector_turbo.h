@@ -1,0 +1,346 @@
+// Copyright © 2026 TurboQuant-MLX authors.
+//
+// Single-query ("vector") attention on a TurboQuant-compressed KV cache: the
+// TurboQuant counterparts of sdpa_vector / sdpa_vector_2pass_1 /
+// sdpa_vector_2pass_2 in sdpa_vector.h. Queries are already rotated (float32),
+// keys and values are packed codes plus one scale per vector, and the output
+// is float32 in the rotated value space (docs/format.md section 6).
+
+#pragma once
+
+#include <metal_simdgroup>
+
+#include "mlx/backend/metal/kernels/turbo_common.h"
+
+using namespace metal;
+
+constant bool turbo_has_mask [[function_constant(TURBO_FC_HAS_MASK)]];
+constant bool turbo_do_causal [[function_constant(TURBO_FC_DO_CAUSAL)]];
+constant bool turbo_bool_mask [[function_constant(TURBO_FC_BOOL_MASK)]];
+constant bool turbo_float_mask [[function_constant(TURBO_FC_FLOAT_MASK)]];
+constant bool turbo_has_sinks [[function_constant(TURBO_FC_HAS_SINKS)]];
+
+// Online-softmax state of one SIMD-group for one query. Lane l owns key
+// coordinates [l * EK, (l + 1) * EK) and value coordinates
+// [l * EV, (l + 1) * EV); lanes >= lanes own nothing (D = 80).
+template <typename S, int D, int V, int KB, int VB>
+struct TurboVectorState {
+  static constant constexpr const int EK = TurboLanes<D>::E;
+  static constant constexpr const int LK = TurboLanes<D>::lanes;
+  static constant constexpr const int EV = TurboLanes<V>::E;
+  static constant constexpr const int LV = TurboLanes<V>::lanes;
+
+  float q[EK];
+  float o[EV];
+  float max_score;
+  float sum_exp;
+
+  METAL_FUNC void init(const device float* query, float scale, uint lane) {
+    for (int e = 0; e < EK; e++) {
+      q[e] = lane < uint(LK) ? scale * query[lane * EK + e] : 0.0f;
+    }
+    for (int e = 0; e < EV; e++) {
+      o[e] = 0.0f;
+    }
+    max_score = Limits<float>::finite_min;
+    sum_exp = 0.0f;
+  }
+
+  // One key. `masked` and `madd` must be uniform over the SIMD-group. A masked
+  // key has score -FLT_MAX (docs/format.md): once a real score (or a sink) has
+  // been seen its weight is exactly 0 and it is skipped without reading K/V.
+  METAL_FUNC void update(
+      const device uint32_t* kw,
+      const device S* ks,
+      const device uint32_t* vw,
+      const device S* vs,
+      bool masked,
+      float madd,
+      uint lane) {
+    if (masked && max_score > Limits<float>::finite_min) {
+      return;
+    }
+    float score = Limits<float>::finite_min;
+    if (!masked) {
+      float dot = 0.0f;
+      if (lane < uint(LK)) {
+        for (int e = 0; e < EK; e++) {
+          int i = int(lane) * EK + e;
+          dot += q[e] * turbo_centroid<KB>(turbo_code<KB, D>(kw, i));
+        }
+      }
+      score = simd_sum(dot) * static_cast<float>(ks[0]) + madd;
+    }
+    float new_max = max(max_score, score);
+    float factor = fast::exp(max_score - new_max);
+    float exp_score = fast::exp(score - new_max);
+    max_score = new_max;
+    sum_exp = sum_exp * factor + exp_score;
+    float w = exp_score * static_cast<float>(vs[0]);
+    if (lane < uint(LV)) {
+      for (int e = 0; e < EV; e++) {
+        int i = int(lane) * EV + e;
+        o[e] = o[e] * factor + w * turbo_centroid<VB>(turbo_code<VB, V>(vw, i));
+      }
+    }
+  }
+};
+
+// Mask of key i for query row (mask points at the row's first key).
+METAL_FUNC void turbo_key_mask(
+    int i,
+    int causal_limit,
+    const device bool* bmask,
+    const device float* fmask,
+    int64_t mk_stride,
+    thread bool& masked,
+    thread float& madd) {
+  masked = false;
+  madd = 0.0f;
+  if (turbo_do_causal) {
+    masked = i > causal_limit;
+  }
+  if (turbo_bool_mask) {
+    masked = masked || !bmask[i * mk_stride];
+  }
+  if (turbo_float_mask) {
+    madd = fmask[i * mk_stride];
+  }
+}
+
+template <typename S, int D, int V, int KB, int VB>
+[[kernel]] void sdpa_vector_turbo(
+    const device float* queries [[buffer(TURBO_ATTN_BUF_Q)]],
+    const device uint32_t* keys [[buffer(TURBO_ATTN_BUF_K)]],
+    const device S* key_scales [[buffer(TURBO_ATTN_BUF_KS)]],
+    const device uint32_t* values [[buffer(TURBO_ATTN_BUF_V)]],
+    const device S* value_scales [[buffer(TURBO_ATTN_BUF_VS)]],
+    device float* out [[buffer(TURBO_ATTN_BUF_OUT)]],
+    const constant TurboAttnParams& p [[buffer(TURBO_ATTN_BUF_PARAMS)]],
+    const device bool* bmask
+    [[buffer(TURBO_ATTN_BUF_BMASK), function_constant(turbo_bool_mask)]],
+    const device float* fmask
+    [[buffer(TURBO_ATTN_BUF_FMASK), function_constant(turbo_float_mask)]],
+    const device float* sinks
+    [[buffer(TURBO_ATTN_BUF_SINKS), function_constant(turbo_has_sinks)]],
+    uint3 tid [[threadgroup_position_in_grid]],
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]]) {
+  constexpr int BN = TURBO_ATTN_SIMDS;
+  constexpr int BD = TURBO_SIMD_WIDTH;
+  typedef TurboVectorState<S, D, V, KB, VB> State;
+
+  threadgroup float outputs[BN * BD];
+  threadgroup float max_scores[BN];
+  threadgroup float sum_exp_scores[BN];
+
+  const int bh = int(tid.x);
+  const int b = bh / p.Hq;
+  const int h = bh % p.Hq;
+  const int kvh = h / p.gqa_factor;
+  const int qi = int(tid.y);
+  const int64_t row = int64_t(bh) * p.qL + qi;
+
+  State st;
+  st.init(queries + row * D, p.scale, simd_lid);
+  if (turbo_has_sinks && simd_gid == 0) {
+    st.max_score = sinks[h];
+    st.sum_exp = 1.0f;
+  }
+
+  keys += b * p.k_strides[0] + kvh * p.k_strides[1];
+  key_scales += b * p.ks_strides[0] + kvh * p.ks_strides[1];
+  values += b * p.v_strides[0] + kvh * p.v_strides[1];
+  value_scales += b * p.vs_strides[0] + kvh * p.vs_strides[1];
+  const int64_t moff =
+      b * p.m_strides[0] + h * p.m_strides[1] + qi * p.m_strides[2];
+  if (turbo_bool_mask) {
+    bmask += moff;
+  }
+  if (turbo_float_mask) {
+    fmask += moff;
+  }
+  const int causal_limit = p.kL - p.qL + qi;
+
+  for (int i = int(simd_gid); i < p.kL; i += BN) {
+    bool masked;
+    float madd;
+    turbo_key_mask(i, causal_limit, bmask, fmask, p.m_strides[3], masked, madd);
+    st.update(
+        keys + i * p.k_strides[2],
+        key_scales + i * p.ks_strides[2],
+        values + i * p.v_strides[2],
+        value_scales + i * p.vs_strides[2],
+        masked,
+        madd,
+        simd_lid);
+  }
+
+  // Combine the 32 SIMD-groups: max and normalizer first.
+  if (simd_lid == 0) {
+    max_scores[simd_gid] = st.max_score;
+    sum_exp_scores[simd_gid] = st.sum_exp;
+  }
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  float m = max_scores[simd_lid];
+  float new_max = simd_max(m);
+  float factor = fast::exp(m - new_max);
+  float total = simd_sum(sum_exp_scores[simd_lid] * factor);
+
+  // Then transpose the partial outputs through threadgroup memory: SIMD-group
+  // g sums value coordinate g * EV + e over the 32 SIMD-groups.
+  out += row * V;
+  for (int e = 0; e < State::EV; e++) {
+    outputs[simd_lid * BD + simd_gid] = st.o[e];
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    float r = simd_sum(outputs[simd_gid * BD + simd_lid] * factor);
+    r = total == 0.0f ? r : r / total;
+    if (simd_lid == 0 && simd_gid < uint(State::LV)) {
+      out[simd_gid * State::EV + e] = r;
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+  }
+}
+
+template <typename S, int D, int V, int KB, int VB>
+[[kernel]] void sdpa_vector_turbo_2pass_1(
+    const device float* queries [[buffer(TURBO_ATTN_BUF_Q)]],
+    const device uint32_t* keys [[buffer(TURBO_ATTN_BUF_K)]],
+    const device S* key_scales [[buffer(TURBO_ATTN_BUF_KS)]],
+    const device uint32_t* values [[buffer(TURBO_ATTN_BUF_V)]],
+    const device S* value_scales [[buffer(TURBO_ATTN_BUF_VS)]],
+    device float* out [[buffer(TURBO_ATTN_BUF_OUT)]],
+    const constant TurboAttnParams& p [[buffer(TURBO_ATTN_BUF_PARAMS)]],
+    const device bool* bmask
+    [[buffer(TURBO_ATTN_BUF_BMASK), function_constant(turbo_bool_mask)]],
+    const device float* fmask
+    [[buffer(TURBO_ATTN_BUF_FMASK), function_constant(turbo_float_mask)]],
+    const device float* sinks
+    [[buffer(TURBO_ATTN_BUF_SINKS), function_constant(turbo_has_sinks)]],
+    device float* sums [[buffer(TURBO_ATTN_BUF_SUMS)]],
+    device float* maxs [[buffer(TURBO_ATTN_BUF_MAXS)]],
+    uint3 tidtg [[thread_position_in_threadgroup]],
+    uint3 tid [[threadgroup_position_in_grid]],
+    uint simd_lid [[thread_index_in_simdgroup]]) {
+  typedef TurboVectorState<S, D, V, KB, VB> State;
+
+  const int kvh = int(tid.x);
+  const int b = int(tid.y);
+  const int block = int(tid.z);
+  const int blocks = p.blocks;
+  const int h = kvh * p.gqa_factor + int(tidtg.y);
+  const int qi = int(tidtg.z);
+  const int bh = b * p.Hq + h;
+  const int64_t row = int64_t(bh) * p.qL + qi;
+
+  State st;
+  st.init(queries + row * D, p.scale, simd_lid);
+  if (turbo_has_sinks && block == 0) {
+    st.max_score = sinks[h];
+    st.sum_exp = 1.0f;
+  }
+
+  keys += b * p.k_strides[0] + kvh * p.k_strides[1];
+  key_scales += b * p.ks_strides[0] + kvh * p.ks_strides[1];
+  values += b * p.v_strides[0] + kvh * p.v_strides[1];
+  value_scales += b * p.vs_strides[0] + kvh * p.vs_strides[1];
+  const int64_t moff =
+      b * p.m_strides[0] + h * p.m_strides[1] + qi * p.m_strides[2];
+  if (turbo_bool_mask) {
+    bmask += moff;
+  }
+  if (turbo_float_mask) {
+    fmask += moff;
+  }
+  const int causal_limit = p.kL - p.qL + qi;
+
+  for (int i = block; i < p.kL; i += blocks) {
+    bool masked;
+    float madd;
+    turbo_key_mask(i, causal_limit, bmask, fmask, p.m_strides[3], masked, madd);
+    st.update(
+        keys + i * p.k_strides[2],
+        key_scales + i * p.ks_strides[2],
+        values + i * p.v_strides[2],
+        value_scales + i * p.vs_strides[2],
+        masked,
+        madd,
+        simd_lid);
+  }
+
+  const int64_t part = row * blocks + block;
+  if (simd_lid == 0) {
+    sums[part] = st.sum_exp;
+    maxs[part] = st.max_score;
+  }
+  if (simd_lid < uint(State::LV)) {
+    out += part * V + simd_lid * State::EV;
+    for (int e = 0; e < State::EV; e++) {
+      out[e] = st.o[e];
+    }
+  }
+}
+
+template <int V>
+[[kernel]] void sdpa_vector_turbo_2pass_2(
+    const device float* partials [[buffer(TURBO_AGG_BUF_PARTIALS)]],
+    const device float* sums [[buffer(TURBO_AGG_BUF_SUMS)]],
+    const device float* maxs [[buffer(TURBO_AGG_BUF_MAXS)]],
+    device float* out [[buffer(TURBO_AGG_BUF_OUT)]],
+    const constant int& blocks [[buffer(TURBO_AGG_BUF_BLOCKS)]],
+    uint3 tid [[threadgroup_position_in_grid]],
+    uint3 tpg [[threadgroups_per_grid]],
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]]) {
+  constexpr int BN = TURBO_ATTN_SIMDS;
+  constexpr int BD = TURBO_SIMD_WIDTH;
+  constexpr int EV = TurboLanes<V>::E;
+  constexpr int LV = TurboLanes<V>::lanes;
+
+  thread float o[EV];
+  threadgroup float outputs[BN * BD];
+  for (int e = 0; e < EV; e++) {
+    o[e] = 0.0f;
+  }
+
+  const int64_t row = int64_t(tid.x) * tpg.y + tid.y;
+  partials += row * blocks * V + simd_gid * V + simd_lid * EV;
+  sums += row * blocks;
+  maxs += row * blocks;
+  out += row * V;
+
+  float max_score = Limits<float>::finite_min;
+  for (int b = 0; b < blocks / BN; ++b) {
+    max_score = max(max_score, maxs[simd_lid + BN * b]);
+  }
+  max_score = simd_max(max_score);
+
+  float sum_exp = 0.0f;
+  for (int b = 0; b < blocks / BN; ++b) {
+    float factor = fast::exp(maxs[simd_lid + BN * b] - max_score);
+    sum_exp += factor * sums[simd_lid + BN * b];
+  }
+  sum_exp = simd_sum(sum_exp);
+
+  // SIMD-group g accumulates blocks g, g + 32, ...
+  for (int b = 0; b < blocks / BN; ++b) {
+    float factor = fast::exp(maxs[simd_gid + BN * b] - max_score);
+    if (simd_lid < uint(LV)) {
+      for (int e = 0; e < EV; e++) {
+        o[e] += factor * partials[e];
+      }
+    }
+    partials += BN * V;
+  }
+
+  for (int e = 0; e < EV; e++) {
+    outputs[simd_lid * BD + simd_gid] = o[e];
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    float r = simd_sum(outputs[simd_gid * BD + simd_lid]);
+    r = sum_exp == 0.0f ? r : r / sum_exp;
+    if (simd_lid == 0 && simd_gid < uint(LV)) {
+      out[simd_gid * EV + e] = r;
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+  }
+}

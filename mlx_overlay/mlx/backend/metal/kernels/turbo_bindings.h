@@ -1,0 +1,208 @@
+// Copyright © 2026 TurboQuant-MLX authors.
+//
+// Bindings shared by the TurboQuant Metal kernels, the host dispatch
+// (mlx/backend/metal/turboquant.cpp) and the Linux verification harness
+// (tests/metal): buffer indices, function-constant indices, the parameter
+// structs, kernel names and launch geometry. Everything the host and a kernel
+// must agree on lives here and nowhere else.
+//
+// The first part is valid MSL and C++; the second part (names, launch
+// geometry) is host-only C++.
+
+#pragma once
+
+#ifndef __METAL_VERSION__
+#include <cstdint>
+#endif
+
+// ---------------------------------------------------------------------------
+// Attention (sdpa_vector_turbo, sdpa_vector_turbo_2pass_1)
+#define TURBO_ATTN_BUF_Q 0
+#define TURBO_ATTN_BUF_K 1
+#define TURBO_ATTN_BUF_KS 2
+#define TURBO_ATTN_BUF_V 3
+#define TURBO_ATTN_BUF_VS 4
+#define TURBO_ATTN_BUF_OUT 5
+#define TURBO_ATTN_BUF_PARAMS 6
+#define TURBO_ATTN_BUF_BMASK 7
+#define TURBO_ATTN_BUF_FMASK 8
+#define TURBO_ATTN_BUF_SINKS 9
+#define TURBO_ATTN_BUF_SUMS 10 // 2-pass, first pass only
+#define TURBO_ATTN_BUF_MAXS 11 // 2-pass, first pass only
+
+// 2-pass aggregation (sdpa_vector_turbo_2pass_2)
+#define TURBO_AGG_BUF_PARTIALS 0
+#define TURBO_AGG_BUF_SUMS 1
+#define TURBO_AGG_BUF_MAXS 2
+#define TURBO_AGG_BUF_OUT 3
+#define TURBO_AGG_BUF_BLOCKS 4
+
+// Function constants of the attention kernels
+#define TURBO_FC_HAS_MASK 40
+#define TURBO_FC_DO_CAUSAL 41
+#define TURBO_FC_BOOL_MASK 42
+#define TURBO_FC_FLOAT_MASK 43
+#define TURBO_FC_HAS_SINKS 44
+
+// Quantize: x -> (packed, scales); dequantize: (packed, scales) -> x
+#define TURBO_Q_BUF_IN 0
+#define TURBO_Q_BUF_PACKED 1
+#define TURBO_Q_BUF_SCALES 2
+#define TURBO_Q_BUF_NVEC 3
+#define TURBO_DQ_BUF_PACKED 0
+#define TURBO_DQ_BUF_SCALES 1
+#define TURBO_DQ_BUF_OUT 2
+#define TURBO_DQ_BUF_NVEC 3
+
+// Threads per threadgroup
+#define TURBO_ATTN_SIMDS 32 // 1-pass: 32 SIMD-groups of 32 lanes
+#define TURBO_SIMD_WIDTH 32
+#define TURBO_Q_THREADS 64 // (de)quantize: one thread per vector
+
+// Strides are in elements (uint32 words for codes). Index 0: batch,
+// 1: (kv) head, 2: sequence; for the mask 3 is the key position.
+struct TurboAttnParams {
+  int B;
+  int Hq;
+  int Hkv;
+  int qL;
+  int kL;
+  int gqa_factor;
+  int blocks; // 2-pass only: number of key blocks (multiple of 32)
+  float scale;
+  int64_t k_strides[3];
+  int64_t ks_strides[3];
+  int64_t v_strides[3];
+  int64_t vs_strides[3];
+  int64_t m_strides[4];
+};
+
+// ---------------------------------------------------------------------------
+#ifndef __METAL_VERSION__
+#include <string>
+
+namespace turbo_bindings {
+
+// Packed uint32 words per vector (docs/format.md section 4).
+inline int words(int bits, int D) {
+  return bits == 4 ? D / 8 : D / 16 + (D + 31) / 32;
+}
+
+inline const char* mode_name(int bits) {
+  return bits == 4 ? "turbo4" : "turbo3";
+}
+
+// Supported (key dim, value dim) pairs of the attention kernels.
+inline bool attn_dims_supported(int Dk, int Dv) {
+  auto ok = [](int d) {
+    return d == 64 || d == 80 || d == 96 || d == 128 || d == 192 || d == 256;
+  };
+  return (Dk == Dv && ok(Dk)) || (Dk == 192 && Dv == 128);
+}
+inline bool quant_dim_supported(int D) {
+  return D == 64 || D == 80 || D == 96 || D == 128 || D == 192 || D == 256;
+}
+
+// type strings as MLX's get_type_string: float32, float16, bfloat16
+inline std::string attn_kernel_name(
+    int pass, // 0: 1-pass, 1: 2-pass first pass
+    int kbits,
+    int vbits,
+    const std::string& scale_type,
+    int Dk,
+    int Dv) {
+  std::string n = pass == 0 ? "sdpa_vector_turbo_" : "sdpa_vector_turbo_2pass_1_";
+  n += mode_name(kbits);
+  n += "_";
+  n += mode_name(vbits);
+  n += "_" + scale_type + "_" + std::to_string(Dk) + "_" + std::to_string(Dv);
+  return n;
+}
+inline std::string agg_kernel_name(int Dv) {
+  return "sdpa_vector_turbo_2pass_2_" + std::to_string(Dv);
+}
+inline std::string quantize_kernel_name(
+    int bits,
+    const std::string& type,
+    int D) {
+  return std::string(mode_name(bits)) + "_quantize_" + type + "_" +
+      std::to_string(D);
+}
+inline std::string dequantize_kernel_name(
+    int bits,
+    const std::string& scale_type,
+    const std::string& out_type,
+    int D) {
+  return std::string(mode_name(bits)) + "_dequantize_" + scale_type + "_" +
+      out_type + "_" + std::to_string(D);
+}
+
+struct Dims {
+  unsigned grid[3];
+  unsigned group[3];
+};
+
+// 1-pass: one threadgroup of 32 SIMD-groups per (batch*head, query).
+inline Dims attn_1pass_dims(int B, int Hq, int qL) {
+  return {{unsigned(B * Hq), unsigned(qL), 1u},
+          {unsigned(TURBO_ATTN_SIMDS * TURBO_SIMD_WIDTH), 1u, 1u}};
+}
+// 2-pass first pass: one SIMD-group per (query head of the group, query),
+// one threadgroup per (kv head, batch, key block).
+inline Dims attn_2pass_1_dims(int B, int Hkv, int gqa, int qL, int blocks) {
+  return {{unsigned(Hkv), unsigned(B), unsigned(blocks)},
+          {unsigned(TURBO_SIMD_WIDTH), unsigned(gqa), unsigned(qL)}};
+}
+inline Dims attn_2pass_2_dims(int B, int Hq, int qL) {
+  return attn_1pass_dims(B, Hq, qL);
+}
+
+// Whether the 2-pass path can run (threadgroup of 32 * gqa * qL threads).
+inline bool attn_2pass_fits(int gqa, int qL) {
+  return gqa * qL * TURBO_SIMD_WIDTH <= 1024;
+}
+
+// MLX's routing rule for the 2-pass vector kernel (devc: last letter of the
+// GPU architecture name, 'd' and 's' are the large parts).
+inline bool attn_use_2pass(int kL, int Hq, int Hkv, int qL, char devc) {
+  int gqa = Hq / Hkv;
+  if (!attn_2pass_fits(gqa, qL)) {
+    return false;
+  }
+  return ((devc == 'd' || devc == 's') && kL >= 1024) ||
+      (Hkv < Hq && kL >= 4096);
+}
+
+// Number of key blocks of the 2-pass kernel (a multiple of 32, the
+// aggregation consumes them in SIMD-width chunks). Same policy as MLX.
+inline int attn_2pass_blocks(int kL, int n_simds, char devc) {
+  int blocks;
+  if (devc == 's') {
+    blocks = 64;
+    if (kL > 1024 && n_simds > 4) {
+      blocks = kL <= 8192 ? 128 : kL <= 32768 ? 256 : kL <= 65536 ? 512 : 1024;
+    }
+  } else if (devc == 'd') {
+    blocks = 128;
+    if (n_simds <= 2 && kL > 8192) {
+      blocks = 256;
+    } else if (n_simds >= 6) {
+      if (kL >= 16384 && kL < 65536) {
+        blocks = 512;
+      } else if (kL >= 65536) {
+        blocks = 1024;
+      }
+    }
+  } else {
+    blocks = n_simds >= 4 ? 64 : 32;
+  }
+  return blocks;
+}
+
+inline Dims quantize_dims(int64_t nvec) {
+  return {{unsigned((nvec + TURBO_Q_THREADS - 1) / TURBO_Q_THREADS), 1u, 1u},
+          {unsigned(TURBO_Q_THREADS), 1u, 1u}};
+}
+
+} // namespace turbo_bindings
+#endif

@@ -1,0 +1,352 @@
+// Execute the TurboQuant attention kernels (sdpa_vector_turbo,
+// sdpa_vector_turbo_2pass_1/_2) on the CPU through mshim and compare them
+// with a float64 reference on the dequantized inputs (docs/format.md
+// section 6). Every case runs under the 4 lane schedules and must be
+// bit-identical across them. Launch geometry, buffer roles, kernel names and
+// function constants come from turbo_bindings.h, as in the host dispatch.
+//
+// Build: tests/metal/build_exec.sh.  Usage: turbo_attn_exec [all|fwd|rev|rand|lockstep] [quick|FILTER]
+#include "mlx/backend/metal/kernels/turbo_bindings.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <metal_stdlib>
+#include "mlx/backend/metal/kernels/utils.h"
+#include "mlx/backend/metal/kernels/sdpa_vector_turbo.h"
+#include "mshim/end_kernels.h"
+
+#include "turbo_reference.h"
+
+using mshim::cdev;
+using mshim::cst;
+using mshim::dev;
+using mshim::u3;
+namespace rt = mshim::rt;
+namespace tb = turbo_bindings;
+
+static int g_failures = 0, g_cases = 0;
+static bool g_all_orders = true;
+static rt::Order g_order = rt::Order::Forward;
+
+enum MaskKind { M_NONE = 0, M_CAUSAL = 1, M_BOOL = 2, M_FLOAT = 3, M_CAUSAL_BOOL = 4 };
+static const char* mask_name[] = {"none", "causal", "bool", "float", "causal+bool"};
+static const char* stype_name[] = {"float32", "float16", "bfloat16"};
+
+struct Case {
+  int kb, vb, st, Dk, Dv;
+  int B, Hq, Hkv, qL, kL;
+  int mask;
+  bool sinks;
+  int pass;        // 1 or 2
+  int blocks;      // 2-pass
+  int cap_extra;   // extra KV capacity (non-contiguous seq slice)
+  bool seq_major;  // K/V stored (B, L, H, W): batch/head strides not mergeable
+  bool mask_bcast; // mask (1, 1, qL, kL) with zero batch/head strides
+  bool dead_row;   // one query row with every key masked (bool masks)
+};
+
+template <typename S>
+static S to_s(float x) { return S(x); }
+
+struct Buffers {
+  std::vector<float> q, out, partials, sums, maxs, fmask, sinks;
+  std::vector<uint32_t> k, v;
+  std::vector<unsigned char> ks, vs; // raw scale bytes
+  std::vector<bool> dummy;
+  bool* bmask = nullptr;
+  size_t n_bmask = 0;
+  TurboAttnParams p;
+  std::vector<double> ref;
+};
+
+// ---------------------------------------------------------------- launch
+template <typename S, int D, int V, int KB, int VB>
+static void launch(const Case& c, Buffers& b, const rt::LaunchOptions& opt) {
+  const bool has_mask = c.mask == M_BOOL || c.mask == M_FLOAT || c.mask == M_CAUSAL_BOOL;
+  rt::clear_function_constants();
+  mshim::set_fc(TURBO_FC_HAS_MASK, has_mask);
+  mshim::set_fc(TURBO_FC_DO_CAUSAL, c.mask == M_CAUSAL || c.mask == M_CAUSAL_BOOL);
+  mshim::set_fc(TURBO_FC_BOOL_MASK, c.mask == M_BOOL || c.mask == M_CAUSAL_BOOL);
+  mshim::set_fc(TURBO_FC_FLOAT_MASK, c.mask == M_FLOAT);
+  mshim::set_fc(TURBO_FC_HAS_SINKS, c.sinks);
+  const S* ks = (const S*)b.ks.data();
+  const S* vs = (const S*)b.vs.data();
+  const bool* bm = b.bmask;
+  const float* fm = c.mask == M_FLOAT ? b.fmask.data() : nullptr;
+  const float* sk = c.sinks ? b.sinks.data() : nullptr;
+  auto D3 = [](const unsigned* a) { return rt::Dim3{a[0], a[1], a[2]}; };
+  if (c.pass == 1) {
+    auto d = tb::attn_1pass_dims(c.B, c.Hq, c.qL);
+    auto body = [&](const rt::ThreadCtx& t) {
+      sdpa_vector_turbo<S, D, V, KB, VB>(
+          cdev(b.q.data()), cdev(b.k.data()), cdev(ks), cdev(b.v.data()), cdev(vs),
+          dev(b.out.data()), cst(b.p), cdev(bm), cdev(fm), cdev(sk),
+          u3(t.threadgroup_position_in_grid), t.simdgroup_index_in_threadgroup,
+          t.thread_index_in_simdgroup);
+    };
+    rt::dispatch_threadgroups(D3(d.grid), D3(d.group), body, opt);
+  } else {
+    auto d = tb::attn_2pass_1_dims(c.B, c.Hkv, c.Hq / c.Hkv, c.qL, c.blocks);
+    auto body1 = [&](const rt::ThreadCtx& t) {
+      sdpa_vector_turbo_2pass_1<S, D, V, KB, VB>(
+          cdev(b.q.data()), cdev(b.k.data()), cdev(ks), cdev(b.v.data()), cdev(vs),
+          dev(b.partials.data()), cst(b.p), cdev(bm), cdev(fm), cdev(sk),
+          dev(b.sums.data()), dev(b.maxs.data()), u3(t.thread_position_in_threadgroup),
+          u3(t.threadgroup_position_in_grid), t.thread_index_in_simdgroup);
+    };
+    rt::dispatch_threadgroups(D3(d.grid), D3(d.group), body1, opt);
+    auto d2 = tb::attn_2pass_2_dims(c.B, c.Hq, c.qL);
+    int blocks = c.blocks;
+    auto body2 = [&](const rt::ThreadCtx& t) {
+      sdpa_vector_turbo_2pass_2<V>(
+          cdev(b.partials.data()), cdev(b.sums.data()), cdev(b.maxs.data()),
+          dev(b.out.data()), cst(blocks), u3(t.threadgroup_position_in_grid),
+          u3(t.threadgroups_per_grid), t.simdgroup_index_in_threadgroup,
+          t.thread_index_in_simdgroup);
+    };
+    rt::dispatch_threadgroups(D3(d2.grid), D3(d2.group), body2, opt);
+  }
+}
+
+// ---------------------------------------------------------------- setup
+template <typename S>
+static void setup(const Case& c, Buffers& b, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> U(-1.f, 1.f), Us(0.2f, 1.0f), Um(-3.f, 0.f);
+  std::uniform_int_distribution<uint32_t> Uw;
+  const int Wk = ref::words(c.kb, c.Dk), Wv = ref::words(c.vb, c.Dv);
+  const int cap = c.kL + c.cap_extra;
+  const size_t nkv = size_t(c.B) * c.Hkv * cap;
+  b.q.resize(size_t(c.B) * c.Hq * c.qL * c.Dk);
+  for (auto& x : b.q) x = 2.0f * U(rng);
+  b.k.resize(nkv * Wk);
+  b.v.resize(nkv * Wv);
+  for (auto& x : b.k) x = Uw(rng);
+  for (auto& x : b.v) x = Uw(rng);
+  b.ks.resize(nkv * sizeof(S));
+  b.vs.resize(nkv * sizeof(S));
+  std::vector<double> ksd(nkv), vsd(nkv);
+  for (size_t i = 0; i < nkv; i++) {
+    S a = to_s<S>(Us(rng)), e = to_s<S>(Us(rng));
+    std::memcpy(&b.ks[i * sizeof(S)], &a, sizeof(S));
+    std::memcpy(&b.vs[i * sizeof(S)], &e, sizeof(S));
+    ksd[i] = double(float(a));
+    vsd[i] = double(float(e));
+  }
+  auto& p = b.p;
+  std::memset(&p, 0, sizeof(p));
+  p.B = c.B; p.Hq = c.Hq; p.Hkv = c.Hkv; p.qL = c.qL; p.kL = c.kL;
+  p.gqa_factor = c.Hq / c.Hkv; p.blocks = c.blocks; p.scale = 1.0f;
+  auto strides = [&](int64_t* s, int64_t W) {
+    if (!c.seq_major) { s[0] = int64_t(c.Hkv) * cap * W; s[1] = int64_t(cap) * W; s[2] = W; }
+    else { s[0] = int64_t(cap) * c.Hkv * W; s[1] = W; s[2] = int64_t(c.Hkv) * W; }
+  };
+  strides(p.k_strides, Wk); strides(p.ks_strides, 1);
+  strides(p.v_strides, Wv); strides(p.vs_strides, 1);
+  // masks
+  const bool arr_mask = c.mask == M_BOOL || c.mask == M_FLOAT || c.mask == M_CAUSAL_BOOL;
+  size_t nm = c.mask_bcast ? size_t(c.qL) * c.kL : size_t(c.B) * c.Hq * c.qL * c.kL;
+  if (c.mask_bcast) { p.m_strides[0] = 0; p.m_strides[1] = 0; }
+  else { p.m_strides[0] = int64_t(c.Hq) * c.qL * c.kL; p.m_strides[1] = int64_t(c.qL) * c.kL; }
+  p.m_strides[2] = c.kL; p.m_strides[3] = 1;
+  delete[] b.bmask; b.bmask = nullptr;
+  if (c.mask == M_BOOL || c.mask == M_CAUSAL_BOOL) {
+    b.bmask = new bool[nm]; b.n_bmask = nm;
+    for (size_t i = 0; i < nm; i++) b.bmask[i] = U(rng) < 0.5f; // ~75% kept
+    if (c.dead_row) for (int j = 0; j < c.kL; j++) b.bmask[size_t(c.qL - 1) * c.kL + j] = false;
+  }
+  if (c.mask == M_FLOAT) {
+    b.fmask.resize(nm);
+    for (auto& x : b.fmask) x = U(rng) < -0.8f ? -INFINITY : Um(rng);
+    for (int i = 0; i < c.qL; i++) b.fmask[size_t(i) * c.kL] = 0.0f; // >= 1 finite key / row
+  }
+  b.sinks.resize(c.Hq);
+  for (auto& x : b.sinks) x = 2.0f * U(rng);
+  const size_t no = size_t(c.B) * c.Hq * c.qL * c.Dv;
+  b.out.assign(no, NAN);
+  if (c.pass == 2) {
+    b.partials.assign(size_t(c.B) * c.Hq * c.qL * c.blocks * c.Dv, NAN);
+    b.sums.assign(size_t(c.B) * c.Hq * c.qL * c.blocks, NAN);
+    b.maxs.assign(b.sums.size(), NAN);
+  }
+
+  // float64 reference in the rotated domain
+  const double FMIN = -double(3.4028234663852886e38);
+  const float* kcb = ref::codebook(c.kb);
+  const float* vcb = ref::codebook(c.vb);
+  b.ref.assign(no, 0.0);
+  std::vector<double> s(c.kL);
+  for (int bb = 0; bb < c.B; bb++)
+    for (int h = 0; h < c.Hq; h++)
+      for (int i = 0; i < c.qL; i++) {
+        int kvh = h / p.gqa_factor;
+        const float* qq = &b.q[((size_t(bb) * c.Hq + h) * c.qL + i) * c.Dk];
+        double m = c.sinks ? double(b.sinks[h]) : -INFINITY;
+        for (int j = 0; j < c.kL; j++) {
+          int64_t kv = bb * p.ks_strides[0] + kvh * p.ks_strides[1] + j * p.ks_strides[2];
+          const uint32_t* kw = &b.k[bb * p.k_strides[0] + kvh * p.k_strides[1] + j * p.k_strides[2]];
+          int64_t mo = bb * p.m_strides[0] + h * p.m_strides[1] + i * p.m_strides[2] + j;
+          bool masked = false;
+          if ((c.mask == M_CAUSAL || c.mask == M_CAUSAL_BOOL) && j > c.kL - c.qL + i) masked = true;
+          if ((c.mask == M_BOOL || c.mask == M_CAUSAL_BOOL) && !b.bmask[mo]) masked = true;
+          if (masked) { s[j] = FMIN; }
+          else {
+            double acc = 0;
+            for (int d = 0; d < c.Dk; d++) acc += double(qq[d]) * kcb[ref::code(kw, c.kb, c.Dk, d)];
+            s[j] = double(p.scale) * ksd[kv] * acc;
+            if (c.mask == M_FLOAT) s[j] += double(b.fmask[mo]);
+          }
+          m = std::max(m, s[j]);
+        }
+        double den = c.sinks ? std::exp(double(b.sinks[h]) - m) : 0.0;
+        for (int j = 0; j < c.kL; j++) den += std::exp(s[j] - m);
+        double* oo = &b.ref[((size_t(bb) * c.Hq + h) * c.qL + i) * c.Dv];
+        for (int j = 0; j < c.kL; j++) {
+          double pj = std::exp(s[j] - m) / den;
+          if (pj == 0) continue;
+          int64_t kv = bb * p.vs_strides[0] + kvh * p.vs_strides[1] + j * p.vs_strides[2];
+          const uint32_t* vw = &b.v[bb * p.v_strides[0] + kvh * p.v_strides[1] + j * p.v_strides[2]];
+          for (int d = 0; d < c.Dv; d++) oo[d] += pj * vsd[kv] * vcb[ref::code(vw, c.vb, c.Dv, d)];
+        }
+      }
+}
+
+template <typename S, int D, int V, int KB, int VB>
+static void run_case(const Case& c, unsigned seed) {
+  Buffers b;
+  setup<S>(c, b, seed);
+  const size_t no = b.out.size();
+  std::vector<float> outs[4];
+  const rt::Order orders[4] = {rt::Order::Forward, rt::Order::Reverse, rt::Order::Random, rt::Order::Lockstep};
+  bool order_dependent = false;
+  rt::LaunchOptions opt;
+  opt.seed = seed;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int r = 0; r < (g_all_orders ? 4 : 1); r++) {
+    opt.order = g_all_orders ? orders[r] : g_order;
+    std::fill(b.out.begin(), b.out.end(), NAN);
+    if (c.pass == 2) {
+      std::fill(b.partials.begin(), b.partials.end(), NAN);
+      std::fill(b.sums.begin(), b.sums.end(), NAN);
+      std::fill(b.maxs.begin(), b.maxs.end(), NAN);
+    }
+    launch<S, D, V, KB, VB>(c, b, opt);
+    outs[r] = b.out;
+    if (r && std::memcmp(outs[r].data(), outs[0].data(), no * sizeof(float)) != 0) order_dependent = true;
+  }
+  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  double max_err = 0, max_ref = 0;
+  size_t bad = 0;
+  for (size_t i = 0; i < no; i++) {
+    double o = b.out[i];
+    max_ref = std::max(max_ref, std::fabs(b.ref[i]));
+    if (!std::isfinite(o)) { bad++; continue; }
+    max_err = std::max(max_err, std::fabs(o - b.ref[i]));
+  }
+  double tol = 2e-5 * std::max(1.0, max_ref);
+  bool ok = bad == 0 && max_err <= tol && !order_dependent;
+  g_cases++;
+  if (!ok) g_failures++;
+  printf("%-4s %s/%s %-8s Dk=%d Dv=%d B=%d Hq=%d Hkv=%d qL=%d kL=%d cap+%d %s mask=%s%s%s sinks=%d %s err=%.2g (tol %.1g) nonfinite=%zu %.0f ms\n",
+         ok ? "OK" : "FAIL", tb::mode_name(c.kb), tb::mode_name(c.vb), stype_name[c.st], c.Dk, c.Dv, c.B,
+         c.Hq, c.Hkv, c.qL, c.kL, c.cap_extra, c.seq_major ? "BLHW" : "BHLW", mask_name[c.mask],
+         c.mask_bcast ? "(bcast)" : "", c.dead_row ? "(dead row)" : "", int(c.sinks),
+         c.pass == 1 ? "1pass" : ("2pass/" + std::to_string(c.blocks)).c_str(), max_err, tol, bad, ms);
+  if (order_dependent) printf("     ^ result depends on the lane schedule: data race / missing barrier\n");
+  fflush(stdout);
+  delete[] b.bmask;
+}
+
+// ---------------------------------------------------------------- dispatch
+template <typename S, int D, int V>
+static void run_modes(const Case& c, unsigned seed) {
+  if (c.kb == 3 && c.vb == 3) run_case<S, D, V, 3, 3>(c, seed);
+  else if (c.kb == 3 && c.vb == 4) run_case<S, D, V, 3, 4>(c, seed);
+  else if (c.kb == 4 && c.vb == 3) run_case<S, D, V, 4, 3>(c, seed);
+  else run_case<S, D, V, 4, 4>(c, seed);
+}
+template <typename S>
+static void run_dims(const Case& c, unsigned seed) {
+  switch (c.Dk * 1000 + c.Dv) {
+    case 64064: run_modes<S, 64, 64>(c, seed); break;
+    case 80080: run_modes<S, 80, 80>(c, seed); break;
+    case 96096: run_modes<S, 96, 96>(c, seed); break;
+    case 128128: run_modes<S, 128, 128>(c, seed); break;
+    case 192192: run_modes<S, 192, 192>(c, seed); break;
+    case 192128: run_modes<S, 192, 128>(c, seed); break;
+    case 256256: run_modes<S, 256, 256>(c, seed); break;
+    default: printf("unsupported dims\n"); g_failures++;
+  }
+}
+static void run(const Case& c, unsigned seed) {
+  if (c.st == 0) run_dims<float>(c, seed);
+  else if (c.st == 1) run_dims<half>(c, seed);
+  else run_dims<bfloat>(c, seed);
+}
+
+int main(int argc, char** argv) {
+  std::string mode = argc > 1 ? argv[1] : "all";
+  std::string sel = argc > 2 ? argv[2] : "";
+  bool quick = sel == "quick";
+  g_all_orders = mode == "all";
+  g_order = mode == "rev" ? rt::Order::Reverse : mode == "rand" ? rt::Order::Random
+          : mode == "lockstep" ? rt::Order::Lockstep : rt::Order::Forward;
+  printf("lane order: %s\n", mode.c_str());
+  std::vector<Case> cases;
+  const int dims[7][2] = {{64, 64}, {80, 80}, {96, 96}, {128, 128}, {192, 192}, {192, 128}, {256, 256}};
+  // 1. every instantiation (3 scale types x 7 dim pairs x 4 mode pairs), rotating
+  //    the other parameters through the list so each appears with many shapes.
+  int r = 0;
+  for (int st = 0; st < 3; st++)
+    for (int di = 0; di < 7; di++)
+      for (int mb = 0; mb < 4; mb++, r++) {
+        Case c{};
+        c.kb = 3 + (mb >> 1); c.vb = 3 + (mb & 1); c.st = st; c.Dk = dims[di][0]; c.Dv = dims[di][1];
+        c.B = 1 + (r % 2); c.Hkv = 1 + (r % 3 == 0); c.Hq = c.Hkv * (r % 4 == 1 ? 4 : r % 4 == 2 ? 2 : 1);
+        c.qL = 1 + (r % 5 == 3 ? 3 : 0);
+        c.kL = (r % 3 == 0) ? 64 : (r % 3 == 1) ? 77 : 33;
+        c.mask = r % 5;
+        c.sinks = r % 7 == 2 || r % 7 == 5;
+        c.pass = 1 + (r % 2);
+        c.blocks = 32;
+        c.cap_extra = r % 4 == 3 ? 5 : 0;
+        c.seq_major = r % 6 == 4;
+        c.mask_bcast = r % 8 == 6;
+        if (c.pass == 2 && !tb::attn_2pass_fits(c.Hq / c.Hkv, c.qL)) c.pass = 1;
+        cases.push_back(c);
+      }
+  // 2. focused cases on turbo3/turbo4 f16 D=128 (the common configuration)
+  auto C = [](int kb, int vb, int st, int D, int V, int B, int Hq, int Hkv, int qL, int kL, int mask,
+              bool sinks, int pass, int blocks, int cap = 0, bool sm = false, bool bc = false, bool dead = false) {
+    return Case{kb, vb, st, D, V, B, Hq, Hkv, qL, kL, mask, sinks, pass, blocks, cap, sm, bc, dead};
+  };
+  cases.push_back(C(3, 3, 1, 128, 128, 1, 8, 2, 1, 1000, M_NONE, false, 2, 64));       // 2-pass, GQA 4
+  cases.push_back(C(4, 4, 1, 128, 128, 1, 8, 2, 1, 1000, M_NONE, false, 1, 0));        // same, 1-pass
+  cases.push_back(C(3, 4, 2, 128, 128, 1, 4, 1, 8, 300, M_CAUSAL, true, 2, 128));      // qL=8, GQA 4 (32 simds)
+  cases.push_back(C(3, 3, 1, 64, 64, 2, 4, 2, 4, 3, M_CAUSAL, false, 1, 0));           // qL > kL: dead rows
+  cases.push_back(C(3, 3, 1, 64, 64, 2, 4, 2, 4, 3, M_CAUSAL, false, 2, 32));
+  cases.push_back(C(4, 3, 0, 96, 96, 1, 2, 1, 2, 50, M_BOOL, false, 1, 0, 0, false, false, true));  // dead row
+  cases.push_back(C(4, 3, 0, 96, 96, 1, 2, 1, 2, 50, M_BOOL, false, 2, 32, 0, false, false, true));
+  cases.push_back(C(4, 4, 2, 80, 80, 1, 2, 1, 2, 50, M_BOOL, true, 1, 0, 0, false, false, true));   // dead row + sinks
+  cases.push_back(C(3, 4, 1, 256, 256, 1, 2, 2, 1, 31, M_NONE, true, 1, 0));          // kL < 32 simdgroups
+  cases.push_back(C(3, 4, 1, 256, 256, 1, 2, 2, 1, 31, M_NONE, true, 2, 64));         // blocks > kL
+  cases.push_back(C(4, 4, 1, 192, 128, 2, 6, 3, 3, 129, M_FLOAT, true, 2, 32, 7, true, true));
+  cases.push_back(C(3, 3, 0, 80, 80, 1, 3, 1, 1, 1, M_NONE, false, 1, 0));            // a single key
+  cases.push_back(C(3, 3, 1, 128, 128, 1, 2, 1, 5, 96, M_CAUSAL_BOOL, false, 1, 0, 0, false, true));
+  cases.push_back(C(4, 4, 0, 64, 64, 1, 32, 1, 1, 256, M_NONE, true, 2, 32));         // MQA, 32 query heads
+  printf("%zu cases\n", cases.size());
+  for (size_t i = 0; i < cases.size(); i++) {
+    if (quick && i % 8 != 0) continue;
+    if (!sel.empty() && !quick && std::to_string(i) != sel) continue;
+    run(cases[i], 1000 + unsigned(i));
+  }
+  printf("%d/%d cases %s\n", g_cases - g_failures, g_cases, g_failures ? "passed, SOME CASES FAILED" : "passed, ALL CASES PASSED");
+  return g_failures ? 1 : 0;
+}
