@@ -59,18 +59,18 @@ inline float encode(const float* x, int D, int bits, uint32_t* w) {
   float n = std::sqrt(ss);
   bool fin = std::isfinite(n);
   for (int i = 0; i < D; i++) y[i] = (n > 0.0f && fin) ? y[i] / n : 0.0f;
-  float sp = std::sqrt(float(P));
+  float norm = 1.0f / std::sqrt(float(P));
   for (int i = 0; i < D; i++) y[i] = y[i] * float(sign(1, i));
   fwht(y.data(), P);
-  for (int i = 0; i < P; i++) y[i] = y[i] / sp;
+  for (int i = 0; i < P; i++) y[i] = y[i] * norm;
   for (int i = 0; i < D; i++) y[i] = y[i] * float(sign(2, i));
   fwht(y.data() + (D - P), P);
-  for (int i = D - P; i < D; i++) y[i] = y[i] / sp;
+  for (int i = D - P; i < D; i++) y[i] = y[i] * norm;
   float sd = std::sqrt(float(D));
   std::memset(w, 0, sizeof(uint32_t) * words(bits, D));
   float rr = 0.0f;
   for (int i = 0; i < D; i++) {
-    float z = sd * y[i];
+    float z = y[i] * sd;
     uint32_t idx = 0;
     for (int j = 0; j < L - 1; j++) {
       float b = (cb[j] + cb[j + 1]) * 0.5f;

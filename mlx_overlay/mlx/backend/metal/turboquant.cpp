@@ -1,19 +1,143 @@
-// Copyright © 2026 TurboQuant-MLX contributors.
+// Copyright © 2026 TurboQuant-MLX authors.
 //
-// GPU entry points of the TurboQuant ops for this backend: Metal kernels are not wired in yet, so the ops
-// use their op-composed fallbacks on GPU streams and these are never reached.
+// Metal dispatch of the TurboQuant ops: attention on the packed cache
+// (fast::QuantizedScaledDotProductAttention) and the turbo modes of
+// fast::Quantize. Buffer indices, function constants, kernel names and launch
+// geometry come from kernels/turbo_bindings.h, which the Linux harness in
+// tests/metal uses as well.
 
+#include <list>
+#include <optional>
 #include <stdexcept>
 
+#include "mlx/backend/gpu/copy.h"
+#include "mlx/backend/metal/device.h"
+#include "mlx/backend/metal/kernels/turbo_bindings.h"
+#include "mlx/backend/metal/turboquant.h"
+#include "mlx/backend/metal/utils.h"
 #include "mlx/fast_primitives.h"
 #include "mlx/turboquant.h"
 
 namespace mlx::core {
 
+namespace tb = turbo_bindings;
+
+namespace {
+
+int mode_bits(QuantizationMode mode) {
+  switch (mode) {
+    case QuantizationMode::Turbo3:
+      return 3;
+    case QuantizationMode::Turbo4:
+      return 4;
+    default:
+      throw std::invalid_argument("[turboquant] expected a turbo mode.");
+  }
+}
+
+// Keeps copies alive until the command buffer completes (a list: references
+// handed out stay valid while more copies are added).
+struct Copies {
+  const Stream& s;
+  std::list<array> arrays;
+  const array& keep(array a) {
+    arrays.push_back(std::move(a));
+    return arrays.back();
+  }
+  const array& row_contiguous(const array& a) {
+    return a.flags().row_contiguous ? a : keep(contiguous_copy_gpu(a, s));
+  }
+  const array& last_contiguous(const array& a) {
+    return a.strides(-1) == 1 ? a : keep(contiguous_copy_gpu(a, s));
+  }
+  const array& as_type(const array& a, Dtype t) {
+    if (a.dtype() == t) {
+      return a;
+    }
+    array out(a.shape(), t, nullptr, {});
+    copy_gpu(a, out, a.flags().row_contiguous ? CopyType::Vector : CopyType::General, s);
+    return keep(std::move(out));
+  }
+  void finish(metal::CommandEncoder& enc) {
+    for (auto& a : arrays) {
+      enc.add_temporary(a);
+    }
+  }
+};
+
+// Strides of (B, H, L, ...) in elements, 0 for broadcast (size-1) axes.
+void bhl_strides(const array& a, int64_t* out) {
+  for (int i = 0; i < 3; ++i) {
+    out[i] = a.shape(i) > 1 ? int64_t(a.strides(i)) : 0;
+  }
+}
+
+MTL::Size to_size(const unsigned* d) {
+  return MTL::Size(d[0], d[1], d[2]);
+}
+
+} // namespace
+
 namespace turbo {
 
 bool gpu_quantize_supported() {
-  return false;
+  return true;
+}
+
+void quantize_gpu(
+    const std::vector<array>& inputs,
+    std::vector<array>& outputs,
+    QuantizationMode mode,
+    bool dequantize,
+    const Stream& s) {
+  auto& d = metal::device(s.device);
+  auto& enc = metal::get_command_encoder(s);
+  Copies copies{s, {}};
+  const int bits = mode_bits(mode);
+  std::string kname;
+  int64_t nvec;
+  if (dequantize) {
+    const array& w = copies.row_contiguous(inputs[0]);
+    const array& scales = copies.row_contiguous(inputs[1]);
+    auto& out = outputs[0];
+    const int D = out.shape(-1);
+    if (!tb::quant_dim_supported(D) || w.shape(-1) != tb::words(bits, D)) {
+      throw std::invalid_argument("[dequantize] unsupported turbo shape.");
+    }
+    out.set_data(allocator::malloc(out.nbytes()));
+    nvec = D > 0 ? int64_t(out.size() / D) : 0;
+    kname = tb::dequantize_kernel_name(
+        bits, type_to_name(scales.dtype()), type_to_name(out.dtype()), D);
+    auto kernel = d.get_kernel(kname);
+    enc.set_compute_pipeline_state(kernel);
+    enc.set_input_array(w, TURBO_DQ_BUF_PACKED);
+    enc.set_input_array(scales, TURBO_DQ_BUF_SCALES);
+    enc.set_output_array(out, TURBO_DQ_BUF_OUT);
+    enc.set_bytes(nvec, TURBO_DQ_BUF_NVEC);
+  } else {
+    const array& x = copies.row_contiguous(inputs[0]);
+    auto& packed = outputs[0];
+    auto& scales = outputs[1];
+    const int D = x.shape(-1);
+    if (!tb::quant_dim_supported(D)) {
+      throw std::invalid_argument("[quantize] unsupported turbo head dim.");
+    }
+    packed.set_data(allocator::malloc(packed.nbytes()));
+    scales.set_data(allocator::malloc(scales.nbytes()));
+    nvec = int64_t(x.size() / D);
+    kname = tb::quantize_kernel_name(bits, type_to_name(x.dtype()), D);
+    auto kernel = d.get_kernel(kname);
+    enc.set_compute_pipeline_state(kernel);
+    enc.set_input_array(x, TURBO_Q_BUF_IN);
+    enc.set_output_array(packed, TURBO_Q_BUF_PACKED);
+    enc.set_output_array(scales, TURBO_Q_BUF_SCALES);
+    enc.set_bytes(nvec, TURBO_Q_BUF_NVEC);
+  }
+  if (nvec > 0) {
+    auto dims = tb::quantize_dims(nvec);
+    enc.dispatch_threadgroups(to_size(dims.grid), to_size(dims.group));
+  }
+  copies.finish(enc);
 }
 
 } // namespace turbo
@@ -21,18 +145,164 @@ bool gpu_quantize_supported() {
 namespace fast {
 
 bool QuantizedScaledDotProductAttention::use_fallback(
-    const array& /* q */,
-    int /* key_dim */,
-    int /* value_dim */,
+    const array& q,
+    int key_dim,
+    int value_dim,
     Stream /* s */) {
-  return true;
+  // Vector kernels for up to 8 queries (as MLX's sdpa_vector). Longer query
+  // blocks (prefill) use the op-composed fallback until a tiled kernel exists.
+  return !(tb::attn_dims_supported(key_dim, value_dim) && q.ndim() == 4 &&
+           q.shape(2) <= 8);
 }
 
 void QuantizedScaledDotProductAttention::eval_gpu(
-    const std::vector<array>& /* inputs */,
-    std::vector<array>& /* outputs */) {
-  throw std::runtime_error(
-      "[quantized_scaled_dot_product_attention] No GPU implementation.");
+    const std::vector<array>& inputs,
+    std::vector<array>& outputs) {
+  auto& s = stream();
+  auto& d = metal::device(s.device);
+  auto& enc = metal::get_command_encoder(s);
+  Copies copies{s, {}};
+
+  const bool has_arr_mask = inputs.size() > size_t(5 + has_sinks_);
+  const array& q = copies.row_contiguous(copies.as_type(inputs[0], float32));
+  const array& k = copies.last_contiguous(inputs[1]);
+  const array& v = copies.last_contiguous(inputs[3]);
+  const array& ks = inputs[2];
+  const array& vs = copies.as_type(inputs[4], ks.dtype());
+  auto& out = outputs[0];
+
+  const int kb = mode_bits(key_mode_), vb = mode_bits(value_mode_);
+  const int B = q.shape(0), Hq = q.shape(1), qL = q.shape(2), Dk = q.shape(3);
+  const int Hkv = k.shape(1), kL = k.shape(2), Dv = out.shape(3);
+  if (!tb::attn_dims_supported(Dk, Dv) || k.shape(3) != tb::words(kb, Dk) ||
+      v.shape(3) != tb::words(vb, Dv) || Hq % Hkv != 0) {
+    throw std::invalid_argument(
+        "[quantized_scaled_dot_product_attention] unsupported shapes.");
+  }
+  out.set_data(allocator::malloc(out.nbytes()));
+  if (out.size() == 0) {
+    return;
+  }
+
+  TurboAttnParams p{};
+  p.B = B;
+  p.Hq = Hq;
+  p.Hkv = Hkv;
+  p.qL = qL;
+  p.kL = kL;
+  p.gqa_factor = Hq / Hkv;
+  p.scale = scale_;
+  bhl_strides(k, p.k_strides);
+  bhl_strides(ks, p.ks_strides);
+  bhl_strides(v, p.v_strides);
+  bhl_strides(vs, p.vs_strides);
+
+  std::optional<array> mask;
+  bool bool_mask = false, float_mask = false;
+  if (has_arr_mask) {
+    const array& m0 = inputs[5];
+    mask = m0.dtype() == bool_ ? m0 : copies.as_type(m0, float32);
+    bool_mask = mask->dtype() == bool_;
+    float_mask = !bool_mask;
+    int off = 4 - mask->ndim();
+    for (int i = 0; i < 4; ++i) {
+      int ax = i - off;
+      p.m_strides[i] = (ax >= 0 && mask->shape(ax) > 1)
+          ? int64_t(mask->strides(ax))
+          : 0;
+    }
+  }
+  bool has_mask = has_arr_mask;
+  bool do_causal = do_causal_;
+  bool has_sinks = has_sinks_;
+  const array* sinks =
+      has_sinks ? &copies.row_contiguous(copies.as_type(inputs.back(), float32))
+                : nullptr;
+
+  metal::MTLFCList func_consts = {
+      {&has_mask, MTL::DataType::DataTypeBool, TURBO_FC_HAS_MASK},
+      {&do_causal, MTL::DataType::DataTypeBool, TURBO_FC_DO_CAUSAL},
+      {&bool_mask, MTL::DataType::DataTypeBool, TURBO_FC_BOOL_MASK},
+      {&float_mask, MTL::DataType::DataTypeBool, TURBO_FC_FLOAT_MASK},
+      {&has_sinks, MTL::DataType::DataTypeBool, TURBO_FC_HAS_SINKS},
+  };
+  std::string fc_suffix;
+  fc_suffix += has_mask ? (bool_mask ? "_boolmask" : "_floatmask") : "_nomask";
+  fc_suffix += do_causal ? "_c" : "_nc";
+  fc_suffix += has_sinks ? "_sinks" : "_nosinks";
+
+  const std::string stype = type_to_name(ks.dtype());
+  char devc = d.get_architecture().back();
+  const bool two_pass = tb::attn_use_2pass(kL, Hq, Hkv, qL, devc);
+
+  auto bind_common = [&](int pass) {
+    enc.set_input_array(q, TURBO_ATTN_BUF_Q);
+    enc.set_input_array(k, TURBO_ATTN_BUF_K);
+    enc.set_input_array(ks, TURBO_ATTN_BUF_KS);
+    enc.set_input_array(v, TURBO_ATTN_BUF_V);
+    enc.set_input_array(vs, TURBO_ATTN_BUF_VS);
+    enc.set_bytes(p, TURBO_ATTN_BUF_PARAMS);
+    if (bool_mask) {
+      enc.set_input_array(*mask, TURBO_ATTN_BUF_BMASK);
+    }
+    if (float_mask) {
+      enc.set_input_array(*mask, TURBO_ATTN_BUF_FMASK);
+    }
+    if (has_sinks) {
+      enc.set_input_array(*sinks, TURBO_ATTN_BUF_SINKS);
+    }
+  };
+
+  if (!two_pass) {
+    auto kname = tb::attn_kernel_name(0, kb, vb, stype, Dk, Dv);
+    auto hash_name = kname + fc_suffix;
+    auto kernel = d.get_kernel(kname, hash_name, func_consts);
+    auto dims = tb::attn_1pass_dims(B, Hq, qL);
+    check_kernel_threadgroup_size(kernel, to_size(dims.group), hash_name);
+    enc.set_compute_pipeline_state(kernel);
+    bind_common(0);
+    enc.set_output_array(out, TURBO_ATTN_BUF_OUT);
+    enc.dispatch_threadgroups(to_size(dims.grid), to_size(dims.group));
+  } else {
+    int blocks = tb::attn_2pass_blocks(kL, p.gqa_factor * qL, devc);
+    p.blocks = blocks;
+    Shape ishape = {B, Hq, qL, blocks, Dv};
+    array partials(ishape, float32, nullptr, {});
+    ishape.pop_back();
+    array sums(ishape, float32, nullptr, {});
+    array maxs(ishape, float32, nullptr, {});
+    partials.set_data(allocator::malloc(partials.nbytes()));
+    sums.set_data(allocator::malloc(sums.nbytes()));
+    maxs.set_data(allocator::malloc(maxs.nbytes()));
+    enc.add_temporary(partials);
+    enc.add_temporary(sums);
+    enc.add_temporary(maxs);
+
+    auto kname = tb::attn_kernel_name(1, kb, vb, stype, Dk, Dv);
+    auto hash_name = kname + fc_suffix;
+    auto kernel = d.get_kernel(kname, hash_name, func_consts);
+    auto dims = tb::attn_2pass_1_dims(B, Hkv, p.gqa_factor, qL, blocks);
+    check_kernel_threadgroup_size(kernel, to_size(dims.group), hash_name);
+    enc.set_compute_pipeline_state(kernel);
+    bind_common(1);
+    enc.set_output_array(partials, TURBO_ATTN_BUF_OUT);
+    enc.set_output_array(sums, TURBO_ATTN_BUF_SUMS);
+    enc.set_output_array(maxs, TURBO_ATTN_BUF_MAXS);
+    enc.dispatch_threadgroups(to_size(dims.grid), to_size(dims.group));
+
+    auto aname = tb::agg_kernel_name(Dv);
+    auto agg = d.get_kernel(aname);
+    auto adims = tb::attn_2pass_2_dims(B, Hq, qL);
+    check_kernel_threadgroup_size(agg, to_size(adims.group), aname);
+    enc.set_compute_pipeline_state(agg);
+    enc.set_input_array(partials, TURBO_AGG_BUF_PARTIALS);
+    enc.set_input_array(sums, TURBO_AGG_BUF_SUMS);
+    enc.set_input_array(maxs, TURBO_AGG_BUF_MAXS);
+    enc.set_output_array(out, TURBO_AGG_BUF_OUT);
+    enc.set_bytes(blocks, TURBO_AGG_BUF_BLOCKS);
+    enc.dispatch_threadgroups(to_size(adims.grid), to_size(adims.group));
+  }
+  copies.finish(enc);
 }
 
 } // namespace fast

@@ -71,6 +71,23 @@ struct TurboPow2 {
   static constant constexpr const int P = D >= 256 ? 256 : D >= 128 ? 128 : 64;
 };
 
+// fl32(sqrt(D)) and 1.0f / fl32(sqrt(P)) as correctly rounded float32
+// constants (what the CPU encoder computes with std::sqrt and a division), so
+// the encoder does not depend on the precision of the GPU's sqrt and divide.
+template <int D>
+struct TurboConsts {
+  static constant constexpr const float sqrt_d = D == 64 ? 8.0f
+      : D == 80                                          ? 8.94427204f
+      : D == 96                                          ? 9.79795933f
+      : D == 128                                         ? 11.3137083f
+      : D == 192                                         ? 13.8564062f
+                                                         : 16.0f;
+  static constant constexpr const float inv_sqrt_p = TurboPow2<D>::P == 64
+      ? 0.125f
+      : TurboPow2<D>::P == 128 ? 0.0883883461f
+                               : 0.0625f;
+};
+
 // In-place fast Walsh-Hadamard transform of y[0:P] (unnormalized), butterfly
 // span ascending 1, 2, ..., P/2. The order is part of the bit-exactness
 // contract with the CPU encoder.

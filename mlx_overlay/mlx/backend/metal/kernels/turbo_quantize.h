@@ -7,7 +7,8 @@
 //      separate roundings (no fused multiply-add),
 //   2. u_i = x_i / n (u = 0 when n is not > 0),
 //   3. stage t in {1, 2}: multiply by the signs, FWHT of the block with the
-//      butterfly span ascending (turbo_fwht), then divide by fl32(sqrt(P)),
+//      butterfly span ascending (turbo_fwht), then multiply by
+//      norm = 1.0f / fl32(sqrt(P)) (as turbo::rotate in mlx/turboquant.h),
 //   4. z_i = fl32(sqrt(D)) * y_i, idx_i = #{j : z_i > b_j},
 //   5. rho = sqrt(sum_i c[idx_i]^2) (index order, no FMA), scale = n / rho,
 //      NaN when n is not finite.
@@ -57,30 +58,30 @@ template <typename T, int D, int BITS>
     y[i] = (n > 0.0f && finite_n) ? y[i] / n : 0.0f;
   }
 
-  const float sqrt_p = precise::sqrt(float(P));
+  const float norm = TurboConsts<D>::inv_sqrt_p;
   for (int i = 0; i < D; i++) {
     y[i] = y[i] * turbo_sign(1u, uint(i));
   }
   turbo_fwht<P>(y);
   for (int i = 0; i < P; i++) {
-    y[i] = y[i] / sqrt_p;
+    y[i] = y[i] * norm;
   }
   for (int i = 0; i < D; i++) {
     y[i] = y[i] * turbo_sign(2u, uint(i));
   }
   turbo_fwht<P>(y + (D - P));
   for (int i = D - P; i < D; i++) {
-    y[i] = y[i] / sqrt_p;
+    y[i] = y[i] * norm;
   }
 
-  const float sqrt_d = precise::sqrt(float(D));
+  const float sqrt_d = TurboConsts<D>::sqrt_d;
   thread uint32_t w[W];
   for (int k = 0; k < W; k++) {
     w[k] = 0u;
   }
   float rr = 0.0f;
   for (int i = 0; i < D; i++) {
-    float z = sqrt_d * y[i];
+    float z = y[i] * sqrt_d;
     uint idx = turbo_boundary_count<BITS>(z);
     float c = turbo_centroid<BITS>(idx);
     float c2 = c * c;
@@ -121,17 +122,17 @@ template <typename S, typename O, int D, int BITS>
   for (int i = 0; i < D; i++) {
     y[i] = s * turbo_centroid<BITS>(turbo_code<BITS, D>(packed, i));
   }
-  const float sqrt_p = precise::sqrt(float(P));
+  const float norm = TurboConsts<D>::inv_sqrt_p;
   turbo_fwht<P>(y + (D - P));
   for (int i = D - P; i < D; i++) {
-    y[i] = y[i] / sqrt_p;
+    y[i] = y[i] * norm;
   }
   for (int i = 0; i < D; i++) {
     y[i] = y[i] * turbo_sign(2u, uint(i));
   }
   turbo_fwht<P>(y);
   for (int i = 0; i < P; i++) {
-    y[i] = y[i] / sqrt_p;
+    y[i] = y[i] * norm;
   }
   for (int i = 0; i < D; i++) {
     out[i] = static_cast<O>(y[i] * turbo_sign(1u, uint(i)));
