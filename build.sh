@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# Build a patched MLX wheel with TurboQuant attention and install it in a venv.
+#
+#   ./build.sh                      # CPU build on Linux, Metal build on macOS
+#   ./build.sh --cuda               # CUDA build (Linux + NVIDIA), see docs/cuda.md
+#   ./build.sh --mlx-src PATH       # use a local MLX git repository (offline)
+#
+# Run ./build.sh --help for every option.
+set -euo pipefail
+
+MLX_TAG="v0.32.1"
+MLX_URL="https://github.com/ml-explore/mlx.git"
+NANOBIND_VERSION="2.13.0"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE="${TURBOQUANT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/turboquant-mlx}"
+MLX_SRC="${TURBOQUANT_MLX_SRC:-}"
+VENV="${TURBOQUANT_VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+JOBS="${CMAKE_BUILD_PARALLEL_LEVEL:-$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)}"
+CUDA=0
+INSTALL=1
+DEPS=1
+WITH_MLX_LM="${TURBOQUANT_WITH_MLX_LM:-1}"
+THROUGH=""
+
+usage() {
+  cat <<EOF
+Usage: ./build.sh [options]
+
+Builds MLX ${MLX_TAG} with the TurboQuant overlay (mlx_overlay/) and patch series
+(patches/NNNN-*.patch) into a wheel in dist/, and installs it into a venv.
+
+Options:
+  --mlx-src PATH   MLX git repository (bare or not) holding tag ${MLX_TAG}.
+                   Env: TURBOQUANT_MLX_SRC. Without it: the cached clone in
+                   \$CACHE/mlx.git, else 'git clone ${MLX_URL}'.
+  --cuda           Build the CUDA backend (Linux + NVIDIA; see docs/cuda.md).
+  --venv DIR       Venv to create/use (default: ./.venv). Env: TURBOQUANT_VENV.
+  --jobs N         Parallel compile jobs (default: number of cores).
+  --through N      Apply patches 0001..N only (to build a prefix of the series).
+  --no-install     Build the wheel only.
+  --no-mlx-lm      Do not build/install the patched mlx-lm (tools/build_mlx_lm.sh).
+  --skip-deps      Do not install system packages (only check them).
+  -h, --help       This help.
+
+Cache: \$TURBOQUANT_CACHE (default ~/.cache/turboquant-mlx): the MLX clone,
+the patched work tree, ccache and offline CMake dependencies.
+EOF
+}
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --mlx-src) MLX_SRC="$2"; shift 2 ;;
+    --mlx-src=*) MLX_SRC="${1#*=}"; shift ;;
+    --cuda) CUDA=1; shift ;;
+    --venv) VENV="$2"; shift 2 ;;
+    --jobs) JOBS="$2"; shift 2 ;;
+    --through) THROUGH="$2"; shift 2 ;;
+    --no-install) INSTALL=0; shift ;;
+    --no-mlx-lm) WITH_MLX_LM=0; shift ;;
+    --skip-deps) DEPS=0; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "build.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+STAGE=0
+NSTAGES=6
+stage() { STAGE=$((STAGE + 1)); echo "==> [$STAGE/$NSTAGES] $*"; }
+die() { echo "build.sh: error: $*" >&2; exit 1; }
+
+OS="$(uname -s)"
+mkdir -p "$CACHE"
+
+# ---------------------------------------------------------------------------
+stage "Checking prerequisites"
+if [[ "$OS" == "Linux" ]]; then
+  APT_PKGS=(git cmake ninja-build g++ ccache libopenblas-dev liblapacke-dev nlohmann-json3-dev libfmt-dev python3-venv)
+  missing=()
+  if command -v dpkg-query >/dev/null; then
+    for p in "${APT_PKGS[@]}"; do
+      dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+  fi
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    if [[ $DEPS -eq 1 && $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+      echo "    installing: ${missing[*]}"
+      apt-get update -qq >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+      die "missing packages: ${missing[*]}. Install them with: sudo apt-get install ${missing[*]}"
+    fi
+  fi
+fi
+for tool in git cmake "$PYTHON"; do
+  command -v "$tool" >/dev/null || die "'$tool' not found on PATH"
+done
+if [[ "$OS" == "Darwin" ]]; then
+  xcrun -sdk macosx --find metal >/dev/null 2>&1 ||
+    die "the Metal compiler is missing: install Xcode (not only the Command Line Tools)"
+fi
+
+# ---------------------------------------------------------------------------
+stage "Resolving MLX source ${MLX_TAG}"
+MIRROR="$CACHE/mlx.git"
+has_tag() { git --git-dir="$1" rev-parse -q --verify "refs/tags/${MLX_TAG}^{commit}" >/dev/null 2>&1; }
+gitdir_of() {
+  if [[ -d "$1/.git" ]]; then echo "$1/.git"; else echo "$1"; fi
+}
+if [[ -n "$MLX_SRC" ]]; then
+  [[ -d "$MLX_SRC" ]] || die "--mlx-src '$MLX_SRC' is not a directory"
+  src_git="$(gitdir_of "$MLX_SRC")"
+  has_tag "$src_git" || die "'$MLX_SRC' is not a git repository with tag ${MLX_TAG}"
+  if ! has_tag "$MIRROR"; then
+    echo "    cloning $MLX_SRC -> $MIRROR"
+    rm -rf "$MIRROR"
+    git clone -q --bare "$src_git" "$MIRROR"
+  fi
+elif has_tag "$MIRROR"; then
+  echo "    using cached clone $MIRROR"
+else
+  echo "    cloning ${MLX_URL} (${MLX_TAG})"
+  rm -rf "$MIRROR"
+  git clone -q --bare --branch "$MLX_TAG" "$MLX_URL" "$MIRROR" ||
+    die "could not get MLX. Offline? Pass a local MLX git repository with --mlx-src PATH (or TURBOQUANT_MLX_SRC)."
+fi
+has_tag "$MIRROR" || die "$MIRROR has no tag ${MLX_TAG}"
+
+# ---------------------------------------------------------------------------
+stage "Creating a fresh work tree and applying overlay + patches"
+WORK="$CACHE/work/mlx"
+rm -rf "$WORK"
+mkdir -p "$(dirname "$WORK")"
+git clone -q --no-checkout "$MIRROR" "$WORK"
+git -C "$WORK" -c advice.detachedHead=false checkout -q "$MLX_TAG"
+cp -R "$ROOT/mlx_overlay/." "$WORK/"
+n_applied=0
+for p in "$ROOT"/patches/[0-9][0-9][0-9][0-9]-*.patch; do
+  [[ -e "$p" ]] || continue
+  num="$(basename "$p" | cut -c1-4)"
+  if [[ -n "$THROUGH" && "$((10#$num))" -gt "$((10#$THROUGH))" ]]; then
+    continue
+  fi
+  git -C "$WORK" apply --whitespace=nowarn "$p" ||
+    die "patch $(basename "$p") does not apply to MLX ${MLX_TAG}"
+  n_applied=$((n_applied + 1))
+done
+echo "    overlay copied, $n_applied patches applied in $WORK"
+
+# ---------------------------------------------------------------------------
+stage "Preparing the build environment"
+if [[ ! -x "$VENV/bin/python" ]]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+VPY="$VENV/bin/python"
+"$VPY" -m pip install -q -U --disable-pip-version-check \
+  "nanobind==${NANOBIND_VERSION}" "setuptools>=80" wheel typing_extensions numpy pytest ||
+  die "could not install the Python build requirements into $VENV"
+CMAKE_ARGS_LIST=(-G Ninja)
+if command -v ccache >/dev/null; then
+  export CCACHE_DIR="${CCACHE_DIR:-$CACHE/ccache}"
+  export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
+  CMAKE_ARGS_LIST+=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+fi
+if [[ "$OS" == "Linux" ]]; then
+  # Offline dependencies: system fmt and json, nanobind from the venv, no GGUF.
+  JSON_DIR="$CACHE/deps/json"
+  mkdir -p "$JSON_DIR/single_include"
+  ln -sfn /usr/include/nlohmann "$JSON_DIR/single_include/nlohmann"
+  NB_DIR="$("$VPY" -c 'import nanobind; print(nanobind.cmake_dir())')"
+  CMAKE_ARGS_LIST+=(
+    -DUSE_SYSTEM_FMT=ON
+    -DMLX_BUILD_GGUF=OFF
+    -DFETCHCONTENT_TRY_FIND_PACKAGE_MODE=ALWAYS
+    "-Dnanobind_DIR=$NB_DIR"
+    "-DFETCHCONTENT_SOURCE_DIR_JSON=$JSON_DIR"
+  )
+fi
+if [[ $CUDA -eq 1 ]]; then
+  [[ "$OS" == "Linux" ]] || die "--cuda needs Linux"
+  command -v nvcc >/dev/null || die "--cuda needs nvcc on PATH"
+  CMAKE_ARGS_LIST+=(-DMLX_BUILD_CUDA=ON "-DMLX_CUDA_ARCHITECTURES=${MLX_CUDA_ARCHITECTURES:-native}")
+  if [[ -f "$ROOT/tools/cuda_deps.sh" ]]; then
+    # Adds FETCHCONTENT_SOURCE_DIR_* overrides for CCCL, NVTX, cudnn-frontend, CUTLASS.
+    # shellcheck source=/dev/null
+    source "$ROOT/tools/cuda_deps.sh"
+  fi
+fi
+export CMAKE_ARGS="${CMAKE_ARGS_LIST[*]}"
+export CMAKE_BUILD_PARALLEL_LEVEL="$JOBS"
+export PYPI_RELEASE=1
+
+# ---------------------------------------------------------------------------
+stage "Building the wheel (this takes minutes cold, seconds with a warm ccache)"
+mkdir -p "$ROOT/dist"
+rm -f "$ROOT"/dist/mlx-*.whl
+t0=$(date +%s)
+(cd "$WORK" && "$VPY" -m pip wheel -q --no-build-isolation --no-deps -w "$ROOT/dist" .) ||
+  die "the MLX build failed (see the compiler output above)"
+WHEEL="$(ls "$ROOT"/dist/mlx-*.whl | head -n 1)"
+echo "    built $WHEEL in $(( $(date +%s) - t0 ))s"
+
+# ---------------------------------------------------------------------------
+stage "Installing into $VENV"
+if [[ $INSTALL -eq 1 ]]; then
+  "$VPY" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$WHEEL"
+  "$VPY" - <<'EOF'
+import mlx.core as mx
+q = mx.random.normal((1, 4, 1, 128))
+kv = mx.random.normal((1, 2, 64, 128))
+k = mx.quantize(kv, mode="turbo3")
+out = mx.fast.quantized_scaled_dot_product_attention(q, *k, *k, scale=128**-0.5, mode="turbo3")
+mx.eval(out)
+print(f"    smoke test ok: mlx {mx.__version__}, turbo3 attention output {out.shape}")
+EOF
+  if [[ $WITH_MLX_LM -eq 1 && -x "$ROOT/tools/build_mlx_lm.sh" ]]; then
+    "$ROOT/tools/build_mlx_lm.sh" "$VENV" || die "building the patched mlx-lm failed"
+  fi
+fi
+
+cat <<EOF
+
+Done. Wheel: $WHEEL
+Use it:
+  source $VENV/bin/activate
+  python -c "import mlx.core as mx; print(mx.fast.quantized_scaled_dot_product_attention)"
+  python -m pytest tests        # the test suite
+EOF

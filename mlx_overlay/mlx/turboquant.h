@@ -1,0 +1,191 @@
+// Copyright © 2026 TurboQuant-MLX contributors.
+//
+// TurboQuant KV-cache format shared by every backend. The normative
+// description is docs/format.md of the TurboQuant-MLX project; this header is
+// its single C++ source of truth (codebooks, signs, packing, rotation).
+
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+#include "mlx/array.h"
+#include "mlx/primitives.h"
+#include "mlx/utils.h"
+
+namespace mlx::core::turbo {
+
+// Lloyd-Max centroids of N(0, 1), ascending.
+constexpr float kCodebook3[8] =
+    {-2.1520f, -1.3440f, -0.7560f, -0.2451f, 0.2451f, 0.7560f, 1.3440f, 2.1520f};
+constexpr float kCodebook4[16] = {
+    -2.7326f,
+    -2.0690f,
+    -1.6180f,
+    -1.2562f,
+    -0.9424f,
+    -0.6568f,
+    -0.3881f,
+    -0.1284f,
+    0.1284f,
+    0.3881f,
+    0.6568f,
+    0.9424f,
+    1.2562f,
+    1.6180f,
+    2.0690f,
+    2.7326f};
+
+constexpr int kMaxDim = 256;
+
+inline bool is_turbo(QuantizationMode mode) {
+  return mode == QuantizationMode::Turbo3 || mode == QuantizationMode::Turbo4;
+}
+
+inline int bits(QuantizationMode mode) {
+  return mode == QuantizationMode::Turbo3 ? 3 : 4;
+}
+
+inline const float* codebook(int bits) {
+  return bits == 3 ? kCodebook3 : kCodebook4;
+}
+
+inline bool is_supported_dim(int dim) {
+  return dim == 64 || dim == 80 || dim == 96 || dim == 128 || dim == 192 ||
+      dim == 256;
+}
+
+// Number of uint32 words holding the codes of one vector of length dim.
+inline int packed_width(int dim, int bits) {
+  return bits == 4 ? dim / 8 : dim / 16 + (dim + 31) / 32;
+}
+
+// Inverse of packed_width over the supported dims, or -1.
+inline int dim_from_packed_width(int width, int bits) {
+  for (int d : {64, 80, 96, 128, 192, 256}) {
+    if (packed_width(d, bits) == width) {
+      return d;
+    }
+  }
+  return -1;
+}
+
+// Largest power of two <= dim: the size of both Hadamard stages.
+inline int stage_size(int dim) {
+  int p = 1;
+  while (2 * p <= dim) {
+    p *= 2;
+  }
+  return p;
+}
+
+// Random sign of coordinate i in rotation stage t (1 or 2).
+constexpr float sign(int t, int i) {
+  uint32_t h = static_cast<uint32_t>(i + 1) * 0x9E3779B1u +
+      static_cast<uint32_t>(t) * 0x7F4A7C15u;
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  return (h & 1u) ? -1.0f : 1.0f;
+}
+
+// Code of coordinate i of a packed vector.
+inline uint32_t unpack_code(const uint32_t* w, int i, int dim, int bits) {
+  if (bits == 4) {
+    return (w[i / 8] >> (4 * (i % 8))) & 0xFu;
+  }
+  uint32_t lo = (w[i / 16] >> (2 * (i % 16))) & 0x3u;
+  uint32_t hi = (w[dim / 16 + i / 32] >> (i % 32)) & 0x1u;
+  return lo | (hi << 2);
+}
+
+// In-place, unnormalized fast Walsh-Hadamard transform of n (power of 2).
+inline void fwht(float* x, int n) {
+  for (int h = 1; h < n; h *= 2) {
+    for (int i = 0; i < n; i += 2 * h) {
+      for (int j = i; j < i + h; ++j) {
+        float a = x[j];
+        float b = x[j + h];
+        x[j] = a + b;
+        x[j + h] = a - b;
+      }
+    }
+  }
+}
+
+// y = R x (inverse = false) or x = R^T y (inverse = true), in place.
+inline void rotate(float* x, int dim, bool inverse) {
+  int p = stage_size(dim);
+  float norm = 1.0f / std::sqrt(static_cast<float>(p));
+  auto stage = [&](int t, int offset, bool signs_first) {
+    if (signs_first) {
+      for (int i = 0; i < dim; ++i) {
+        x[i] *= sign(t, i);
+      }
+    }
+    fwht(x + offset, p);
+    for (int i = offset; i < offset + p; ++i) {
+      x[i] *= norm;
+    }
+    if (!signs_first) {
+      for (int i = 0; i < dim; ++i) {
+        x[i] *= sign(t, i);
+      }
+    }
+  };
+  if (!inverse) {
+    stage(1, 0, true);
+    stage(2, dim - p, true);
+  } else {
+    stage(2, dim - p, false);
+    stage(1, 0, false);
+  }
+}
+
+// Validation shared by the ops.
+void check_dim(std::string_view tag, int dim);
+
+// Op-composed rotation over the last axis (float32 result).
+array rotate(const array& x, bool inverse, StreamOrDevice s = {});
+
+// quantize / dequantize with a turbo mode (called by mlx::core::quantize and
+// mlx::core::dequantize after mode parsing).
+std::vector<array> quantize(const array& w, QuantizationMode mode, Stream s);
+array dequantize(
+    const array& w,
+    const array& scales,
+    QuantizationMode mode,
+    Dtype out_type,
+    Stream s);
+
+// float32 reconstruction in the rotated domain: scale * codebook[code].
+array dequantize_rotated(
+    const array& w,
+    const array& scales,
+    QuantizationMode mode,
+    StreamOrDevice s = {});
+
+// Whether the GPU backend of this build has turbo quantize kernels. Defined by
+// each backend (no_gpu, metal, cuda).
+bool gpu_quantize_supported();
+
+// CPU kernels (mlx/backend/cpu/turboquant.cpp), called from
+// fast::Quantize::eval_cpu.
+void quantize_cpu(
+    const array& w,
+    array& packed,
+    array& scales,
+    QuantizationMode mode,
+    Stream s);
+void dequantize_cpu(
+    const array& packed,
+    const array& scales,
+    array& out,
+    QuantizationMode mode,
+    Stream s);
+
+} // namespace mlx::core::turbo

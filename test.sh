@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against the patched MLX installed by ./build.sh.
+#   ./test.sh                 # everything
+#   ./test.sh -k attention    # extra arguments go to pytest
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="${TURBOQUANT_VENV:-$ROOT/.venv}"
+CACHE="${TURBOQUANT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/turboquant-mlx}"
+[[ -x "$VENV/bin/python" ]] || { echo "test.sh: no venv at $VENV: run ./build.sh first" >&2; exit 1; }
+
+# Metal kernels, checked on Linux: type-check + CPU execution (docs/metal.md).
+if [[ -x "$ROOT/tests/metal/run.sh" && -z "${TURBOQUANT_SKIP_METAL:-}" ]]; then
+  echo "==> Metal kernel verification (tests/metal/run.sh)"
+  "$ROOT/tests/metal/run.sh" "$CACHE/work/mlx"
+fi
+
+echo "==> pytest against $("$VENV/bin/python" -c 'import mlx.core as mx, os; print("mlx", mx.__version__, os.path.dirname(mx.__file__))')"
+cd "$ROOT"
+exec "$VENV/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
