@@ -261,6 +261,7 @@ static void run_case(const Case& c, unsigned seed) {
          c.pass == 1 ? "1pass" : ("2pass/" + std::to_string(c.blocks)).c_str(), max_err, tol, bad, ms);
   if (order_dependent) printf("     ^ result depends on the lane schedule: data race / missing barrier\n");
   fflush(stdout);
+  if (!ok && getenv("TURBO_EXEC_FAILFAST")) exit(1);
   delete[] b.bmask;
 }
 
@@ -272,6 +273,23 @@ static void run_modes(const Case& c, unsigned seed) {
   else if (c.kb == 4 && c.vb == 3) run_case<S, D, V, 4, 3>(c, seed);
   else run_case<S, D, V, 4, 4>(c, seed);
 }
+#ifdef TURBO_EXEC_SMALL
+// Reduced build for the planted-bug runs (fast to compile): float16 scales,
+// head dims 64, 80, 128.
+static bool in_build(const Case& c) {
+  return c.st == 1 && c.Dk == c.Dv && (c.Dk == 64 || c.Dk == 80 || c.Dk == 128);
+}
+template <typename S>
+static void run_dims(const Case& c, unsigned seed) {
+  switch (c.Dk * 1000 + c.Dv) {
+    case 64064: run_modes<S, 64, 64>(c, seed); break;
+    case 80080: run_modes<S, 80, 80>(c, seed); break;
+    case 128128: run_modes<S, 128, 128>(c, seed); break;
+  }
+}
+static void run(const Case& c, unsigned seed) { run_dims<half>(c, seed); }
+#else
+static bool in_build(const Case&) { return true; }
 template <typename S>
 static void run_dims(const Case& c, unsigned seed) {
   switch (c.Dk * 1000 + c.Dv) {
@@ -290,6 +308,7 @@ static void run(const Case& c, unsigned seed) {
   else if (c.st == 1) run_dims<half>(c, seed);
   else run_dims<bfloat>(c, seed);
 }
+#endif
 
 int main(int argc, char** argv) {
   std::string mode = argc > 1 ? argv[1] : "all";
@@ -343,6 +362,7 @@ int main(int argc, char** argv) {
   cases.push_back(C(4, 4, 0, 64, 64, 1, 32, 1, 1, 256, M_NONE, true, 2, 32));         // MQA, 32 query heads
   printf("%zu cases\n", cases.size());
   for (size_t i = 0; i < cases.size(); i++) {
+    if (!in_build(cases[i])) continue;
     if (quick && i % 8 != 0) continue;
     if (!sel.empty() && !quick && std::to_string(i) != sel) continue;
     run(cases[i], 1000 + unsigned(i));

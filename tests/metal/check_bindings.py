@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Static checks that the host dispatch and the kernels agree through
+turbo_bindings.h:
+ 1. the set of kernel names the host can request (turbo_names.cpp, built from
+    the naming functions of turbo_bindings.h) equals the set of [[host_name]]s
+    instantiated by the .metal files (after the preprocessor);
+ 2. every [[buffer(...)]] / [[function_constant(...)]] index in the TurboQuant
+    kernels and every buffer index / function constant passed by
+    turboquant.cpp is a TURBO_* macro from turbo_bindings.h (no literals);
+ 3. each kernel binds each buffer index at most once.
+usage: check_bindings.py KERNEL_ROOT PP_DIR OVERLAY_OR_TREE_ROOT BUILD_DIR"""
+import os, re, subprocess, sys
+
+root, pp, host_root, build = sys.argv[1:5]
+here = os.path.dirname(os.path.abspath(__file__))
+cxx = os.environ.get("CLANGXX", "clang++-19")
+kdir = os.path.join(root, "mlx/backend/metal/kernels")
+fails = 0
+
+def fail(msg):
+    global fails
+    fails += 1
+    print("  FAIL " + msg)
+
+# 1. names
+exe = os.path.join(build, "turbo_names")
+subprocess.run([cxx, "-std=c++17", "-O0", "-I" + root, os.path.join(here, "turbo_names.cpp"), "-o", exe], check=True)
+host = set(subprocess.run([exe], capture_output=True, text=True, check=True).stdout.split())
+inst = set()
+for f in ("sdpa_vector_turbo.metal", "turbo_quantize.metal"):
+    out = subprocess.run([cxx, "-x", "c++", "-std=c++17", "-E", "-P", "-I" + os.path.join(here, "shim/include"),
+                          "-I" + pp, "-include", "mshim/mshim.h", os.path.join(pp, "mlx/backend/metal/kernels", f)],
+                         capture_output=True, text=True, check=True).stdout
+    for m in re.finditer(r'annotate\("host_name",\s*((?:"[^"]*"\s*)+)\)', out):
+        inst.add("".join(re.findall(r'"([^"]*)"', m.group(1))))
+missing, extra = sorted(host - inst), sorted(inst - host)
+if missing: fail(f"{len(missing)} kernel names requested by the host are not instantiated, e.g. {missing[:3]}")
+if extra: fail(f"{len(extra)} instantiated kernels the host never requests, e.g. {extra[:3]}")
+if not missing and not extra:
+    print(f"  ok  {len(host)} host kernel names == instantiated [[host_name]]s")
+
+# 2./3. binding indices
+for f in ("sdpa_vector_turbo.h", "turbo_quantize.h"):
+    src = open(os.path.join(kdir, f)).read()
+    for m in re.finditer(r"\[\[\s*(buffer|function_constant)\s*\(\s*([^),\]]+)", src):
+        arg = m.group(2).strip()
+        if m.group(1) == "function_constant" and not arg.startswith("TURBO_") and not arg.startswith("turbo_"):
+            fail(f"{f}: function_constant({arg}) is not a TURBO_ macro / turbo_ constant")
+        if m.group(1) == "buffer" and not arg.startswith("TURBO_"):
+            fail(f"{f}: buffer({arg}) is not a TURBO_ macro")
+    for km in re.finditer(r"\[\[kernel\]\] void (\w+)\((.*?)\)\s*\{", src, re.S):
+        idx = re.findall(r"\[\[\s*buffer\s*\(\s*(TURBO_\w+)", km.group(2))
+        if len(idx) != len(set(idx)):
+            fail(f"{f}:{km.group(1)} binds a buffer index twice")
+        # distinct macro values
+        vals = {}
+        defs = dict(re.findall(r"#define (TURBO_\w+) (\d+)", open(os.path.join(kdir, "turbo_bindings.h")).read()))
+        for i in idx:
+            v = defs.get(i)
+            if v in vals: fail(f"{km.group(1)}: {i} and {vals[v]} have the same index {v}")
+            vals[v] = i
+cpp = os.path.join(host_root, "mlx/backend/metal/turboquant.cpp")
+if os.path.exists(cpp):
+    src = open(cpp).read()
+    for m in re.finditer(r"set_(?:input_array|output_array|bytes)\([^;]*?,\s*([^,;()]+)\)\s*;", src):
+        if not m.group(1).strip().startswith("TURBO_"):
+            fail(f"turboquant.cpp: buffer index {m.group(1).strip()} is not a TURBO_ macro")
+    for m in re.finditer(r"MTL::DataType::\w+,\s*([^}]+)\}", src):
+        if not m.group(1).strip().startswith("TURBO_FC_"):
+            fail(f"turboquant.cpp: function constant index {m.group(1).strip()} is not a TURBO_FC_ macro")
+    print("  ok  binding indices are TURBO_* macros (kernels and turboquant.cpp)" if not fails else "")
+else:
+    fail(f"{cpp} not found")
+sys.exit(1 if fails else 0)

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Planted bugs in the TurboQuant kernels: each mutation is applied to a copy
+of the kernel tree and must be caught.
+  compile: by check_kernels.sh (type check) or check_bindings.py
+  runtime: by the reduced CPU-execution builds (TURBO_EXEC_SMALL), plain and,
+           where marked, under AddressSanitizer
+usage: planted_bugs.py KERNEL_ROOT BUILD_DIR [substring filters...]
+Prints one line per mutation; exits 1 if any mutation was missed."""
+import os, shutil, subprocess, sys, time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT, BUILD = sys.argv[1], sys.argv[2]
+ONLY = sys.argv[3:]
+K = "mlx/backend/metal/kernels/"
+SVT, TQ, TC = K + "sdpa_vector_turbo.h", K + "turbo_quantize.h", K + "turbo_common.h"
+SVM = K + "sdpa_vector_turbo.metal"
+
+# (name, kind, file, old, new[, asan])   kind: compile | bindings | attn | quant
+MUT = [
+  ("write through a const device pointer (out)", "compile", SVT,
+   "    device float* out [[buffer(TURBO_ATTN_BUF_OUT)]],\n    const constant TurboAttnParams& p [[buffer(TURBO_ATTN_BUF_PARAMS)]],\n    const device bool* bmask\n    [[buffer(TURBO_ATTN_BUF_BMASK), function_constant(turbo_bool_mask)]],\n    const device float* fmask\n    [[buffer(TURBO_ATTN_BUF_FMASK), function_constant(turbo_float_mask)]],\n    const device float* sinks\n    [[buffer(TURBO_ATTN_BUF_SINKS), function_constant(turbo_has_sinks)]],\n    uint3 tid",
+   "    const device float* out [[buffer(TURBO_ATTN_BUF_OUT)]],\n    const constant TurboAttnParams& p [[buffer(TURBO_ATTN_BUF_PARAMS)]],\n    const device bool* bmask\n    [[buffer(TURBO_ATTN_BUF_BMASK), function_constant(turbo_bool_mask)]],\n    const device float* fmask\n    [[buffer(TURBO_ATTN_BUF_FMASK), function_constant(turbo_float_mask)]],\n    const device float* sinks\n    [[buffer(TURBO_ATTN_BUF_SINKS), function_constant(turbo_has_sinks)]],\n    uint3 tid"),
+  ("device pointer passed where a thread pointer is expected (FWHT on device memory)", "compile", TQ,
+   "  turbo_fwht<P>(y);\n  for (int i = 0; i < P; i++) {\n    y[i] = y[i] * norm;\n  }\n  for (int i = 0; i < D; i++) {\n    y[i] = y[i] * turbo_sign(2u, uint(i));",
+   "  turbo_fwht<P>((device float*)packed);\n  for (int i = 0; i < P; i++) {\n    y[i] = y[i] * norm;\n  }\n  for (int i = 0; i < D; i++) {\n    y[i] = y[i] * turbo_sign(2u, uint(i));"),
+  ("threadgroup array bound to a device pointer", "compile", SVT,
+   "  threadgroup float sum_exp_scores[BN];\n",
+   "  threadgroup float sum_exp_scores[BN];\n  device float* tmp = max_scores;\n  (void)tmp;\n"),
+  ("assignment to a function constant", "compile", SVT,
+   "  const int causal_limit = p.kL - p.qL + qi;\n\n  for (int i = int(simd_gid); i < p.kL; i += BN) {",
+   "  const int causal_limit = p.kL - p.qL + qi;\n  turbo_do_causal = false;\n\n  for (int i = int(simd_gid); i < p.kL; i += BN) {"),
+  ("write to the constant params buffer", "compile", SVT,
+   "  const int blocks = p.blocks;", "  const int blocks = p.blocks;\n  p.blocks = 0;"),
+  ("implicit float -> half/bfloat store in dequantize", "compile", TQ,
+   "    out[i] = static_cast<O>(y[i] * turbo_sign(1u, uint(i)));",
+   "    out[i] = y[i] * turbo_sign(1u, uint(i));"),
+  ("error only in the D = 80 instantiations", "compile", TC,
+   "  static_assert(D % E == 0 && lanes <= 32, \"unsupported head dim\");",
+   "  static_assert(D % E == 0 && lanes <= 32, \"unsupported head dim\");\n  static_assert(D != 80 || E == 3, \"planted\");"),
+  ("typo in a template only instantiated per value dim (2pass_2)", "compile", SVT,
+   "    r = sum_exp == 0.0f ? r : r / sum_exp;", "    r = sum_exp == 0.0f ? r : r / sum_exps;"),
+  ("kernel name in the .metal differs from the host's name", "bindings", SVM,
+   "\"sdpa_vector_turbo_2pass_1_\" #kmode", "\"sdpa_vector_turbo_2pass1_\" #kmode"),
+  ("missing instantiations (head dim 96)", "bindings", SVM,
+   "  instantiate_sdpa_vector_turbo_modes(stype, sname, 96, 96)      \\\n", ""),
+  ("two buffers on one index (sums on the sinks index)", "bindings", SVT,
+   "device float* sums [[buffer(TURBO_ATTN_BUF_SUMS)]]", "device float* sums [[buffer(TURBO_ATTN_BUF_SINKS)]]"),
+  ("literal buffer index instead of the shared macro", "bindings", SVT,
+   "device float* maxs [[buffer(TURBO_ATTN_BUF_MAXS)]]", "device float* maxs [[buffer(11)]]"),
+  # ---- runtime
+  ("missing threadgroup_barrier before reading max_scores", "attn", SVT,
+   "  threadgroup_barrier(mem_flags::mem_threadgroup);\n  float m = max_scores[simd_lid];", "  float m = max_scores[simd_lid];"),
+  ("missing 2nd barrier in the 1-pass output transpose (WAR race)", "attn", SVT,
+   "      out[simd_gid * State::EV + e] = r;\n    }\n    threadgroup_barrier(mem_flags::mem_threadgroup);",
+   "      out[simd_gid * State::EV + e] = r;\n    }"),
+  ("key loop off by one (i <= kL): reads one key past the cache", "attn", SVT,
+   "  for (int i = int(simd_gid); i < p.kL; i += BN) {", "  for (int i = int(simd_gid); i <= p.kL; i += BN) {", True),
+  ("wrong GQA head mapping (% instead of /)", "attn", SVT,
+   "  const int kvh = h / p.gqa_factor;", "  const int kvh = h % p.gqa_factor;"),
+  ("causal mask off by one", "attn", SVT,
+   "    masked = i > causal_limit;", "    masked = i >= causal_limit;"),
+  ("masked keys always skipped (fully masked row gives 0, not the mean)", "attn", SVT,
+   "    if (masked && max_score > Limits<float>::finite_min) {", "    if (masked) {"),
+  ("sink logit added in every SIMD-group", "attn", SVT,
+   "  if (turbo_has_sinks && simd_gid == 0) {", "  if (turbo_has_sinks) {"),
+  ("value scale not applied", "attn", SVT,
+   "    float w = exp_score * static_cast<float>(vs[0]);", "    float w = exp_score;"),
+  ("key scale read from the value scales", "attn", SVT,
+   "      score = simd_sum(dot) * static_cast<float>(ks[0]) + madd;", "      score = simd_sum(dot) * static_cast<float>(vs[0]) + madd;"),
+  ("divergent simd_sum (only the lanes that own coordinates)", "attn", SVT,
+   "      if (lane < uint(LK)) {\n        for (int e = 0; e < EK; e++) {\n          int i = int(lane) * EK + e;\n          dot += q[e] * turbo_centroid<KB>(turbo_code<KB, D>(kw, i));\n        }\n      }\n      score = simd_sum(dot)",
+   "      if (lane < uint(LK)) {\n        for (int e = 0; e < EK; e++) {\n          int i = int(lane) * EK + e;\n          dot += q[e] * turbo_centroid<KB>(turbo_code<KB, D>(kw, i));\n        }\n        dot = simd_sum(dot);\n      }\n      score = dot"),
+  ("2-pass first pass writes partials from idle lanes (D = 80)", "attn", SVT,
+   "  if (simd_lid < uint(State::LV)) {\n    out += part * V", "  if (true) {\n    out += part * V", True),
+  ("2-pass aggregation uses the lane's block max for the SIMD-group's block", "attn", SVT,
+   "    float factor = fast::exp(maxs[simd_gid + BN * b] - max_score);", "    float factor = fast::exp(maxs[simd_lid + BN * b] - max_score);"),
+  ("turbo3 high bit plane read from the wrong word", "attn", TC,
+   "    uint hi = (w[D / 16 + (i >> 5)] >> uint(i & 31)) & 0x1u;", "    uint hi = (w[D / 16 + (i >> 6)] >> uint(i & 31)) & 0x1u;"),
+  ("turbo4 nibble order reversed within a word", "attn", TC,
+   "    return (w[i >> 3] >> (uint(i & 7) * 4u)) & 0xFu;", "    return (w[i >> 3] >> (uint(7 - (i & 7)) * 4u)) & 0xFu;"),
+  ("codebook entry typo (turbo4 level 9)", "attn", TC, "0.3881f,  0.6568f", "0.3818f,  0.6568f"),
+  ("FWHT butterfly span descending (bit-exactness contract)", "quant", TC,
+   "  for (int h = 1; h < P; h <<= 1) {", "  for (int h = P / 2; h >= 1; h >>= 1) {"),
+  ("stage signs swapped in the encoder", "quant", TQ,
+   "  for (int i = 0; i < D; i++) {\n    y[i] = y[i] * turbo_sign(1u, uint(i));\n  }\n  turbo_fwht<P>(y);",
+   "  for (int i = 0; i < D; i++) {\n    y[i] = y[i] * turbo_sign(2u, uint(i));\n  }\n  turbo_fwht<P>(y);"),
+  ("Inf input encodes to Inf, not NaN", "quant", TQ,
+   "  const float scale = finite_n ? n / rho : NAN;", "  const float scale = n / rho;"),
+  ("norm accumulated with a fused multiply-add", "quant", TQ,
+   "    float sq = xi * xi;\n    ss = ss + sq;", "    ss = fma(xi, xi, ss);"),
+  ("boundary tie goes to the upper level (z >= b)", "quant", TQ,
+   "    idx += z > b ? 1u : 0u;", "    idx += z >= b ? 1u : 0u;"),
+  ("quantize writes one word past the vector", "quant", TQ,
+   "  for (int k = 0; k < W; k++) {\n    packed[k] = w[k];", "  for (int k = 0; k <= W; k++) {\n    packed[k] = k < W ? w[k] : 0u;", True),
+]
+
+def sh(cmd, env=None, timeout=900):
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+tree = os.path.join(BUILD, "mut_tree")
+missed = 0
+t0 = time.time()
+for m in MUT:
+    name, kind, rel, old, new = m[:5]
+    asan = len(m) > 5 and m[5]
+    if ONLY and not any(o in name or o == kind for o in ONLY):
+        continue
+    orig = open(os.path.join(ROOT, rel)).read()
+    text = orig.replace(old, new, 1)
+    if text == orig:
+        print(f"[STALE ] {name}: pattern not found"); missed += 1; continue
+    shutil.rmtree(tree, ignore_errors=True)
+    os.makedirs(os.path.join(tree, "mlx/backend/metal"), exist_ok=True)
+    shutil.copytree(os.path.join(ROOT, K), os.path.join(tree, K))
+    open(os.path.join(tree, rel), "w").write(text)
+    pp = os.path.join(BUILD, "mut_pp")
+    shutil.rmtree(pp, ignore_errors=True)
+    res = []
+    if kind in ("compile", "bindings"):
+        if kind == "compile":
+            r = sh([os.path.join(HERE, "check_kernels.sh"), tree, pp])
+        else:
+            subprocess.run(["python3", os.path.join(HERE, "tools/msl_prepass.py"), tree, pp], capture_output=True)
+            r = sh(["python3", os.path.join(HERE, "check_bindings.py"), tree, pp, ROOT, BUILD])
+        lines = [l for l in (r.stdout + r.stderr).splitlines() if "error:" in l or "FAIL" in l]
+        res.append(("check", r.returncode != 0, lines[:1]))
+    else:
+        test = "turbo_attn_exec" if kind == "attn" else "turbo_quant_exec"
+        for san in (["", "asan"] if asan else [""]):
+            out = os.path.join(BUILD, "mut_bin" + ("_asan" if san else ""))
+            shutil.rmtree(os.path.join(out, "pp"), ignore_errors=True)
+            env = dict(os.environ, SAN=san, EXTRA_FLAGS="-DTURBO_EXEC_SMALL")
+            b = sh([os.path.join(HERE, "build_exec.sh"), test, tree, out], env=env)
+            if b.returncode:
+                res.append((san or "plain", True, ["build failed: " + (b.stderr.strip().splitlines() or [''])[-1][:150]]))
+                continue
+            exe = os.path.join(out, test + ("_asan" if san else ""))
+            try:
+                r = sh([exe], env=dict(os.environ, TURBO_EXEC_FAILFAST="1"), timeout=600)
+                o = r.stdout + r.stderr
+                lines = [l for l in o.splitlines() if l.startswith(("FAIL", "mshim", "     ^")) or "AddressSanitizer" in l]
+                res.append((san or "plain", r.returncode != 0, lines[:1]))
+            except subprocess.TimeoutExpired:
+                res.append((san or "plain", True, ["timeout (hang)"]))
+    caught = all(c for _, c, _ in res)
+    if not caught:
+        missed += 1
+    detail = "  ".join(f"{w}:{'caught' if c else 'MISSED'}" for w, c, _ in res)
+    print(f"[{'CAUGHT' if caught else 'MISSED'}] ({kind}) {name}   {detail}")
+    for _, _, ls in res:
+        for l in ls:
+            print("          " + l.replace(pp + "/", "")[:200])
+    sys.stdout.flush()
+print(f"planted bugs: {missed} missed, {int(time.time() - t0)} s")
+sys.exit(1 if missed else 0)
