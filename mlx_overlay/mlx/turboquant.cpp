@@ -200,7 +200,8 @@ array dequantize_rotated(
     StreamOrDevice s) {
   int nbits = bits(mode);
   int dim = dim_from_packed_width(w.shape(-1), nbits);
-  auto codes = unpack_codes(w, dim, nbits, s);
+  // Codes are indices: no gradient flows through them.
+  auto codes = stop_gradient(unpack_codes(w, dim, nbits, s), s);
   auto c = take(codebook_array(nbits), codes, s);
   return multiply(c, astype(scales, float32, s), s);
 }
