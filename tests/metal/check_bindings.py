@@ -27,7 +27,7 @@ exe = os.path.join(build, "turbo_names")
 subprocess.run([cxx, "-std=c++17", "-O0", "-I" + root, os.path.join(here, "turbo_names.cpp"), "-o", exe], check=True)
 host = set(subprocess.run([exe], capture_output=True, text=True, check=True).stdout.split())
 inst = set()
-for f in ("sdpa_vector_turbo.metal", "turbo_quantize.metal"):
+for f in ("sdpa_vector_turbo.metal", "sdpa_prefill_turbo.metal", "turbo_quantize.metal"):
     out = subprocess.run([cxx, "-x", "c++", "-std=c++17", "-E", "-P", "-I" + os.path.join(here, "shim/include"),
                           "-I" + pp, "-include", "mshim/mshim.h", os.path.join(pp, "mlx/backend/metal/kernels", f)],
                          capture_output=True, text=True, check=True).stdout
@@ -40,7 +40,7 @@ if not missing and not extra:
     print(f"  ok  {len(host)} host kernel names == instantiated [[host_name]]s")
 
 # 2./3. binding indices
-for f in ("sdpa_vector_turbo.h", "turbo_quantize.h"):
+for f in ("sdpa_vector_turbo.h", "sdpa_prefill_turbo.h", "turbo_quantize.h"):
     src = open(os.path.join(kdir, f)).read()
     for m in re.finditer(r"\[\[\s*(buffer|function_constant)\s*\(\s*([^),\]]+)", src):
         arg = m.group(2).strip()

@@ -10,7 +10,7 @@ ROOT=$1 PP=$2; shift 2
 [ -d "$PP" ] || python3 "$HERE/tools/msl_prepass.py" "$ROOT" "$PP" 2>/dev/null
 CXX=${CLANGXX:-clang++-19}
 rc=0
-for f in sdpa_vector_turbo.metal turbo_quantize.metal scaled_dot_product_attention.metal; do
+for f in sdpa_vector_turbo.metal sdpa_prefill_turbo.metal turbo_quantize.metal scaled_dot_product_attention.metal; do
   if $CXX -x c++ -std=c++17 -fsyntax-only -fno-exceptions -fno-rtti \
       -I"$HERE/shim/include" -I"$PP" -include mshim/mshim.h \
       -Wno-unknown-attributes -Wno-unknown-pragmas -Wno-duplicate-decl-specifier \

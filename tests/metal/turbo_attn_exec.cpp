@@ -1,5 +1,5 @@
 // Execute the TurboQuant attention kernels (sdpa_vector_turbo,
-// sdpa_vector_turbo_2pass_1/_2) on the CPU through mshim and compare them
+// sdpa_vector_turbo_2pass_1/_2, sdpa_prefill_turbo) on the CPU through mshim and compare them
 // with a float64 reference on the dequantized inputs (docs/format.md
 // section 6). Every case runs under the 4 lane schedules and must be
 // bit-identical across them. Launch geometry, buffer roles, kernel names and
@@ -19,7 +19,7 @@
 
 #include <metal_stdlib>
 #include "mlx/backend/metal/kernels/utils.h"
-#include "mlx/backend/metal/kernels/sdpa_vector_turbo.h"
+#include "mlx/backend/metal/kernels/sdpa_prefill_turbo.h"
 #include "mshim/end_kernels.h"
 
 #include "turbo_reference.h"
@@ -44,7 +44,7 @@ struct Case {
   int B, Hq, Hkv, qL, kL;
   int mask;
   bool sinks;
-  int pass;        // 1 or 2
+  int pass;        // 1: 1-pass, 2: 2-pass, 3: prefill
   int blocks;      // 2-pass
   int cap_extra;   // extra KV capacity (non-contiguous seq slice)
   bool seq_major;  // K/V stored (B, L, H, W): batch/head strides not mergeable
@@ -90,6 +90,16 @@ static void launch(const Case& c, Buffers& b, const rt::LaunchOptions& opt) {
           dev(b.out.data()), cst(b.p), cdev(bm), cdev(fm), cdev(sk),
           u3(t.threadgroup_position_in_grid), t.simdgroup_index_in_threadgroup,
           t.thread_index_in_simdgroup);
+    };
+    rt::dispatch_threadgroups(D3(d.grid), D3(d.group), body, opt);
+  } else if (c.pass == 3) {
+    auto d = tb::attn_prefill_dims(c.B, c.Hq, c.qL);
+    auto body = [&](const rt::ThreadCtx& t) {
+      sdpa_prefill_turbo<S, D, V, KB, VB>(
+          cdev(b.q.data()), cdev(b.k.data()), cdev(ks), cdev(b.v.data()), cdev(vs),
+          dev(b.out.data()), cst(b.p), cdev(bm), cdev(fm), cdev(sk),
+          u3(t.threadgroup_position_in_grid), t.thread_index_in_threadgroup,
+          t.simdgroup_index_in_threadgroup, t.thread_index_in_simdgroup);
     };
     rt::dispatch_threadgroups(D3(d.grid), D3(d.group), body, opt);
   } else {
@@ -258,7 +268,7 @@ static void run_case(const Case& c, unsigned seed) {
          ok ? "OK" : "FAIL", tb::mode_name(c.kb), tb::mode_name(c.vb), stype_name[c.st], c.Dk, c.Dv, c.B,
          c.Hq, c.Hkv, c.qL, c.kL, c.cap_extra, c.seq_major ? "BLHW" : "BHLW", mask_name[c.mask],
          c.mask_bcast ? "(bcast)" : "", c.dead_row ? "(dead row)" : "", int(c.sinks),
-         c.pass == 1 ? "1pass" : ("2pass/" + std::to_string(c.blocks)).c_str(), max_err, tol, bad, ms);
+         c.pass == 1 ? "1pass" : c.pass == 3 ? "prefill" : ("2pass/" + std::to_string(c.blocks)).c_str(), max_err, tol, bad, ms);
   if (order_dependent) printf("     ^ result depends on the lane schedule: data race / missing barrier\n");
   fflush(stdout);
   if (!ok && getenv("TURBO_EXEC_FAILFAST")) exit(1);
@@ -333,7 +343,8 @@ int main(int argc, char** argv) {
         c.kL = (r % 3 == 0) ? 64 : (r % 3 == 1) ? 77 : 33;
         c.mask = r % 5;
         c.sinks = r % 7 == 2 || r % 7 == 5;
-        c.pass = 1 + (r % 2);
+        c.pass = 1 + (r % 3);
+        if (c.pass == 3) c.qL = 9 + (r % 4) * 11;
         c.blocks = 32;
         c.cap_extra = r % 4 == 3 ? 5 : 0;
         c.seq_major = r % 6 == 4;
@@ -360,6 +371,16 @@ int main(int argc, char** argv) {
   cases.push_back(C(3, 3, 0, 80, 80, 1, 3, 1, 1, 1, M_NONE, false, 1, 0));            // a single key
   cases.push_back(C(3, 3, 1, 128, 128, 1, 2, 1, 5, 96, M_CAUSAL_BOOL, false, 1, 0, 0, false, true));
   cases.push_back(C(4, 4, 0, 64, 64, 1, 32, 1, 1, 256, M_NONE, true, 2, 32));         // MQA, 32 query heads
+  cases.push_back(C(4, 4, 1, 128, 128, 1, 4, 2, 2, 100, M_NONE, true, 1, 0));        // sinks, 1-pass
+  cases.push_back(C(4, 4, 1, 64, 64, 1, 4, 2, 2, 100, M_NONE, true, 2, 32));          // sinks, 2-pass
+  // 3. prefill (tiled) kernel
+  cases.push_back(C(3, 4, 1, 128, 128, 1, 4, 2, 40, 200, M_CAUSAL, false, 3, 0));     // GQA, causal, causal early stop
+  cases.push_back(C(4, 4, 1, 128, 128, 1, 2, 1, 64, 64, M_CAUSAL, true, 3, 0));       // square causal + sinks
+  cases.push_back(C(3, 3, 0, 80, 80, 2, 2, 2, 17, 45, M_BOOL, false, 3, 0, 3, true, false, true)); // dead row, strides
+  cases.push_back(C(4, 3, 2, 192, 128, 1, 3, 1, 12, 70, M_FLOAT, true, 3, 0, 0, false, true));
+  cases.push_back(C(3, 3, 1, 64, 64, 1, 2, 1, 20, 10, M_CAUSAL, false, 3, 0));        // qL > kL: dead rows
+  cases.push_back(C(4, 4, 0, 256, 256, 1, 1, 1, 9, 33, M_CAUSAL_BOOL, false, 3, 0, 0, false, true));
+  cases.push_back(C(3, 4, 1, 96, 96, 1, 2, 2, 5, 40, M_NONE, false, 3, 0));           // qL < BQ
   printf("%zu cases\n", cases.size());
   for (size_t i = 0; i < cases.size(); i++) {
     if (!in_build(cases[i])) continue;

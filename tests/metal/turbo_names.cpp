@@ -6,7 +6,7 @@ namespace tb = turbo_bindings;
 int main() {
   const char* types[] = {"float32", "float16", "bfloat16"};
   const int dims[] = {64, 80, 96, 128, 192, 256};
-  for (int pass = 0; pass < 2; pass++)
+  for (int pass = 0; pass < 3; pass++)
     for (int kb = 3; kb <= 4; kb++)
       for (int vb = 3; vb <= 4; vb++)
         for (auto t : types)

@@ -149,10 +149,9 @@ bool QuantizedScaledDotProductAttention::use_fallback(
     int key_dim,
     int value_dim,
     Stream /* s */) {
-  // Vector kernels for up to 8 queries (as MLX's sdpa_vector). Longer query
-  // blocks (prefill) use the op-composed fallback until a tiled kernel exists.
-  return !(tb::attn_dims_supported(key_dim, value_dim) && q.ndim() == 4 &&
-           q.shape(2) <= 8);
+  // Vector kernels for up to 8 queries (as MLX's sdpa_vector), the tiled
+  // prefill kernel above that.
+  return !(tb::attn_dims_supported(key_dim, value_dim) && q.ndim() == 4);
 }
 
 void QuantizedScaledDotProductAttention::eval_gpu(
@@ -233,7 +232,8 @@ void QuantizedScaledDotProductAttention::eval_gpu(
 
   const std::string stype = type_to_name(ks.dtype());
   char devc = d.get_architecture().back();
-  const bool two_pass = tb::attn_use_2pass(kL, Hq, Hkv, qL, devc);
+  const bool prefill = tb::attn_use_prefill(qL);
+  const bool two_pass = !prefill && tb::attn_use_2pass(kL, Hq, Hkv, qL, devc);
 
   auto bind_common = [&](int pass) {
     enc.set_input_array(q, TURBO_ATTN_BUF_Q);
@@ -254,10 +254,11 @@ void QuantizedScaledDotProductAttention::eval_gpu(
   };
 
   if (!two_pass) {
-    auto kname = tb::attn_kernel_name(0, kb, vb, stype, Dk, Dv);
+    auto kname = tb::attn_kernel_name(prefill ? 2 : 0, kb, vb, stype, Dk, Dv);
     auto hash_name = kname + fc_suffix;
     auto kernel = d.get_kernel(kname, hash_name, func_consts);
-    auto dims = tb::attn_1pass_dims(B, Hq, qL);
+    auto dims = prefill ? tb::attn_prefill_dims(B, Hq, qL)
+                        : tb::attn_1pass_dims(B, Hq, qL);
     check_kernel_threadgroup_size(kernel, to_size(dims.group), hash_name);
     enc.set_compute_pipeline_state(kernel);
     bind_common(0);

@@ -58,6 +58,8 @@
 #define TURBO_ATTN_SIMDS 32 // 1-pass: 32 SIMD-groups of 32 lanes
 #define TURBO_SIMD_WIDTH 32
 #define TURBO_Q_THREADS 64 // (de)quantize: one thread per vector
+#define TURBO_PREFILL_BQ 8 // prefill: queries (SIMD-groups) per threadgroup
+#define TURBO_PREFILL_BK 32 // prefill: keys per tile (one per lane)
 
 // Strides are in elements (uint32 words for codes). Index 0: batch,
 // 1: (kv) head, 2: sequence; for the mask 3 is the key position.
@@ -105,13 +107,16 @@ inline bool quant_dim_supported(int D) {
 
 // type strings as MLX's get_type_string: float32, float16, bfloat16
 inline std::string attn_kernel_name(
-    int pass, // 0: 1-pass, 1: 2-pass first pass
+    int pass, // 0: 1-pass, 1: 2-pass first pass, 2: prefill
     int kbits,
     int vbits,
     const std::string& scale_type,
     int Dk,
     int Dv) {
-  std::string n = pass == 0 ? "sdpa_vector_turbo_" : "sdpa_vector_turbo_2pass_1_";
+  // pass 2: tiled prefill kernel
+  std::string n = pass == 0 ? "sdpa_vector_turbo_"
+      : pass == 1           ? "sdpa_vector_turbo_2pass_1_"
+                            : "sdpa_prefill_turbo_";
   n += mode_name(kbits);
   n += "_";
   n += mode_name(vbits);
@@ -155,6 +160,17 @@ inline Dims attn_2pass_1_dims(int B, int Hkv, int gqa, int qL, int blocks) {
 }
 inline Dims attn_2pass_2_dims(int B, int Hq, int qL) {
   return attn_1pass_dims(B, Hq, qL);
+}
+
+// Prefill: one threadgroup of TURBO_PREFILL_BQ SIMD-groups per block of
+// queries of one (batch, head).
+inline Dims attn_prefill_dims(int B, int Hq, int qL) {
+  return {{unsigned((qL + TURBO_PREFILL_BQ - 1) / TURBO_PREFILL_BQ), unsigned(Hq), unsigned(B)},
+          {unsigned(TURBO_PREFILL_BQ * TURBO_SIMD_WIDTH), 1u, 1u}};
+}
+// Queries per call above which the prefill kernel replaces the vector ones.
+inline bool attn_use_prefill(int qL) {
+  return qL > 8;
 }
 
 // Whether the 2-pass path can run (threadgroup of 32 * gqa * qL threads).
