@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""KV-cache quality of the TurboQuant caches in the patched mlx-lm.
+
+Compares, on one model and one fixed English text:
+
+  fp16            unquantized ``KVCache`` (the reference)
+  turbo4          ``TurboQuantKVCache`` keys and values turbo4
+  turbo3          ``TurboQuantKVCache`` keys and values turbo3
+  turbo4-turbo3   keys turbo4, values turbo3
+  affine4/affine8 mlx-lm's ``QuantizedKVCache`` (group 64, 4 / 8 bits)
+
+Metrics, per context length L (non-overlapping windows of L tokens of the
+text, each run from an empty cache with the cache type under test from the
+first token on, positions L/2..L-1 of every window scored):
+
+  ppl      perplexity of the text
+  kl       mean KL(p_fp16 || p_cache) of the next-token distributions
+  top1     agreement of the arg-max token with fp16
+
+plus greedy-generation agreement (tokens equal to the fp16 continuation, and
+the index of the first difference) and peak memory of a long generation.
+
+Default text: ``/usr/share/common-licenses/GPL-3`` (Debian's base-files;
+verbatim copies are permitted by its own notice), ~7.7k tokens with the
+SmolLM2 tokenizer. Use ``--text-file`` for another one.
+
+    python benchmarks/prepare_smollm2.py
+    python benchmarks/eval_kv_quality.py --out results.json
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+
+DEFAULT_TEXT = "/usr/share/common-licenses/GPL-3"
+ALL_CACHES = ["fp16", "turbo4", "turbo3", "turbo4-turbo3", "affine4", "affine8"]
+
+
+def default_model() -> Path:
+    root = os.environ.get("TURBOQUANT_MLX_CACHE")
+    root = Path(root) if root else Path.home() / ".cache" / "turboquant-mlx"
+    return root / "models" / "SmolLM2-135M-Instruct"
+
+
+def require_patched():
+    if not hasattr(mx.fast, "quantized_scaled_dot_product_attention"):
+        sys.exit("error: this mlx has no mx.fast.quantized_scaled_dot_product_attention "
+                 "(install the patched TurboQuant wheel)")
+    try:
+        from mlx_lm.models.cache import TurboQuantKVCache  # noqa: F401
+    except ImportError:
+        sys.exit("error: mlx_lm without TurboQuantKVCache (run tools/build_mlx_lm.sh)")
+
+
+def make_cache(model, kind):
+    from mlx_lm.models.cache import (
+        KVCache,
+        QuantizedKVCache,
+        TurboQuantKVCache,
+        make_prompt_cache,
+    )
+
+    n = len(model.layers)
+    if kind == "fp16":
+        return [KVCache() for _ in range(n)]
+    if kind.startswith("affine"):
+        bits = int(kind[len("affine"):])
+        return [QuantizedKVCache(group_size=64, bits=bits) for _ in range(n)]
+    cache = make_prompt_cache(model, kv_cache_type=kind)
+    assert all(isinstance(c, TurboQuantKVCache) for c in cache)
+    return cache
+
+
+def window_logprobs(model, tokens, kind, chunk):
+    """Log-probabilities (float32, (L, V)) of every next token of a window."""
+    cache = make_cache(model, kind)
+    outs = []
+    for s in range(0, len(tokens), chunk):
+        x = mx.array(tokens[s : s + chunk])[None]
+        logits = model(x, cache=cache)[0].astype(mx.float32)
+        lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        mx.eval(lp)
+        outs.append(lp)
+    return mx.concatenate(outs, axis=0)
+
+
+def eval_contexts(model, ids, caches, contexts, windows, chunk, log):
+    rows = []
+    for L in contexts:
+        n_win = min(windows, (len(ids) - 1) // L)
+        if n_win == 0:
+            log(f"skip context {L}: text too short")
+            continue
+        acc = {k: {"nll": 0.0, "kl": 0.0, "top1": 0, "n": 0} for k in caches}
+        for w in range(n_win):
+            win = ids[w * L : (w + 1) * L + 1]
+            inp, tgt = win[:-1], mx.array(win[1:])
+            lo = L // 2
+            ref = None
+            for k in caches:
+                t0 = time.time()
+                lp = window_logprobs(model, inp, k, chunk)[lo:]
+                t = tgt[lo:]
+                nll = -mx.take_along_axis(lp, t[:, None], axis=-1).sum()
+                if k == "fp16":
+                    ref = lp
+                    kl = mx.array(0.0)
+                    top1 = mx.array(L - lo)
+                else:
+                    p = mx.exp(ref)
+                    kl = (p * (ref - lp)).sum()
+                    top1 = (mx.argmax(lp, -1) == mx.argmax(ref, -1)).sum()
+                mx.eval(nll, kl, top1)
+                a = acc[k]
+                a["nll"] += nll.item()
+                a["kl"] += kl.item()
+                a["top1"] += int(top1.item())
+                a["n"] += L - lo
+                log(f"ctx {L} window {w} {k}: {time.time() - t0:.1f}s")
+        for k in caches:
+            a = acc[k]
+            rows.append({
+                "context": L, "cache": k, "windows": n_win, "scored_tokens": a["n"],
+                "ppl": math.exp(a["nll"] / a["n"]),
+                "kl": a["kl"] / a["n"],
+                "top1": a["top1"] / a["n"],
+            })
+    return rows
+
+
+def eval_greedy(model, ids, caches, prompt_tokens, gen_tokens, log):
+    from mlx_lm.generate import generate_step
+
+    prompt = mx.array(ids[:prompt_tokens])
+    outs = {}
+    for k in caches:
+        t0 = time.time()
+        cache = make_cache(model, k)
+        toks = [t for t, _ in generate_step(prompt, model, max_tokens=gen_tokens,
+                                            prompt_cache=cache)]
+        outs[k] = toks
+        log(f"greedy {k}: {time.time() - t0:.1f}s")
+    ref = outs["fp16"]
+    rows = []
+    for k in caches:
+        toks = outs[k]
+        same = sum(a == b for a, b in zip(toks, ref))
+        first = next((i for i, (a, b) in enumerate(zip(toks, ref)) if a != b), len(ref))
+        rows.append({"cache": k, "prompt_tokens": prompt_tokens, "gen_tokens": len(ref),
+                     "equal_tokens": same, "first_difference": first})
+    return rows
+
+
+def _used_bytes(c):
+    """Bytes of the cache's buffers that hold tokens (allocation is in steps)."""
+    if c.keys is None:
+        return 0
+    if isinstance(c.keys, tuple):
+        arrs = list(c.keys) + list(c.values)
+    else:
+        arrs = [c.keys, c.values]
+    return sum(a.nbytes for a in arrs) * c.offset / arrs[0].shape[2]
+
+
+def eval_memory(model, ids, caches, prompt_tokens, gen_tokens, prefill_step, log):
+    from mlx_lm.generate import generate_step
+
+    reps = (prompt_tokens + len(ids) - 1) // len(ids)
+    prompt = mx.array((ids * reps)[:prompt_tokens])
+    rows = []
+    for k in caches:
+        mx.clear_cache()
+        mx.reset_peak_memory()
+        t0 = time.time()
+        cache = make_cache(model, k)
+        n = 0
+        for _ in generate_step(prompt, model, max_tokens=gen_tokens, prompt_cache=cache,
+                               prefill_step_size=prefill_step):
+            n += 1
+        mx.eval([c.state for c in cache])
+        peak = mx.get_peak_memory()
+        kv = sum(c.nbytes for c in cache)
+        used = sum(_used_bytes(c) for c in cache)
+        rows.append({"cache": k, "prompt_tokens": prompt_tokens, "gen_tokens": n,
+                     "peak_memory_mb": peak / 2**20, "kv_cache_mb": kv / 2**20,
+                     "kv_cache_used_mb": used / 2**20})
+        log(f"memory {k}: {time.time() - t0:.1f}s")
+    return rows
+
+
+def markdown(res):
+    lines = []
+    ctx = res["contexts"]
+    if ctx:
+        lines += ["| context | cache | PPL | mean KL vs fp16 | top-1 agreement |",
+                  "|---:|---|---:|---:|---:|"]
+        for r in ctx:
+            lines.append(f"| {r['context']} | {r['cache']} | {r['ppl']:.3f} | "
+                         f"{r['kl']:.5f} | {100 * r['top1']:.2f}% |")
+        lines.append("")
+    if res["greedy"]:
+        g0 = res["greedy"][0]
+        lines += [f"Greedy generation, {g0['prompt_tokens']}-token prompt, "
+                  f"{g0['gen_tokens']} tokens:", "",
+                  "| cache | tokens equal to fp16 | first difference at |",
+                  "|---|---:|---:|"]
+        for r in res["greedy"]:
+            fd = "-" if r["first_difference"] >= r["gen_tokens"] else r["first_difference"]
+            lines.append(f"| {r['cache']} | {r['equal_tokens']}/{r['gen_tokens']} | {fd} |")
+        lines.append("")
+    if res["memory"]:
+        m0 = res["memory"][0]
+        lines += [f"Long generation, {m0['prompt_tokens']}-token prompt + "
+                  f"{m0['gen_tokens']} tokens:", "",
+                  "| cache | peak memory (MiB) | KV cache allocated (MiB) | KV cache used (MiB) |",
+                  "|---|---:|---:|---:|"]
+        for r in res["memory"]:
+            lines.append(f"| {r['cache']} | {r['peak_memory_mb']:.1f} | "
+                         f"{r['kv_cache_mb']:.2f} | {r['kv_cache_used_mb']:.2f} |")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description="KV-cache quality of TurboQuant caches")
+    p.add_argument("--model", type=Path, default=None,
+                   help="HF folder (default: the one prepare_smollm2.py writes)")
+    p.add_argument("--text-file", type=Path, default=Path(DEFAULT_TEXT))
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    p.add_argument("--caches", default=",".join(ALL_CACHES))
+    p.add_argument("--contexts", default="256,512,1024")
+    p.add_argument("--windows", type=int, default=2, help="windows per context")
+    p.add_argument("--chunk", type=int, default=2048, help="prefill chunk (tokens)")
+    p.add_argument("--gen-prompt-tokens", type=int, default=256)
+    p.add_argument("--gen-tokens", type=int, default=64)
+    p.add_argument("--mem-prompt-tokens", type=int, default=2048)
+    p.add_argument("--mem-gen-tokens", type=int, default=32)
+    p.add_argument("--mem-prefill-step", type=int, default=256)
+    p.add_argument("--skip", default="", help="comma list of: contexts,greedy,memory")
+    p.add_argument("--out", type=Path, default=None, help="write JSON results here")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args()
+
+    require_patched()
+    from mlx_lm import load
+
+    def log(msg):
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    model_path = args.model or default_model()
+    if not (model_path / "config.json").is_file():
+        sys.exit(f"error: no model at {model_path} (run benchmarks/prepare_smollm2.py)")
+    model, tokenizer = load(str(model_path))
+    model.set_dtype(getattr(mx, args.dtype))
+
+    raw = args.text_file.read_bytes()
+    ids = tokenizer.encode(raw.decode("utf-8"))
+    caches = [c.strip() for c in args.caches.split(",") if c.strip()]
+    if "fp16" not in caches:
+        caches.insert(0, "fp16")
+    caches.remove("fp16")
+    caches.insert(0, "fp16")
+    skip = set(s.strip() for s in args.skip.split(",") if s.strip())
+    log(f"{len(ids)} tokens of {args.text_file}; device {mx.default_device()}")
+
+    res = {
+        "model": str(model_path), "dtype": args.dtype,
+        "text": str(args.text_file), "text_sha256": hashlib.sha256(raw).hexdigest(),
+        "text_tokens": len(ids), "device": str(mx.default_device()),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "contexts": [], "greedy": [], "memory": [],
+    }
+    if "contexts" not in skip:
+        contexts = [int(c) for c in args.contexts.split(",") if c]
+        res["contexts"] = eval_contexts(model, ids, caches, contexts, args.windows,
+                                        args.chunk, log)
+    if "greedy" not in skip:
+        res["greedy"] = eval_greedy(model, ids, caches, args.gen_prompt_tokens,
+                                    args.gen_tokens, log)
+    if "memory" not in skip:
+        res["memory"] = eval_memory(model, ids, caches, args.mem_prompt_tokens,
+                                    args.mem_gen_tokens, args.mem_prefill_step, log)
+    if args.out:
+        args.out.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"model {model_path.name}, dtype {args.dtype}, device {res['device']}, "
+          f"text {args.text_file.name} ({len(ids)} tokens, sha256 {res['text_sha256'][:12]})\n")
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""`python -m mlx_lm generate / cache_prompt` with the TurboQuant options."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from _stack import require_turbo_stack, write_tiny_model_dir
+
+require_turbo_stack()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return write_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def mlx_lm(*args, check=True):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-m", "mlx_lm", *args], capture_output=True,
+                       text=True, env=env, timeout=300)
+    if check:
+        assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def test_generate_cli_turbo(model_dir):
+    prompt = "w1 w2 w3 w4 w5"
+    outs = {}
+    for kv in ["turbo3", "turbo4-turbo3"]:
+        r = mlx_lm("generate", "--model", str(model_dir), "--prompt", prompt,
+                   "--max-tokens", "8", "--kv-cache-type", kv,
+                   "--turbo-fp16-layers", "1", "--ignore-chat-template")
+        assert "Generation:" in r.stdout, r.stdout + r.stderr
+        outs[kv] = r.stdout
+    bad = mlx_lm("generate", "--model", str(model_dir), "--prompt", prompt,
+                 "--kv-cache-type", "turbo5", check=False)
+    assert bad.returncode != 0 and "turbo5" in bad.stderr
+    bad = mlx_lm("generate", "--model", str(model_dir), "--prompt", prompt,
+                 "--kv-cache-type", "turbo3", "--kv-bits", "4", check=False)
+    assert bad.returncode != 0
+
+
+def test_cache_prompt_cli_roundtrip(model_dir, tmp_path):
+    f = str(tmp_path / "prompt.safetensors")
+    mlx_lm("cache_prompt", "--model", str(model_dir), "--prompt", "w1 w2 w3 w4 w5 w6",
+           "--prompt-cache-file", f, "--kv-cache-type", "turbo4")
+    from mlx_lm.models.cache import TurboQuantKVCache, load_prompt_cache
+
+    cache = load_prompt_cache(f)
+    assert all(isinstance(c, TurboQuantKVCache) for c in cache)
+    assert cache[0].turbo_modes == ("turbo4", "turbo4") and cache[0].offset > 0
+    r = mlx_lm("generate", "--prompt-cache-file", f, "--prompt", "w7 w8",
+               "--max-tokens", "4", "--ignore-chat-template")
+    assert "Generation:" in r.stdout
+    bad = mlx_lm("generate", "--prompt-cache-file", f, "--prompt", "w7",
+                 "--kv-cache-type", "turbo3", "--ignore-chat-template", check=False)
+    assert bad.returncode != 0 and "does not match" in bad.stderr
