@@ -14,6 +14,7 @@ ONLY = sys.argv[3:]
 K = "mlx/backend/metal/kernels/"
 SVT, TQ, TC = K + "sdpa_vector_turbo.h", K + "turbo_quantize.h", K + "turbo_common.h"
 SVM = K + "sdpa_vector_turbo.metal"
+SVP = K + "sdpa_prefill_turbo.h"
 
 # (name, kind, file, old, new[, asan])   kind: compile | bindings | attn | quant
 MUT = [
@@ -79,6 +80,20 @@ MUT = [
   ("turbo4 nibble order reversed within a word", "attn", TC,
    "    return (w[i >> 3] >> (uint(i & 7) * 4u)) & 0xFu;", "    return (w[i >> 3] >> (uint(7 - (i & 7)) * 4u)) & 0xFu;"),
   ("codebook entry typo (turbo4 level 9)", "attn", TC, "0.3881f,  0.6568f", "0.3818f,  0.6568f"),
+  ("prefill: no barrier before overwriting the code tile (WAR race)", "attn", SVP,
+   "    // Unpack the tile's codes and scales (keys past kL decode to 0).\n    threadgroup_barrier(mem_flags::mem_threadgroup);\n",
+   "    // Unpack the tile's codes and scales (keys past kL decode to 0).\n"),
+  ("prefill: no barrier between unpacking and use (RAW race)", "attn", SVP,
+   "    }\n    threadgroup_barrier(mem_flags::mem_threadgroup);\n\n    // Lane j scores",
+   "    }\n\n    // Lane j scores"),
+  ("prefill: keys past kL not excluded (tail tile)", "attn", SVP,
+   "    const bool in_range = key < p.kL && row_valid;", "    const bool in_range = row_valid;"),
+  ("prefill: causal early stop also when some row sees no key", "attn", SVP,
+   "  const bool causal_stop = turbo_do_causal && p.kL - p.qL + q0 >= 0;", "  const bool causal_stop = turbo_do_causal;"),
+  ("prefill: value weights shuffled from the wrong lane", "attn", SVP,
+   "      float w = simd_shuffle(wj, ushort(j));", "      float w = simd_shuffle(wj, ushort(BK - 1 - j));"),
+  ("prefill: query rows past qL written", "attn", SVP,
+   "  if (row_valid && simd_lid < uint(LV)) {", "  if (simd_lid < uint(LV)) {", True),
   ("FWHT butterfly span descending (bit-exactness contract)", "quant", TC,
    "  for (int h = 1; h < P; h <<= 1) {", "  for (int h = P / 2; h >= 1; h >>= 1) {"),
   ("stage signs swapped in the encoder", "quant", TQ,
@@ -97,23 +112,19 @@ MUT = [
 def sh(cmd, env=None, timeout=900):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
-tree = os.path.join(BUILD, "mut_tree")
-missed = 0
-t0 = time.time()
-for m in MUT:
+def run_one(n, m):
     name, kind, rel, old, new = m[:5]
     asan = len(m) > 5 and m[5]
-    if ONLY and not any(o in name or o == kind for o in ONLY):
-        continue
     orig = open(os.path.join(ROOT, rel)).read()
     text = orig.replace(old, new, 1)
     if text == orig:
-        print(f"[STALE ] {name}: pattern not found"); missed += 1; continue
+        return False, f"[STALE ] {name}: pattern not found\n"
+    tree = os.path.join(BUILD, f"mut{n}_tree")
+    pp = os.path.join(BUILD, f"mut{n}_pp")
     shutil.rmtree(tree, ignore_errors=True)
     os.makedirs(os.path.join(tree, "mlx/backend/metal"), exist_ok=True)
     shutil.copytree(os.path.join(ROOT, K), os.path.join(tree, K))
     open(os.path.join(tree, rel), "w").write(text)
-    pp = os.path.join(BUILD, "mut_pp")
     shutil.rmtree(pp, ignore_errors=True)
     res = []
     if kind in ("compile", "bindings"):
@@ -121,14 +132,15 @@ for m in MUT:
             r = sh([os.path.join(HERE, "check_kernels.sh"), tree, pp])
         else:
             subprocess.run(["python3", os.path.join(HERE, "tools/msl_prepass.py"), tree, pp], capture_output=True)
-            r = sh(["python3", os.path.join(HERE, "check_bindings.py"), tree, pp, ROOT, BUILD])
+            bdir = os.path.join(BUILD, f"mut{n}_b"); os.makedirs(bdir, exist_ok=True)
+            r = sh(["python3", os.path.join(HERE, "check_bindings.py"), tree, pp, ROOT, bdir])
         lines = [l for l in (r.stdout + r.stderr).splitlines() if "error:" in l or "FAIL" in l]
         res.append(("check", r.returncode != 0, lines[:1]))
     else:
         test = "turbo_attn_exec" if kind == "attn" else "turbo_quant_exec"
         for san in (["", "asan"] if asan else [""]):
-            out = os.path.join(BUILD, "mut_bin" + ("_asan" if san else ""))
-            shutil.rmtree(os.path.join(out, "pp"), ignore_errors=True)
+            out = os.path.join(BUILD, f"mut{n}_bin" + ("_asan" if san else ""))
+            shutil.rmtree(out, ignore_errors=True)
             env = dict(os.environ, SAN=san, EXTRA_FLAGS="-DTURBO_EXEC_SMALL")
             b = sh([os.path.join(HERE, "build_exec.sh"), test, tree, out], env=env)
             if b.returncode:
@@ -142,14 +154,27 @@ for m in MUT:
                 res.append((san or "plain", r.returncode != 0, lines[:1]))
             except subprocess.TimeoutExpired:
                 res.append((san or "plain", True, ["timeout (hang)"]))
-    caught = all(c for _, c, _ in res)
-    if not caught:
-        missed += 1
+            shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(tree, ignore_errors=True)
+    shutil.rmtree(pp, ignore_errors=True)
+    # caught when any run (plain or ASan) fails: out-of-bounds accesses may
+    # only be visible to ASan
+    caught = any(c for _, c, _ in res)
     detail = "  ".join(f"{w}:{'caught' if c else 'MISSED'}" for w, c, _ in res)
-    print(f"[{'CAUGHT' if caught else 'MISSED'}] ({kind}) {name}   {detail}")
+    txt = f"[{'CAUGHT' if caught else 'MISSED'}] ({kind}) {name}   {detail}\n"
     for _, _, ls in res:
         for l in ls:
-            print("          " + l.replace(pp + "/", "")[:200])
-    sys.stdout.flush()
+            txt += "          " + l.replace(pp + "/", "")[:200] + "\n"
+    return caught, txt
+
+from concurrent.futures import ThreadPoolExecutor
+sel = [m for m in MUT if not ONLY or any(o in m[0] or o == m[1] for o in ONLY)]
+missed = 0
+t0 = time.time()
+with ThreadPoolExecutor(max_workers=int(os.environ.get("JOBS", "2"))) as ex:
+    for caught, txt in ex.map(lambda a: run_one(*a), enumerate(sel)):
+        missed += not caught
+        print(txt, end="")
+        sys.stdout.flush()
 print(f"planted bugs: {missed} missed, {int(time.time() - t0)} s")
 sys.exit(1 if missed else 0)

@@ -41,7 +41,7 @@ if [ ! -f "$MLX_SRC/mlx/backend/metal/kernels/sdpa_vector_turbo.h" ]; then
   cp -r "$MLX_SRC/mlx/backend/metal/kernels" "$ROOT/mlx/backend/metal/"
   cp -r "$REPO/mlx_overlay/mlx" "$ROOT/"
 else
-  for f in $(cd "$REPO/mlx_overlay" && find mlx -type f); do
+  for f in $(cd "$REPO/mlx_overlay" && find mlx/backend/metal -type f); do
     cmp -s "$REPO/mlx_overlay/$f" "$MLX_SRC/$f" || echo "note: $MLX_SRC/$f differs from mlx_overlay/$f (testing the tree)"
   done
 fi
@@ -55,6 +55,19 @@ step "type check (every instantiation, -Werror=implicit-float-conversion)"
 step "bindings: host kernel names == instantiations, TURBO_* indices"
 HOST_ROOT=$ROOT; [ -f "$ROOT/mlx/backend/metal/turboquant.cpp" ] || HOST_ROOT=$REPO/mlx_overlay
 python3 "$HERE/check_bindings.py" "$ROOT" "$PP" "$HOST_ROOT" "$BUILD"
+
+step "host dispatch: turboquant.cpp against the patched MLX headers (metal-cpp stubbed)"
+if grep -q QuantizedScaledDotProductAttention "$MLX_SRC/mlx/fast_primitives.h" 2>/dev/null \
+   && [ -f "$MLX_SRC/mlx/backend/metal/turboquant.cpp" ]; then
+  HT=$MLX_SRC
+else
+  # unpatched tree: apply our overlay and patches to a copy of its mlx/ sources
+  HT=$BUILD/hosttree; mkdir -p "$HT"
+  cp -r "$MLX_SRC/mlx" "$HT/" && cp -r "$REPO/mlx_overlay/mlx" "$HT/"
+  ( cd "$HT" && for p in "$REPO"/patches/*.patch; do git apply --include='mlx/*' "$p" || exit 1; done ) \
+    || { echo "  could not apply patches/ to a copy of $MLX_SRC"; HT=; }
+fi
+[ -z "$HT" ] || "$HERE/host_check/check_host.sh" "$HT"
 
 step "build CPU execution tests (plain$( [ "${ASAN:-1}" = 0 ] || echo ' + ASan'))"
 build() { # TEST OUTDIR [SAN] [extra]

@@ -58,7 +58,7 @@ inline float encode(const float* x, int D, int bits, uint32_t* w) {
   for (int i = 0; i < D; i++) { volatile float sq = x[i] * x[i]; ss = ss + sq; y[i] = x[i]; }
   float n = std::sqrt(ss);
   bool fin = std::isfinite(n);
-  for (int i = 0; i < D; i++) y[i] = (n > 0.0f && fin) ? y[i] / n : 0.0f;
+  for (int i = 0; i < D; i++) y[i] = n > 0.0f ? y[i] / n : 0.0f;
   float norm = 1.0f / std::sqrt(float(P));
   for (int i = 0; i < D; i++) y[i] = y[i] * float(sign(1, i));
   fwht(y.data(), P);

@@ -5,7 +5,8 @@
 // encoder (bit-identical codes and scales):
 //   1. n = sqrt(sum_i x_i * x_i), summed in index order, products and sums as
 //      separate roundings (no fused multiply-add),
-//   2. u_i = x_i / n (u = 0 when n is not > 0),
+//   2. u_i = x_i / n (u = 0 when n is not > 0; n = Inf gives 0 / NaN as on
+//      the CPU),
 //   3. stage t in {1, 2}: multiply by the signs, FWHT of the block with the
 //      butterfly span ascending (turbo_fwht), then multiply by
 //      norm = 1.0f / fl32(sqrt(P)) (as turbo::rotate in mlx/turboquant.h),
@@ -55,7 +56,7 @@ template <typename T, int D, int BITS>
   const float n = precise::sqrt(ss);
   const bool finite_n = isfinite(n);
   for (int i = 0; i < D; i++) {
-    y[i] = (n > 0.0f && finite_n) ? y[i] / n : 0.0f;
+    y[i] = n > 0.0f ? y[i] / n : 0.0f;
   }
 
   const float norm = TurboConsts<D>::inv_sqrt_p;

@@ -1,0 +1,14 @@
+#!/bin/bash
+# Syntax-check mlx/backend/metal/turboquant.cpp against the real MLX headers of
+# a patched tree (metal-cpp replaced by the declarations in Metal/Metal.hpp).
+#   check_host.sh TREE_ROOT
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+TREE=$1
+for f in mlx/backend/metal/turboquant.cpp mlx/turboquant.h mlx/fast_primitives.h; do
+  [ -f "$TREE/$f" ] || { echo "  skip: $TREE has no $f"; exit 0; }
+done
+grep -q QuantizedScaledDotProductAttention "$TREE/mlx/fast_primitives.h" || { echo "  skip: unpatched tree"; exit 0; }
+${CLANGXX:-clang++-19} -std=c++20 -fsyntax-only -Wall -Wno-unused-private-field \
+  -I"$HERE" -I"$TREE" "$TREE/mlx/backend/metal/turboquant.cpp"
+echo "  ok  turboquant.cpp parses against the MLX headers of $TREE"
