@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Developer tool: export a patched MLX dev tree into mlx_overlay/ + patches/.
 
-New files (untracked in the dev tree) go to mlx_overlay/ at their MLX paths;
-changes to files that exist upstream become the ordered patch series, one patch
-per step as listed in SERIES. Usage:
+The dev tree is a clone of MLX at the pinned tag with one commit per step of
+the series (commit subject = step name, e.g. "quantize-turbo-modes"). For step
+N, the hunks to files that exist upstream become patches/000N-<subject>.patch;
+files added by any step go to mlx_overlay/ at their MLX paths. Metal (0010+)
+and CUDA (0020+) patches and overlay files are maintained in this repository
+directly and are never overwritten.
 
     tools/export_patches.py ~/.cache/turboquant-mlx/dev/mlx
 """
@@ -13,31 +16,7 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-# step name -> upstream files it modifies (a file belongs to one step).
-SERIES = {
-    "0001-quantize-turbo-modes": [
-        "mlx/primitives.h",
-        "mlx/primitives.cpp",
-        "mlx/ops.cpp",
-        "mlx/fast.cpp",
-        "mlx/CMakeLists.txt",
-        "mlx/backend/cpu/CMakeLists.txt",
-        "mlx/backend/cpu/quantized.cpp",
-        "python/src/ops.cpp",
-    ],
-    "0002-fast-quantized-sdpa": [
-        "mlx/fast.h",
-        "mlx/fast_primitives.h",
-        "mlx/export.cpp",
-        "mlx/backend/no_gpu/CMakeLists.txt",
-        "mlx/backend/metal/CMakeLists.txt",
-        "mlx/backend/cuda/CMakeLists.txt",
-        "python/src/fast.cpp",
-    ],
-}
-# Patches numbered 0010+ (Metal), 0020+ (CUDA) are maintained in patches/
-# directly and are not touched here.
+TAG = "v0.32.1"
 
 
 def git(tree, *args):
@@ -48,25 +27,30 @@ def git(tree, *args):
 
 def main():
     tree = pathlib.Path(sys.argv[1]).expanduser()
-    changed = set(git(tree, "diff", "--name-only", "v0.32.1").split())
-    listed = {f for files in SERIES.values() for f in files}
-    unlisted = changed - listed
-    if unlisted:
-        sys.exit(f"files changed but not in SERIES: {sorted(unlisted)}")
-    for name, files in SERIES.items():
-        diff = git(tree, "diff", "v0.32.1", "--", *files)
-        (ROOT / "patches" / f"{name}.patch").write_text(diff)
-    new = git(tree, "ls-files", "--others", "--exclude-standard").split()
-    new = [f for f in new if not f.startswith("build/") and "__pycache__" not in f]
-    for f in new:
-        if f.startswith("mlx/backend/metal/") or f.startswith("mlx/backend/cuda/"):
-            dst = ROOT / "mlx_overlay" / f
-            if dst.exists():
-                continue  # owned by the Metal / CUDA work, not overwritten
+    upstream = set(git(tree, "ls-tree", "-r", "--name-only", TAG).split())
+    commits = git(tree, "rev-list", "--reverse", f"{TAG}..HEAD").split()
+    for old in ROOT.glob("patches/000[0-9]-*.patch"):
+        old.unlink()
+    added = set()
+    for n, c in enumerate(commits, start=1):
+        subject = git(tree, "log", "-1", "--format=%s", c).strip()
+        files = git(tree, "diff", "--name-only", f"{c}~1", c).split()
+        existing = [f for f in files if f in upstream]
+        added |= {f for f in files if f not in upstream}
+        diff = git(tree, "diff", f"{c}~1", c, "--", *existing) if existing else ""
+        (ROOT / "patches" / f"{n:04d}-{subject}.patch").write_text(diff)
+    copied = 0
+    for f in sorted(added):
         dst = ROOT / "mlx_overlay" / f
+        backend_owned = f.startswith(("mlx/backend/metal/", "mlx/backend/cuda/"))
+        if backend_owned and dst.exists():
+            continue
+        if not (tree / f).exists():
+            continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(tree / f, dst)
-    print(f"{len(SERIES)} patches, {len(new)} overlay files")
+        copied += 1
+    print(f"{len(commits)} patches, {copied} overlay files copied")
 
 
 if __name__ == "__main__":

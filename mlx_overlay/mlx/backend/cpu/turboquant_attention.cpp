@@ -1,0 +1,364 @@
+// Copyright © 2026 TurboQuant-MLX contributors.
+//
+// Fused CPU attention reading the TurboQuant-packed cache directly: one pass
+// over the keys per task with an online softmax, tasks over (batch, kv head,
+// query block) and, when they are fewer than the threads, over key chunks
+// (split-K) merged at the end.
+
+#include <cfloat>
+#include <cmath>
+
+#include "mlx/backend/cpu/turboquant.h"
+#include "mlx/fast_primitives.h"
+#include "mlx/turboquant.h"
+
+namespace mlx::core {
+
+namespace {
+
+using namespace turbo_cpu;
+
+// Decodes the codes of one vector into centroid values (no scale).
+template <int BITS>
+inline void decode_centroids(const uint32_t* w, float* out, int dim) {
+  if constexpr (BITS == 4) {
+    for (int i = 0; i < dim; i += 8) {
+      uint32_t word = w[i / 8];
+      for (int k = 0; k < 8; ++k) {
+        out[i + k] = turbo::kCodebook4[(word >> (4 * k)) & 0xFu];
+      }
+    }
+  } else {
+    const uint32_t* hi = w + dim / 16;
+    for (int i = 0; i < dim; i += 16) {
+      uint32_t lo = w[i / 16];
+      uint32_t h = hi[i / 32] >> (i % 32);
+      for (int k = 0; k < 16; ++k) {
+        uint32_t code = ((lo >> (2 * k)) & 3u) | (((h >> k) & 1u) << 2);
+        out[i + k] = turbo::kCodebook3[code];
+      }
+    }
+  }
+}
+
+// Dot product with independent partial sums so that it vectorizes without
+// -ffast-math (dims are multiples of 16).
+inline float dot(const float* a, const float* b, int n) {
+  float p[8] = {0.0f};
+  for (int i = 0; i < n; i += 8) {
+    for (int k = 0; k < 8; ++k) {
+      p[k] += a[i + k] * b[i + k];
+    }
+  }
+  return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+}
+
+struct AttnArgs {
+  const float* q; // [B, Hq, qL, Dk] contiguous
+  const uint32_t* k;
+  const uint32_t* v;
+  int64_t k_str[3]; // batch, head, seq strides (elements); last dim unit
+  int64_t v_str[3];
+  const void* ks;
+  const void* vs;
+  int64_t ks_str[3];
+  int64_t vs_str[3];
+  Dtype scale_type = float32;
+  const void* mask; // bool or float32, strided
+  bool mask_is_bool;
+  int64_t m_str[4];
+  const float* sinks;
+  float* out; // [B, Hq, qL, Dv]
+  int B, Hq, Hkv, qL, kL, Dk, Dv;
+  float scale;
+  bool causal;
+};
+
+template <typename S>
+inline float load_scale(const void* p, int64_t off) {
+  return static_cast<float>(static_cast<const S*>(p)[off]);
+}
+
+// One task: all query heads of one KV head, a block of queries, a range of
+// keys. Writes partial (m, l, acc) for each row.
+template <int KBITS, int VBITS, typename S>
+void attention_task(
+    const AttnArgs& a,
+    int b,
+    int kvh,
+    int q0,
+    int q1,
+    int j0,
+    int j1,
+    float* m_out,
+    float* l_out,
+    float* acc_out) {
+  int G = a.Hq / a.Hkv;
+  int nq = q1 - q0;
+  int rows = G * nq;
+  std::vector<float> kbuf(a.Dk), vbuf(a.Dv);
+  std::vector<float> m(rows, -INFINITY), l(rows, 0.0f), score(rows);
+  std::fill(acc_out, acc_out + int64_t(rows) * a.Dv, 0.0f);
+
+  // Causal: keys past the last visible one contribute exactly zero when every
+  // row of the block sees at least one key.
+  int offset = a.kL - a.qL;
+  if (a.causal && offset + q0 >= 0) {
+    j1 = std::min(j1, offset + q1);
+  }
+  const uint32_t* kbase = a.k + b * a.k_str[0] + kvh * a.k_str[1];
+  const uint32_t* vbase = a.v + b * a.v_str[0] + kvh * a.v_str[1];
+  int64_t ks_base = b * a.ks_str[0] + kvh * a.ks_str[1];
+  int64_t vs_base = b * a.vs_str[0] + kvh * a.vs_str[1];
+  for (int j = j0; j < j1; ++j) {
+    decode_centroids<KBITS>(kbase + j * a.k_str[2], kbuf.data(), a.Dk);
+    float ks = load_scale<S>(a.ks, ks_base + j * a.ks_str[2]) * a.scale;
+    for (int g = 0; g < G; ++g) {
+      int h = kvh * G + g;
+      for (int qi = q0; qi < q1; ++qi) {
+        int r = g * nq + (qi - q0);
+        float s;
+        if (a.causal && j > offset + qi) {
+          s = -FLT_MAX;
+        } else {
+          const float* q = a.q + ((int64_t(b) * a.Hq + h) * a.qL + qi) * a.Dk;
+          s = dot(q, kbuf.data(), a.Dk) * ks;
+          if (a.mask) {
+            int64_t mo = b * a.m_str[0] + h * a.m_str[1] + qi * a.m_str[2] +
+                j * a.m_str[3];
+            if (a.mask_is_bool) {
+              if (!static_cast<const bool*>(a.mask)[mo]) {
+                s = -FLT_MAX;
+              }
+            } else {
+              s += static_cast<const float*>(a.mask)[mo];
+            }
+          }
+        }
+        score[r] = s;
+      }
+    }
+    decode_centroids<VBITS>(vbase + j * a.v_str[2], vbuf.data(), a.Dv);
+    float vsc = load_scale<S>(a.vs, vs_base + j * a.vs_str[2]);
+    for (int r = 0; r < rows; ++r) {
+      float s = score[r];
+      float* acc = acc_out + int64_t(r) * a.Dv;
+      if (s > m[r]) {
+        float f = std::exp(m[r] - s);
+        l[r] *= f;
+        for (int i = 0; i < a.Dv; ++i) {
+          acc[i] *= f;
+        }
+        m[r] = s;
+      }
+      float p = std::exp(s - m[r]);
+      l[r] += p;
+      float pv = p * vsc;
+      for (int i = 0; i < a.Dv; ++i) {
+        acc[i] += pv * vbuf[i];
+      }
+    }
+  }
+  std::copy(m.begin(), m.end(), m_out);
+  std::copy(l.begin(), l.end(), l_out);
+}
+
+template <int KBITS, int VBITS, typename S>
+void attention(const AttnArgs& a) {
+  int G = a.Hq / a.Hkv;
+  // Query blocks keep the per-task accumulators small for prefill.
+  int qblock = std::max(1, std::min(a.qL, 64 / G > 0 ? 64 / G : 1));
+  int nqb = (a.qL + qblock - 1) / qblock;
+  int64_t items = int64_t(a.B) * a.Hkv * nqb;
+  int64_t nthreads = std::max(1u, std::thread::hardware_concurrency());
+  // Split the keys (two-pass) when there are fewer items than threads.
+  int nsplit = 1;
+  if (items < nthreads && a.kL >= 1024) {
+    nsplit = std::min<int64_t>((nthreads + items - 1) / items, a.kL / 512);
+  }
+  int kchunk = (a.kL + nsplit - 1) / nsplit;
+  int rows_max = G * qblock;
+  int64_t tasks = items * nsplit;
+  std::vector<float> part_m(tasks * rows_max), part_l(tasks * rows_max);
+  std::vector<float> part_acc(tasks * rows_max * int64_t(a.Dv));
+
+  auto decompose = [&](int64_t t, int& b, int& kvh, int& qb, int& sp) {
+    sp = t % nsplit;
+    t /= nsplit;
+    qb = t % nqb;
+    t /= nqb;
+    kvh = t % a.Hkv;
+    b = t / a.Hkv;
+  };
+  parallel_for(
+      tasks,
+      int64_t(kchunk) * rows_max * (a.Dk + a.Dv),
+      [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          int b, kvh, qb, sp;
+          decompose(t, b, kvh, qb, sp);
+          int q0 = qb * qblock, q1 = std::min(a.qL, q0 + qblock);
+          int j0 = sp * kchunk, j1 = std::min(a.kL, j0 + kchunk);
+          attention_task<KBITS, VBITS, S>(
+              a,
+              b,
+              kvh,
+              q0,
+              q1,
+              j0,
+              j1,
+              part_m.data() + t * rows_max,
+              part_l.data() + t * rows_max,
+              part_acc.data() + t * rows_max * a.Dv);
+        }
+      });
+
+  // Merge the key splits and the sink, normalize, write out.
+  for (int64_t it = 0; it < items; ++it) {
+    int b, kvh, qb, sp;
+    decompose(it * nsplit, b, kvh, qb, sp);
+    int q0 = qb * qblock, q1 = std::min(a.qL, q0 + qblock);
+    int nq = q1 - q0;
+    for (int g = 0; g < G; ++g) {
+      int h = kvh * G + g;
+      for (int qi = q0; qi < q1; ++qi) {
+        int r = g * nq + (qi - q0);
+        float mx = a.sinks ? a.sinks[h] : -INFINITY;
+        for (int s = 0; s < nsplit; ++s) {
+          mx = std::max(mx, part_m[(it * nsplit + s) * rows_max + r]);
+        }
+        float l = a.sinks ? std::exp(a.sinks[h] - mx) : 0.0f;
+        float* o = a.out + ((int64_t(b) * a.Hq + h) * a.qL + qi) * a.Dv;
+        std::fill(o, o + a.Dv, 0.0f);
+        for (int s = 0; s < nsplit; ++s) {
+          int64_t t = it * nsplit + s;
+          float pm = part_m[t * rows_max + r];
+          float f = pm == -INFINITY ? 0.0f : std::exp(pm - mx);
+          l += part_l[t * rows_max + r] * f;
+          const float* acc = part_acc.data() + (t * rows_max + r) * a.Dv;
+          for (int i = 0; i < a.Dv; ++i) {
+            o[i] += acc[i] * f;
+          }
+        }
+        float inv = 1.0f / l;
+        for (int i = 0; i < a.Dv; ++i) {
+          o[i] *= inv;
+        }
+      }
+    }
+  }
+}
+
+template <typename S>
+void attention_dispatch_bits(const AttnArgs& a, int kbits, int vbits) {
+  if (kbits == 3 && vbits == 3) {
+    attention<3, 3, S>(a);
+  } else if (kbits == 3 && vbits == 4) {
+    attention<3, 4, S>(a);
+  } else if (kbits == 4 && vbits == 3) {
+    attention<4, 3, S>(a);
+  } else {
+    attention<4, 4, S>(a);
+  }
+}
+
+} // namespace
+
+namespace fast {
+
+void QuantizedScaledDotProductAttention::eval_cpu(
+    const std::vector<array>& inputs,
+    std::vector<array>& outputs) {
+  auto& encoder = cpu::get_command_encoder(stream());
+  auto q = ensure_contiguous(inputs[0], encoder, stream());
+  // The packed cache is read in place (it is often a strided view of a
+  // larger buffer); only its last axis must be unit-stride.
+  auto last_dense = [&](const array& a) {
+    if (a.strides().back() == 1 || a.shape(-1) == 1) {
+      return a;
+    }
+    auto c = contiguous_copy_cpu(a, stream());
+    encoder.add_temporary(c);
+    return c;
+  };
+  auto k = last_dense(inputs[1]);
+  auto ks = inputs[2];
+  auto v = last_dense(inputs[3]);
+  auto vs = inputs[4];
+  bool has_mask = inputs.size() > 5 + (has_sinks_ ? 1 : 0);
+  auto& out = outputs[0];
+  out.set_data(allocator::malloc(out.nbytes()));
+
+  for (auto& a : inputs) {
+    encoder.set_input_array(a);
+  }
+  encoder.set_output_array(out);
+
+  AttnArgs args{};
+  args.B = q.shape(0);
+  args.Hq = q.shape(1);
+  args.qL = q.shape(2);
+  args.Dk = q.shape(3);
+  args.Hkv = k.shape(1);
+  args.kL = k.shape(2);
+  args.Dv = out.shape(3);
+  args.scale = scale_;
+  args.causal = do_causal_;
+  for (int i = 0; i < 3; ++i) {
+    args.k_str[i] = k.strides()[i];
+    args.v_str[i] = v.strides()[i];
+    args.ks_str[i] = ks.strides()[i];
+    args.vs_str[i] = vs.strides()[i];
+  }
+  if (ks.dtype() != vs.dtype()) {
+    throw std::invalid_argument(
+        "[quantized_scaled_dot_product_attention] key and value scales "
+        "must have the same dtype.");
+  }
+  args.scale_type = ks.dtype();
+  std::optional<array> mask;
+  if (has_mask) {
+    mask = inputs[5];
+    args.mask_is_bool = mask->dtype() == bool_;
+    for (int i = 0; i < 4; ++i) {
+      args.m_str[i] = mask->strides()[i];
+    }
+  }
+  std::optional<array> sinks;
+  if (has_sinks_) {
+    sinks = inputs.back();
+  }
+  int kbits = turbo::bits(key_mode_);
+  int vbits = turbo::bits(value_mode_);
+  encoder.dispatch([args,
+                    q = array::unsafe_weak_copy(q),
+                    k = array::unsafe_weak_copy(k),
+                    ks = array::unsafe_weak_copy(ks),
+                    v = array::unsafe_weak_copy(v),
+                    vs = array::unsafe_weak_copy(vs),
+                    mask = mask ? std::optional<array>(
+                                      array::unsafe_weak_copy(*mask))
+                                : std::nullopt,
+                    sinks = sinks ? std::optional<array>(
+                                        array::unsafe_weak_copy(*sinks))
+                                  : std::nullopt,
+                    out = array::unsafe_weak_copy(out),
+                    kbits,
+                    vbits]() mutable {
+    args.q = q.data<float>();
+    args.k = k.data<uint32_t>();
+    args.v = v.data<uint32_t>();
+    args.ks = ks.data<void>();
+    args.vs = vs.data<void>();
+    args.mask = mask ? mask->data<void>() : nullptr;
+    args.sinks = sinks ? sinks->data<float>() : nullptr;
+    args.out = out.data<float>();
+    dispatch_float(args.scale_type, [&](auto t) {
+      attention_dispatch_bits<decltype(t)>(args, kbits, vbits);
+    });
+  });
+}
+
+} // namespace fast
+
+} // namespace mlx::core
