@@ -16,4 +16,7 @@ fi
 
 echo "==> pytest against $("$VENV/bin/python" -c 'import mlx.core as mx, os; print("mlx", mx.__version__, os.path.dirname(mx.__file__))')"
 cd "$ROOT"
-exec "$VENV/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
+# Our suite plus the upstream-style unittest that the patch series adds to MLX.
+UPSTREAM_TEST="$CACHE/work/mlx/python/tests/test_fast_turboquant.py"
+[[ -f "$UPSTREAM_TEST" ]] || UPSTREAM_TEST=""
+exec "$VENV/bin/python" -m pytest tests $UPSTREAM_TEST -q -p no:cacheprovider "$@"

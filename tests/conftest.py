@@ -20,3 +20,8 @@ def rng(request):
     request.node.user_properties.append(("seed", seed))
     print(f"seed={seed} (rerun with TURBO_TEST_SEED={seed})")
     return np.random.default_rng(seed)
+
+
+# tests/cuda runs on the CUDA device machine with PyTorch (tests/cuda/run_device.sh),
+# not under this pytest session.
+collect_ignore = ["cuda"]

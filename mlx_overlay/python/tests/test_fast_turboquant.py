@@ -1,0 +1,101 @@
+# Copyright © 2026 TurboQuant-MLX contributors.
+
+import unittest
+
+import mlx.core as mx
+import mlx_tests
+
+
+def quantized_cache(shape, mode, dtype=mx.float32):
+    return mx.quantize(mx.random.normal(shape).astype(dtype), mode=mode)
+
+
+class TestTurboQuant(mlx_tests.MLXTestCase):
+    def test_quantize_shapes_and_norm(self):
+        for mode, width in (("turbo3", 12), ("turbo4", 16)):
+            x = mx.random.normal((3, 5, 128)) * 4
+            w, scales = mx.quantize(x, mode=mode)
+            self.assertEqual(w.shape, (3, 5, width))
+            self.assertEqual(w.dtype, mx.uint32)
+            self.assertEqual(scales.shape, (3, 5, 1))
+            x_hat = mx.dequantize(w, scales, mode=mode)
+            self.assertEqual(x_hat.shape, x.shape)
+            # The norm of every vector is kept.
+            self.assertTrue(
+                mx.allclose(
+                    mx.linalg.norm(x_hat, axis=-1),
+                    mx.linalg.norm(x, axis=-1),
+                    rtol=1e-5,
+                )
+            )
+            mse = ((x_hat - x) ** 2).sum(-1) / (x**2).sum(-1)
+            self.assertLess(mse.mean().item(), 0.04 if mode == "turbo3" else 0.011)
+
+    def test_zero_vector(self):
+        w, scales = mx.quantize(mx.zeros((2, 64)), mode="turbo3")
+        self.assertTrue(mx.array_equal(mx.dequantize(w, scales, mode="turbo3"), mx.zeros((2, 64))))
+
+    def test_sdpa_matches_dequantized_sdpa(self):
+        B, Hq, Hkv, D = 2, 8, 2, 128
+        for qL, kL, mask in ((1, 300, None), (7, 64, "causal"), (33, 33, "causal")):
+            for mode in ("turbo3", "turbo4", ("turbo4", "turbo3")):
+                kmode, vmode = (mode, mode) if isinstance(mode, str) else mode
+                q = mx.random.normal((B, Hq, qL, D))
+                k = quantized_cache((B, Hkv, kL, D), kmode)
+                v = quantized_cache((B, Hkv, kL, D), vmode)
+                out = mx.fast.quantized_scaled_dot_product_attention(
+                    q, *k, *v, scale=D**-0.5, mask=mask, mode=mode
+                )
+                expected = mx.fast.scaled_dot_product_attention(
+                    q,
+                    mx.dequantize(*k, mode=kmode),
+                    mx.dequantize(*v, mode=vmode),
+                    scale=D**-0.5,
+                    mask=mask,
+                )
+                self.assertTrue(mx.allclose(out, expected, atol=1e-4, rtol=1e-4))
+                # The standard entry point with quantized (packed, scales) tuples.
+                out2 = mx.fast.scaled_dot_product_attention(
+                    q, k, v, scale=D**-0.5, mask=mask, mode=mode
+                )
+                self.assertTrue(mx.array_equal(out, out2))
+
+    def test_sdpa_bool_mask_and_sinks(self):
+        B, Hq, Hkv, qL, kL, D = 1, 4, 1, 3, 50, 64
+        q = mx.random.normal((B, Hq, qL, D))
+        k = quantized_cache((B, Hkv, kL, D), "turbo4")
+        v = quantized_cache((B, Hkv, kL, D), "turbo4")
+        mask = mx.random.uniform(shape=(B, 1, qL, kL)) > 0.5
+        sinks = mx.random.normal((Hq,))
+        out = mx.fast.quantized_scaled_dot_product_attention(
+            q, *k, *v, scale=0.125, mask=mask, sinks=sinks, mode="turbo4"
+        )
+        expected = mx.fast.scaled_dot_product_attention(
+            q,
+            mx.dequantize(*k, mode="turbo4"),
+            mx.dequantize(*v, mode="turbo4"),
+            scale=0.125,
+            mask=mask,
+            sinks=sinks,
+        )
+        self.assertTrue(mx.allclose(out, expected, atol=1e-4, rtol=1e-4))
+
+    def test_errors(self):
+        q = mx.zeros((1, 4, 1, 128))
+        k = quantized_cache((1, 2, 8, 128), "turbo3")
+        with self.assertRaises(ValueError):
+            mx.fast.quantized_scaled_dot_product_attention(
+                q, *k, *k, scale=1.0, mode="turbo4"
+            )
+        with self.assertRaises(ValueError):
+            mx.fast.quantized_scaled_dot_product_attention(
+                q, *k, *k, scale=1.0, mode="affine"
+            )
+        with self.assertRaises(ValueError):
+            mx.quantize(mx.zeros((4, 100)), mode="turbo3")
+        with self.assertRaises(ValueError):
+            mx.quantized_matmul(mx.zeros((1, 128)), *k[0:2], mode="turbo3")
+
+
+if __name__ == "__main__":
+    mlx_tests.MLXTestRunner()
