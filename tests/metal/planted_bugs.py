@@ -48,6 +48,9 @@ MUT = [
    "device float* sums [[buffer(TURBO_ATTN_BUF_SUMS)]]", "device float* sums [[buffer(TURBO_ATTN_BUF_SINKS)]]"),
   ("literal buffer index instead of the shared macro", "bindings", SVT,
    "device float* maxs [[buffer(TURBO_ATTN_BUF_MAXS)]]", "device float* maxs [[buffer(11)]]"),
+  ("double literal in the encoder (float on the GPU, double on the CPU model)", "lint", TQ,
+   "turbo_centroid<BITS>(uint(j + 1))) * 0.5f;", "turbo_centroid<BITS>(uint(j + 1))) * 0.5;"),
+  ("double accumulator", "lint", SVT, "      float dot = 0.0f;", "      double dot = 0.0f;"),
   # ---- runtime
   ("missing threadgroup_barrier before reading max_scores", "attn", SVT,
    "  threadgroup_barrier(mem_flags::mem_threadgroup);\n  float m = max_scores[simd_lid];", "  float m = max_scores[simd_lid];"),
@@ -127,8 +130,10 @@ def run_one(n, m):
     open(os.path.join(tree, rel), "w").write(text)
     shutil.rmtree(pp, ignore_errors=True)
     res = []
-    if kind in ("compile", "bindings"):
-        if kind == "compile":
+    if kind in ("compile", "bindings", "lint"):
+        if kind == "lint":
+            r = sh(["python3", os.path.join(HERE, "lint_kernels.py"), os.path.join(tree, K)])
+        elif kind == "compile":
             r = sh([os.path.join(HERE, "check_kernels.sh"), tree, pp])
         else:
             subprocess.run(["python3", os.path.join(HERE, "tools/msl_prepass.py"), tree, pp], capture_output=True)

@@ -52,6 +52,9 @@ python3 "$HERE/tools/msl_prepass.py" "$ROOT" "$PP"
 step "type check (every instantiation, -Werror=implicit-float-conversion)"
 "$HERE/check_kernels.sh" "$ROOT" "$PP"
 
+step "lint: what C++ mode accepts but Metal rejects (double, literals, static, ...)"
+python3 "$HERE/lint_kernels.py" "$ROOT/mlx/backend/metal/kernels"
+
 step "bindings: host kernel names == instantiations, TURBO_* indices"
 HOST_ROOT=$ROOT; [ -f "$ROOT/mlx/backend/metal/turboquant.cpp" ] || HOST_ROOT=$REPO/mlx_overlay
 python3 "$HERE/check_bindings.py" "$ROOT" "$PP" "$HOST_ROOT" "$BUILD"
@@ -64,7 +67,9 @@ else
   # unpatched tree: apply our overlay and patches to a copy of its mlx/ sources
   HT=$BUILD/hosttree; mkdir -p "$HT"
   cp -r "$MLX_SRC/mlx" "$HT/" && cp -r "$REPO/mlx_overlay/mlx" "$HT/"
-  ( cd "$HT" && for p in "$REPO"/patches/*.patch; do git apply --include='mlx/*' "$p" || exit 1; done ) \
+  # (GIT_CEILING_DIRECTORIES: $HT may lie inside this repository's work tree)
+  ( cd "$HT" && for p in "$REPO"/patches/*.patch; do
+      GIT_CEILING_DIRECTORIES=$(dirname "$HT") git apply --include='mlx/*' "$p" || exit 1; done ) \
     || { echo "  could not apply patches/ to a copy of $MLX_SRC"; HT=; }
 fi
 [ -z "$HT" ] || "$HERE/host_check/check_host.sh" "$HT"
