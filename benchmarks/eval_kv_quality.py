@@ -3,7 +3,7 @@
 
 Compares, on one model and one fixed English text:
 
-  fp16            unquantized ``KVCache`` (the reference)
+  unquantized     plain ``KVCache`` in the model dtype (the reference; "fp16")
   turbo4          ``TurboQuantKVCache`` keys and values turbo4
   turbo3          ``TurboQuantKVCache`` keys and values turbo3
   turbo4-turbo3   keys turbo4, values turbo3
@@ -14,11 +14,16 @@ text, each run from an empty cache with the cache type under test from the
 first token on, positions L/2..L-1 of every window scored):
 
   ppl      perplexity of the text
-  kl       mean KL(p_fp16 || p_cache) of the next-token distributions
-  top1     agreement of the arg-max token with fp16
+  kl       mean KL(p_ref || p_cache) of the next-token distributions, where
+           p_ref is the unquantized cache's
+  top1     agreement of the arg-max token with the unquantized cache
 
-plus greedy-generation agreement (tokens equal to the fp16 continuation, and
-the index of the first difference) and peak memory of a long generation.
+plus greedy-generation agreement (tokens equal to the unquantized cache's
+continuation, and the index of the first difference) and peak memory of a
+long generation.
+
+``--dtype auto`` (default) runs the model in float16 on a GPU and in float32
+on the CPU (MLX's CPU backend has no fast float16 matmul).
 
 Default text: ``/usr/share/common-licenses/GPL-3`` (Debian's base-files;
 verbatim copies are permitted by its own notice), ~7.7k tokens with the
@@ -40,12 +45,13 @@ from pathlib import Path
 import mlx.core as mx
 
 DEFAULT_TEXT = "/usr/share/common-licenses/GPL-3"
-ALL_CACHES = ["fp16", "turbo4", "turbo3", "turbo4-turbo3", "affine4", "affine8"]
+REF = "unquantized"
+ALL_CACHES = [REF, "turbo4", "turbo3", "turbo4-turbo3", "affine4", "affine8"]
 
 
 def default_model() -> Path:
-    root = os.environ.get("TURBOQUANT_MLX_CACHE")
-    root = Path(root) if root else Path.home() / ".cache" / "turboquant-mlx"
+    root = os.environ.get("TURBOQUANT_CACHE")
+    root = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "turboquant-mlx"
     return root / "models" / "SmolLM2-135M-Instruct"
 
 
@@ -68,7 +74,7 @@ def make_cache(model, kind):
     )
 
     n = len(model.layers)
-    if kind == "fp16":
+    if kind == REF:
         return [KVCache() for _ in range(n)]
     if kind.startswith("affine"):
         bits = int(kind[len("affine"):])
@@ -109,7 +115,7 @@ def eval_contexts(model, ids, caches, contexts, windows, chunk, log):
                 lp = window_logprobs(model, inp, k, chunk)[lo:]
                 t = tgt[lo:]
                 nll = -mx.take_along_axis(lp, t[:, None], axis=-1).sum()
-                if k == "fp16":
+                if k == REF:
                     ref = lp
                     kl = mx.array(0.0)
                     top1 = mx.array(L - lo)
@@ -147,7 +153,7 @@ def eval_greedy(model, ids, caches, prompt_tokens, gen_tokens, log):
                                             prompt_cache=cache)]
         outs[k] = toks
         log(f"greedy {k}: {time.time() - t0:.1f}s")
-    ref = outs["fp16"]
+    ref = outs[REF]
     rows = []
     for k in caches:
         toks = outs[k]
@@ -199,7 +205,7 @@ def markdown(res):
     lines = []
     ctx = res["contexts"]
     if ctx:
-        lines += ["| context | cache | PPL | mean KL vs fp16 | top-1 agreement |",
+        lines += ["| context | cache | PPL | mean KL vs unquantized | top-1 agreement |",
                   "|---:|---|---:|---:|---:|"]
         for r in ctx:
             lines.append(f"| {r['context']} | {r['cache']} | {r['ppl']:.3f} | "
@@ -209,7 +215,7 @@ def markdown(res):
         g0 = res["greedy"][0]
         lines += [f"Greedy generation, {g0['prompt_tokens']}-token prompt, "
                   f"{g0['gen_tokens']} tokens:", "",
-                  "| cache | tokens equal to fp16 | first difference at |",
+                  "| cache | tokens equal to unquantized | first difference at |",
                   "|---|---:|---:|"]
         for r in res["greedy"]:
             fd = "-" if r["first_difference"] >= r["gen_tokens"] else r["first_difference"]
@@ -232,7 +238,8 @@ def main():
     p.add_argument("--model", type=Path, default=None,
                    help="HF folder (default: the one prepare_smollm2.py writes)")
     p.add_argument("--text-file", type=Path, default=Path(DEFAULT_TEXT))
-    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    p.add_argument("--dtype", default="auto",
+                   choices=["auto", "float16", "bfloat16", "float32"])
     p.add_argument("--caches", default=",".join(ALL_CACHES))
     p.add_argument("--contexts", default="256,512,1024")
     p.add_argument("--windows", type=int, default=2, help="windows per context")
@@ -258,15 +265,17 @@ def main():
     if not (model_path / "config.json").is_file():
         sys.exit(f"error: no model at {model_path} (run benchmarks/prepare_smollm2.py)")
     model, tokenizer = load(str(model_path))
+    if args.dtype == "auto":
+        args.dtype = "float32" if mx.default_device() == mx.cpu else "float16"
     model.set_dtype(getattr(mx, args.dtype))
 
     raw = args.text_file.read_bytes()
     ids = tokenizer.encode(raw.decode("utf-8"))
     caches = [c.strip() for c in args.caches.split(",") if c.strip()]
-    if "fp16" not in caches:
-        caches.insert(0, "fp16")
-    caches.remove("fp16")
-    caches.insert(0, "fp16")
+    caches = [REF if c == "fp16" else c for c in caches]
+    if REF in caches:
+        caches.remove(REF)
+    caches.insert(0, REF)
     skip = set(s.strip() for s in args.skip.split(",") if s.strip())
     log(f"{len(ids)} tokens of {args.text_file}; device {mx.default_device()}")
 

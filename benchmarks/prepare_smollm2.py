@@ -10,7 +10,7 @@ conversion uses transformers' GGUF reader (needs ``torch`` and ``gguf``).
     python benchmarks/prepare_smollm2.py            # prints the folder
 
 The result is cached in ``~/.cache/turboquant-mlx/models/SmolLM2-135M-Instruct``
-(override with ``--out`` or ``TURBOQUANT_MLX_CACHE``); it is never written into the
+(override with ``--out`` or ``TURBOQUANT_CACHE``); it is never written into the
 repository. A second run reuses the folder unless ``--force`` is given.
 
 The Q4_1 weights are dequantized by transformers and stored as ``--dtype``
@@ -34,10 +34,10 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 
 
 def cache_root() -> Path:
-    root = os.environ.get("TURBOQUANT_MLX_CACHE")
+    root = os.environ.get("TURBOQUANT_CACHE")
     if root:
         return Path(root)
-    return Path.home() / ".cache" / "turboquant-mlx"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "turboquant-mlx"
 
 
 def find_gguf() -> Path:

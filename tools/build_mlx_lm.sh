@@ -4,7 +4,7 @@
 #   tools/build_mlx_lm.sh [VENV]        (default: <repo>/.venv)
 #
 # 1. Fetches the mlx-lm sdist (pinned version and sha256) with pip into
-#    ~/.cache/turboquant-mlx/sdist (or $TURBOQUANT_MLX_CACHE/sdist), once.
+#    $TURBOQUANT_CACHE/sdist (default ~/.cache/turboquant-mlx/sdist), once.
 # 2. Unpacks it in a temporary folder and applies patches/mlx-lm/*.patch in
 #    order (git apply, or patch -p1 where git is missing).
 # 3. Builds a wheel into <repo>/dist (version 0.32.2+turboquant).
@@ -20,7 +20,7 @@ LOCAL_VERSION="${MLX_LM_VERSION}+turboquant"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${1:-$REPO/.venv}"
 PY="$VENV/bin/python"
-CACHE="${TURBOQUANT_MLX_CACHE:-$HOME/.cache/turboquant-mlx}"
+CACHE="${TURBOQUANT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/turboquant-mlx}"
 SDIST_DIR="$CACHE/sdist"
 SDIST="$SDIST_DIR/mlx_lm-$MLX_LM_VERSION.tar.gz"
 DIST="$REPO/dist"
