@@ -57,3 +57,44 @@ def test_cache_prompt_cli_roundtrip(model_dir, tmp_path):
     bad = mlx_lm("generate", "--prompt-cache-file", f, "--prompt", "w7",
                  "--kv-cache-type", "turbo3", "--ignore-chat-template", check=False)
     assert bad.returncode != 0 and "does not match" in bad.stderr
+
+
+def test_server_turbo_cache(model_dir):
+    """`mlx_lm server --kv-cache-type` answers a completion (loopback only)."""
+    import json
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir),
+         "--host", "127.0.0.1", "--port", str(port), "--kv-cache-type", "turbo4-turbo3"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        body = json.dumps({"prompt": "w1 w2 w3", "max_tokens": 4}).encode()
+        deadline = time.time() + 120
+        while True:
+            try:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/v1/completions", data=body,
+                    headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    out = json.loads(r.read())
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        assert out["choices"][0]["finish_reason"] in ("length", "stop")
+        assert out["usage"]["completion_tokens"] >= 1
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
