@@ -1,0 +1,1057 @@
+// Copyright © 2026 TurboQuant-MLX contributors.
+//
+// Device code for TurboQuant (turbo3 / turbo4) KV-cache attention on CUDA.
+// The format is specified in docs/format.md of the patch series. This header
+// is self-contained (CUDA runtime + fp16/bf16 headers only) so that it can be
+// compiled both inside MLX and by the standalone test harness in tests/cuda.
+//
+// Kernels:
+//   turbo_encode       one warp per vector: norm, rotation, codebook, packing
+//   turbo_decode       one warp per vector: unpack, scale, inverse rotation
+//   turbo_sdpa_vector  decode attention (small qL); one block reads a chunk of
+//                      the keys of one KV head once for all the query rows of
+//                      its GQA group; writes either the final output (one
+//                      pass) or per-split partials (split-K, two passes)
+//   turbo_sdpa_combine second pass of the split-K decode
+//   turbo_sdpa_full    prefill attention: a 32x32 (queries x keys) tile flash
+//                      kernel that dequantizes K/V tiles into shared memory
+
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cstdint>
+#include <cfloat>
+
+namespace mlx::core::cu::turbo {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// ---------------------------------------------------------------------------
+// Format constants
+// ---------------------------------------------------------------------------
+
+__host__ __device__ constexpr int pow2_floor(int d) {
+  int p = 1;
+  while (p * 2 <= d) {
+    p *= 2;
+  }
+  return p;
+}
+
+// Packed words per vector.
+__host__ __device__ constexpr int packed_words(int bits, int d) {
+  return bits == 4 ? d / 8 : d / 16 + (d + 31) / 32;
+}
+
+// Sign of coordinate i in stage t (1 or 2), docs/format.md section 1.
+__host__ __device__ inline float rot_sign(uint32_t t, uint32_t i) {
+  uint32_t h = (i + 1u) * 0x9E3779B1u + t * 0x7F4A7C15u;
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  return (h & 1u) ? -1.0f : 1.0f;
+}
+
+// Lloyd-Max centroids of N(0,1).
+__host__ __device__ inline float centroid(int bits, int i) {
+  // Written as a switch so it works in host and device code without a
+  // __constant__ table.
+  if (bits == 3) {
+    switch (i) {
+      case 0: return -2.1520f;
+      case 1: return -1.3440f;
+      case 2: return -0.7560f;
+      case 3: return -0.2451f;
+      case 4: return 0.2451f;
+      case 5: return 0.7560f;
+      case 6: return 1.3440f;
+      default: return 2.1520f;
+    }
+  }
+  switch (i) {
+    case 0: return -2.7326f;
+    case 1: return -2.0690f;
+    case 2: return -1.6180f;
+    case 3: return -1.2562f;
+    case 4: return -0.9424f;
+    case 5: return -0.6568f;
+    case 6: return -0.3881f;
+    case 7: return -0.1284f;
+    case 8: return 0.1284f;
+    case 9: return 0.3881f;
+    case 10: return 0.6568f;
+    case 11: return 0.9424f;
+    case 12: return 1.2562f;
+    case 13: return 1.6180f;
+    case 14: return 2.0690f;
+    default: return 2.7326f;
+  }
+}
+
+template <typename T>
+__device__ inline float to_float(T x) {
+  return static_cast<float>(x);
+}
+template <>
+__device__ inline float to_float<__half>(__half x) {
+  return __half2float(x);
+}
+template <>
+__device__ inline float to_float<__nv_bfloat16>(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+
+template <typename T>
+__device__ inline T from_float(float x) {
+  return static_cast<T>(x);
+}
+template <>
+__device__ inline __half from_float<__half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+// Code of coordinate c (0..7) of the 8-coordinate slot whose words are
+// (w4) for turbo4 or (lo16, hi8) for turbo3.
+template <int BITS>
+__device__ inline int slot_code(uint32_t a, uint32_t b, int c) {
+  if constexpr (BITS == 4) {
+    return (a >> (4 * c)) & 15u;
+  } else {
+    return ((a >> (2 * c)) & 3u) | (((b >> c) & 1u) << 2);
+  }
+}
+
+// Loads the words holding slot s (coordinates 8s..8s+7) of a packed vector.
+template <int BITS, int D>
+__device__ inline void load_slot(const uint32_t* vec, int s, uint32_t& a, uint32_t& b) {
+  if constexpr (BITS == 4) {
+    a = __ldg(vec + s);
+    b = 0;
+  } else {
+    a = __ldg(vec + (s >> 1)) >> (16 * (s & 1));
+    b = __ldg(vec + D / 16 + (s >> 2)) >> (8 * (s & 3));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Rotation helpers (one warp owns one vector in shared memory)
+// ---------------------------------------------------------------------------
+
+// In-place Walsh-Hadamard transform of buf[off, off + P): butterflies in
+// increasing h, then the 1 / sqrt(P) normalization. The float32 result
+// is independent of which lane does which butterfly.
+template <int P>
+__device__ inline void warp_fwht(float* buf, int off, int lane) {
+#pragma unroll
+  for (int h = 1; h < P; h <<= 1) {
+    for (int k = lane; k < P / 2; k += 32) {
+      int i = off + (k / h) * 2 * h + (k % h);
+      float a = buf[i];
+      float b = buf[i + h];
+      buf[i] = __fadd_rn(a, b);
+      buf[i + h] = __fsub_rn(a, b);
+    }
+    __syncwarp();
+  }
+  // Normalization by fl32(1 / fl32(sqrt(P))), as the CPU backend does.
+  const float norm = __fdiv_rn(1.0f, __fsqrt_rn(float(P)));
+  for (int i = lane; i < P; i += 32) {
+    buf[off + i] = __fmul_rn(buf[off + i], norm);
+  }
+  __syncwarp();
+}
+
+// Sum of squares of buf[0, D) in a pinned order: sequential in i, one fused
+// multiply-add per term (acc = fma(v, v, acc)), the order the CPU backend
+// compiles to where the compiler contracts `acc += v * v` (arm64 clang).
+// Run by every lane on the same shared data so all lanes hold the result.
+template <int D>
+__device__ inline float seq_sum_squares(const float* buf) {
+  float acc = 0.0f;
+#pragma unroll 16
+  for (int i = 0; i < D; i++) {
+    acc = __fmaf_rn(buf[i], buf[i], acc);
+  }
+  return acc;
+}
+
+// ---------------------------------------------------------------------------
+// Encode: x (N, D) in T -> packed (N, W) uint32, scales (N) in T
+// ---------------------------------------------------------------------------
+
+constexpr int kEncodeWarps = 4;
+
+template <typename T, int D, int BITS>
+__global__ void __launch_bounds__(32 * kEncodeWarps) turbo_encode(
+    const T* __restrict__ x,
+    uint32_t* __restrict__ packed,
+    T* __restrict__ scales,
+    int64_t n_vec) {
+  constexpr int P = pow2_floor(D);
+  constexpr int W = packed_words(BITS, D);
+  constexpr int NL = 1 << BITS;
+  __shared__ float sbuf[kEncodeWarps][D];
+  __shared__ uint8_t sidx[kEncodeWarps][D];
+
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int64_t v = int64_t(blockIdx.x) * kEncodeWarps + warp;
+  if (v >= n_vec) {
+    return;
+  }
+  float* buf = sbuf[warp];
+  uint8_t* idx = sidx[warp];
+  const T* xv = x + v * D;
+
+  // 1. norm
+  for (int i = lane; i < D; i += 32) {
+    buf[i] = to_float(xv[i]);
+  }
+  __syncwarp();
+  const float n = __fsqrt_rn(seq_sum_squares<D>(buf));
+  __syncwarp();
+
+  // 2-3. u = x / n, stage 1, stage 2
+  for (int i = lane; i < D; i += 32) {
+    float u = n > 0.0f ? __fdiv_rn(buf[i], n) : 0.0f;
+    buf[i] = u * rot_sign(1, i);
+  }
+  __syncwarp();
+  warp_fwht<P>(buf, 0, lane);
+  for (int i = lane; i < D; i += 32) {
+    buf[i] = buf[i] * rot_sign(2, i);
+  }
+  __syncwarp();
+  warp_fwht<P>(buf, D - P, lane);
+
+  // 4. codes, 5. norm correction
+  const float sd = __fsqrt_rn(float(D));
+  for (int i = lane; i < D; i += 32) {
+    float z = __fmul_rn(buf[i], sd);
+    int k = 0;
+#pragma unroll
+    for (int j = 0; j < NL - 1; j++) {
+      float b = __fmul_rn(__fadd_rn(centroid(BITS, j), centroid(BITS, j + 1)), 0.5f);
+      k += (z > b) ? 1 : 0;
+    }
+    idx[i] = uint8_t(k);
+  }
+  __syncwarp();
+  for (int i = lane; i < D; i += 32) {
+    buf[i] = centroid(BITS, idx[i]);
+  }
+  __syncwarp();
+  const float rho = __fsqrt_rn(seq_sum_squares<D>(buf));
+  float scale = __fdiv_rn(n, rho);
+  if (!isfinite(n)) {
+    scale = __int_as_float(0x7fc00000); // NaN or Inf in the input: NaN scale
+  }
+  if (lane == 0) {
+    scales[v] = from_float<T>(scale);
+  }
+
+  // 6. pack
+  uint32_t* out = packed + v * W;
+  if constexpr (BITS == 4) {
+    for (int w = lane; w < W; w += 32) {
+      uint32_t word = 0;
+#pragma unroll
+      for (int c = 0; c < 8; c++) {
+        word |= uint32_t(idx[8 * w + c]) << (4 * c);
+      }
+      out[w] = word;
+    }
+  } else {
+    constexpr int WL = D / 16;
+    for (int w = lane; w < W; w += 32) {
+      uint32_t word = 0;
+      if (w < WL) {
+#pragma unroll
+        for (int c = 0; c < 16; c++) {
+          word |= uint32_t(idx[16 * w + c] & 3u) << (2 * c);
+        }
+      } else {
+        int base = 32 * (w - WL);
+        for (int c = 0; c < 32 && base + c < D; c++) {
+          word |= uint32_t(idx[base + c] >> 2) << c;
+        }
+      }
+      out[w] = word;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Decode (dequantize): packed (N, W), scales (N) in T -> x (N, D) in U,
+// original domain (R^T applied).
+// ---------------------------------------------------------------------------
+
+template <typename T, typename U, int D, int BITS>
+__global__ void __launch_bounds__(32 * kEncodeWarps) turbo_decode(
+    const uint32_t* __restrict__ packed,
+    const T* __restrict__ scales,
+    U* __restrict__ x,
+    int64_t n_vec) {
+  constexpr int P = pow2_floor(D);
+  constexpr int W = packed_words(BITS, D);
+  __shared__ float sbuf[kEncodeWarps][D];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int64_t v = int64_t(blockIdx.x) * kEncodeWarps + warp;
+  if (v >= n_vec) {
+    return;
+  }
+  float* buf = sbuf[warp];
+  const uint32_t* in = packed + v * W;
+  const float scale = to_float(scales[v]);
+  for (int s = lane; s < D / 8; s += 32) {
+    uint32_t a, b;
+    load_slot<BITS, D>(in, s, a, b);
+#pragma unroll
+    for (int c = 0; c < 8; c++) {
+      buf[8 * s + c] = scale * centroid(BITS, slot_code<BITS>(a, b, c));
+    }
+  }
+  __syncwarp();
+  warp_fwht<P>(buf, D - P, lane);
+  for (int i = lane; i < D; i += 32) {
+    buf[i] = buf[i] * rot_sign(2, i);
+  }
+  __syncwarp();
+  warp_fwht<P>(buf, 0, lane);
+  for (int i = lane; i < D; i += 32) {
+    x[v * D + i] = from_float<U>(buf[i] * rot_sign(1, i));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Attention
+// ---------------------------------------------------------------------------
+
+enum MaskKind : int { kMaskNone = 0, kMaskBool = 1, kMaskFloat = 2 };
+
+struct AttnParams {
+  int B;
+  int Hq;
+  int Hkv;
+  int qL;
+  int kL;
+  int gqa; // Hq / Hkv
+  float scale_log2; // scale * log2(e)
+  int causal; // bottom-right aligned causal mask
+  int causal_offset; // kL - qL
+  int mask_kind;
+  int has_sinks;
+  int num_splits; // vector kernel: > 1 writes partials
+  int keys_per_split;
+  int row_groups; // vector kernel: ceil(gqa * qL / NQ)
+  // Strides in elements for dims (B, H, L); the last dim is contiguous.
+  int64_t q_str[3];
+  int64_t k_str[3];
+  int64_t ks_str[3];
+  int64_t v_str[3];
+  int64_t vs_str[3];
+  int64_t o_str[3];
+  int64_t m_str[4]; // (B, Hq, qL, kL), 0 for broadcast
+};
+
+// Applies mask / causality to a log2-domain score.
+__device__ inline float apply_mask(
+    float s,
+    const AttnParams& p,
+    const void* mask,
+    int b,
+    int h,
+    int qi,
+    int j) {
+  if (p.causal && j > qi + p.causal_offset) {
+    return -FLT_MAX;
+  }
+  if (p.mask_kind == kMaskBool) {
+    const bool* m = static_cast<const bool*>(mask);
+    if (!m[b * p.m_str[0] + h * p.m_str[1] + qi * p.m_str[2] + j * p.m_str[3]]) {
+      return -FLT_MAX;
+    }
+  } else if (p.mask_kind == kMaskFloat) {
+    const float* m = static_cast<const float*>(mask);
+    s += kLog2e * m[b * p.m_str[0] + h * p.m_str[1] + qi * p.m_str[2] + j * p.m_str[3]];
+  }
+  return s;
+}
+
+// Online softmax step helpers; m may be -inf only while nothing (or only
+// -inf scores from a float mask) was seen.
+__device__ inline float safe_max_ref(float m) {
+  return m == -INFINITY ? 0.0f : m;
+}
+
+constexpr int kVecThreads = 128;
+
+__host__ __device__ constexpr int pow2_ceil(int n) {
+  int p = 1;
+  while (p < n) {
+    p *= 2;
+  }
+  return p;
+}
+
+// Coordinates per thread in the vector kernel for NQ rows per block: fewer
+// threads per key (fewer shuffles, less redundant softmax work) where the
+// registers allow (q and the accumulator take 2 * CPT * NQ registers).
+__host__ __device__ constexpr int vec_cpt(int d, int nq) {
+  return nq >= 8 ? 8 : (nq >= 4 ? 16 : (d % 32 == 0 ? 32 : 16));
+}
+
+// Spreads the eight 2-bit fields of x (bits 0..15) to bits 4i..4i+1.
+__device__ inline uint32_t spread2to4(uint32_t x) {
+  x &= 0xFFFFu;
+  x = (x | (x << 8)) & 0x00FF00FFu;
+  x = (x | (x << 4)) & 0x0F0F0F0Fu;
+  x = (x | (x << 2)) & 0x33333333u;
+  return x;
+}
+
+// Spreads the eight bits of x (bits 0..7) to bits 4i.
+__device__ inline uint32_t spread1to4(uint32_t x) {
+  x &= 0xFFu;
+  x = (x | (x << 12)) & 0x000F000Fu;
+  x = (x | (x << 6)) & 0x03030303u;
+  x = (x | (x << 3)) & 0x11111111u;
+  return x;
+}
+
+// The codes of the CPT consecutive coordinates [CPT t, CPT t + CPT) of one
+// packed vector, held by thread t as nibbles: code c is bits 4(c % 8)..+3 of
+// nib[c / 8] (turbo3 planes are merged into nibbles once after the load, so
+// extracting a code costs the same for both modes).
+template <int BITS, int D, int CPT>
+struct SlotCodes {
+  static constexpr int NW = CPT / 8;
+  uint32_t nib[NW];
+
+  __device__ inline void load(const uint32_t* vec, int t) {
+    if constexpr (BITS == 4) {
+#pragma unroll
+      for (int k = 0; k < NW; k++) {
+        nib[k] = __ldg(vec + NW * t + k);
+      }
+    } else {
+      constexpr int NLO = CPT >= 16 ? CPT / 16 : 1;
+      constexpr int NHI = CPT >= 32 ? CPT / 32 : 1;
+      uint32_t lo[NLO];
+      uint32_t hi[NHI];
+      if constexpr (CPT >= 16) {
+#pragma unroll
+        for (int k = 0; k < NLO; k++) {
+          lo[k] = __ldg(vec + NLO * t + k);
+        }
+      } else { // CPT == 8: half a word
+        lo[0] = __ldg(vec + (t >> 1)) >> (16 * (t & 1));
+      }
+      if constexpr (CPT >= 32) {
+#pragma unroll
+        for (int k = 0; k < NHI; k++) {
+          hi[k] = __ldg(vec + D / 16 + NHI * t + k);
+        }
+      } else {
+        constexpr int per = 32 / CPT; // threads sharing a high-plane word
+        hi[0] = __ldg(vec + D / 16 + t / per) >> (CPT * (t % per));
+      }
+#pragma unroll
+      for (int k = 0; k < NW; k++) {
+        uint32_t l16 = lo[k >> 1] >> (16 * (k & 1));
+        uint32_t h8 = hi[k >> 2] >> (8 * (k & 3));
+        nib[k] = spread2to4(l16) | (spread1to4(h8) << 2);
+      }
+    }
+  }
+  __device__ inline void clear() {
+#pragma unroll
+    for (int k = 0; k < NW; k++) {
+      nib[k] = 0;
+    }
+  }
+  // Code of coordinate c (compile-time after unrolling) of the slot.
+  __device__ inline int code(int c) const {
+    return (nib[c >> 3] >> (4 * (c & 7))) & 15u;
+  }
+};
+
+// Vector (decode) attention. Grid: (num_splits, Hkv * row_groups, B).
+// Block: 128 threads = NSG subgroups of TPK threads; thread t of a subgroup
+// owns coordinates [CPT t, CPT t + CPT); subgroup g processes the keys
+// j = start + g, start + g + NSG, ... of its split for all NQ rows, U keys at
+// a time, the codes of the next U keys loaded while the current ones are
+// used. Rows r of a KV head enumerate (query head within group, position).
+// MASKED = false skips the mask / causal logic (no mask, or qL = 1 causal).
+template <int KB, int VB, int D, int NQ, int CPT, bool MASKED, typename T>
+__global__ void __launch_bounds__(kVecThreads) turbo_sdpa_vector(
+    const float* __restrict__ q,
+    const uint32_t* __restrict__ kc,
+    const T* __restrict__ ks,
+    const uint32_t* __restrict__ vc,
+    const T* __restrict__ vs,
+    const void* __restrict__ mask,
+    const float* __restrict__ sinks,
+    float* __restrict__ out,
+    float* __restrict__ part_o, // (splits, B*Hq*qL, D)
+    float* __restrict__ part_ml, // (splits, B*Hq*qL, 2)
+    const AttnParams p) {
+  constexpr int NT = D / CPT; // active threads per key
+  static_assert(NT * CPT == D, "CPT must divide D");
+  constexpr int TPK = pow2_ceil(NT);
+  constexpr int NSG = kVecThreads / TPK;
+  constexpr int U = NQ >= 8 ? 2 : 4; // keys in flight per subgroup
+
+  __shared__ float klut[16];
+  __shared__ float vlut[16];
+  __shared__ float s_m[NSG][NQ];
+  __shared__ float s_l[NSG][NQ];
+  __shared__ float s_o[NSG][NQ][D];
+
+  const int tid = threadIdx.x;
+  const int sg = tid / TPK;
+  const int t = tid % TPK;
+  const bool active = t < NT;
+  const int split = blockIdx.x;
+  const int hk = blockIdx.y / p.row_groups;
+  const int rg = blockIdx.y % p.row_groups;
+  const int b = blockIdx.z;
+  const int nrows = p.gqa * p.qL;
+
+  if (tid < 16) {
+    klut[tid] = centroid(KB, tid & ((1 << KB) - 1));
+    vlut[tid] = centroid(VB, tid & ((1 << VB) - 1));
+  }
+
+  // Query rows of this block.
+  int row_h[NQ];
+  int row_q[NQ];
+  bool row_ok[NQ];
+  float qr[NQ][CPT];
+#pragma unroll
+  for (int r = 0; r < NQ; r++) {
+    int row = rg * NQ + r;
+    row_ok[r] = row < nrows;
+    int rr = row_ok[r] ? row : 0;
+    row_h[r] = hk * p.gqa + rr / p.qL;
+    row_q[r] = rr % p.qL;
+    const float* qp = q + b * p.q_str[0] + row_h[r] * p.q_str[1] +
+        row_q[r] * p.q_str[2] + CPT * (active ? t : 0);
+#pragma unroll
+    for (int c = 0; c < CPT; c++) {
+      qr[r][c] = (active && row_ok[r]) ? qp[c] * p.scale_log2 : 0.0f;
+    }
+  }
+
+  float acc[NQ][CPT];
+  float m[NQ];
+  float l[NQ];
+#pragma unroll
+  for (int r = 0; r < NQ; r++) {
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
+#pragma unroll
+    for (int c = 0; c < CPT; c++) {
+      acc[r][c] = 0.0f;
+    }
+    // The sink joins the softmax once per row: in split 0, subgroup 0.
+    if (p.has_sinks && split == 0 && sg == 0 && row_ok[r]) {
+      m[r] = kLog2e * sinks[row_h[r]];
+      l[r] = 1.0f;
+    }
+  }
+  __syncthreads();
+
+  const int k_begin = split * p.keys_per_split;
+  const int k_end = min(p.kL, k_begin + p.keys_per_split);
+
+  const uint32_t* kbase = kc + b * p.k_str[0] + hk * p.k_str[1];
+  const uint32_t* vbase = vc + b * p.v_str[0] + hk * p.v_str[1];
+  const T* ksb = ks + b * p.ks_str[0] + hk * p.ks_str[1];
+  const T* vsb = vs + b * p.vs_str[0] + hk * p.vs_str[1];
+
+  SlotCodes<KB, D, CPT> kn[U];
+  SlotCodes<VB, D, CPT> vn[U];
+  float ksn[U], vsn[U];
+  auto load_batch = [&](int jb) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      int j = jb + sg + u * NSG;
+      int jj = j < k_end ? j : k_begin;
+      if (active) {
+        kn[u].load(kbase + jj * p.k_str[2], t);
+        vn[u].load(vbase + jj * p.v_str[2], t);
+      } else {
+        kn[u].clear();
+        vn[u].clear();
+      }
+      ksn[u] = to_float(ksb[jj * p.ks_str[2]]);
+      vsn[u] = to_float(vsb[jj * p.vs_str[2]]);
+    }
+  };
+  if (k_begin < k_end) {
+    load_batch(k_begin);
+  }
+
+  // The loop bound is warp-uniform (the shuffles below need every lane).
+  for (int jb = k_begin; jb < k_end; jb += NSG * U) {
+    SlotCodes<KB, D, CPT> kcur[U];
+    SlotCodes<VB, D, CPT> vcur[U];
+    float ksc[U], vsc[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      kcur[u] = kn[u];
+      vcur[u] = vn[u];
+      ksc[u] = ksn[u];
+      vsc[u] = vsn[u];
+    }
+    if (jb + NSG * U < k_end) {
+      load_batch(jb + NSG * U);
+    }
+    // Scores.
+    float s[U][NQ];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      float d[NQ];
+#pragma unroll
+      for (int r = 0; r < NQ; r++) {
+        d[r] = 0.0f;
+      }
+#pragma unroll
+      for (int c = 0; c < CPT; c++) {
+        float kv = klut[kcur[u].code(c)];
+#pragma unroll
+        for (int r = 0; r < NQ; r++) {
+          d[r] += qr[r][c] * kv;
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < NQ; r++) {
+#pragma unroll
+        for (int off = TPK / 2; off > 0; off >>= 1) {
+          d[r] += __shfl_xor_sync(0xffffffffu, d[r], off);
+        }
+        s[u][r] = d[r] * ksc[u];
+      }
+    }
+    // Online softmax; s becomes p * value scale.
+#pragma unroll
+    for (int r = 0; r < NQ; r++) {
+      float mnew = m[r];
+#pragma unroll
+      for (int u = 0; u < U; u++) {
+        int j = jb + sg + u * NSG;
+        float sc = s[u][r];
+        if constexpr (MASKED) {
+          sc = apply_mask(sc, p, mask, b, row_h[r], row_q[r], j);
+        }
+        sc = j < k_end ? sc : -INFINITY;
+        s[u][r] = sc;
+        mnew = fmaxf(mnew, sc);
+      }
+      float mref = safe_max_ref(mnew);
+      if (mnew != m[r]) { // uniform in the subgroup; rare once warm
+        float alpha = exp2f(m[r] - mref);
+        l[r] *= alpha;
+#pragma unroll
+        for (int c = 0; c < CPT; c++) {
+          acc[r][c] *= alpha;
+        }
+        m[r] = mnew;
+      }
+#pragma unroll
+      for (int u = 0; u < U; u++) {
+        float pu = exp2f(s[u][r] - mref);
+        l[r] += pu;
+        s[u][r] = pu * vsc[u];
+      }
+    }
+    // Values.
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+#pragma unroll
+      for (int c = 0; c < CPT; c++) {
+        float vv = vlut[vcur[u].code(c)];
+#pragma unroll
+        for (int r = 0; r < NQ; r++) {
+          acc[r][c] += s[u][r] * vv;
+        }
+      }
+    }
+  }
+
+  // Merge the subgroups of the block.
+  if (t == 0) {
+#pragma unroll
+    for (int r = 0; r < NQ; r++) {
+      s_m[sg][r] = m[r];
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < NQ; r++) {
+    float mb = -INFINITY;
+#pragma unroll
+    for (int g = 0; g < NSG; g++) {
+      mb = fmaxf(mb, s_m[g][r]);
+    }
+    float f = exp2f(m[r] - safe_max_ref(mb));
+    if (t == 0) {
+      s_l[sg][r] = l[r] * f;
+    }
+    if (active) {
+#pragma unroll
+      for (int c = 0; c < CPT; c++) {
+        s_o[sg][r][CPT * t + c] = acc[r][c] * f;
+      }
+    }
+  }
+  __syncthreads();
+
+  for (int e = tid; e < NQ * D; e += kVecThreads) {
+    int r = e / D;
+    int d = e % D;
+    int row = rg * NQ + r;
+    if (row >= nrows) {
+      continue;
+    }
+    float o = 0.0f;
+    float lsum = 0.0f;
+    float mb = -INFINITY;
+#pragma unroll
+    for (int g = 0; g < NSG; g++) {
+      o += s_o[g][r][d];
+      lsum += s_l[g][r];
+      mb = fmaxf(mb, s_m[g][r]);
+    }
+    int h = hk * p.gqa + row / p.qL;
+    int qi = row % p.qL;
+    if (p.num_splits == 1) {
+      out[b * p.o_str[0] + h * p.o_str[1] + qi * p.o_str[2] + d] = o / lsum;
+    } else {
+      int64_t grow = (int64_t(b) * p.Hq + h) * p.qL + qi;
+      int64_t prow = int64_t(split) * p.B * p.Hq * p.qL + grow;
+      part_o[prow * D + d] = o;
+      if (d == 0) {
+        part_ml[2 * prow] = mb;
+        part_ml[2 * prow + 1] = lsum;
+      }
+    }
+  }
+}
+
+// Second pass of the split-K decode. Grid: B * Hq * qL blocks of 128 threads.
+constexpr int kMaxSplits = 1024;
+
+__device__ inline float block_reduce_128(float v, float* red, bool is_max) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    float o = __shfl_xor_sync(0xffffffffu, v, off);
+    v = is_max ? fmaxf(v, o) : v + o;
+  }
+  if ((threadIdx.x & 31) == 0) {
+    red[threadIdx.x >> 5] = v;
+  }
+  __syncthreads();
+  float r = red[0];
+#pragma unroll
+  for (int w = 1; w < 4; w++) {
+    r = is_max ? fmaxf(r, red[w]) : r + red[w];
+  }
+  __syncthreads();
+  return r;
+}
+
+template <int D>
+__global__ void __launch_bounds__(128) turbo_sdpa_combine(
+    const float* __restrict__ part_o,
+    const float* __restrict__ part_ml,
+    float* __restrict__ out,
+    const AttnParams p) {
+  __shared__ float sw[kMaxSplits];
+  __shared__ float red[4];
+  const int64_t grow = blockIdx.x;
+  const int64_t nrow = int64_t(p.B) * p.Hq * p.qL;
+  const int qi = grow % p.qL;
+  const int h = (grow / p.qL) % p.Hq;
+  const int b = grow / (int64_t(p.qL) * p.Hq);
+  const int S = p.num_splits;
+  float mloc = -INFINITY;
+  for (int s = threadIdx.x; s < S; s += 128) {
+    mloc = fmaxf(mloc, part_ml[2 * (s * nrow + grow)]);
+  }
+  const float Mr = safe_max_ref(block_reduce_128(mloc, red, true));
+  float lloc = 0.0f;
+  for (int s = threadIdx.x; s < S; s += 128) {
+    int64_t prow = s * nrow + grow;
+    float f = exp2f(part_ml[2 * prow] - Mr);
+    sw[s] = f;
+    lloc += part_ml[2 * prow + 1] * f;
+  }
+  const float L = block_reduce_128(lloc, red, false); // also orders sw
+  for (int d = threadIdx.x; d < D; d += 128) {
+    float o = 0.0f;
+#pragma unroll 8
+    for (int s = 0; s < S; s++) {
+      o += sw[s] * part_o[(s * nrow + grow) * D + d];
+    }
+    out[b * p.o_str[0] + h * p.o_str[1] + qi * p.o_str[2] + d] = o / L;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Prefill: tiled flash attention, dequantizing K/V tiles in shared memory.
+// Grid: (ceil(qL / BQ), Hq, B). Block: 128 threads. Dynamic shared memory:
+// full_smem_bytes(D).
+// ---------------------------------------------------------------------------
+
+constexpr int kFullBQ = 32;
+constexpr int kFullBK = 32;
+constexpr int kFullThreads = 128;
+
+__host__ __device__ constexpr int full_smem_bytes(int d) {
+  return 4 *
+      (d * kFullBQ + // Qs[D][BQ]
+       d * kFullBK + // Ks[D][BK]
+       kFullBK * (d + 1) + // Vs[BK][D+1]
+       kFullBQ * (kFullBK + 1)); // Ps[BQ][BK+1]
+}
+
+template <int KB, int VB, int D, typename T>
+__global__ void __launch_bounds__(kFullThreads) turbo_sdpa_full(
+    const float* __restrict__ q,
+    const uint32_t* __restrict__ kc,
+    const T* __restrict__ ks,
+    const uint32_t* __restrict__ vc,
+    const T* __restrict__ vs,
+    const void* __restrict__ mask,
+    const float* __restrict__ sinks,
+    float* __restrict__ out,
+    const AttnParams p) {
+  constexpr int BQ = kFullBQ;
+  constexpr int BK = kFullBK;
+  constexpr int SLOTS = D / 8;
+  constexpr int NC = D / 8; // output columns per thread
+  extern __shared__ float smem[];
+  float* Qs = smem; // [D][BQ]
+  float* Ks = Qs + D * BQ; // [D][BK]
+  float* Vs = Ks + D * BK; // [BK][D + 1]
+  float* Ps = Vs + BK * (D + 1); // [BQ][BK + 1]
+
+  const int tid = threadIdx.x;
+  const int ty = tid / 8; // rows 2ty, 2ty + 1
+  const int tx = tid % 8; // keys 4tx..4tx+3, output cols tx + 8i
+  const int q0 = blockIdx.x * BQ;
+  const int h = blockIdx.y;
+  const int b = blockIdx.z;
+  const int hk = h / p.gqa;
+
+  // Load the query tile, pre-scaled.
+  for (int e = tid; e < BQ * D; e += kFullThreads) {
+    int r = e / D;
+    int d = e % D;
+    int qi = q0 + r;
+    float v = 0.0f;
+    if (qi < p.qL) {
+      v = q[b * p.q_str[0] + h * p.q_str[1] + qi * p.q_str[2] + d] * p.scale_log2;
+    }
+    Qs[d * BQ + r] = v;
+  }
+
+  float acc[2][NC];
+  float m[2];
+  float l[2];
+#pragma unroll
+  for (int a = 0; a < 2; a++) {
+    m[a] = -INFINITY;
+    l[a] = 0.0f;
+    if (p.has_sinks) {
+      m[a] = kLog2e * sinks[h];
+      l[a] = 1.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+      acc[a][i] = 0.0f;
+    }
+  }
+
+  // Key range: with a causal mask, the last key any row of the tile sees,
+  // unless some row sees no key at all (then it averages all keys).
+  int k_stop = p.kL;
+  if (p.causal) {
+    int first_lim = q0 + p.causal_offset;
+    int last_lim = min(q0 + BQ - 1, p.qL - 1) + p.causal_offset;
+    if (first_lim >= 0) {
+      k_stop = min(p.kL, last_lim + 1);
+    }
+  }
+
+  const uint32_t* kbase = kc + b * p.k_str[0] + hk * p.k_str[1];
+  const uint32_t* vbase = vc + b * p.v_str[0] + hk * p.v_str[1];
+  const T* ksb = ks + b * p.ks_str[0] + hk * p.ks_str[1];
+  const T* vsb = vs + b * p.vs_str[0] + hk * p.vs_str[1];
+
+  for (int k0 = 0; k0 < k_stop; k0 += BK) {
+    __syncthreads(); // previous tile fully consumed
+    // Dequantize the K and V tiles (rotated domain, scale applied).
+    for (int e = tid; e < BK * SLOTS; e += kFullThreads) {
+      int kk = e % BK;
+      int sl = e / BK;
+      int j = k0 + kk;
+      float kv[8], vv[8];
+      if (j < p.kL) {
+        uint32_t a, bb;
+        load_slot<KB, D>(kbase + j * p.k_str[2], sl, a, bb);
+        float sc = to_float(ksb[j * p.ks_str[2]]);
+#pragma unroll
+        for (int c = 0; c < 8; c++) {
+          kv[c] = sc * centroid(KB, slot_code<KB>(a, bb, c));
+        }
+        load_slot<VB, D>(vbase + j * p.v_str[2], sl, a, bb);
+        sc = to_float(vsb[j * p.vs_str[2]]);
+#pragma unroll
+        for (int c = 0; c < 8; c++) {
+          vv[c] = sc * centroid(VB, slot_code<VB>(a, bb, c));
+        }
+      } else {
+#pragma unroll
+        for (int c = 0; c < 8; c++) {
+          kv[c] = 0.0f;
+          vv[c] = 0.0f;
+        }
+      }
+#pragma unroll
+      for (int c = 0; c < 8; c++) {
+        Ks[(8 * sl + c) * BK + kk] = kv[c];
+        Vs[kk * (D + 1) + 8 * sl + c] = vv[c];
+      }
+    }
+    __syncthreads();
+
+    // S = Q K^T for a 2 x 4 micro tile.
+    float s[2][4];
+#pragma unroll
+    for (int a = 0; a < 2; a++) {
+#pragma unroll
+      for (int c = 0; c < 4; c++) {
+        s[a][c] = 0.0f;
+      }
+    }
+#pragma unroll 8
+    for (int d = 0; d < D; d++) {
+      float2 qv = *reinterpret_cast<const float2*>(&Qs[d * BQ + 2 * ty]);
+      float4 kv = *reinterpret_cast<const float4*>(&Ks[d * BK + 4 * tx]);
+      s[0][0] += qv.x * kv.x;
+      s[0][1] += qv.x * kv.y;
+      s[0][2] += qv.x * kv.z;
+      s[0][3] += qv.x * kv.w;
+      s[1][0] += qv.y * kv.x;
+      s[1][1] += qv.y * kv.y;
+      s[1][2] += qv.y * kv.z;
+      s[1][3] += qv.y * kv.w;
+    }
+
+    // Mask + online softmax (8 lanes tx share a row pair).
+#pragma unroll
+    for (int a = 0; a < 2; a++) {
+      int qi = q0 + 2 * ty + a;
+      int qic = min(qi, p.qL - 1);
+      float mt = -INFINITY;
+#pragma unroll
+      for (int c = 0; c < 4; c++) {
+        int j = k0 + 4 * tx + c;
+        float sc = j < p.kL ? apply_mask(s[a][c], p, mask, b, h, qic, j)
+                            : -INFINITY;
+        s[a][c] = sc;
+        mt = fmaxf(mt, sc);
+      }
+#pragma unroll
+      for (int off = 4; off > 0; off >>= 1) {
+        mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, off));
+      }
+      float mnew = fmaxf(m[a], mt);
+      float mref = safe_max_ref(mnew);
+      float alpha = exp2f(m[a] - mref);
+      float ps = 0.0f;
+#pragma unroll
+      for (int c = 0; c < 4; c++) {
+        float pv = exp2f(s[a][c] - mref);
+        ps += pv;
+        Ps[(2 * ty + a) * (BK + 1) + 4 * tx + c] = pv;
+      }
+#pragma unroll
+      for (int off = 4; off > 0; off >>= 1) {
+        ps += __shfl_xor_sync(0xffffffffu, ps, off);
+      }
+      l[a] = l[a] * alpha + ps;
+      m[a] = mnew;
+#pragma unroll
+      for (int i = 0; i < NC; i++) {
+        acc[a][i] *= alpha;
+      }
+    }
+    __syncthreads();
+
+    // O += P V.
+#pragma unroll 4
+    for (int kk = 0; kk < BK; kk++) {
+      float p0 = Ps[(2 * ty) * (BK + 1) + kk];
+      float p1 = Ps[(2 * ty + 1) * (BK + 1) + kk];
+      const float* vrow = Vs + kk * (D + 1) + tx;
+#pragma unroll
+      for (int i = 0; i < NC; i++) {
+        float v = vrow[8 * i];
+        acc[0][i] += p0 * v;
+        acc[1][i] += p1 * v;
+      }
+    }
+  }
+
+#pragma unroll
+  for (int a = 0; a < 2; a++) {
+    int qi = q0 + 2 * ty + a;
+    if (qi < p.qL) {
+      float* o = out + b * p.o_str[0] + h * p.o_str[1] + qi * p.o_str[2];
+      float inv = 1.0f / l[a];
+#pragma unroll
+      for (int i = 0; i < NC; i++) {
+        o[tx + 8 * i] = acc[a][i] * inv;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Host-side planning shared by MLX and the harness.
+// ---------------------------------------------------------------------------
+
+// Rows (query heads x positions) per vector block.
+inline int vector_rows_per_block(int rows) {
+  return rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : 8;
+}
+
+// Number of key splits for the vector kernel.
+inline int vector_num_splits(int base_blocks, int kL, int num_sms) {
+  int target = 4 * num_sms;
+  if (base_blocks >= target || kL < 512) {
+    return 1;
+  }
+  int splits = (target + base_blocks - 1) / base_blocks;
+  int max_splits = kL / 256; // at least 256 keys per split
+  splits = splits < max_splits ? splits : max_splits;
+  splits = splits < kMaxSplits ? splits : kMaxSplits;
+  return splits < 1 ? 1 : splits;
+}
+
+// Queries longer than this use the tiled prefill kernel.
+constexpr int kVectorMaxQL = 8;
+
+} // namespace mlx::core::cu::turbo

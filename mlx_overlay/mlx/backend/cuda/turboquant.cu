@@ -1,0 +1,261 @@
+// Copyright © 2026 TurboQuant-MLX contributors.
+//
+// Launches of the TurboQuant quantize / dequantize kernels and planning of
+// the attention kernels (the attention launches themselves are instantiated
+// per head dimension in turboquant_attn_d*.cu).
+
+#include "mlx/backend/cuda/device.h"
+#include "mlx/backend/cuda/device/turboquant.cuh"
+#include "mlx/backend/cuda/kernel_utils.cuh"
+#include "mlx/backend/cuda/turboquant.h"
+#include "mlx/backend/cuda/turboquant_attn.cuh"
+#include "mlx/dtype_utils.h"
+
+#include <sstream>
+
+namespace mlx::core {
+
+namespace {
+
+template <typename F>
+void dispatch_turbo_dim(int d, F&& f) {
+  switch (d) {
+    case 64:
+      f(std::integral_constant<int, 64>{});
+      break;
+    case 80:
+      f(std::integral_constant<int, 80>{});
+      break;
+    case 96:
+      f(std::integral_constant<int, 96>{});
+      break;
+    case 128:
+      f(std::integral_constant<int, 128>{});
+      break;
+    case 192:
+      f(std::integral_constant<int, 192>{});
+      break;
+    case 256:
+      f(std::integral_constant<int, 256>{});
+      break;
+    default: {
+      std::ostringstream msg;
+      msg << "[turboquant] Unsupported head dimension " << d << ".";
+      throw std::invalid_argument(msg.str());
+    }
+  }
+}
+
+template <typename F>
+void dispatch_turbo_bits(int bits, F&& f) {
+  if (bits == 3) {
+    f(std::integral_constant<int, 3>{});
+  } else {
+    f(std::integral_constant<int, 4>{});
+  }
+}
+
+int num_sms(cu::CommandEncoder& enc) {
+  // Cached per CUDA device.
+  static int cache[64] = {0};
+  int dev = enc.device().cuda_device();
+  if (dev < 0 || dev >= 64) {
+    return 132;
+  }
+  if (cache[dev] == 0) {
+    int n = 0;
+    CHECK_CUDA_ERROR(
+        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    cache[dev] = n > 0 ? n : 1;
+  }
+  return cache[dev];
+}
+
+} // namespace
+
+bool turbo_cuda_supported_dim(int d) {
+  return d == 64 || d == 80 || d == 96 || d == 128 || d == 192 || d == 256;
+}
+
+void turbo_quantize_gpu(
+    const array& x,
+    array& packed,
+    array& scales,
+    int bits,
+    cu::CommandEncoder& enc) {
+  int d = x.shape(-1);
+  int64_t n = x.size() / d;
+  if (n == 0) {
+    return;
+  }
+  enc.set_input_array(x);
+  enc.set_output_array(packed);
+  enc.set_output_array(scales);
+  dim3 grid((n + cu::turbo::kEncodeWarps - 1) / cu::turbo::kEncodeWarps);
+  dim3 block(32 * cu::turbo::kEncodeWarps);
+  dispatch_float_types(x.dtype(), "turbo_quantize", [&](auto type_tag) {
+    using T = cuda_type_t<MLX_GET_TYPE(type_tag)>;
+    dispatch_turbo_dim(d, [&](auto dim) {
+      dispatch_turbo_bits(bits, [&](auto b) {
+        enc.add_kernel_node(
+            cu::turbo::turbo_encode<T, dim.value, b.value>,
+            grid,
+            block,
+            gpu_ptr<T>(x),
+            gpu_ptr<uint32_t>(packed),
+            gpu_ptr<T>(scales),
+            n);
+      });
+    });
+  });
+}
+
+void turbo_dequantize_gpu(
+    const array& packed,
+    const array& scales,
+    array& x,
+    int bits,
+    cu::CommandEncoder& enc,
+    const Stream& s) {
+  int d = x.shape(-1);
+  int64_t n = x.size() / d;
+  if (n == 0) {
+    return;
+  }
+  // The op casts the scales to the output type before the primitive.
+  if (scales.dtype() != x.dtype()) {
+    throw std::invalid_argument(
+        "[turbo_dequantize_gpu] scales must have the output dtype.");
+  }
+  enc.set_input_array(packed);
+  enc.set_input_array(scales);
+  enc.set_output_array(x);
+  dim3 grid((n + cu::turbo::kEncodeWarps - 1) / cu::turbo::kEncodeWarps);
+  dim3 block(32 * cu::turbo::kEncodeWarps);
+  dispatch_float_types(x.dtype(), "turbo_dequantize", [&](auto type_tag) {
+    using T = cuda_type_t<MLX_GET_TYPE(type_tag)>;
+    dispatch_turbo_dim(d, [&](auto dim) {
+      dispatch_turbo_bits(bits, [&](auto b) {
+        enc.add_kernel_node(
+            cu::turbo::turbo_decode<T, T, dim.value, b.value>,
+            grid,
+            block,
+            gpu_ptr<uint32_t>(packed),
+            gpu_ptr<T>(scales),
+            gpu_ptr<T>(x),
+            n);
+      });
+    });
+  });
+}
+
+void turbo_sdpa_gpu(
+    const array& q,
+    const array& k,
+    const array& ks,
+    const array& v,
+    const array& vs,
+    const std::optional<array>& mask,
+    const std::optional<array>& sinks,
+    array& out,
+    float scale,
+    bool do_causal,
+    int key_bits,
+    int value_bits,
+    cu::CommandEncoder& enc) {
+  namespace tb = cu::turbo;
+  const int B = q.shape(0);
+  const int Hq = q.shape(1);
+  const int qL = q.shape(2);
+  const int D = q.shape(3);
+  const int Hkv = k.shape(1);
+  const int kL = k.shape(2);
+
+  turbo_detail::AttnLaunch L{};
+  auto& p = L.params;
+  p.B = B;
+  p.Hq = Hq;
+  p.Hkv = Hkv;
+  p.qL = qL;
+  p.kL = kL;
+  p.gqa = Hq / Hkv;
+  p.scale_log2 = scale * tb::kLog2e;
+  p.causal = do_causal;
+  p.causal_offset = kL - qL;
+  p.has_sinks = sinks.has_value();
+  auto strides3 = [](const array& a, int64_t* st) {
+    st[0] = a.strides(0);
+    st[1] = a.strides(1);
+    st[2] = a.strides(2);
+  };
+  strides3(q, p.q_str);
+  strides3(k, p.k_str);
+  strides3(ks, p.ks_str);
+  strides3(v, p.v_str);
+  strides3(vs, p.vs_str);
+  strides3(out, p.o_str);
+  p.mask_kind = tb::kMaskNone;
+  if (mask) {
+    const array& m = *mask;
+    p.mask_kind = m.dtype() == bool_ ? tb::kMaskBool : tb::kMaskFloat;
+    // Right-aligned broadcast to (B, Hq, qL, kL).
+    int nd = m.ndim();
+    for (int i = 0; i < 4; i++) {
+      int ax = nd - 4 + i;
+      p.m_str[i] = (ax >= 0 && m.shape(ax) != 1) ? m.strides(ax) : 0;
+    }
+    L.mask = gpu_ptr<void>(m);
+  }
+  L.sinks = sinks ? gpu_ptr<float>(*sinks) : nullptr;
+
+  enc.set_input_array(q);
+  enc.set_input_array(k);
+  enc.set_input_array(ks);
+  enc.set_input_array(v);
+  enc.set_input_array(vs);
+  if (mask) {
+    enc.set_input_array(*mask);
+  }
+  if (sinks) {
+    enc.set_input_array(*sinks);
+  }
+
+  if (qL <= tb::kVectorMaxQL) {
+    L.path = 0;
+    int rows = p.gqa * qL;
+    L.nq = tb::vector_rows_per_block(rows);
+    p.row_groups = (rows + L.nq - 1) / L.nq;
+    int splits =
+        tb::vector_num_splits(B * Hkv * p.row_groups, kL, num_sms(enc));
+    int per = (kL + splits - 1) / splits;
+    p.keys_per_split = per;
+    p.num_splits = (kL + per - 1) / per;
+    if (p.num_splits > 1) {
+      int64_t prow = int64_t(p.num_splits) * B * Hq * qL;
+      array part_o({static_cast<int>(prow * D)}, float32, nullptr, {});
+      array part_ml({static_cast<int>(prow * 2)}, float32, nullptr, {});
+      part_o.set_data(cu::malloc_async(part_o.nbytes(), enc));
+      part_ml.set_data(cu::malloc_async(part_ml.nbytes(), enc));
+      enc.add_temporary(part_o);
+      enc.add_temporary(part_ml);
+      enc.set_output_array(part_o);
+      enc.set_output_array(part_ml);
+      L.part_o = gpu_ptr<float>(part_o);
+      L.part_ml = gpu_ptr<float>(part_ml);
+    }
+  } else {
+    L.path = 1;
+    L.nq = 0;
+    p.num_splits = 1;
+    p.keys_per_split = kL;
+    p.row_groups = 1;
+  }
+  enc.set_output_array(out);
+
+  dispatch_turbo_dim(D, [&](auto dim) {
+    turbo_detail::launch_attention<dim.value>(
+        q, k, ks, v, vs, out, L, key_bits, value_bits, enc);
+  });
+}
+
+} // namespace mlx::core

@@ -1,0 +1,54 @@
+// Copyright © 2026 TurboQuant-MLX contributors.
+//
+// Host entry points of the TurboQuant CUDA kernels (device code in
+// device/turboquant.cuh, launches in turboquant*.cu).
+
+#pragma once
+
+#include "mlx/array.h"
+#include "mlx/backend/cuda/device.h"
+
+#include <optional>
+
+namespace mlx::core {
+
+// True when the head dimension is one the kernels are built for.
+bool turbo_cuda_supported_dim(int d);
+
+// x (..., D) -> packed (..., W) uint32 and scales (..., 1) in x.dtype().
+// All arrays row contiguous, outputs allocated.
+void turbo_quantize_gpu(
+    const array& x,
+    array& packed,
+    array& scales,
+    int bits,
+    cu::CommandEncoder& enc);
+
+// packed (..., W), scales (..., 1) -> x (..., D) in x.dtype() (original
+// domain). All arrays row contiguous, output allocated.
+void turbo_dequantize_gpu(
+    const array& packed,
+    const array& scales,
+    array& x,
+    int bits,
+    cu::CommandEncoder& enc,
+    const Stream& s);
+
+// Attention on the packed cache; inputs as in the kernel contract of
+// docs/format.md, already laid out with contiguous last dimensions.
+void turbo_sdpa_gpu(
+    const array& q,
+    const array& k,
+    const array& k_scales,
+    const array& v,
+    const array& v_scales,
+    const std::optional<array>& mask,
+    const std::optional<array>& sinks,
+    array& out,
+    float scale,
+    bool do_causal,
+    int key_bits,
+    int value_bits,
+    cu::CommandEncoder& enc);
+
+} // namespace mlx::core

@@ -1,0 +1,189 @@
+// Copyright © 2026 TurboQuant-MLX contributors.
+//
+// Launch of the TurboQuant attention kernels for one head dimension. Each
+// turboquant_attn_d<D>.cu instantiates it once so the kernels of different
+// head dimensions compile in parallel.
+
+#pragma once
+
+#include "mlx/backend/cuda/device.h"
+#include "mlx/backend/cuda/device/turboquant.cuh"
+#include "mlx/backend/cuda/kernel_utils.cuh"
+#include "mlx/dtype_utils.h"
+
+namespace mlx::core::turbo_detail {
+
+struct AttnLaunch {
+  cu::turbo::AttnParams params;
+  int path; // 0 vector, 1 full
+  int nq; // rows per vector block
+  const void* mask; // nullptr if none
+  const float* sinks; // nullptr if none
+  float* part_o;
+  float* part_ml;
+};
+
+template <int KB, int VB, int D, typename T>
+void launch_attention_typed(
+    const array& q,
+    const array& k,
+    const array& ks,
+    const array& v,
+    const array& vs,
+    array& out,
+    const AttnLaunch& L,
+    cu::CommandEncoder& enc) {
+  namespace tb = cu::turbo;
+  // Non-const copies: add_kernel_node takes the address of each argument.
+  tb::AttnParams p = L.params;
+  const void* mask = L.mask;
+  const float* sinks = L.sinks;
+  float* part_o = L.part_o;
+  float* part_ml = L.part_ml;
+  const float* qp = gpu_ptr<float>(q);
+  const uint32_t* kp = gpu_ptr<uint32_t>(k);
+  const T* ksp = gpu_ptr<T>(ks);
+  const uint32_t* vp = gpu_ptr<uint32_t>(v);
+  const T* vsp = gpu_ptr<T>(vs);
+  float* op = gpu_ptr<float>(out);
+  if (L.path == 1) {
+    auto kernel = tb::turbo_sdpa_full<KB, VB, D, T>;
+    constexpr int smem = tb::full_smem_bytes(D);
+    if (smem > 48 * 1024) {
+      CHECK_CUDA_ERROR(cudaFuncSetAttribute(
+          reinterpret_cast<const void*>(kernel),
+          cudaFuncAttributeMaxDynamicSharedMemorySize,
+          smem));
+    }
+    dim3 grid((p.qL + tb::kFullBQ - 1) / tb::kFullBQ, p.Hq, p.B);
+    enc.add_kernel_node_ex(
+        kernel,
+        grid,
+        dim3(tb::kFullThreads),
+        {},
+        smem,
+        qp,
+        kp,
+        ksp,
+        vp,
+        vsp,
+        mask,
+        sinks,
+        op,
+        p);
+    return;
+  }
+  dim3 grid(p.num_splits, p.Hkv * p.row_groups, p.B);
+  // Without an array mask, causality only matters for qL > 1.
+  const bool masked = p.mask_kind != tb::kMaskNone || (p.causal && p.qL > 1);
+  auto launch = [&](auto nq, auto masked_tag) {
+    auto kernel = tb::turbo_sdpa_vector<
+        KB,
+        VB,
+        D,
+        nq.value,
+        tb::vec_cpt(D, nq.value),
+        masked_tag.value,
+        T>;
+    enc.add_kernel_node(
+        kernel,
+        grid,
+        dim3(tb::kVecThreads),
+        qp,
+        kp,
+        ksp,
+        vp,
+        vsp,
+        mask,
+        sinks,
+        op,
+        part_o,
+        part_ml,
+        p);
+  };
+  auto by_mask = [&](auto nq) {
+    if (masked) {
+      launch(nq, std::true_type{});
+    } else {
+      launch(nq, std::false_type{});
+    }
+  };
+  switch (L.nq) {
+    case 1:
+      by_mask(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      by_mask(std::integral_constant<int, 2>{});
+      break;
+    case 4:
+      by_mask(std::integral_constant<int, 4>{});
+      break;
+    default:
+      by_mask(std::integral_constant<int, 8>{});
+      break;
+  }
+  if (p.num_splits > 1) {
+    const float* const_part_o = part_o;
+    const float* const_part_ml = part_ml;
+    enc.add_kernel_node(
+        tb::turbo_sdpa_combine<D>,
+        dim3(p.B * p.Hq * p.qL),
+        dim3(128),
+        const_part_o,
+        const_part_ml,
+        op,
+        p);
+  }
+}
+
+template <int D>
+void launch_attention(
+    const array& q,
+    const array& k,
+    const array& ks,
+    const array& v,
+    const array& vs,
+    array& out,
+    const AttnLaunch& L,
+    int key_bits,
+    int value_bits,
+    cu::CommandEncoder& enc) {
+  dispatch_float_types(ks.dtype(), "turbo_sdpa", [&](auto type_tag) {
+    using T = cuda_type_t<MLX_GET_TYPE(type_tag)>;
+    auto by_bits = [](int bits, auto&& f) {
+      if (bits == 3) {
+        f(std::integral_constant<int, 3>{});
+      } else {
+        f(std::integral_constant<int, 4>{});
+      }
+    };
+    by_bits(key_bits, [&](auto kb) {
+      by_bits(value_bits, [&](auto vb) {
+        launch_attention_typed<kb.value, vb.value, D, T>(
+            q, k, ks, v, vs, out, L, enc);
+      });
+    });
+  });
+}
+
+#define TURBO_DECLARE_ATTENTION(D)      \
+  extern template void launch_attention<D>( \
+      const array&,                     \
+      const array&,                     \
+      const array&,                     \
+      const array&,                     \
+      const array&,                     \
+      array&,                           \
+      const AttnLaunch&,                \
+      int,                              \
+      int,                              \
+      cu::CommandEncoder&);
+
+TURBO_DECLARE_ATTENTION(64)
+TURBO_DECLARE_ATTENTION(80)
+TURBO_DECLARE_ATTENTION(96)
+TURBO_DECLARE_ATTENTION(128)
+TURBO_DECLARE_ATTENTION(192)
+TURBO_DECLARE_ATTENTION(256)
+
+} // namespace mlx::core::turbo_detail

@@ -1,0 +1,261 @@
+"""Correctness of the TurboQuant CUDA kernels against tests/cuda/tq_ref.py.
+
+Run on a CUDA machine after tests/cuda/build.sh:
+    python3 tests/cuda/test_tq_cuda.py
+Every check draws fresh random inputs and poisons the outputs with NaN first.
+Prints one line per check and a summary; exit code 1 on any failure.
+"""
+
+import sys
+import time
+
+import numpy as np
+import torch
+
+import json
+import os
+
+import tq_lib
+import tq_ref as ref
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import reference as spec  # the project's float64 spec encoder (tests/reference.py)
+
+torch.manual_seed(int(time.time()))
+rng = np.random.default_rng(int(time.time() * 1000) % 2**32)
+FAIL = []
+N_OK = 0
+
+
+def report(name, ok, detail):
+    global N_OK
+    if ok:
+        N_OK += 1
+    else:
+        FAIL.append(name)
+    print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}", flush=True)
+
+
+def to_np_f32(t):
+    return t.detach().float().cpu().numpy()
+
+
+def scale_bits(t):
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).cpu().numpy().view(np.uint16)
+    if t.dtype == torch.float16:
+        return t.view(torch.int16).cpu().numpy().view(np.uint16)
+    return t.view(torch.int32).cpu().numpy().view(np.uint32)
+
+
+def ref_scale_bits(s32, dtype):
+    if dtype == torch.bfloat16:
+        return ref.to_bf16_bits(s32)
+    if dtype == torch.float16:
+        return s32.astype(np.float16).view(np.uint16)
+    return s32.view(np.uint32)
+
+
+# ------------------------------------------------------------------ encode/decode
+
+def check_encode():
+    for d in ref.SUPPORTED_D:
+        for bits in (3, 4):
+            for dtype in (torch.float16, torch.bfloat16, torch.float32):
+                n = 3000
+                mag = torch.exp(torch.randn(n, 1) * 2)
+                x = (torch.randn(n, d) * mag).to(dtype)
+                x[0] = 0
+                x[1, 3] = float("nan")
+                x[2, 5] = float("inf")
+                xg = x.cuda()
+                packed, scales = tq_lib.encode(xg, bits)
+                torch.cuda.synchronize()
+                xr = x.float().numpy()
+                _, pr, sr = ref.encode_f32(xr, bits)
+                pg = packed.cpu().numpy().view(np.uint32)
+                sg = scale_bits(scales.reshape(-1))
+                srb = ref_scale_bits(sr, dtype)
+                bad_p = int((pg[3:] != pr[3:]).any(axis=1).sum())
+                bad_s = int((sg[3:] != srb[3:]).sum())
+                s_f = to_np_f32(scales.reshape(-1))
+                zero_ok = s_f[0] == 0
+                nan_ok = np.isnan(s_f[1]) and np.isnan(s_f[2])
+                report(f"encode D={d} turbo{bits} {str(dtype)[6:]}",
+                       bad_p == 0 and bad_s == 0 and zero_ok and nan_ok,
+                       f"vectors with differing codes {bad_p}/{n - 3}, differing scales {bad_s}, "
+                       f"zero->0 {zero_ok}, nan/inf->nan {nan_ok}")
+
+
+def check_encode_vs_spec():
+    """Against tests/reference.py (float64): codes equal wherever the spec's
+    margin to a decision boundary exceeds 1e-4, scales within rounding; and the
+    golden vectors bit for bit."""
+    for d in ref.SUPPORTED_D:
+        for bits in (3, 4):
+            for dtype in (torch.float16, torch.bfloat16, torch.float32):
+                x = (torch.randn(2000, d) * torch.exp(torch.randn(2000, 1))).to(dtype)
+                packed, scales = tq_lib.encode(x.cuda(), bits)
+                codes_ref, _, scales_ref, margin = spec.encode(x.double().numpy(), f"turbo{bits}")
+                codes = ref.unpack(packed.cpu().numpy().view(np.uint32), bits, d)
+                safe = margin > 1e-4
+                bad = int((codes[safe] != codes_ref[safe]).sum())
+                row_safe = safe.all(-1)
+                sg = scales.float().cpu().numpy()[:, 0][row_safe]
+                sr = scales_ref[:, 0][row_safe]
+                rel = float(np.abs(sg / sr - 1).max())
+                tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 1e-5}[dtype]
+                report(f"encode-vs-spec D={d} turbo{bits} {str(dtype)[6:]}",
+                       bad == 0 and rel < tol and safe.mean() > 0.99,
+                       f"codes differing at safe coords {bad}/{int(safe.sum())}, "
+                       f"max scale rel diff {rel:.1e}")
+    gpath = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "golden",
+                         "turbo_golden.json")
+    with open(gpath) as f:
+        golden = json.load(f)
+    bad = 0
+    for case in golden["cases"]:
+        x = torch.tensor(np.array(case["x"], dtype=np.float32).reshape(case["shape"]))
+        bits = 3 if case["mode"] == "turbo3" else 4
+        p, s = tq_lib.encode(x.cuda(), bits)
+        ok_p = np.array_equal(p.cpu().numpy().view(np.uint32).ravel(),
+                              np.array(case["packed"], np.uint32))
+        ok_s = np.allclose(s.cpu().numpy().ravel(), case["scales"], rtol=1e-6)
+        bad += (not ok_p) + (not ok_s)
+    report(f"golden vectors ({len(golden['cases'])} cases) bit-exact", bad == 0, f"{bad} mismatches")
+
+
+def check_decode():
+    for d in ref.SUPPORTED_D:
+        for bits in (3, 4):
+            for sdt, odt in ((torch.float16, torch.float32), (torch.float32, torch.float32),
+                             (torch.bfloat16, torch.bfloat16)):
+                n = 2000
+                w = torch.randint(-2**31, 2**31 - 1, (n, tq_lib.words(bits, d)), dtype=torch.int32)
+                s = (torch.rand(n, 1) * 3 + 0.1).to(sdt)
+                out = torch.full((n, d), float("nan"), dtype=odt, device="cuda")
+                tq_lib.decode(w.cuda(), s.cuda(), bits, d, out=out)
+                torch.cuda.synchronize()
+                r = ref.decode_f64(w.numpy().view(np.uint32), s.float().numpy()[:, 0], bits, d)
+                o = out.double().cpu().numpy()
+                err = np.linalg.norm(o - r) / np.linalg.norm(r)
+                tol = 1e-6 if odt == torch.float32 else 8e-3
+                report(f"decode D={d} turbo{bits} {str(sdt)[6:]}->{str(odt)[6:]}",
+                       np.isfinite(o).all() and err < tol, f"rel err {err:.2e}")
+
+
+# ------------------------------------------------------------------ attention
+
+def rand_cache(B, H, L, d, bits, sdt):
+    w = torch.randint(-2**31, 2**31 - 1, (B, H, L, tq_lib.words(bits, d)), dtype=torch.int32)
+    s = (torch.rand(B, H, L, 1) * 0.5 + 0.05).to(sdt)
+    return w, s
+
+
+def check_attn(name, B, Hq, Hkv, qL, kL, d, kb, vb, sdt=torch.float16, causal=False,
+               mask=None, sinks=False, force_path=-1, force_splits=0, tol=1e-5, cpt=0):
+    q = torch.randn(B, Hq, qL, d)
+    kw, ks = rand_cache(B, Hkv, kL, d, kb, sdt)
+    vw, vs = rand_cache(B, Hkv, kL, d, vb, sdt)
+    snk = torch.randn(Hq) * 2 if sinks else None
+    scale = 1.0 / np.sqrt(d) * 4.0  # sharper than usual: exercises the softmax
+    m = None
+    if mask == "bool":
+        m = torch.rand(1, Hq, qL, kL) > 0.3
+        m[..., 0, :] = False  # a fully masked row
+    elif mask == "float":
+        m = torch.randn(B, 1, qL, kL) * 2
+    att = tq_lib.Attention(B, Hq, Hkv, qL, kL, d, kb, vb, scale, causal=causal,
+                           mask=m.cuda() if m is not None else None,
+                           sinks=snk.cuda() if snk is not None else None,
+                           force_path=force_path, force_splits=force_splits, cpt=cpt)
+    out = torch.full((B, Hq, qL, d), float("nan"), device="cuda")
+    att(q.cuda(), kw.cuda(), ks.cuda(), vw.cuda(), vs.cuda(), out=out)
+    torch.cuda.synchronize()
+    r = ref.attention_f64(q.numpy(), kw.numpy().view(np.uint32), ks.float().numpy()[..., 0],
+                          vw.numpy().view(np.uint32), vs.float().numpy()[..., 0], kb, vb, scale,
+                          causal=causal, mask=m.numpy() if m is not None else None,
+                          sinks=snk.numpy() if snk is not None else None)
+    o = out.double().cpu().numpy()
+    err = np.linalg.norm(o - r) / np.linalg.norm(r)
+    ok = bool(np.isfinite(o).all()) and err < tol
+    path = "full" if (force_path == 1 or (force_path < 0 and qL > 8)) else f"vec/{att.splits}split"
+    report(f"attn {name} B={B} Hq={Hq} Hkv={Hkv} qL={qL} kL={kL} D={d} k{kb}v{vb} "
+           f"{str(sdt)[6:]}{' causal' if causal else ''}{' mask=' + mask if mask else ''}"
+           f"{' sinks' if sinks else ''}{' cpt=%d' % cpt if cpt else ''} [{path}]", ok,
+           f"rel err {err:.2e}")
+
+
+def check_attention():
+    combos = ((3, 3), (4, 4), (3, 4), (4, 3))
+    for d in ref.SUPPORTED_D:
+        for kb, vb in combos:
+            check_attn("decode", 2, 8, 2, 1, 777, d, kb, vb)  # split-K
+            check_attn("decode1p", 2, 8, 2, 1, 777, d, kb, vb, force_splits=1)
+            check_attn("prefill", 1, 4, 2, 45, 100, d, kb, vb, causal=True)
+    for d in ref.SUPPORTED_D:  # rows per block 4 with 8 coordinates per thread
+        check_attn("cpt8", 1, 8, 2, 1, 500, d, 3, 4, cpt=8)
+        check_attn("cpt8", 1, 8, 2, 2, 500, d, 4, 3, cpt=8, causal=True)
+    for g in (1, 2, 4, 8):
+        check_attn("gqa", 1, 2 * g, 2, 1, 1500, 128, 4, 3)
+    for sdt in (torch.bfloat16, torch.float32):
+        check_attn("dtype", 2, 8, 2, 1, 600, 128, 3, 3, sdt=sdt)
+        check_attn("dtype", 1, 4, 2, 40, 70, 96, 4, 4, sdt=sdt)
+    for qL in (2, 3, 5, 8):
+        check_attn("spec", 1, 8, 2, qL, 1000, 128, 3, 4, causal=True)
+    check_attn("mask", 2, 8, 2, 3, 900, 128, 4, 4, mask="bool")
+    check_attn("mask", 2, 8, 2, 3, 900, 128, 4, 4, mask="float")
+    check_attn("mask", 2, 8, 2, 3, 900, 128, 4, 4, mask="bool", force_splits=1)
+    check_attn("mask", 1, 4, 2, 50, 90, 64, 4, 4, mask="bool")
+    check_attn("mask", 2, 4, 2, 50, 90, 80, 3, 3, mask="float")
+    check_attn("sinks", 2, 8, 2, 1, 1200, 128, 3, 3, sinks=True)
+    check_attn("sinks", 2, 8, 2, 1, 1200, 128, 3, 3, sinks=True, force_splits=1)
+    check_attn("sinks", 1, 4, 2, 64, 64, 256, 4, 3, sinks=True, causal=True)
+    # qL > kL with causal: the first rows see no key and average all values
+    check_attn("causal qL>kL", 1, 2, 1, 50, 20, 128, 4, 4, causal=True)
+    check_attn("causal qL>kL", 1, 2, 1, 6, 3, 128, 4, 4, causal=True)
+    check_attn("long", 1, 32, 8, 1, 32768, 128, 3, 3, tol=2e-5)
+    check_attn("long", 1, 32, 8, 1, 32768, 128, 4, 4, tol=2e-5, force_splits=1)
+    check_attn("full-vs-vec", 1, 8, 2, 1, 700, 192, 3, 4, force_path=1)
+    check_attn("prefill", 2, 8, 2, 300, 300, 128, 4, 4, causal=True)
+
+
+def check_roundtrip_attention():
+    """encode -> fused attention == SDPA over dequantized K/V (float64)."""
+    for d in (64, 128, 256):
+        B, Hq, Hkv, qL, kL = 1, 8, 2, 1, 300
+        k = torch.randn(B, Hkv, kL, d, dtype=torch.float16, device="cuda")
+        v = torch.randn(B, Hkv, kL, d, dtype=torch.float16, device="cuda")
+        q = torch.randn(B, Hq, qL, d, device="cuda")
+        kc, ks = tq_lib.encode(k, 3)
+        vc, vs = tq_lib.encode(v, 4)
+        kd = tq_lib.decode(kc, ks, 3, d, out_dtype=torch.float32).double().cpu().numpy()
+        vd = tq_lib.decode(vc, vs, 4, d, out_dtype=torch.float32).double().cpu().numpy()
+        R = ref.rotation_f64(d)
+        qr = (q.double().cpu().numpy() @ R.T)
+        scale = 1 / np.sqrt(d)
+        att = tq_lib.Attention(B, Hq, Hkv, qL, kL, d, 3, 4, scale)
+        o = att(torch.from_numpy(qr).float().cuda().contiguous(), kc, ks, vc, vs)
+        o = o.double().cpu().numpy() @ R  # R^T o'
+        kd = np.repeat(kd, Hq // Hkv, 1)
+        vd = np.repeat(vd, Hq // Hkv, 1)
+        s = scale * np.einsum("bhqd,bhkd->bhqk", q.double().cpu().numpy(), kd)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        r = np.einsum("bhqk,bhkd->bhqd", p, vd)
+        err = np.linalg.norm(o - r) / np.linalg.norm(r)
+        report(f"roundtrip encode->attention->R^T D={d}", err < 1e-5, f"rel err {err:.2e}")
+
+
+if __name__ == "__main__":
+    t0 = time.time()
+    print(torch.cuda.get_device_name(), flush=True)
+    check_encode()
+    check_encode_vs_spec()
+    check_decode()
+    check_attention()
+    check_roundtrip_attention()
+    print(f"\n{N_OK} passed, {len(FAIL)} failed in {time.time() - t0:.0f}s")
+    for f in FAIL:
+        print("FAILED:", f)
+    sys.exit(1 if FAIL else 0)
