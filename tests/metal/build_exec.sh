@@ -10,7 +10,7 @@ mkdir -p "$OUT"
 PP=$OUT/pp
 [ -d "$PP" ] || python3 "$HERE/tools/msl_prepass.py" "$ROOT" "$PP" 2>/dev/null
 CXX=${CLANGXX:-clang++-19}
-FLAGS="-std=c++17 -O1 -g0 -fno-exceptions -ffp-contract=off -Wno-unknown-attributes -Wno-unknown-pragmas -Wno-duplicate-decl-specifier -Wno-gnu-static-float-init -Wno-pass-failed"
+FLAGS="-std=c++17 ${OPT:--O1} -g0 -fno-exceptions -ffp-contract=off -Wno-unknown-attributes -Wno-unknown-pragmas -Wno-duplicate-decl-specifier -Wno-gnu-static-float-init -Wno-pass-failed"
 BIN=$OUT/$TEST
 if [ "${SAN:-}" = asan ]; then FLAGS="$FLAGS -fsanitize=address -fno-omit-frame-pointer"; BIN=${BIN}_asan; fi
 RT=$OUT/mshim_runtime${SAN:+_$SAN}.o

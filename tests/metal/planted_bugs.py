@@ -146,7 +146,7 @@ def run_one(n, m):
         for san in (["", "asan"] if asan else [""]):
             out = os.path.join(BUILD, f"mut{n}_bin" + ("_asan" if san else ""))
             shutil.rmtree(out, ignore_errors=True)
-            env = dict(os.environ, SAN=san, EXTRA_FLAGS="-DTURBO_EXEC_SMALL")
+            env = dict(os.environ, SAN=san, EXTRA_FLAGS="-DTURBO_EXEC_SMALL", OPT="-O0")
             b = sh([os.path.join(HERE, "build_exec.sh"), test, tree, out], env=env)
             if b.returncode:
                 res.append((san or "plain", True, ["build failed: " + (b.stderr.strip().splitlines() or [''])[-1][:150]]))
