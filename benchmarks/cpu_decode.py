@@ -6,6 +6,7 @@
 Prints median milliseconds per call and ratios against fp16 SDPA, all measured
 in this one run. One decode step: B=1, Hq=32, Hkv=8, D=128, qL=1.
 """
+
 import argparse
 import statistics
 import time

@@ -9,6 +9,7 @@
 
     .venv/bin/python benchmarks/quality.py
 """
+
 import mlx.core as mx
 import numpy as np
 
@@ -65,7 +66,9 @@ def attention_error_table():
         def report(name, out):
             out = np.array(out, np.float64)
             err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
-            cos = (out * ref).sum(-1) / (np.linalg.norm(out, axis=-1) * np.linalg.norm(ref, axis=-1))
+            cos = (out * ref).sum(-1) / (
+                np.linalg.norm(out, axis=-1) * np.linalg.norm(ref, axis=-1)
+            )
             print(f"| {name} | {kind} | {err:.4f} | {cos.mean():.5f} |")
 
         for km, vm in (("turbo4", "turbo4"), ("turbo4", "turbo3"), ("turbo3", "turbo3")):

@@ -21,13 +21,31 @@ def make_case(rng, B, Hq, Hkv, qL, kL, dk, dv, kmode, vmode, dtype):
 def reference_out(q, k, ks, v, vs, kmode, vmode, scale, mask=None, sinks=None):
     kd = ref.decode(np.array(k), to_np(ks), kmode)
     vd = ref.decode(np.array(v), to_np(vs), vmode)
-    m = mask if (mask is None or isinstance(mask, str)) else to_np(mask) if mask.dtype != mx.bool_ else np.array(mask)
+    m = (
+        mask
+        if (mask is None or isinstance(mask, str))
+        else to_np(mask) if mask.dtype != mx.bool_ else np.array(mask)
+    )
     s = None if sinks is None else to_np(sinks)
     return ref.attention(to_np(q), kd, vd, scale, m, s)
 
 
-def check(rng, *, B=1, Hq=4, Hkv=2, qL=1, kL=64, dk=128, dv=None, mode="turbo3",
-          dtype="float32", mask=None, sinks=False, std_call=False):
+def check(
+    rng,
+    *,
+    B=1,
+    Hq=4,
+    Hkv=2,
+    qL=1,
+    kL=64,
+    dk=128,
+    dv=None,
+    mode="turbo3",
+    dtype="float32",
+    mask=None,
+    sinks=False,
+    std_call=False,
+):
     dv = dv or dk
     kmode, vmode = split_modes(mode)
     q, k, ks, v, vs = make_case(rng, B, Hq, Hkv, qL, kL, dk, dv, kmode, vmode, dtype)
@@ -122,8 +140,11 @@ def test_non_contiguous_cache_and_queries(rng):
     )
     dense = [mx.array(np.ascontiguousarray(np.array(a))) for a in kv]
     out2 = mx.fast.quantized_scaled_dot_product_attention(
-        mx.array(np.ascontiguousarray(np.array(q))), *dense, scale=D**-0.5,
-        mode=("turbo4", "turbo3"), mask="causal",
+        mx.array(np.ascontiguousarray(np.array(q))),
+        *dense,
+        scale=D**-0.5,
+        mode=("turbo4", "turbo3"),
+        mask="causal",
     )
     np.testing.assert_array_equal(np.array(out), np.array(out2))
     expected = reference_out(q, *kv, "turbo4", "turbo3", D**-0.5, "causal")
@@ -133,8 +154,12 @@ def test_non_contiguous_cache_and_queries(rng):
 def test_no_dequantized_cache_is_materialized(rng):
     """Peak memory of the fused op stays far below one dequantized float32 copy."""
     B, H, kL, D = 1, 8, 16384, 128
-    k, ks = mx.quantize(mx.array(rng.standard_normal((B, H, kL, D)).astype(np.float32)), mode="turbo3")
-    v, vs = mx.quantize(mx.array(rng.standard_normal((B, H, kL, D)).astype(np.float32)), mode="turbo3")
+    k, ks = mx.quantize(
+        mx.array(rng.standard_normal((B, H, kL, D)).astype(np.float32)), mode="turbo3"
+    )
+    v, vs = mx.quantize(
+        mx.array(rng.standard_normal((B, H, kL, D)).astype(np.float32)), mode="turbo3"
+    )
     q = mx.array(rng.standard_normal((B, 4 * H, 1, D)).astype(np.float32))
     mx.eval(k, ks, v, vs, q)
     mx.synchronize()
@@ -168,7 +193,9 @@ def test_grad_through_queries(rng):
     q, k, ks, v, vs = make_case(rng, 1, 2, 1, 1, 20, 64, 64, "turbo4", "turbo4", "float32")
 
     def loss(q):
-        return mx.fast.quantized_scaled_dot_product_attention(q, k, ks, v, vs, scale=0.125, mode="turbo4").sum()
+        return mx.fast.quantized_scaled_dot_product_attention(
+            q, k, ks, v, vs, scale=0.125, mode="turbo4"
+        ).sum()
 
     g = mx.grad(loss)(q)
     eps = 1e-3
@@ -177,3 +204,10 @@ def test_grad_through_queries(rng):
     d[0, 0, 0, 3] = eps
     num = (loss(mx.array(qn + d)).item() - loss(mx.array(qn - d)).item()) / (2 * eps)
     assert abs(np.array(g)[0, 0, 0, 3] - num) < 1e-2 * max(1.0, abs(num))
+
+
+@pytest.mark.parametrize("mask", [None, "bool", "causal"])
+def test_split_k_decode(rng, mask):
+    """One (batch, kv head) item and a long cache: the CPU kernel splits the keys
+    across threads and merges the partial softmax states (with the sink)."""
+    check(rng, B=1, Hq=4, Hkv=1, qL=1, kL=3000, mask=mask, sinks=True, mode=("turbo4", "turbo3"))

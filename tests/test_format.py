@@ -55,7 +55,9 @@ def test_dequantize_matches_reference(rng, mode, dim, dtype):
     out = mx.dequantize(packed, scales, mode=mode)
     assert out.dtype == DTYPES[dtype] and out.shape == x.shape
     expected = ref.decode(np.array(packed), to_np(scales), mode)
-    assert rel_err(to_np(out), expected) < {"float32": 1e-6, "float16": 1e-3, "bfloat16": 8e-3}[dtype]
+    assert (
+        rel_err(to_np(out), expected) < {"float32": 1e-6, "float16": 1e-3, "bfloat16": 8e-3}[dtype]
+    )
     out32 = mx.dequantize(packed, scales, mode=mode, dtype=mx.float32)
     assert out32.dtype == mx.float32
 

@@ -10,6 +10,7 @@ directly and are never overwritten.
 
     tools/export_patches.py ~/.cache/turboquant-mlx/dev/mlx
 """
+
 import pathlib
 import shutil
 import subprocess

@@ -5,6 +5,7 @@ Inputs are fixed (seeded) float32 vectors, kept only when every coordinate is
 at least 1e-3 (sqrt(D) units) from a decision boundary, so that any correct
 float32 encoder, whatever its operation order, produces the same words.
 """
+
 import json
 import os
 import sys

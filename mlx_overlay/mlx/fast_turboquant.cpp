@@ -68,18 +68,26 @@ array quantized_scaled_dot_product_attention(
   }
   if (queries.dtype() != float32 && queries.dtype() != float16 &&
       queries.dtype() != bfloat16) {
-    fail("queries must be float32, float16 or bfloat16 but got ",
-         queries.dtype(), ".");
+    fail(
+        "queries must be float32, float16 or bfloat16 but got ",
+        queries.dtype(),
+        ".");
   }
   if (keys.dtype() != uint32 || values.dtype() != uint32) {
-    fail("keys and values must be the packed uint32 arrays returned by "
-         "mx.quantize but got ",
-         keys.dtype(), " and ", values.dtype(), ".");
+    fail(
+        "keys and values must be the packed uint32 arrays returned by "
+        "mx.quantize but got ",
+        keys.dtype(),
+        " and ",
+        values.dtype(),
+        ".");
   }
   for (auto* sc : {&key_scales, &value_scales}) {
     if (!issubdtype(sc->dtype(), floating) || sc->dtype() == float64) {
-      fail("scales must be float32, float16 or bfloat16 but got ",
-           sc->dtype(), ".");
+      fail(
+          "scales must be float32, float16 or bfloat16 but got ",
+          sc->dtype(),
+          ".");
     }
   }
   if (!std::isfinite(scale)) {
@@ -93,59 +101,92 @@ array quantized_scaled_dot_product_attention(
   int kL = keys.shape(2);
   for (auto& [name, a] : named) {
     if (a->shape(0) != B) {
-      fail("mismatching batch dimension: queries have ", B, " but ", name,
-           " have shape ", a->shape(), ".");
+      fail(
+          "mismatching batch dimension: queries have ",
+          B,
+          " but ",
+          name,
+          " have shape ",
+          a->shape(),
+          ".");
     }
   }
   for (auto* a : {&key_scales, &values, &value_scales}) {
     if (a->shape(1) != n_kv_heads || a->shape(2) != kL) {
-      fail("keys, values and their scales must share (batch, kv_heads, "
-           "length); got keys ",
-           keys.shape(), ", key_scales ", key_scales.shape(), ", values ",
-           values.shape(), ", value_scales ", value_scales.shape(), ".");
+      fail(
+          "keys, values and their scales must share (batch, kv_heads, "
+          "length); got keys ",
+          keys.shape(),
+          ", key_scales ",
+          key_scales.shape(),
+          ", values ",
+          values.shape(),
+          ", value_scales ",
+          value_scales.shape(),
+          ".");
     }
   }
   if (key_scales.shape(3) != 1 || value_scales.shape(3) != 1) {
     fail("scales must have a last dimension of 1 (one scale per vector).");
   }
   if (n_kv_heads == 0 || n_q_heads % n_kv_heads != 0) {
-    fail("n_heads must be a multiple of n_kv_heads, found n_heads ",
-         n_q_heads, " for n_kv_heads ", n_kv_heads, ".");
+    fail(
+        "n_heads must be a multiple of n_kv_heads, found n_heads ",
+        n_q_heads,
+        " for n_kv_heads ",
+        n_kv_heads,
+        ".");
   }
   if (qL == 0 || kL == 0 || B == 0 || n_q_heads == 0) {
-    fail("empty inputs are not supported (queries ", queries.shape(),
-         ", keys ", keys.shape(), ").");
+    fail(
+        "empty inputs are not supported (queries ",
+        queries.shape(),
+        ", keys ",
+        keys.shape(),
+        ").");
   }
   turbo::check_dim(tag, dk);
   if (keys.shape(3) != turbo::packed_width(dk, kbits)) {
-    fail("keys have packed width ", keys.shape(3), " but mode '",
-         quantization_mode_to_string(kmode), "' with head_dim ", dk,
-         " needs ", turbo::packed_width(dk, kbits), ".");
+    fail(
+        "keys have packed width ",
+        keys.shape(3),
+        " but mode '",
+        quantization_mode_to_string(kmode),
+        "' with head_dim ",
+        dk,
+        " needs ",
+        turbo::packed_width(dk, kbits),
+        ".");
   }
   int dv = turbo::dim_from_packed_width(values.shape(3), vbits);
   if (dv < 0) {
-    fail("values have packed width ", values.shape(3),
-         " which matches no supported head_dim for mode '",
-         quantization_mode_to_string(vmode), "'.");
+    fail(
+        "values have packed width ",
+        values.shape(3),
+        " which matches no supported head_dim for mode '",
+        quantization_mode_to_string(vmode),
+        "'.");
   }
 
   if (mask_mode != "" && mask_mode != "causal" && mask_mode != "array") {
-    fail("Invalid mask_mode ", mask_mode,
-         ". mask_mode must be 'causal', 'array' or ''.");
+    fail(
+        "Invalid mask_mode ",
+        mask_mode,
+        ". mask_mode must be 'causal', 'array' or ''.");
   }
   bool do_causal = mask_mode == "causal";
   if (do_causal && mask_arr) {
-    fail("Invalid mask_arr for mask_mode 'causal'. No array mask should be "
-         "passed.");
+    fail(
+        "Invalid mask_arr for mask_mode 'causal'. No array mask should be "
+        "passed.");
   }
   bool has_arr_mask = mask_arr.has_value();
   bool has_sinks = sinks.has_value();
   auto stream = to_stream(s);
 
   // Both scales share one type in the kernels.
-  auto scale_type = key_scales.dtype() == value_scales.dtype()
-      ? key_scales.dtype()
-      : float32;
+  auto scale_type =
+      key_scales.dtype() == value_scales.dtype() ? key_scales.dtype() : float32;
   std::vector<array> inputs = {
       turbo::rotate(queries, false, stream),
       keys,
@@ -154,26 +195,40 @@ array quantized_scaled_dot_product_attention(
       astype(value_scales, scale_type, stream)};
   if (has_arr_mask) {
     if (mask_arr->ndim() > 4) {
-      fail("the mask with shape ", mask_arr->shape(),
-           " expected to have at most rank 4.");
+      fail(
+          "the mask with shape ",
+          mask_arr->shape(),
+          " expected to have at most rank 4.");
     }
     Shape mask_shape{B, n_q_heads, qL, kL};
     try {
       broadcast_shapes(mask_arr->shape(), mask_shape);
     } catch (const std::invalid_argument&) {
-      fail("the mask with shape ", mask_arr->shape(),
-           " cannot be broadcast to ", mask_shape, ".");
+      fail(
+          "the mask with shape ",
+          mask_arr->shape(),
+          " cannot be broadcast to ",
+          mask_shape,
+          ".");
     }
     if (broadcast_shapes(mask_arr->shape(), mask_shape) != mask_shape) {
-      fail("the mask with shape ", mask_arr->shape(),
-           " cannot be broadcast to ", mask_shape, ".");
+      fail(
+          "the mask with shape ",
+          mask_arr->shape(),
+          " cannot be broadcast to ",
+          mask_shape,
+          ".");
     }
     auto mask = *mask_arr;
     if (mask.dtype() != bool_) {
       if (!issubdtype(mask.dtype(), floating) ||
           promote_types(mask.dtype(), queries.dtype()) != queries.dtype()) {
-        fail("Mask type must be bool or promote to the queries type ",
-             queries.dtype(), " but got ", mask.dtype(), ".");
+        fail(
+            "Mask type must be bool or promote to the queries type ",
+            queries.dtype(),
+            " but got ",
+            mask.dtype(),
+            ".");
       }
       mask = astype(mask, float32, stream);
     }
@@ -181,8 +236,12 @@ array quantized_scaled_dot_product_attention(
   }
   if (has_sinks) {
     if (sinks->ndim() != 1 || sinks->shape(0) != n_q_heads) {
-      fail("Received invalid shape for sinks ", sinks->shape(),
-           "; expected (", n_q_heads, ",).");
+      fail(
+          "Received invalid shape for sinks ",
+          sinks->shape(),
+          "; expected (",
+          n_q_heads,
+          ",).");
     }
     if (!issubdtype(sinks->dtype(), floating)) {
       fail("sinks must be floating point but got ", sinks->dtype(), ".");
@@ -193,28 +252,29 @@ array quantized_scaled_dot_product_attention(
   // Op-composed fallback: reconstruct the cache in the rotated domain and use
   // the regular fused attention. Used by backends without kernels and for
   // transformations.
-  auto fallback = [scale, do_causal, has_arr_mask, has_sinks, kmode, vmode,
-                   stream](const std::vector<array>& inputs) {
-    auto k = turbo::dequantize_rotated(inputs[1], inputs[2], kmode, stream);
-    auto v = turbo::dequantize_rotated(inputs[3], inputs[4], vmode, stream);
-    std::optional<array> mask;
-    if (has_arr_mask) {
-      mask = inputs[5];
-    }
-    std::optional<array> sinks;
-    if (has_sinks) {
-      sinks = inputs.back();
-    }
-    return std::vector<array>{scaled_dot_product_attention(
-        inputs[0],
-        k,
-        v,
-        scale,
-        do_causal ? "causal" : "",
-        mask,
-        sinks,
-        stream)};
-  };
+  auto fallback =
+      [scale, do_causal, has_arr_mask, has_sinks, kmode, vmode, stream](
+          const std::vector<array>& inputs) {
+        auto k = turbo::dequantize_rotated(inputs[1], inputs[2], kmode, stream);
+        auto v = turbo::dequantize_rotated(inputs[3], inputs[4], vmode, stream);
+        std::optional<array> mask;
+        if (has_arr_mask) {
+          mask = inputs[5];
+        }
+        std::optional<array> sinks;
+        if (has_sinks) {
+          sinks = inputs.back();
+        }
+        return std::vector<array>{scaled_dot_product_attention(
+            inputs[0],
+            k,
+            v,
+            scale,
+            do_causal ? "causal" : "",
+            mask,
+            sinks,
+            stream)};
+      };
 
   array out_rot = (stream.device == Device::cpu ||
                    !QuantizedScaledDotProductAttention::use_fallback(
@@ -240,8 +300,8 @@ bool QuantizedScaledDotProductAttention::is_equivalent(
 std::vector<Shape> QuantizedScaledDotProductAttention::output_shapes(
     const std::vector<array>& inputs) {
   auto shape = inputs[0].shape();
-  shape.back() =
-      turbo::dim_from_packed_width(inputs[3].shape(-1), turbo::bits(value_mode_));
+  shape.back() = turbo::dim_from_packed_width(
+      inputs[3].shape(-1), turbo::bits(value_mode_));
   return {shape};
 }
 

@@ -78,8 +78,8 @@ array pack_codes(const array& codes, int dim, int bits, StreamOrDevice s) {
   auto pack_plane = [&](const array& vals, int per_word, int width) {
     // vals: [..., n] with n a multiple of per_word.
     int n = vals.shape(-1);
-    auto shifts = multiply(
-        arange(0, per_word, uint32, s), array(width, uint32), s);
+    auto shifts =
+        multiply(arange(0, per_word, uint32, s), array(width, uint32), s);
     auto v = reshape(vals, with_last(lead, {n / per_word, per_word}), s);
     v = left_shift(v, shifts, s);
     return sum(v, -1, false, s);
@@ -106,8 +106,8 @@ array unpack_codes(const array& w, int dim, int bits, StreamOrDevice s) {
   auto lead = w.shape();
   lead.pop_back();
   auto plane = [&](const array& words, int per_word, int width, int n) {
-    auto shifts = multiply(
-        arange(0, per_word, uint32, s), array(width, uint32), s);
+    auto shifts =
+        multiply(arange(0, per_word, uint32, s), array(width, uint32), s);
     auto v = right_shift(expand_dims(words, -1, s), shifts, s);
     v = bitwise_and(v, array((1u << width) - 1, uint32), s);
     auto shape = lead;
@@ -247,6 +247,5 @@ array dequantize(
 }
 
 } // namespace turbo
-
 
 } // namespace mlx::core

@@ -18,8 +18,15 @@
 namespace mlx::core::turbo {
 
 // Lloyd-Max centroids of N(0, 1), ascending.
-constexpr float kCodebook3[8] =
-    {-2.1520f, -1.3440f, -0.7560f, -0.2451f, 0.2451f, 0.7560f, 1.3440f, 2.1520f};
+constexpr float kCodebook3[8] = {
+    -2.1520f,
+    -1.3440f,
+    -0.7560f,
+    -0.2451f,
+    0.2451f,
+    0.7560f,
+    1.3440f,
+    2.1520f};
 constexpr float kCodebook4[16] = {
     -2.7326f,
     -2.0690f,

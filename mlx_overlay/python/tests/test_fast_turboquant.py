@@ -33,7 +33,9 @@ class TestTurboQuant(mlx_tests.MLXTestCase):
 
     def test_zero_vector(self):
         w, scales = mx.quantize(mx.zeros((2, 64)), mode="turbo3")
-        self.assertTrue(mx.array_equal(mx.dequantize(w, scales, mode="turbo3"), mx.zeros((2, 64))))
+        self.assertTrue(
+            mx.array_equal(mx.dequantize(w, scales, mode="turbo3"), mx.zeros((2, 64)))
+        )
 
     def test_sdpa_matches_dequantized_sdpa(self):
         B, Hq, Hkv, D = 2, 8, 2, 128

@@ -174,5 +174,4 @@ void dequantize_cpu(
 
 } // namespace turbo
 
-
 } // namespace mlx::core

@@ -14,10 +14,8 @@
 
 namespace mlx::core::turbo_cpu {
 
-inline array ensure_contiguous(
-    const array& a,
-    cpu::CommandEncoder& encoder,
-    Stream s) {
+inline array
+ensure_contiguous(const array& a, cpu::CommandEncoder& encoder, Stream s) {
   if (a.flags().row_contiguous) {
     return a;
   }

@@ -330,33 +330,32 @@ void QuantizedScaledDotProductAttention::eval_cpu(
   }
   int kbits = turbo::bits(key_mode_);
   int vbits = turbo::bits(value_mode_);
-  encoder.dispatch([args,
-                    q = array::unsafe_weak_copy(q),
-                    k = array::unsafe_weak_copy(k),
-                    ks = array::unsafe_weak_copy(ks),
-                    v = array::unsafe_weak_copy(v),
-                    vs = array::unsafe_weak_copy(vs),
-                    mask = mask ? std::optional<array>(
-                                      array::unsafe_weak_copy(*mask))
-                                : std::nullopt,
-                    sinks = sinks ? std::optional<array>(
-                                        array::unsafe_weak_copy(*sinks))
-                                  : std::nullopt,
-                    out = array::unsafe_weak_copy(out),
-                    kbits,
-                    vbits]() mutable {
-    args.q = q.data<float>();
-    args.k = k.data<uint32_t>();
-    args.v = v.data<uint32_t>();
-    args.ks = ks.data<void>();
-    args.vs = vs.data<void>();
-    args.mask = mask ? mask->data<void>() : nullptr;
-    args.sinks = sinks ? sinks->data<float>() : nullptr;
-    args.out = out.data<float>();
-    dispatch_float(args.scale_type, [&](auto t) {
-      attention_dispatch_bits<decltype(t)>(args, kbits, vbits);
-    });
-  });
+  encoder.dispatch(
+      [args,
+       q = array::unsafe_weak_copy(q),
+       k = array::unsafe_weak_copy(k),
+       ks = array::unsafe_weak_copy(ks),
+       v = array::unsafe_weak_copy(v),
+       vs = array::unsafe_weak_copy(vs),
+       mask = mask ? std::optional<array>(array::unsafe_weak_copy(*mask))
+                   : std::nullopt,
+       sinks = sinks ? std::optional<array>(array::unsafe_weak_copy(*sinks))
+                     : std::nullopt,
+       out = array::unsafe_weak_copy(out),
+       kbits,
+       vbits]() mutable {
+        args.q = q.data<float>();
+        args.k = k.data<uint32_t>();
+        args.v = v.data<uint32_t>();
+        args.ks = ks.data<void>();
+        args.vs = vs.data<void>();
+        args.mask = mask ? mask->data<void>() : nullptr;
+        args.sinks = sinks ? sinks->data<float>() : nullptr;
+        args.out = out.data<float>();
+        dispatch_float(args.scale_type, [&](auto t) {
+          attention_dispatch_bits<decltype(t)>(args, kbits, vbits);
+        });
+      });
 }
 
 } // namespace fast
