@@ -32,6 +32,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--out", default=".")
 p.add_argument("--quick", action="store_true")
 p.add_argument("--prefill", action="store_true")
+p.add_argument("--no-decode", action="store_true")
 args = p.parse_args()
 
 dev = torch.device("cuda")
@@ -199,6 +200,11 @@ def prefill_case(L, results, Hq=32, Hkv=8, D=128, B=1):
         t = bench(lambda i: att(qf, kc, ksc, vc, vsc, out=out), 1, reps=3)
         row[f"turbo{bits}_ms"] = t / 1e3
         row[f"turbo{bits}_TFLOPs"] = flops / (t * 1e-6) / 1e12
+        if L <= 4096:  # the TF32 tensor-core kernel, for comparison
+            att1 = tq_lib.Attention(B, Hq, Hkv, L, L, D, bits, bits, scale, causal=True,
+                                    force_path=2)
+            t1 = bench(lambda i: att1(qf, kc, ksc, vc, vsc, out=out), 1, reps=3)
+            row[f"turbo{bits}_tf32_ms"] = t1 / 1e3
     results.append(row)
     print(json.dumps(row), flush=True)
 
@@ -213,12 +219,12 @@ def main():
     ctxs = [1024, 4096, 16384, 32768, 65536, 131072]
     if args.quick:
         ctxs = [4096, 131072]
-    for B in (1, 8):
+    for B in (1, 8) if not args.no_decode else ():
         for kL in ctxs:
             decode_case(B, kL, decode)
     prefill = []
     if args.prefill:
-        for L in (4096, 16384):
+        for L in (4096, 16384, 32768):
             prefill_case(L, prefill)
     res = {"info": info, "decode": decode, "prefill": prefill,
            "seconds": time.time() - t0}
@@ -238,9 +244,12 @@ def main():
     for r in prefill:
         print(f"prefill L={r['L']}: sdpa bf16 {r['sdpa_bf16_ms']:.2f} ms "
               f"({r['sdpa_bf16_TFLOPs']:.0f} TFLOP/s), turbo3 {r['turbo3_ms']:.2f} ms "
-              f"({r['turbo3_TFLOPs']:.1f}), turbo4 {r['turbo4_ms']:.2f} ms ({r['turbo4_TFLOPs']:.1f})")
+              f"({r['turbo3_TFLOPs']:.1f}), turbo4 {r['turbo4_ms']:.2f} ms ({r['turbo4_TFLOPs']:.1f})"
+              f"; TF32 tensor-core kernel: turbo3 {r.get('turbo3_tf32_ms', float('nan')):.2f} ms, "
+              f"turbo4 {r.get('turbo4_tf32_ms', float('nan')):.2f} ms")
     try:
-        plot(res, args.out)
+        if decode:
+            plot(res, args.out)
     except Exception as e:  # plotting is optional
         print("plot failed:", e)
 

@@ -178,8 +178,12 @@ def check_attn(name, B, Hq, Hkv, qL, kL, d, kb, vb, sdt=torch.float16, causal=Fa
                           sinks=snk.numpy() if snk is not None else None)
     o = out.double().cpu().numpy()
     err = np.linalg.norm(o - r) / np.linalg.norm(r)
+    tc = force_path == 2
+    if tc:
+        tol = max(tol, 3e-3)  # TF32 operands (10-bit mantissa)
     ok = bool(np.isfinite(o).all()) and err < tol
-    path = "full" if (force_path == 1 or (force_path < 0 and qL > 8)) else f"vec/{att.splits}split"
+    path = ("full-tf32" if tc else "full-simt") if (force_path >= 1 or qL > 8) \
+        else f"vec/{att.splits}split"
     report(f"attn {name} B={B} Hq={Hq} Hkv={Hkv} qL={qL} kL={kL} D={d} k{kb}v{vb} "
            f"{str(sdt)[6:]}{' causal' if causal else ''}{' mask=' + mask if mask else ''}"
            f"{' sinks' if sinks else ''}{' cpt=%d' % cpt if cpt else ''} [{path}]", ok,
@@ -193,6 +197,9 @@ def check_attention():
             check_attn("decode", 2, 8, 2, 1, 777, d, kb, vb)  # split-K
             check_attn("decode1p", 2, 8, 2, 1, 777, d, kb, vb, force_splits=1)
             check_attn("prefill", 1, 4, 2, 45, 100, d, kb, vb, causal=True)
+            if d <= 128:
+                check_attn("prefill-tf32", 1, 4, 2, 45, 100, d, kb, vb, causal=True,
+                           force_path=2)
     for d in ref.SUPPORTED_D:  # rows per block 4 with 8 coordinates per thread
         check_attn("cpt8", 1, 8, 2, 1, 500, d, 3, 4, cpt=8)
         check_attn("cpt8", 1, 8, 2, 2, 500, d, 4, 3, cpt=8, causal=True)
@@ -218,6 +225,14 @@ def check_attention():
     check_attn("long", 1, 32, 8, 1, 32768, 128, 4, 4, tol=2e-5, force_splits=1)
     check_attn("full-vs-vec", 1, 8, 2, 1, 700, 192, 3, 4, force_path=1)
     check_attn("prefill", 2, 8, 2, 300, 300, 128, 4, 4, causal=True)
+    check_attn("prefill", 1, 8, 2, 200, 130, 96, 3, 4, mask="bool")
+    check_attn("prefill", 1, 8, 2, 200, 130, 80, 4, 3, mask="float", sinks=True)
+    check_attn("prefill", 1, 4, 1, 64, 40, 64, 3, 3, causal=True)  # qL > kL
+    check_attn("tc-vs-vec", 1, 8, 2, 1, 700, 128, 3, 4, force_path=2)
+    check_attn("prefill-tf32", 1, 8, 2, 200, 130, 96, 3, 4, mask="bool", force_path=2)
+    check_attn("prefill-tf32", 1, 8, 2, 200, 130, 80, 4, 3, mask="float", sinks=True,
+               force_path=2)
+    check_attn("prefill-tf32", 1, 4, 1, 64, 40, 64, 3, 3, causal=True, force_path=2)
 
 
 def check_roundtrip_attention():

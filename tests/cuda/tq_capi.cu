@@ -63,7 +63,10 @@ static int plan(AttnParams& p, int& nq, int B, int Hq, int Hkv, int qL,
   p.causal = causal; p.causal_offset = kL - qL;
   p.mask_kind = mask_kind; p.has_sinks = has_sinks;
   for (int i = 0; i < 4; i++) p.m_str[i] = mstr ? mstr[i] : 0;
-  int path = force_path >= 0 ? force_path : (qL <= kVectorMaxQL ? 0 : 1);
+  int path = force_path >= 0
+      ? force_path
+      : (qL <= kVectorMaxQL ? 0 : ((kUseTcPrefill && D <= kTcMaxDim) ? 2 : 1));
+  if (path == 2 && D > kTcMaxDim) path = 1;
   if (path == 0) {
     int rows = p.gqa * qL;
     nq = vector_rows_per_block(rows);

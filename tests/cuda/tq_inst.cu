@@ -55,7 +55,7 @@ extern "C" int TQ_FN(tq_decode_d)(
   return (int)cudaGetLastError();
 }
 
-// path: 0 vector (splits from p->num_splits), 1 full (prefill); cpt: 0 default
+// path: 0 vector (splits from p->num_splits), 1 full SIMT, 2 full TF32 tensor cores; cpt: 0 default
 // coordinates per thread of the vector kernel, 8 to force 8 with nq = 4
 extern "C" int TQ_FN(tq_attn_d)(
     const float* q, const uint32_t* kc, const void* ks, const uint32_t* vc,
@@ -67,7 +67,18 @@ extern "C" int TQ_FN(tq_attn_d)(
     using T = decltype(tt);
     by_bits(kbits, [&](auto kb) {
       by_bits(vbits, [&](auto vb) {
-        if (path == 1) {
+        if (path == 2) {
+          if constexpr (D <= 128) {
+            auto kern = turbo_sdpa_full_tc<kb.value, vb.value, D, T>;
+            int smem = tc_smem_bytes(D);
+            cudaFuncSetAttribute(
+                (const void*)kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                smem);
+            dim3 grid((p.qL + kTcBQ - 1) / kTcBQ, p.Hq, p.B);
+            kern<<<grid, kTcThreads, smem, st>>>(
+                q, kc, (const T*)ks, vc, (const T*)vs, mask, sinks, out, p);
+          }
+        } else if (path == 1) {
           auto kern = turbo_sdpa_full<kb.value, vb.value, D, T>;
           int smem = full_smem_bytes(D);
           cudaFuncSetAttribute(

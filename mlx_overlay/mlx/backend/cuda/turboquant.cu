@@ -244,7 +244,7 @@ void turbo_sdpa_gpu(
       L.part_ml = gpu_ptr<float>(part_ml);
     }
   } else {
-    L.path = 1;
+    L.path = (tb::kUseTcPrefill && D <= tb::kTcMaxDim) ? 2 : 1;
     L.nq = 0;
     p.num_splits = 1;
     p.keys_per_split = kL;

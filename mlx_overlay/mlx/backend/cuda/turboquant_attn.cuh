@@ -15,7 +15,7 @@ namespace mlx::core::turbo_detail {
 
 struct AttnLaunch {
   cu::turbo::AttnParams params;
-  int path; // 0 vector, 1 full
+  int path; // 0 vector, 1 full SIMT float32, 2 full TF32 tensor cores
   int nq; // rows per vector block
   const void* mask; // nullptr if none
   const float* sinks; // nullptr if none
@@ -46,7 +46,34 @@ void launch_attention_typed(
   const uint32_t* vp = gpu_ptr<uint32_t>(v);
   const T* vsp = gpu_ptr<T>(vs);
   float* op = gpu_ptr<float>(out);
-  if (L.path == 1) {
+  if constexpr (tb::kUseTcPrefill && D <= tb::kTcMaxDim) {
+    if (L.path == 2) {
+      auto kernel = tb::turbo_sdpa_full_tc<KB, VB, D, T>;
+      constexpr int smem = tb::tc_smem_bytes(D);
+      CHECK_CUDA_ERROR(cudaFuncSetAttribute(
+          reinterpret_cast<const void*>(kernel),
+          cudaFuncAttributeMaxDynamicSharedMemorySize,
+          smem));
+      dim3 grid((p.qL + tb::kTcBQ - 1) / tb::kTcBQ, p.Hq, p.B);
+      enc.add_kernel_node_ex(
+          kernel,
+          grid,
+          dim3(tb::kTcThreads),
+          {},
+          smem,
+          qp,
+          kp,
+          ksp,
+          vp,
+          vsp,
+          mask,
+          sinks,
+          op,
+          p);
+      return;
+    }
+  }
+  if (L.path == 1 || L.path == 2) {
     auto kernel = tb::turbo_sdpa_full<KB, VB, D, T>;
     constexpr int smem = tb::full_smem_bytes(D);
     if (smem > 48 * 1024) {

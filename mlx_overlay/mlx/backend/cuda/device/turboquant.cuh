@@ -20,6 +20,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <mma.h>
 #include <cstdint>
 #include <cfloat>
 
@@ -302,8 +303,13 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_decode(
   constexpr int P = pow2_floor(D);
   constexpr int W = packed_words(BITS, D);
   __shared__ float sbuf[kEncodeWarps][D];
+  __shared__ float lut[16];
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
+  if (threadIdx.x < 16) {
+    lut[threadIdx.x] = centroid(BITS, threadIdx.x & ((1 << BITS) - 1));
+  }
+  __syncthreads();
   const int64_t v = int64_t(blockIdx.x) * kEncodeWarps + warp;
   if (v >= n_vec) {
     return;
@@ -316,7 +322,7 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_decode(
     load_slot<BITS, D>(in, s, a, b);
 #pragma unroll
     for (int c = 0; c < 8; c++) {
-      buf[8 * s + c] = scale * centroid(BITS, slot_code<BITS>(a, b, c));
+      buf[8 * s + c] = scale * lut[slot_code<BITS>(a, b, c)];
     }
   }
   __syncwarp();
@@ -841,6 +847,12 @@ __global__ void __launch_bounds__(kFullThreads) turbo_sdpa_full(
   constexpr int SLOTS = D / 8;
   constexpr int NC = D / 8; // output columns per thread
   extern __shared__ float smem[];
+  __shared__ float klut[16];
+  __shared__ float vlut[16];
+  if (threadIdx.x < 16) {
+    klut[threadIdx.x] = centroid(KB, threadIdx.x & ((1 << KB) - 1));
+    vlut[threadIdx.x] = centroid(VB, threadIdx.x & ((1 << VB) - 1));
+  }
   float* Qs = smem; // [D][BQ]
   float* Ks = Qs + D * BQ; // [D][BK]
   float* Vs = Ks + D * BK; // [BK][D + 1]
@@ -913,13 +925,13 @@ __global__ void __launch_bounds__(kFullThreads) turbo_sdpa_full(
         float sc = to_float(ksb[j * p.ks_str[2]]);
 #pragma unroll
         for (int c = 0; c < 8; c++) {
-          kv[c] = sc * centroid(KB, slot_code<KB>(a, bb, c));
+          kv[c] = sc * klut[slot_code<KB>(a, bb, c)];
         }
         load_slot<VB, D>(vbase + j * p.v_str[2], sl, a, bb);
         sc = to_float(vsb[j * p.vs_str[2]]);
 #pragma unroll
         for (int c = 0; c < 8; c++) {
-          vv[c] = sc * centroid(VB, slot_code<VB>(a, bb, c));
+          vv[c] = sc * vlut[slot_code<VB>(a, bb, c)];
         }
       } else {
 #pragma unroll
@@ -1030,6 +1042,248 @@ __global__ void __launch_bounds__(kFullThreads) turbo_sdpa_full(
 }
 
 // ---------------------------------------------------------------------------
+// Prefill on tensor cores (TF32 wmma), head dims <= 128. Same tile loop as
+// turbo_sdpa_full with 64 x 64 tiles: the K and V tiles are dequantized to
+// float in shared memory, S = Q K^T and O += P V run as 16x16x8 TF32 MMAs
+// (float32 accumulation; operands rounded to TF32, 10-bit mantissa), the
+// softmax in float32. Warp w owns query rows [16 w, 16 w + 16) of the tile
+// (its rows of S and O never leave the warp). Grid: (ceil(qL / 64), Hq, B),
+// 128 threads, dynamic shared memory tc_smem_bytes(D).
+// ---------------------------------------------------------------------------
+
+constexpr int kTcBQ = 64;
+constexpr int kTcBK = 64;
+constexpr int kTcThreads = 128;
+
+__host__ __device__ constexpr int tc_smem_bytes(int d) {
+  return 4 *
+      (kTcBQ * (d + 4) + // Qs
+       kTcBK * (d + 4) + // Ks
+       kTcBK * (d + 4) + // Vs
+       kTcBQ * (kTcBK + 4) + // Ss (scores, then probabilities)
+       kTcBQ * (d + 4)); // Os
+}
+
+template <int KB, int VB, int D, typename T>
+__global__ void __launch_bounds__(kTcThreads) turbo_sdpa_full_tc(
+    const float* __restrict__ q,
+    const uint32_t* __restrict__ kc,
+    const T* __restrict__ ks,
+    const uint32_t* __restrict__ vc,
+    const T* __restrict__ vs,
+    const void* __restrict__ mask,
+    const float* __restrict__ sinks,
+    float* __restrict__ out,
+    const AttnParams p) {
+  namespace wmma = nvcuda::wmma;
+  static_assert(D % 16 == 0 && D <= 128, "tensor-core prefill: D <= 128");
+  constexpr int BQ = kTcBQ;
+  constexpr int BK = kTcBK;
+  constexpr int LD = D + 4; // row stride of Qs, Ks, Vs, Os (floats)
+  constexpr int LS = BK + 4; // row stride of Ss
+  constexpr int SLOTS = D / 8;
+  extern __shared__ __align__(128) float smem[];
+  __shared__ float klut[16];
+  __shared__ float vlut[16];
+  if (threadIdx.x < 16) {
+    klut[threadIdx.x] = centroid(KB, threadIdx.x & ((1 << KB) - 1));
+    vlut[threadIdx.x] = centroid(VB, threadIdx.x & ((1 << VB) - 1));
+  }
+  float* Qs = smem;
+  float* Ks = Qs + BQ * LD;
+  float* Vs = Ks + BK * LD;
+  float* Ss = Vs + BK * LD;
+  float* Os = Ss + BQ * LS;
+
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const int q0 = blockIdx.x * BQ;
+  const int h = blockIdx.y;
+  const int b = blockIdx.z;
+  const int hk = h / p.gqa;
+
+  for (int e = tid; e < BQ * D; e += kTcThreads) {
+    int r = e / D;
+    int d = e % D;
+    int qi = q0 + r;
+    Qs[r * LD + d] = qi < p.qL
+        ? q[b * p.q_str[0] + h * p.q_str[1] + qi * p.q_str[2] + d] * p.scale_log2
+        : 0.0f;
+    Os[r * LD + d] = 0.0f;
+  }
+
+  // Lanes 2i and 2i + 1 own row 16 warp + i for the softmax.
+  const int my_row = 16 * warp + (lane >> 1);
+  const int half = lane & 1;
+  const int my_qi = min(q0 + my_row, p.qL - 1);
+  float m_run = -INFINITY;
+  float l_run = 0.0f;
+  if (p.has_sinks) {
+    m_run = kLog2e * sinks[h];
+    l_run = 1.0f;
+  }
+
+  int k_stop = p.kL;
+  if (p.causal) {
+    int first_lim = q0 + p.causal_offset;
+    int last_lim = min(q0 + BQ - 1, p.qL - 1) + p.causal_offset;
+    if (first_lim >= 0) {
+      k_stop = min(p.kL, last_lim + 1);
+    }
+  }
+
+  const uint32_t* kbase = kc + b * p.k_str[0] + hk * p.k_str[1];
+  const uint32_t* vbase = vc + b * p.v_str[0] + hk * p.v_str[1];
+  const T* ksb = ks + b * p.ks_str[0] + hk * p.ks_str[1];
+  const T* vsb = vs + b * p.vs_str[0] + hk * p.vs_str[1];
+
+  // The query fragments of this warp, reused for every key tile.
+  wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>
+      qa[D / 8];
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < D / 8; k++) {
+    wmma::load_matrix_sync(qa[k], Qs + 16 * warp * LD + 8 * k, LD);
+#pragma unroll
+    for (int i = 0; i < qa[k].num_elements; i++) {
+      qa[k].x[i] = wmma::__float_to_tf32(qa[k].x[i]);
+    }
+  }
+
+  for (int k0 = 0; k0 < k_stop; k0 += BK) {
+    __syncthreads(); // the previous K/V tiles are consumed
+    for (int e = tid; e < BK * SLOTS; e += kTcThreads) {
+      int sl = e % SLOTS;
+      int kk = e / SLOTS;
+      int j = k0 + kk;
+      float kv[8], vv[8];
+      if (j < p.kL) {
+        uint32_t a, bb;
+        load_slot<KB, D>(kbase + j * p.k_str[2], sl, a, bb);
+        float sc = to_float(ksb[j * p.ks_str[2]]);
+#pragma unroll
+        for (int c = 0; c < 8; c++) {
+          kv[c] = sc * klut[slot_code<KB>(a, bb, c)];
+        }
+        load_slot<VB, D>(vbase + j * p.v_str[2], sl, a, bb);
+        sc = to_float(vsb[j * p.vs_str[2]]);
+#pragma unroll
+        for (int c = 0; c < 8; c++) {
+          vv[c] = sc * vlut[slot_code<VB>(a, bb, c)];
+        }
+      } else {
+#pragma unroll
+        for (int c = 0; c < 8; c++) {
+          kv[c] = 0.0f;
+          vv[c] = 0.0f;
+        }
+      }
+#pragma unroll
+      for (int c = 0; c < 8; c++) {
+        Ks[kk * LD + 8 * sl + c] = kv[c];
+        Vs[kk * LD + 8 * sl + c] = vv[c];
+      }
+    }
+    __syncthreads();
+
+    // S = Q K^T for this warp's 16 rows.
+#pragma unroll
+    for (int t = 0; t < BK / 16; t++) {
+      wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+      wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+      for (int k = 0; k < D / 8; k++) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major>
+            kb;
+        wmma::load_matrix_sync(kb, Ks + 16 * t * LD + 8 * k, LD);
+#pragma unroll
+        for (int i = 0; i < kb.num_elements; i++) {
+          kb.x[i] = wmma::__float_to_tf32(kb.x[i]);
+        }
+        wmma::mma_sync(acc, qa[k], kb, acc);
+      }
+      wmma::store_matrix_sync(Ss + 16 * warp * LS + 16 * t, acc, LS, wmma::mem_row_major);
+    }
+    __syncwarp();
+
+    // Softmax of row my_row over this tile: each lane of the pair takes 32
+    // keys.
+    float* srow = Ss + my_row * LS + 32 * half;
+    float mt = -INFINITY;
+#pragma unroll 8
+    for (int c = 0; c < 32; c++) {
+      int j = k0 + 32 * half + c;
+      float sc = j < p.kL ? apply_mask(srow[c], p, mask, b, h, my_qi, j) : -INFINITY;
+      srow[c] = sc;
+      mt = fmaxf(mt, sc);
+    }
+    mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
+    float mnew = fmaxf(m_run, mt);
+    float mref = safe_max_ref(mnew);
+    float alpha = exp2f(m_run - mref);
+    float ps = 0.0f;
+#pragma unroll 8
+    for (int c = 0; c < 32; c++) {
+      float pv = exp2f(srow[c] - mref);
+      srow[c] = pv;
+      ps += pv;
+    }
+    ps += __shfl_xor_sync(0xffffffffu, ps, 1);
+    l_run = l_run * alpha + ps;
+    m_run = mnew;
+    if (alpha != 1.0f) {
+      float* orow = Os + my_row * LD + (D / 2) * half;
+#pragma unroll 8
+      for (int c = 0; c < D / 2; c++) {
+        orow[c] *= alpha;
+      }
+    }
+    __syncwarp();
+
+    // O += P V for this warp's 16 rows.
+    wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>
+        pa[BK / 8];
+#pragma unroll
+    for (int k = 0; k < BK / 8; k++) {
+      wmma::load_matrix_sync(pa[k], Ss + 16 * warp * LS + 8 * k, LS);
+#pragma unroll
+      for (int i = 0; i < pa[k].num_elements; i++) {
+        pa[k].x[i] = wmma::__float_to_tf32(pa[k].x[i]);
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < D / 16; t++) {
+      wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+      wmma::load_matrix_sync(acc, Os + 16 * warp * LD + 16 * t, LD, wmma::mem_row_major);
+#pragma unroll
+      for (int k = 0; k < BK / 8; k++) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major>
+            vb;
+        wmma::load_matrix_sync(vb, Vs + 8 * k * LD + 16 * t, LD);
+#pragma unroll
+        for (int i = 0; i < vb.num_elements; i++) {
+          vb.x[i] = wmma::__float_to_tf32(vb.x[i]);
+        }
+        wmma::mma_sync(acc, pa[k], vb, acc);
+      }
+      wmma::store_matrix_sync(Os + 16 * warp * LD + 16 * t, acc, LD, wmma::mem_row_major);
+    }
+    __syncwarp();
+  }
+
+  const int qi = q0 + my_row;
+  if (qi < p.qL) {
+    float inv = 1.0f / l_run;
+    float* o = out + b * p.o_str[0] + h * p.o_str[1] + qi * p.o_str[2];
+    const float* orow = Os + my_row * LD;
+    for (int c = half; c < D; c += 2) {
+      o[c] = orow[c] * inv;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Host-side planning shared by MLX and the harness.
 // ---------------------------------------------------------------------------
 
@@ -1053,5 +1307,12 @@ inline int vector_num_splits(int base_blocks, int kL, int num_sms) {
 
 // Queries longer than this use the tiled prefill kernel.
 constexpr int kVectorMaxQL = 8;
+
+// The TF32 tensor-core prefill (turbo_sdpa_full_tc, head dims <= 128) is
+// not yet faster than the SIMT float32 one (H100: 6.7 vs 6.7-6.9 ms at 4K,
+// see docs/cuda.md) and rounds operands to TF32, so MLX uses the SIMT kernel;
+// the harness tests and times the tensor-core one on request.
+constexpr int kTcMaxDim = 128;
+constexpr bool kUseTcPrefill = false;
 
 } // namespace mlx::core::cu::turbo
