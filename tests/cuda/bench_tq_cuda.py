@@ -91,9 +91,13 @@ def bench(fn, n_inner, reps=7):
 def best_sdpa(fn, n_inner, reps=7):
     """Fastest of the SDPA backends that accept the call."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
     best = (float("inf"), None)
-    for be in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-               SDPBackend.CUDNN_ATTENTION):
+    for be in (
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.CUDNN_ATTENTION,
+    ):
         try:
             with sdpa_kernel([be]):
                 t = bench(fn, n_inner, reps)
@@ -123,10 +127,18 @@ def decode_case(B, kL, results, Hq=32, Hkv=8, D=128):
     kv_bytes = 2 * B * Hkv * kL * D * 2
     nc = ncopies(kv_bytes)
     qs = [torch.randn(B, Hq, 1, D, dtype=torch.bfloat16, device=dev) for _ in range(nc)]
-    ks = [torch.randn(B, Hkv, kL, D, dtype=torch.bfloat16, device=dev) for _ in range(nc)]
-    vs = [torch.randn(B, Hkv, kL, D, dtype=torch.bfloat16, device=dev) for _ in range(nc)]
-    t, row["sdpa_backend"] = best_sdpa(lambda i: F.scaled_dot_product_attention(
-        qs[i % nc], ks[i % nc], vs[i % nc], scale=scale, enable_gqa=True), 20)
+    ks = [
+        torch.randn(B, Hkv, kL, D, dtype=torch.bfloat16, device=dev) for _ in range(nc)
+    ]
+    vs = [
+        torch.randn(B, Hkv, kL, D, dtype=torch.bfloat16, device=dev) for _ in range(nc)
+    ]
+    t, row["sdpa_backend"] = best_sdpa(
+        lambda i: F.scaled_dot_product_attention(
+            qs[i % nc], ks[i % nc], vs[i % nc], scale=scale, enable_gqa=True
+        ),
+        20,
+    )
     row["sdpa_bf16_us"] = t
     row["sdpa_bf16_GBs"] = kv_bytes / (t * 1e-6) / 1e9
     del ks, vs
@@ -136,25 +148,50 @@ def decode_case(B, kL, results, Hq=32, Hkv=8, D=128):
         w = tq_lib.words(bits, D)
         tq_bytes = 2 * B * Hkv * kL * (4 * w + 2) + B * Hq * D * 4 * 2
         nc2 = ncopies(tq_bytes)
-        kc = [torch.randint(-2**31, 2**31 - 1, (B, Hkv, kL, w), dtype=torch.int32, device=dev)
-              for _ in range(nc2)]
-        vc = [torch.randint(-2**31, 2**31 - 1, (B, Hkv, kL, w), dtype=torch.int32, device=dev)
-              for _ in range(nc2)]
+        kc = [
+            torch.randint(
+                -(2**31), 2**31 - 1, (B, Hkv, kL, w), dtype=torch.int32, device=dev
+            )
+            for _ in range(nc2)
+        ]
+        vc = [
+            torch.randint(
+                -(2**31), 2**31 - 1, (B, Hkv, kL, w), dtype=torch.int32, device=dev
+            )
+            for _ in range(nc2)
+        ]
         ksc = [torch.rand(B, Hkv, kL, 1, device=dev).half() for _ in range(nc2)]
         vsc = [torch.rand(B, Hkv, kL, 1, device=dev).half() for _ in range(nc2)]
         qf = [torch.randn(B, Hq, 1, D, device=dev) for _ in range(nc2)]
         out = torch.empty(B, Hq, 1, D, device=dev)
         att = tq_lib.Attention(B, Hq, Hkv, 1, kL, D, bits, bits, scale)
-        t = bench(lambda i: att(qf[i % nc2], kc[i % nc2], ksc[i % nc2], vc[i % nc2],
-                                vsc[i % nc2], out=out), 20)
+        t = bench(
+            lambda i: att(
+                qf[i % nc2],
+                kc[i % nc2],
+                ksc[i % nc2],
+                vc[i % nc2],
+                vsc[i % nc2],
+                out=out,
+            ),
+            20,
+        )
         row[f"turbo{bits}_us"] = t
         row[f"turbo{bits}_GBs"] = tq_bytes / (t * 1e-6) / 1e9
         row[f"turbo{bits}_splits"] = att.splits
         if B == 1:  # alternative mapping: 8 coordinates per thread
             att8 = tq_lib.Attention(B, Hq, Hkv, 1, kL, D, bits, bits, scale, cpt=8)
             row[f"turbo{bits}_cpt8_us"] = bench(
-                lambda i: att8(qf[i % nc2], kc[i % nc2], ksc[i % nc2], vc[i % nc2],
-                               vsc[i % nc2], out=out), 20)
+                lambda i: att8(
+                    qf[i % nc2],
+                    kc[i % nc2],
+                    ksc[i % nc2],
+                    vc[i % nc2],
+                    vsc[i % nc2],
+                    out=out,
+                ),
+                20,
+            )
         if bits == 4:
             # dequantize (to bf16, original domain) then SDPA
             kd = torch.empty(B, Hkv, kL, D, dtype=torch.bfloat16, device=dev)
@@ -165,9 +202,12 @@ def decode_case(B, kL, results, Hq=32, Hkv=8, D=128):
                 j = i % nc2
                 tq_lib.decode(kc[j], ksc[j], 4, D, out=kd)
                 tq_lib.decode(vc[j], vsc[j], 4, D, out=vd)
-                return F.scaled_dot_product_attention(qb, kd, vd, scale=scale, enable_gqa=True)
+                return F.scaled_dot_product_attention(
+                    qb, kd, vd, scale=scale, enable_gqa=True
+                )
 
             from torch.nn.attention import SDPBackend, sdpa_kernel
+
             with sdpa_kernel([getattr(SDPBackend, row["sdpa_backend"])]):
                 row["deq_sdpa_us"] = bench(deq_sdpa, 5)
             del kd, vd
@@ -183,15 +223,24 @@ def prefill_case(L, results, Hq=32, Hkv=8, D=128, B=1):
     q = torch.randn(B, Hq, L, D, dtype=torch.bfloat16, device=dev)
     k = torch.randn(B, Hkv, L, D, dtype=torch.bfloat16, device=dev)
     v = torch.randn(B, Hkv, L, D, dtype=torch.bfloat16, device=dev)
-    t, row["sdpa_backend"] = best_sdpa(lambda i: F.scaled_dot_product_attention(
-        q, k, v, scale=scale, is_causal=True, enable_gqa=True), 3, reps=3)
+    t, row["sdpa_backend"] = best_sdpa(
+        lambda i: F.scaled_dot_product_attention(
+            q, k, v, scale=scale, is_causal=True, enable_gqa=True
+        ),
+        3,
+        reps=3,
+    )
     flops = 4 * B * Hq * L * L * D / 2  # causal
     row["sdpa_bf16_ms"] = t / 1e3
     row["sdpa_bf16_TFLOPs"] = flops / (t * 1e-6) / 1e12
     for bits in (3, 4):
         w = tq_lib.words(bits, D)
-        kc = torch.randint(-2**31, 2**31 - 1, (B, Hkv, L, w), dtype=torch.int32, device=dev)
-        vc = torch.randint(-2**31, 2**31 - 1, (B, Hkv, L, w), dtype=torch.int32, device=dev)
+        kc = torch.randint(
+            -(2**31), 2**31 - 1, (B, Hkv, L, w), dtype=torch.int32, device=dev
+        )
+        vc = torch.randint(
+            -(2**31), 2**31 - 1, (B, Hkv, L, w), dtype=torch.int32, device=dev
+        )
         ksc = torch.rand(B, Hkv, L, 1, device=dev).half()
         vsc = torch.rand(B, Hkv, L, 1, device=dev).half()
         qf = q.float()
@@ -201,8 +250,9 @@ def prefill_case(L, results, Hq=32, Hkv=8, D=128, B=1):
         row[f"turbo{bits}_ms"] = t / 1e3
         row[f"turbo{bits}_TFLOPs"] = flops / (t * 1e-6) / 1e12
         if L <= 4096:  # the TF32 tensor-core kernel, for comparison
-            att1 = tq_lib.Attention(B, Hq, Hkv, L, L, D, bits, bits, scale, causal=True,
-                                    force_path=2)
+            att1 = tq_lib.Attention(
+                B, Hq, Hkv, L, L, D, bits, bits, scale, causal=True, force_path=2
+            )
             t1 = bench(lambda i: att1(qf, kc, ksc, vc, vsc, out=out), 1, reps=3)
             row[f"turbo{bits}_tf32_ms"] = t1 / 1e3
     results.append(row)
@@ -211,8 +261,11 @@ def prefill_case(L, results, Hq=32, Hkv=8, D=128, B=1):
 
 def main():
     t0 = time.time()
-    info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-            "sms": torch.cuda.get_device_properties(0).multi_processor_count}
+    info = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "sms": torch.cuda.get_device_properties(0).multi_processor_count,
+    }
     info["copy_GBs"] = copy_bw()
     print(json.dumps(info), flush=True)
     decode = []
@@ -226,27 +279,37 @@ def main():
     if args.prefill:
         for L in (4096, 16384, 32768):
             prefill_case(L, prefill)
-    res = {"info": info, "decode": decode, "prefill": prefill,
-           "seconds": time.time() - t0}
+    res = {
+        "info": info,
+        "decode": decode,
+        "prefill": prefill,
+        "seconds": time.time() - t0,
+    }
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_cuda.json"), "w") as f:
         json.dump(res, f, indent=1)
     # table
     print(f"\n{info['device']}  copy {info['copy_GBs']:.0f} GB/s (read+write)")
     print("decode, Hq=32 Hkv=8 D=128 qL=1; times in us; GB/s on bytes moved")
-    print(f"{'B':>2} {'ctx':>7} | {'sdpa bf16':>10} {'GB/s':>6} | {'deq+sdpa':>9} | "
-          f"{'turbo3':>8} {'GB/s':>6} {'x':>5} | {'turbo4':>8} {'GB/s':>6} {'x':>5}")
+    print(
+        f"{'B':>2} {'ctx':>7} | {'sdpa bf16':>10} {'GB/s':>6} | {'deq+sdpa':>9} | "
+        f"{'turbo3':>8} {'GB/s':>6} {'x':>5} | {'turbo4':>8} {'GB/s':>6} {'x':>5}"
+    )
     for r in decode:
-        print(f"{r['B']:>2} {r['kL']:>7} | {r['sdpa_bf16_us']:>10.1f} {r['sdpa_bf16_GBs']:>6.0f} | "
-              f"{r['deq_sdpa_us']:>9.1f} | "
-              f"{r['turbo3_us']:>8.1f} {r['turbo3_GBs']:>6.0f} {r['sdpa_bf16_us'] / r['turbo3_us']:>5.2f} | "
-              f"{r['turbo4_us']:>8.1f} {r['turbo4_GBs']:>6.0f} {r['sdpa_bf16_us'] / r['turbo4_us']:>5.2f}")
+        print(
+            f"{r['B']:>2} {r['kL']:>7} | {r['sdpa_bf16_us']:>10.1f} {r['sdpa_bf16_GBs']:>6.0f} | "
+            f"{r['deq_sdpa_us']:>9.1f} | "
+            f"{r['turbo3_us']:>8.1f} {r['turbo3_GBs']:>6.0f} {r['sdpa_bf16_us'] / r['turbo3_us']:>5.2f} | "
+            f"{r['turbo4_us']:>8.1f} {r['turbo4_GBs']:>6.0f} {r['sdpa_bf16_us'] / r['turbo4_us']:>5.2f}"
+        )
     for r in prefill:
-        print(f"prefill L={r['L']}: sdpa bf16 {r['sdpa_bf16_ms']:.2f} ms "
-              f"({r['sdpa_bf16_TFLOPs']:.0f} TFLOP/s), turbo3 {r['turbo3_ms']:.2f} ms "
-              f"({r['turbo3_TFLOPs']:.1f}), turbo4 {r['turbo4_ms']:.2f} ms ({r['turbo4_TFLOPs']:.1f})"
-              f"; TF32 tensor-core kernel: turbo3 {r.get('turbo3_tf32_ms', float('nan')):.2f} ms, "
-              f"turbo4 {r.get('turbo4_tf32_ms', float('nan')):.2f} ms")
+        print(
+            f"prefill L={r['L']}: sdpa bf16 {r['sdpa_bf16_ms']:.2f} ms "
+            f"({r['sdpa_bf16_TFLOPs']:.0f} TFLOP/s), turbo3 {r['turbo3_ms']:.2f} ms "
+            f"({r['turbo3_TFLOPs']:.1f}), turbo4 {r['turbo4_ms']:.2f} ms ({r['turbo4_TFLOPs']:.1f})"
+            f"; TF32 tensor-core kernel: turbo3 {r.get('turbo3_tf32_ms', float('nan')):.2f} ms, "
+            f"turbo4 {r.get('turbo4_tf32_ms', float('nan')):.2f} ms"
+        )
     try:
         if decode:
             plot(res, args.out)
@@ -256,14 +319,20 @@ def main():
 
 def plot(res, out):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, B in zip(axes, (1, 8)):
         rows = [r for r in res["decode"] if r["B"] == B]
         x = [r["kL"] for r in rows]
-        for key, lab in (("sdpa_bf16_us", "PyTorch SDPA bf16"), ("deq_sdpa_us", "dequant + SDPA"),
-                         ("turbo4_us", "fused turbo4"), ("turbo3_us", "fused turbo3")):
+        for key, lab in (
+            ("sdpa_bf16_us", "PyTorch SDPA bf16"),
+            ("deq_sdpa_us", "dequant + SDPA"),
+            ("turbo4_us", "fused turbo4"),
+            ("turbo3_us", "fused turbo3"),
+        ):
             ax.plot(x, [r[key] for r in rows], marker="o", label=lab)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

@@ -58,6 +58,7 @@ def ref_scale_bits(s32, dtype):
 
 # ------------------------------------------------------------------ encode/decode
 
+
 def check_encode():
     for d in ref.SUPPORTED_D:
         for bits in (3, 4):
@@ -81,10 +82,12 @@ def check_encode():
                 s_f = to_np_f32(scales.reshape(-1))
                 zero_ok = s_f[0] == 0
                 nan_ok = np.isnan(s_f[1]) and np.isnan(s_f[2])
-                report(f"encode D={d} turbo{bits} {str(dtype)[6:]}",
-                       bad_p == 0 and bad_s == 0 and zero_ok and nan_ok,
-                       f"vectors with differing codes {bad_p}/{n - 3}, differing scales {bad_s}, "
-                       f"zero->0 {zero_ok}, nan/inf->nan {nan_ok}")
+                report(
+                    f"encode D={d} turbo{bits} {str(dtype)[6:]}",
+                    bad_p == 0 and bad_s == 0 and zero_ok and nan_ok,
+                    f"vectors with differing codes {bad_p}/{n - 3}, differing scales {bad_s}, "
+                    f"zero->0 {zero_ok}, nan/inf->nan {nan_ok}",
+                )
 
 
 def check_encode_vs_spec():
@@ -96,7 +99,9 @@ def check_encode_vs_spec():
             for dtype in (torch.float16, torch.bfloat16, torch.float32):
                 x = (torch.randn(2000, d) * torch.exp(torch.randn(2000, 1))).to(dtype)
                 packed, scales = tq_lib.encode(x.cuda(), bits)
-                codes_ref, _, scales_ref, margin = spec.encode(x.double().numpy(), f"turbo{bits}")
+                codes_ref, _, scales_ref, margin = spec.encode(
+                    x.double().numpy(), f"turbo{bits}"
+                )
                 codes = ref.unpack(packed.cpu().numpy().view(np.uint32), bits, d)
                 safe = margin > 1e-4
                 bad = int((codes[safe] != codes_ref[safe]).sum())
@@ -104,13 +109,18 @@ def check_encode_vs_spec():
                 sg = scales.float().cpu().numpy()[:, 0][row_safe]
                 sr = scales_ref[:, 0][row_safe]
                 rel = float(np.abs(sg / sr - 1).max())
-                tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 1e-5}[dtype]
-                report(f"encode-vs-spec D={d} turbo{bits} {str(dtype)[6:]}",
-                       bad == 0 and rel < tol and safe.mean() > 0.99,
-                       f"codes differing at safe coords {bad}/{int(safe.sum())}, "
-                       f"max scale rel diff {rel:.1e}")
-    gpath = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "golden",
-                         "turbo_golden.json")
+                tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 1e-5}[
+                    dtype
+                ]
+                report(
+                    f"encode-vs-spec D={d} turbo{bits} {str(dtype)[6:]}",
+                    bad == 0 and rel < tol and safe.mean() > 0.99,
+                    f"codes differing at safe coords {bad}/{int(safe.sum())}, "
+                    f"max scale rel diff {rel:.1e}",
+                )
+    gpath = os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "golden", "turbo_golden.json"
+    )
     with open(gpath) as f:
         golden = json.load(f)
     bad = 0
@@ -118,42 +128,77 @@ def check_encode_vs_spec():
         x = torch.tensor(np.array(case["x"], dtype=np.float32).reshape(case["shape"]))
         bits = 3 if case["mode"] == "turbo3" else 4
         p, s = tq_lib.encode(x.cuda(), bits)
-        ok_p = np.array_equal(p.cpu().numpy().view(np.uint32).ravel(),
-                              np.array(case["packed"], np.uint32))
+        ok_p = np.array_equal(
+            p.cpu().numpy().view(np.uint32).ravel(), np.array(case["packed"], np.uint32)
+        )
         ok_s = np.allclose(s.cpu().numpy().ravel(), case["scales"], rtol=1e-6)
         bad += (not ok_p) + (not ok_s)
-    report(f"golden vectors ({len(golden['cases'])} cases) bit-exact", bad == 0, f"{bad} mismatches")
+    report(
+        f"golden vectors ({len(golden['cases'])} cases) bit-exact",
+        bad == 0,
+        f"{bad} mismatches",
+    )
 
 
 def check_decode():
     for d in ref.SUPPORTED_D:
         for bits in (3, 4):
-            for sdt, odt in ((torch.float16, torch.float32), (torch.float32, torch.float32),
-                             (torch.bfloat16, torch.bfloat16)):
+            for sdt, odt in (
+                (torch.float16, torch.float32),
+                (torch.float32, torch.float32),
+                (torch.bfloat16, torch.bfloat16),
+            ):
                 n = 2000
-                w = torch.randint(-2**31, 2**31 - 1, (n, tq_lib.words(bits, d)), dtype=torch.int32)
+                w = torch.randint(
+                    -(2**31), 2**31 - 1, (n, tq_lib.words(bits, d)), dtype=torch.int32
+                )
                 s = (torch.rand(n, 1) * 3 + 0.1).to(sdt)
                 out = torch.full((n, d), float("nan"), dtype=odt, device="cuda")
                 tq_lib.decode(w.cuda(), s.cuda(), bits, d, out=out)
                 torch.cuda.synchronize()
-                r = ref.decode_f64(w.numpy().view(np.uint32), s.float().numpy()[:, 0], bits, d)
+                r = ref.decode_f64(
+                    w.numpy().view(np.uint32), s.float().numpy()[:, 0], bits, d
+                )
                 o = out.double().cpu().numpy()
                 err = np.linalg.norm(o - r) / np.linalg.norm(r)
                 tol = 1e-6 if odt == torch.float32 else 8e-3
-                report(f"decode D={d} turbo{bits} {str(sdt)[6:]}->{str(odt)[6:]}",
-                       np.isfinite(o).all() and err < tol, f"rel err {err:.2e}")
+                report(
+                    f"decode D={d} turbo{bits} {str(sdt)[6:]}->{str(odt)[6:]}",
+                    np.isfinite(o).all() and err < tol,
+                    f"rel err {err:.2e}",
+                )
 
 
 # ------------------------------------------------------------------ attention
 
+
 def rand_cache(B, H, L, d, bits, sdt):
-    w = torch.randint(-2**31, 2**31 - 1, (B, H, L, tq_lib.words(bits, d)), dtype=torch.int32)
+    w = torch.randint(
+        -(2**31), 2**31 - 1, (B, H, L, tq_lib.words(bits, d)), dtype=torch.int32
+    )
     s = (torch.rand(B, H, L, 1) * 0.5 + 0.05).to(sdt)
     return w, s
 
 
-def check_attn(name, B, Hq, Hkv, qL, kL, d, kb, vb, sdt=torch.float16, causal=False,
-               mask=None, sinks=False, force_path=-1, force_splits=0, tol=1e-5, cpt=0):
+def check_attn(
+    name,
+    B,
+    Hq,
+    Hkv,
+    qL,
+    kL,
+    d,
+    kb,
+    vb,
+    sdt=torch.float16,
+    causal=False,
+    mask=None,
+    sinks=False,
+    force_path=-1,
+    force_splits=0,
+    tol=1e-5,
+    cpt=0,
+):
     q = torch.randn(B, Hq, qL, d)
     kw, ks = rand_cache(B, Hkv, kL, d, kb, sdt)
     vw, vs = rand_cache(B, Hkv, kL, d, vb, sdt)
@@ -165,29 +210,57 @@ def check_attn(name, B, Hq, Hkv, qL, kL, d, kb, vb, sdt=torch.float16, causal=Fa
         m[..., 0, :] = False  # a fully masked row
     elif mask == "float":
         m = torch.randn(B, 1, qL, kL) * 2
-    att = tq_lib.Attention(B, Hq, Hkv, qL, kL, d, kb, vb, scale, causal=causal,
-                           mask=m.cuda() if m is not None else None,
-                           sinks=snk.cuda() if snk is not None else None,
-                           force_path=force_path, force_splits=force_splits, cpt=cpt)
+    att = tq_lib.Attention(
+        B,
+        Hq,
+        Hkv,
+        qL,
+        kL,
+        d,
+        kb,
+        vb,
+        scale,
+        causal=causal,
+        mask=m.cuda() if m is not None else None,
+        sinks=snk.cuda() if snk is not None else None,
+        force_path=force_path,
+        force_splits=force_splits,
+        cpt=cpt,
+    )
     out = torch.full((B, Hq, qL, d), float("nan"), device="cuda")
     att(q.cuda(), kw.cuda(), ks.cuda(), vw.cuda(), vs.cuda(), out=out)
     torch.cuda.synchronize()
-    r = ref.attention_f64(q.numpy(), kw.numpy().view(np.uint32), ks.float().numpy()[..., 0],
-                          vw.numpy().view(np.uint32), vs.float().numpy()[..., 0], kb, vb, scale,
-                          causal=causal, mask=m.numpy() if m is not None else None,
-                          sinks=snk.numpy() if snk is not None else None)
+    r = ref.attention_f64(
+        q.numpy(),
+        kw.numpy().view(np.uint32),
+        ks.float().numpy()[..., 0],
+        vw.numpy().view(np.uint32),
+        vs.float().numpy()[..., 0],
+        kb,
+        vb,
+        scale,
+        causal=causal,
+        mask=m.numpy() if m is not None else None,
+        sinks=snk.numpy() if snk is not None else None,
+    )
     o = out.double().cpu().numpy()
     err = np.linalg.norm(o - r) / np.linalg.norm(r)
     tc = force_path == 2
     if tc:
         tol = max(tol, 3e-3)  # TF32 operands (10-bit mantissa)
     ok = bool(np.isfinite(o).all()) and err < tol
-    path = ("full-tf32" if tc else "full-simt") if (force_path >= 1 or qL > 8) \
+    path = (
+        ("full-tf32" if tc else "full-simt")
+        if (force_path >= 1 or qL > 8)
         else f"vec/{att.splits}split"
-    report(f"attn {name} B={B} Hq={Hq} Hkv={Hkv} qL={qL} kL={kL} D={d} k{kb}v{vb} "
-           f"{str(sdt)[6:]}{' causal' if causal else ''}{' mask=' + mask if mask else ''}"
-           f"{' sinks' if sinks else ''}{' cpt=%d' % cpt if cpt else ''} [{path}]", ok,
-           f"rel err {err:.2e}")
+    )
+    report(
+        f"attn {name} B={B} Hq={Hq} Hkv={Hkv} qL={qL} kL={kL} D={d} k{kb}v{vb} "
+        f"{str(sdt)[6:]}{' causal' if causal else ''}{' mask=' + mask if mask else ''}"
+        f"{' sinks' if sinks else ''}{' cpt=%d' % cpt if cpt else ''} [{path}]",
+        ok,
+        f"rel err {err:.2e}",
+    )
 
 
 def check_attention():
@@ -198,8 +271,19 @@ def check_attention():
             check_attn("decode1p", 2, 8, 2, 1, 777, d, kb, vb, force_splits=1)
             check_attn("prefill", 1, 4, 2, 45, 100, d, kb, vb, causal=True)
             if d <= 128:
-                check_attn("prefill-tf32", 1, 4, 2, 45, 100, d, kb, vb, causal=True,
-                           force_path=2)
+                check_attn(
+                    "prefill-tf32",
+                    1,
+                    4,
+                    2,
+                    45,
+                    100,
+                    d,
+                    kb,
+                    vb,
+                    causal=True,
+                    force_path=2,
+                )
     for d in ref.SUPPORTED_D:  # rows per block 4 with 8 coordinates per thread
         check_attn("cpt8", 1, 8, 2, 1, 500, d, 3, 4, cpt=8)
         check_attn("cpt8", 1, 8, 2, 2, 500, d, 4, 3, cpt=8, causal=True)
@@ -230,8 +314,20 @@ def check_attention():
     check_attn("prefill", 1, 4, 1, 64, 40, 64, 3, 3, causal=True)  # qL > kL
     check_attn("tc-vs-vec", 1, 8, 2, 1, 700, 128, 3, 4, force_path=2)
     check_attn("prefill-tf32", 1, 8, 2, 200, 130, 96, 3, 4, mask="bool", force_path=2)
-    check_attn("prefill-tf32", 1, 8, 2, 200, 130, 80, 4, 3, mask="float", sinks=True,
-               force_path=2)
+    check_attn(
+        "prefill-tf32",
+        1,
+        8,
+        2,
+        200,
+        130,
+        80,
+        4,
+        3,
+        mask="float",
+        sinks=True,
+        force_path=2,
+    )
     check_attn("prefill-tf32", 1, 4, 1, 64, 40, 64, 3, 3, causal=True, force_path=2)
 
 
@@ -247,7 +343,7 @@ def check_roundtrip_attention():
         kd = tq_lib.decode(kc, ks, 3, d, out_dtype=torch.float32).double().cpu().numpy()
         vd = tq_lib.decode(vc, vs, 4, d, out_dtype=torch.float32).double().cpu().numpy()
         R = ref.rotation_f64(d)
-        qr = (q.double().cpu().numpy() @ R.T)
+        qr = q.double().cpu().numpy() @ R.T
         scale = 1 / np.sqrt(d)
         att = tq_lib.Attention(B, Hq, Hkv, qL, kL, d, 3, 4, scale)
         o = att(torch.from_numpy(qr).float().cuda().contiguous(), kc, ks, vc, vs)
@@ -259,7 +355,9 @@ def check_roundtrip_attention():
         p /= p.sum(-1, keepdims=True)
         r = np.einsum("bhqk,bhkd->bhqd", p, vd)
         err = np.linalg.norm(o - r) / np.linalg.norm(r)
-        report(f"roundtrip encode->attention->R^T D={d}", err < 1e-5, f"rel err {err:.2e}")
+        report(
+            f"roundtrip encode->attention->R^T D={d}", err < 1e-5, f"rel err {err:.2e}"
+        )
 
 
 if __name__ == "__main__":

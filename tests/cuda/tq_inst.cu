@@ -14,19 +14,29 @@ constexpr int D = TQ_D;
 
 template <typename F>
 static void by_dtype(int dtype, F&& f) {
-  if (dtype == 0) f(__half{});
-  else if (dtype == 1) f(__nv_bfloat16{});
-  else f(float{});
+  if (dtype == 0)
+    f(__half{});
+  else if (dtype == 1)
+    f(__nv_bfloat16{});
+  else
+    f(float{});
 }
 template <typename F>
 static void by_bits(int bits, F&& f) {
-  if (bits == 3) f(std::integral_constant<int, 3>{});
-  else f(std::integral_constant<int, 4>{});
+  if (bits == 3)
+    f(std::integral_constant<int, 3>{});
+  else
+    f(std::integral_constant<int, 4>{});
 }
 
 extern "C" int TQ_FN(tq_encode_d)(
-    const void* x, void* packed, void* scales, long long n, int bits,
-    int dtype, cudaStream_t st) {
+    const void* x,
+    void* packed,
+    void* scales,
+    long long n,
+    int bits,
+    int dtype,
+    cudaStream_t st) {
   int blocks = int((n + kEncodeWarps - 1) / kEncodeWarps);
   by_dtype(dtype, [&](auto tt) {
     using T = decltype(tt);
@@ -39,8 +49,14 @@ extern "C" int TQ_FN(tq_encode_d)(
 }
 
 extern "C" int TQ_FN(tq_decode_d)(
-    const void* packed, const void* scales, void* out, long long n, int bits,
-    int sdtype, int odtype, cudaStream_t st) {
+    const void* packed,
+    const void* scales,
+    void* out,
+    long long n,
+    int bits,
+    int sdtype,
+    int odtype,
+    cudaStream_t st) {
   int blocks = int((n + kEncodeWarps - 1) / kEncodeWarps);
   by_dtype(sdtype, [&](auto tt) {
     using T = decltype(tt);
@@ -55,13 +71,28 @@ extern "C" int TQ_FN(tq_decode_d)(
   return (int)cudaGetLastError();
 }
 
-// path: 0 vector (splits from p->num_splits), 1 full SIMT, 2 full TF32 tensor cores; cpt: 0 default
-// coordinates per thread of the vector kernel, 8 to force 8 with nq = 4
+// path: 0 vector (splits from p->num_splits), 1 full SIMT, 2 full TF32 tensor
+// cores; cpt: 0 default coordinates per thread of the vector kernel, 8 to force
+// 8 with nq = 4
 extern "C" int TQ_FN(tq_attn_d)(
-    const float* q, const uint32_t* kc, const void* ks, const uint32_t* vc,
-    const void* vs, const void* mask, const float* sinks, float* out,
-    float* part_o, float* part_ml, const AttnParams* pp, int kbits,
-    int vbits, int sdtype, int path, int nq, int cpt, cudaStream_t st) {
+    const float* q,
+    const uint32_t* kc,
+    const void* ks,
+    const uint32_t* vc,
+    const void* vs,
+    const void* mask,
+    const float* sinks,
+    float* out,
+    float* part_o,
+    float* part_ml,
+    const AttnParams* pp,
+    int kbits,
+    int vbits,
+    int sdtype,
+    int path,
+    int nq,
+    int cpt,
+    cudaStream_t st) {
   const AttnParams p = *pp;
   by_dtype(sdtype, [&](auto tt) {
     using T = decltype(tt);
@@ -72,7 +103,8 @@ extern "C" int TQ_FN(tq_attn_d)(
             auto kern = turbo_sdpa_full_tc<kb.value, vb.value, D, T>;
             int smem = tc_smem_bytes(D);
             cudaFuncSetAttribute(
-                (const void*)kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                (const void*)kern,
+                cudaFuncAttributeMaxDynamicSharedMemorySize,
                 smem);
             dim3 grid((p.qL + kTcBQ - 1) / kTcBQ, p.Hq, p.B);
             kern<<<grid, kTcThreads, smem, st>>>(
@@ -82,7 +114,8 @@ extern "C" int TQ_FN(tq_attn_d)(
           auto kern = turbo_sdpa_full<kb.value, vb.value, D, T>;
           int smem = full_smem_bytes(D);
           cudaFuncSetAttribute(
-              (const void*)kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+              (const void*)kern,
+              cudaFuncAttributeMaxDynamicSharedMemorySize,
               smem);
           dim3 grid((p.qL + kFullBQ - 1) / kFullBQ, p.Hq, p.B);
           kern<<<grid, kFullThreads, smem, st>>>(
@@ -91,14 +124,31 @@ extern "C" int TQ_FN(tq_attn_d)(
           dim3 grid(p.num_splits, p.Hkv * p.row_groups, p.B);
           const bool masked = p.mask_kind != 0 || (p.causal && p.qL > 1);
           auto launch = [&](auto nqc, auto cptc, auto mk) {
-            turbo_sdpa_vector<kb.value, vb.value, D, nqc.value, cptc.value,
-                              mk.value, T><<<grid, kVecThreads, 0, st>>>(
-                q, kc, (const T*)ks, vc, (const T*)vs, mask, sinks, out,
-                part_o, part_ml, p);
+            turbo_sdpa_vector<
+                kb.value,
+                vb.value,
+                D,
+                nqc.value,
+                cptc.value,
+                mk.value,
+                T><<<grid, kVecThreads, 0, st>>>(
+                q,
+                kc,
+                (const T*)ks,
+                vc,
+                (const T*)vs,
+                mask,
+                sinks,
+                out,
+                part_o,
+                part_ml,
+                p);
           };
           auto by_mask = [&](auto nqc, auto cptc) {
-            if (masked) launch(nqc, cptc, std::true_type{});
-            else launch(nqc, cptc, std::false_type{});
+            if (masked)
+              launch(nqc, cptc, std::true_type{});
+            else
+              launch(nqc, cptc, std::false_type{});
           };
           using I1 = std::integral_constant<int, 1>;
           using I2 = std::integral_constant<int, 2>;
@@ -107,14 +157,19 @@ extern "C" int TQ_FN(tq_attn_d)(
           using C8 = std::integral_constant<int, 8>;
           using C16 = std::integral_constant<int, 16>;
           using CD = std::integral_constant<int, vec_cpt(D, 1)>;
-          if (nq == 1) by_mask(I1{}, CD{});
-          else if (nq == 2) by_mask(I2{}, CD{});
-          else if (nq == 4 && cpt == 8) by_mask(I4{}, C8{});
-          else if (nq == 4) by_mask(I4{}, C16{});
-          else by_mask(I8{}, C8{});
+          if (nq == 1)
+            by_mask(I1{}, CD{});
+          else if (nq == 2)
+            by_mask(I2{}, CD{});
+          else if (nq == 4 && cpt == 8)
+            by_mask(I4{}, C8{});
+          else if (nq == 4)
+            by_mask(I4{}, C16{});
+          else
+            by_mask(I8{}, C8{});
           if (p.num_splits > 1) {
-            turbo_sdpa_combine<D><<<p.B * p.Hq * p.qL, 128, 0, st>>>(
-                part_o, part_ml, out, p);
+            turbo_sdpa_combine<D>
+                <<<p.B * p.Hq * p.qL, 128, 0, st>>>(part_o, part_ml, out, p);
           }
         }
       });

@@ -45,10 +45,16 @@ def encode(x, bits):
     d = x.shape[-1]
     x = x.contiguous()
     n = x.numel() // d
-    packed = torch.empty(x.shape[:-1] + (words(bits, d),), dtype=torch.int32, device=x.device)
+    packed = torch.empty(
+        x.shape[:-1] + (words(bits, d),), dtype=torch.int32, device=x.device
+    )
     scales = torch.empty(x.shape[:-1] + (1,), dtype=x.dtype, device=x.device)
-    _check(_lib.tq_encode(_ptr(x), _ptr(packed), _ptr(scales), n, d, bits, DT[x.dtype], _stream()),
-           "encode")
+    _check(
+        _lib.tq_encode(
+            _ptr(x), _ptr(packed), _ptr(scales), n, d, bits, DT[x.dtype], _stream()
+        ),
+        "encode",
+    )
     return packed, scales
 
 
@@ -56,23 +62,56 @@ def decode(packed, scales, bits, d, out_dtype=None, out=None):
     out_dtype = out_dtype or scales.dtype
     n = packed.numel() // packed.shape[-1]
     if out is None:
-        out = torch.empty(packed.shape[:-1] + (d,), dtype=out_dtype, device=packed.device)
-    _check(_lib.tq_decode(_ptr(packed), _ptr(scales), _ptr(out), n, d, bits, DT[scales.dtype],
-                          DT[out.dtype], _stream()), "decode")
+        out = torch.empty(
+            packed.shape[:-1] + (d,), dtype=out_dtype, device=packed.device
+        )
+    _check(
+        _lib.tq_decode(
+            _ptr(packed),
+            _ptr(scales),
+            _ptr(out),
+            n,
+            d,
+            bits,
+            DT[scales.dtype],
+            DT[out.dtype],
+            _stream(),
+        ),
+        "decode",
+    )
     return out
 
 
 class Attention:
     """Plans once (workspace allocated up front) and launches many times."""
 
-    def __init__(self, B, Hq, Hkv, qL, kL, D, kbits, vbits, scale, causal=False,
-                 mask=None, sinks=None, force_path=-1, force_splits=0, cpt=0, device="cuda"):
+    def __init__(
+        self,
+        B,
+        Hq,
+        Hkv,
+        qL,
+        kL,
+        D,
+        kbits,
+        vbits,
+        scale,
+        causal=False,
+        mask=None,
+        sinks=None,
+        force_path=-1,
+        force_splits=0,
+        cpt=0,
+        device="cuda",
+    ):
         self.args = (B, Hq, Hkv, qL, kL, D)
         self.kbits, self.vbits, self.scale, self.causal = kbits, vbits, scale, causal
         self.force_path, self.force_splits, self.cpt = force_path, force_splits, cpt
         nw = _lib.tq_workspace_floats(B, Hq, Hkv, qL, kL, D, force_path, force_splits)
         self.work = torch.empty(max(nw, 1), dtype=torch.float32, device=device)
-        self.splits = _lib.tq_num_splits(B, Hq, Hkv, qL, kL, D, force_path, force_splits)
+        self.splits = _lib.tq_num_splits(
+            B, Hq, Hkv, qL, kL, D, force_path, force_splits
+        )
         self.mask = mask
         self.sinks = sinks
         if mask is not None:
@@ -90,11 +129,32 @@ class Attention:
         if out is None:
             out = torch.empty((B, Hq, qL, D), dtype=torch.float32, device=q.device)
         rc = _lib.tq_attention(
-            _ptr(q), _ptr(kc), _ptr(ks), _ptr(vc), _ptr(vs), _ptr(self.mask_t),
+            _ptr(q),
+            _ptr(kc),
+            _ptr(ks),
+            _ptr(vc),
+            _ptr(vs),
+            _ptr(self.mask_t),
             ctypes.cast(self.mstr, ctypes.c_void_p) if self.mstr is not None else None,
-            _ptr(self.sinks), _ptr(out), _ptr(self.work),
-            B, Hq, Hkv, qL, kL, D, self.kbits, self.vbits, DT[ks.dtype],
-            ctypes.c_float(self.scale), int(self.causal), self.mask_kind,
-            self.force_path, self.force_splits, self.cpt, _stream())
+            _ptr(self.sinks),
+            _ptr(out),
+            _ptr(self.work),
+            B,
+            Hq,
+            Hkv,
+            qL,
+            kL,
+            D,
+            self.kbits,
+            self.vbits,
+            DT[ks.dtype],
+            ctypes.c_float(self.scale),
+            int(self.causal),
+            self.mask_kind,
+            self.force_path,
+            self.force_splits,
+            self.cpt,
+            _stream(),
+        )
         _check(rc, "attention")
         return out

@@ -12,11 +12,31 @@ import numpy as np
 
 SUPPORTED_D = (64, 80, 96, 128, 192, 256)
 
-C3 = np.array([-2.1520, -1.3440, -0.7560, -0.2451, 0.2451, 0.7560, 1.3440, 2.1520],
-              dtype=np.float32)
-C4 = np.array([-2.7326, -2.0690, -1.6180, -1.2562, -0.9424, -0.6568, -0.3881, -0.1284,
-               0.1284, 0.3881, 0.6568, 0.9424, 1.2562, 1.6180, 2.0690, 2.7326],
-              dtype=np.float32)
+C3 = np.array(
+    [-2.1520, -1.3440, -0.7560, -0.2451, 0.2451, 0.7560, 1.3440, 2.1520],
+    dtype=np.float32,
+)
+C4 = np.array(
+    [
+        -2.7326,
+        -2.0690,
+        -1.6180,
+        -1.2562,
+        -0.9424,
+        -0.6568,
+        -0.3881,
+        -0.1284,
+        0.1284,
+        0.3881,
+        0.6568,
+        0.9424,
+        1.2562,
+        1.6180,
+        2.0690,
+        2.7326,
+    ],
+    dtype=np.float32,
+)
 FLT_MAX = float(np.finfo(np.float32).max)
 
 
@@ -67,7 +87,7 @@ def rotation_f64(d):
     a = np.eye(d)
     a[:p, :p] = hp
     b = np.eye(d)
-    b[d - p:, d - p:] = hp
+    b[d - p :, d - p :] = hp
     return b @ s2 @ a @ s1
 
 
@@ -75,7 +95,7 @@ def rotation_f64(d):
 
 
 def _fwht_f32(y, off, p):
-    seg = y[:, off:off + p].copy()
+    seg = y[:, off : off + p].copy()
     n = seg.shape[0]
     h = 1
     while h < p:
@@ -87,7 +107,7 @@ def _fwht_f32(y, off, p):
         seg = s.reshape(n, p)
         h *= 2
     norm = np.float32(1) / np.sqrt(np.float32(p))
-    y[:, off:off + p] = seg * norm
+    y[:, off : off + p] = seg * norm
 
 
 def _seq_fma_sum_squares(v):
@@ -175,7 +195,10 @@ def unpack(w, bits, d):
 
 
 def decode_rotated_f64(w, scale, bits, d):
-    return scale[..., None].astype(np.float64) * codebook(bits).astype(np.float64)[unpack(w, bits, d)]
+    return (
+        scale[..., None].astype(np.float64)
+        * codebook(bits).astype(np.float64)[unpack(w, bits, d)]
+    )
 
 
 def decode_f64(w, scale, bits, d):
@@ -183,8 +206,9 @@ def decode_f64(w, scale, bits, d):
     return yhat @ rotation_f64(d)  # R^T yhat for row vectors
 
 
-def attention_f64(q, kw, ks, vw, vs, kbits, vbits, scale, causal=False,
-                  mask=None, sinks=None):
+def attention_f64(
+    q, kw, ks, vw, vs, kbits, vbits, scale, causal=False, mask=None, sinks=None
+):
     """q: (B,Hq,qL,D) rotated queries; kw/vw: (B,Hkv,kL,W); ks/vs: (B,Hkv,kL)
     float values of the stored scales; mask broadcastable to (B,Hq,qL,kL),
     bool or float. Returns (B,Hq,qL,D) in the rotated value space."""
@@ -207,7 +231,9 @@ def attention_f64(q, kw, ks, vw, vs, kbits, vbits, scale, causal=False,
         else:
             s = s + m.astype(np.float64)
     if sinks is not None:
-        sk = np.broadcast_to(sinks.astype(np.float64)[None, :, None, None], (b, hq, ql, 1))
+        sk = np.broadcast_to(
+            sinks.astype(np.float64)[None, :, None, None], (b, hq, ql, 1)
+        )
         s = np.concatenate([s, sk], axis=-1)
     mx = s.max(-1, keepdims=True)
     e = np.exp(s - mx)

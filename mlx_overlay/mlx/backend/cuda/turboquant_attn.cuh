@@ -193,17 +193,17 @@ void launch_attention(
   });
 }
 
-#define TURBO_DECLARE_ATTENTION(D)      \
+#define TURBO_DECLARE_ATTENTION(D)          \
   extern template void launch_attention<D>( \
-      const array&,                     \
-      const array&,                     \
-      const array&,                     \
-      const array&,                     \
-      const array&,                     \
-      array&,                           \
-      const AttnLaunch&,                \
-      int,                              \
-      int,                              \
+      const array&,                         \
+      const array&,                         \
+      const array&,                         \
+      const array&,                         \
+      const array&,                         \
+      array&,                               \
+      const AttnLaunch&,                    \
+      int,                                  \
+      int,                                  \
       cu::CommandEncoder&);
 
 TURBO_DECLARE_ATTENTION(64)

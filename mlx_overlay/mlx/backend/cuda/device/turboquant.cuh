@@ -21,8 +21,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
-#include <cstdint>
 #include <cfloat>
+#include <cstdint>
 
 namespace mlx::core::cu::turbo {
 
@@ -62,33 +62,57 @@ __host__ __device__ inline float centroid(int bits, int i) {
   // __constant__ table.
   if (bits == 3) {
     switch (i) {
-      case 0: return -2.1520f;
-      case 1: return -1.3440f;
-      case 2: return -0.7560f;
-      case 3: return -0.2451f;
-      case 4: return 0.2451f;
-      case 5: return 0.7560f;
-      case 6: return 1.3440f;
-      default: return 2.1520f;
+      case 0:
+        return -2.1520f;
+      case 1:
+        return -1.3440f;
+      case 2:
+        return -0.7560f;
+      case 3:
+        return -0.2451f;
+      case 4:
+        return 0.2451f;
+      case 5:
+        return 0.7560f;
+      case 6:
+        return 1.3440f;
+      default:
+        return 2.1520f;
     }
   }
   switch (i) {
-    case 0: return -2.7326f;
-    case 1: return -2.0690f;
-    case 2: return -1.6180f;
-    case 3: return -1.2562f;
-    case 4: return -0.9424f;
-    case 5: return -0.6568f;
-    case 6: return -0.3881f;
-    case 7: return -0.1284f;
-    case 8: return 0.1284f;
-    case 9: return 0.3881f;
-    case 10: return 0.6568f;
-    case 11: return 0.9424f;
-    case 12: return 1.2562f;
-    case 13: return 1.6180f;
-    case 14: return 2.0690f;
-    default: return 2.7326f;
+    case 0:
+      return -2.7326f;
+    case 1:
+      return -2.0690f;
+    case 2:
+      return -1.6180f;
+    case 3:
+      return -1.2562f;
+    case 4:
+      return -0.9424f;
+    case 5:
+      return -0.6568f;
+    case 6:
+      return -0.3881f;
+    case 7:
+      return -0.1284f;
+    case 8:
+      return 0.1284f;
+    case 9:
+      return 0.3881f;
+    case 10:
+      return 0.6568f;
+    case 11:
+      return 0.9424f;
+    case 12:
+      return 1.2562f;
+    case 13:
+      return 1.6180f;
+    case 14:
+      return 2.0690f;
+    default:
+      return 2.7326f;
   }
 }
 
@@ -131,7 +155,8 @@ __device__ inline int slot_code(uint32_t a, uint32_t b, int c) {
 
 // Loads the words holding slot s (coordinates 8s..8s+7) of a packed vector.
 template <int BITS, int D>
-__device__ inline void load_slot(const uint32_t* vec, int s, uint32_t& a, uint32_t& b) {
+__device__ inline void
+load_slot(const uint32_t* vec, int s, uint32_t& a, uint32_t& b) {
   if constexpr (BITS == 4) {
     a = __ldg(vec + s);
     b = 0;
@@ -239,7 +264,8 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_encode(
     int k = 0;
 #pragma unroll
     for (int j = 0; j < NL - 1; j++) {
-      float b = __fmul_rn(__fadd_rn(centroid(BITS, j), centroid(BITS, j + 1)), 0.5f);
+      float b =
+          __fmul_rn(__fadd_rn(centroid(BITS, j), centroid(BITS, j + 1)), 0.5f);
       k += (z > b) ? 1 : 0;
     }
     idx[i] = uint8_t(k);
@@ -382,12 +408,14 @@ __device__ inline float apply_mask(
   }
   if (p.mask_kind == kMaskBool) {
     const bool* m = static_cast<const bool*>(mask);
-    if (!m[b * p.m_str[0] + h * p.m_str[1] + qi * p.m_str[2] + j * p.m_str[3]]) {
+    if (!m[b * p.m_str[0] + h * p.m_str[1] + qi * p.m_str[2] +
+           j * p.m_str[3]]) {
       return -FLT_MAX;
     }
   } else if (p.mask_kind == kMaskFloat) {
     const float* m = static_cast<const float*>(mask);
-    s += kLog2e * m[b * p.m_str[0] + h * p.m_str[1] + qi * p.m_str[2] + j * p.m_str[3]];
+    s += kLog2e *
+        m[b * p.m_str[0] + h * p.m_str[1] + qi * p.m_str[2] + j * p.m_str[3]];
   }
   return s;
 }
@@ -873,7 +901,8 @@ __global__ void __launch_bounds__(kFullThreads) turbo_sdpa_full(
     int qi = q0 + r;
     float v = 0.0f;
     if (qi < p.qL) {
-      v = q[b * p.q_str[0] + h * p.q_str[1] + qi * p.q_str[2] + d] * p.scale_log2;
+      v = q[b * p.q_str[0] + h * p.q_str[1] + qi * p.q_str[2] + d] *
+          p.scale_log2;
     }
     Qs[d * BQ + r] = v;
   }
@@ -980,8 +1009,8 @@ __global__ void __launch_bounds__(kFullThreads) turbo_sdpa_full(
 #pragma unroll
       for (int c = 0; c < 4; c++) {
         int j = k0 + 4 * tx + c;
-        float sc = j < p.kL ? apply_mask(s[a][c], p, mask, b, h, qic, j)
-                            : -INFINITY;
+        float sc =
+            j < p.kL ? apply_mask(s[a][c], p, mask, b, h, qic, j) : -INFINITY;
         s[a][c] = sc;
         mt = fmaxf(mt, sc);
       }
@@ -1108,7 +1137,8 @@ __global__ void __launch_bounds__(kTcThreads) turbo_sdpa_full_tc(
     int d = e % D;
     int qi = q0 + r;
     Qs[r * LD + d] = qi < p.qL
-        ? q[b * p.q_str[0] + h * p.q_str[1] + qi * p.q_str[2] + d] * p.scale_log2
+        ? q[b * p.q_str[0] + h * p.q_str[1] + qi * p.q_str[2] + d] *
+            p.scale_log2
         : 0.0f;
     Os[r * LD + d] = 0.0f;
   }
@@ -1139,7 +1169,13 @@ __global__ void __launch_bounds__(kTcThreads) turbo_sdpa_full_tc(
   const T* vsb = vs + b * p.vs_str[0] + hk * p.vs_str[1];
 
   // The query fragments of this warp, reused for every key tile.
-  wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>
+  wmma::fragment<
+      wmma::matrix_a,
+      16,
+      16,
+      8,
+      wmma::precision::tf32,
+      wmma::row_major>
       qa[D / 8];
   __syncthreads();
 #pragma unroll
@@ -1194,7 +1230,13 @@ __global__ void __launch_bounds__(kTcThreads) turbo_sdpa_full_tc(
       wmma::fill_fragment(acc, 0.0f);
 #pragma unroll
       for (int k = 0; k < D / 8; k++) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major>
+        wmma::fragment<
+            wmma::matrix_b,
+            16,
+            16,
+            8,
+            wmma::precision::tf32,
+            wmma::col_major>
             kb;
         wmma::load_matrix_sync(kb, Ks + 16 * t * LD + 8 * k, LD);
 #pragma unroll
@@ -1203,7 +1245,8 @@ __global__ void __launch_bounds__(kTcThreads) turbo_sdpa_full_tc(
         }
         wmma::mma_sync(acc, qa[k], kb, acc);
       }
-      wmma::store_matrix_sync(Ss + 16 * warp * LS + 16 * t, acc, LS, wmma::mem_row_major);
+      wmma::store_matrix_sync(
+          Ss + 16 * warp * LS + 16 * t, acc, LS, wmma::mem_row_major);
     }
     __syncwarp();
 
@@ -1214,7 +1257,8 @@ __global__ void __launch_bounds__(kTcThreads) turbo_sdpa_full_tc(
 #pragma unroll 8
     for (int c = 0; c < 32; c++) {
       int j = k0 + 32 * half + c;
-      float sc = j < p.kL ? apply_mask(srow[c], p, mask, b, h, my_qi, j) : -INFINITY;
+      float sc =
+          j < p.kL ? apply_mask(srow[c], p, mask, b, h, my_qi, j) : -INFINITY;
       srow[c] = sc;
       mt = fmaxf(mt, sc);
     }
@@ -1242,7 +1286,13 @@ __global__ void __launch_bounds__(kTcThreads) turbo_sdpa_full_tc(
     __syncwarp();
 
     // O += P V for this warp's 16 rows.
-    wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>
+    wmma::fragment<
+        wmma::matrix_a,
+        16,
+        16,
+        8,
+        wmma::precision::tf32,
+        wmma::row_major>
         pa[BK / 8];
 #pragma unroll
     for (int k = 0; k < BK / 8; k++) {
@@ -1255,10 +1305,17 @@ __global__ void __launch_bounds__(kTcThreads) turbo_sdpa_full_tc(
 #pragma unroll
     for (int t = 0; t < D / 16; t++) {
       wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
-      wmma::load_matrix_sync(acc, Os + 16 * warp * LD + 16 * t, LD, wmma::mem_row_major);
+      wmma::load_matrix_sync(
+          acc, Os + 16 * warp * LD + 16 * t, LD, wmma::mem_row_major);
 #pragma unroll
       for (int k = 0; k < BK / 8; k++) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major>
+        wmma::fragment<
+            wmma::matrix_b,
+            16,
+            16,
+            8,
+            wmma::precision::tf32,
+            wmma::row_major>
             vb;
         wmma::load_matrix_sync(vb, Vs + 8 * k * LD + 16 * t, LD);
 #pragma unroll
@@ -1267,7 +1324,8 @@ __global__ void __launch_bounds__(kTcThreads) turbo_sdpa_full_tc(
         }
         wmma::mma_sync(acc, pa[k], vb, acc);
       }
-      wmma::store_matrix_sync(Os + 16 * warp * LD + 16 * t, acc, LD, wmma::mem_row_major);
+      wmma::store_matrix_sync(
+          Os + 16 * warp * LD + 16 * t, acc, LD, wmma::mem_row_major);
     }
     __syncwarp();
   }
