@@ -11,6 +11,8 @@
 #                               nlohmann/json v3.11.3 (~3 MB compressed)
 #         debs/                 OpenBLAS + LAPACKE (Debian bookworm) for a
 #                               machine without a system BLAS (~13 MB)
+#   tools/cuda_build_on_device.sh prepare-deps [DIR]
+#       Only mlx_cuda_deps.tar.xz (what tools/cuda_deps.sh needs).
 #   tools/cuda_build_on_device.sh build [DIR] [--jobs N] [--arch A]
 #                                       [--targets "t1 t2" | turbo] [--deadline S]
 #       On the CUDA machine (no network): unpacks, copies mlx_overlay/,
@@ -80,6 +82,7 @@ prepare() {
   get_src nlohmann/json "$JSON_TAG" json "$tmp" CMakeLists.txt cmake single_include LICENSE.MIT nlohmann_json.natvis meson.build
   (cd "$tmp" && tar cf - cccl cutlass cudnn-frontend fmt json nvtx) | xz -T2 -6 >"$out/mlx_cuda_deps.tar.xz"
   rm -rf "$tmp"
+  [[ "${TQ_DEPS_ONLY:-0}" == 1 ]] && { du -sh "$out"/*; return 0; }
   echo "== MLX sources"
   local src="${TURBOQUANT_MLX_SRC:-}"
   if [[ -z "$src" ]]; then
@@ -201,7 +204,8 @@ build() {
 
 case "$cmd" in
   prepare) prepare "$@" ;;
+  prepare-deps) TQ_DEPS_ONLY=1 prepare "$@" ;;
   build) build "$@" ;;
   cmake-args) cmake_args "${1:?deps dir}" ;;
-  *) sed -n 2,28p "$0"; exit 2 ;;
+  *) sed -n 2,34p "$0"; exit 2 ;;
 esac

@@ -6,7 +6,7 @@
 # Uses (in build.sh's scope): CACHE, ROOT, CMAKE_ARGS_LIST.
 # Deps come from $TURBOQUANT_CUDA_DEPS (an unpacked dir), else are unpacked
 # from $ROOT/.cuda_deps/mlx_cuda_deps.tar.xz, else prepared with
-# tools/cuda_build_on_device.sh prepare (git mirrors or network).
+# tools/cuda_build_on_device.sh prepare-deps (git mirrors or network).
 #
 # Why not the system fmt: Debian/Ubuntu's fmt 9 fails under nvcc 13 in
 # mlx/backend/cuda/lru_cache.h ("call to consteval function ... did not
@@ -19,8 +19,8 @@
 _tq_cuda_deps="${TURBOQUANT_CUDA_DEPS:-$CACHE/deps/cuda}"
 if [[ ! -d "$_tq_cuda_deps/cccl/include/cuda" ]]; then
   if [[ ! -f "$ROOT/.cuda_deps/mlx_cuda_deps.tar.xz" ]]; then
-    echo "    preparing offline CUDA dependencies (tools/cuda_build_on_device.sh prepare)"
-    bash "$ROOT/tools/cuda_build_on_device.sh" prepare "$ROOT/.cuda_deps" >/dev/null ||
+    echo "    preparing offline CUDA dependencies (tools/cuda_build_on_device.sh prepare-deps)"
+    bash "$ROOT/tools/cuda_build_on_device.sh" prepare-deps "$ROOT/.cuda_deps" >/dev/null ||
       die "could not prepare the CUDA dependencies (see docs/cuda.md)"
   fi
   mkdir -p "$_tq_cuda_deps"
