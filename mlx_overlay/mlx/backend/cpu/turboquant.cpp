@@ -41,7 +41,10 @@ void encode_rows(
       for (int i = 0; i < dim; ++i) {
         float v = static_cast<float>(xr[i]);
         y[i] = v;
-        n2 += v * v;
+        // Separate product and sum: no fused multiply-add, so every
+        // backend rounds the norm the same way (docs/format.md).
+        float sq = v * v;
+        n2 += sq;
       }
       float n = std::sqrt(n2);
       for (int i = 0; i < dim; ++i) {
@@ -56,7 +59,8 @@ void encode_rows(
           code += z > bounds[j];
         }
         codes[i] = code;
-        rho2 += c[code] * c[code];
+        float c2 = c[code] * c[code];
+        rho2 += c2;
       }
       // A NaN or Inf anywhere makes n non-finite: keep it visible.
       float scale = std::isfinite(n) ? n / std::sqrt(rho2) : NAN;
