@@ -201,17 +201,14 @@ array quantized_scaled_dot_product_attention(
           " expected to have at most rank 4.");
     }
     Shape mask_shape{B, n_q_heads, qL, kL};
+    bool broadcastable;
     try {
-      broadcast_shapes(mask_arr->shape(), mask_shape);
+      broadcastable =
+          broadcast_shapes(mask_arr->shape(), mask_shape) == mask_shape;
     } catch (const std::invalid_argument&) {
-      fail(
-          "the mask with shape ",
-          mask_arr->shape(),
-          " cannot be broadcast to ",
-          mask_shape,
-          ".");
+      broadcastable = false;
     }
-    if (broadcast_shapes(mask_arr->shape(), mask_shape) != mask_shape) {
+    if (!broadcastable) {
       fail(
           "the mask with shape ",
           mask_arr->shape(),
