@@ -8,87 +8,34 @@ harness. Written from the spec, independent of the kernels.
 * `decode_f64` and `attention_f64` are float64 references.
 """
 
+import os
+import sys
+
 import numpy as np
 
-SUPPORTED_D = (64, 80, 96, 128, 192, 256)
+# Constants, signs and the rotation come from the project's spec reference
+# (tests/reference.py) so that one transcription of docs/format.md serves both.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import reference as _spec  # noqa: E402
 
-C3 = np.array(
-    [-2.1520, -1.3440, -0.7560, -0.2451, 0.2451, 0.7560, 1.3440, 2.1520],
-    dtype=np.float32,
-)
-C4 = np.array(
-    [
-        -2.7326,
-        -2.0690,
-        -1.6180,
-        -1.2562,
-        -0.9424,
-        -0.6568,
-        -0.3881,
-        -0.1284,
-        0.1284,
-        0.3881,
-        0.6568,
-        0.9424,
-        1.2562,
-        1.6180,
-        2.0690,
-        2.7326,
-    ],
-    dtype=np.float32,
-)
+SUPPORTED_D = _spec.SUPPORTED_DIMS
 FLT_MAX = float(np.finfo(np.float32).max)
+signs = _spec.signs
+boundaries = _spec.boundaries
+pow2_floor = _spec.stage_size
 
 
 def codebook(bits):
-    return C3 if bits == 3 else C4
-
-
-def boundaries(bits):
-    c = codebook(bits)
-    return ((c[:-1] + c[1:]).astype(np.float32) * np.float32(0.5)).astype(np.float32)
-
-
-def pow2_floor(d):
-    p = 1
-    while p * 2 <= d:
-        p *= 2
-    return p
+    return _spec.CODEBOOK[bits]
 
 
 def words(bits, d):
-    return d // 8 if bits == 4 else d // 16 + (d + 31) // 32
-
-
-def signs(t, d):
-    i = np.arange(d, dtype=np.uint64)
-    m = np.uint64(0xFFFFFFFF)
-    h = ((i + 1) * 0x9E3779B1 + t * 0x7F4A7C15) & m
-    h ^= h >> np.uint64(16)
-    h = (h * 0x85EBCA6B) & m
-    h ^= h >> np.uint64(13)
-    h = (h * 0xC2B2AE35) & m
-    h ^= h >> np.uint64(16)
-    return np.where(h & np.uint64(1), -1.0, 1.0)
-
-
-def hadamard(p):
-    i = np.arange(p)
-    pc = np.vectorize(lambda v: bin(v).count("1"))(i[:, None] & i[None, :])
-    return np.where(pc % 2, -1.0, 1.0)
+    return _spec.packed_width(d, bits)
 
 
 def rotation_f64(d):
-    """R as a float64 matrix (y = R x)."""
-    p = pow2_floor(d)
-    hp = hadamard(p) / np.sqrt(p)
-    s1 = np.diag(signs(1, d))
-    s2 = np.diag(signs(2, d))
-    a = np.eye(d)
-    a[:p, :p] = hp
-    b = np.eye(d)
-    b[d - p :, d - p :] = hp
-    return b @ s2 @ a @ s1
+    """R as a float64 matrix (y = R x); a fresh copy the caller may modify."""
+    return _spec.rot(d).copy()
 
 
 # ---------------------------------------------------------------- float32 encoder
@@ -196,8 +143,7 @@ def unpack(w, bits, d):
 
 def decode_rotated_f64(w, scale, bits, d):
     return (
-        scale[..., None].astype(np.float64)
-        * codebook(bits).astype(np.float64)[unpack(w, bits, d)]
+        scale[..., None].astype(np.float64) * codebook(bits).astype(np.float64)[unpack(w, bits, d)]
     )
 
 
@@ -206,9 +152,7 @@ def decode_f64(w, scale, bits, d):
     return yhat @ rotation_f64(d)  # R^T yhat for row vectors
 
 
-def attention_f64(
-    q, kw, ks, vw, vs, kbits, vbits, scale, causal=False, mask=None, sinks=None
-):
+def attention_f64(q, kw, ks, vw, vs, kbits, vbits, scale, causal=False, mask=None, sinks=None):
     """q: (B,Hq,qL,D) rotated queries; kw/vw: (B,Hkv,kL,W); ks/vs: (B,Hkv,kL)
     float values of the stored scales; mask broadcastable to (B,Hq,qL,kL),
     bool or float. Returns (B,Hq,qL,D) in the rotated value space."""
@@ -231,9 +175,7 @@ def attention_f64(
         else:
             s = s + m.astype(np.float64)
     if sinks is not None:
-        sk = np.broadcast_to(
-            sinks.astype(np.float64)[None, :, None, None], (b, hq, ql, 1)
-        )
+        sk = np.broadcast_to(sinks.astype(np.float64)[None, :, None, None], (b, hq, ql, 1))
         s = np.concatenate([s, sk], axis=-1)
     mx = s.max(-1, keepdims=True)
     e = np.exp(s - mx)
