@@ -20,6 +20,8 @@ JOBS="${CMAKE_BUILD_PARALLEL_LEVEL:-$(getconf _NPROCESSORS_ONLN 2>/dev/null || e
 CUDA=0
 INSTALL=1
 DEPS=1
+OFFLINE="${TURBOQUANT_OFFLINE:-0}"
+WHEELS="${TURBOQUANT_WHEELS:-}"
 WITH_MLX_LM="${TURBOQUANT_WITH_MLX_LM:-1}"
 THROUGH=""
 
@@ -41,6 +43,13 @@ Options:
   --no-install     Build the wheel only.
   --no-mlx-lm      Do not build/install the patched mlx-lm (tools/build_mlx_lm.sh).
   --skip-deps      Do not install system packages (only check them).
+  --offline        No network: no apt-get, no downloads. The venv is made with
+                   --system-site-packages and the Python build requirements
+                   must be there already or in --wheels DIR. A --cuda build
+                   takes its CMake dependencies from .cuda_deps/ (docs/cuda.md).
+                   Env: TURBOQUANT_OFFLINE=1.
+  --wheels DIR     Install the Python build requirements from wheels in DIR
+                   (pip --no-index --find-links DIR). Env: TURBOQUANT_WHEELS.
   -h, --help       This help.
 
 Cache: \$TURBOQUANT_CACHE (default ~/.cache/turboquant-mlx): the MLX clone,
@@ -59,6 +68,8 @@ while [[ $# -gt 0 ]]; do
     --no-install) INSTALL=0; shift ;;
     --no-mlx-lm) WITH_MLX_LM=0; shift ;;
     --skip-deps) DEPS=0; shift ;;
+    --offline) OFFLINE=1; shift ;;
+    --wheels) WHEELS="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "build.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -75,22 +86,35 @@ mkdir -p "$CACHE"
 # ---------------------------------------------------------------------------
 stage "Checking prerequisites"
 if [[ "$OS" == "Linux" ]]; then
-  APT_PKGS=(git cmake ninja-build g++ ccache libopenblas-dev liblapacke-dev nlohmann-json3-dev libfmt-dev python3-venv)
+  # What the Linux build needs, checked by the files it uses (so an image that
+  # ships them without Debian packages works too), with the Debian package
+  # that provides each. fmt and nlohmann/json come from the CUDA dependency
+  # bundle in a --cuda build (tools/cuda_deps.sh), so they are not needed then.
+  has_header() { compgen -G "/usr/include/$1" >/dev/null || compgen -G "/usr/include/*/$1" >/dev/null; }
+  has_lib() { compgen -G "/usr/lib/*/$1" >/dev/null || compgen -G "/usr/lib/$1" >/dev/null; }
   missing=()
-  if command -v dpkg-query >/dev/null; then
-    for p in "${APT_PKGS[@]}"; do
-      dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
+  for t in git cmake g++; do command -v "$t" >/dev/null || missing+=("$t"); done
+  command -v ninja >/dev/null || missing+=(ninja-build)
+  { has_header cblas.h || has_header 'openblas*/cblas.h'; } && has_lib 'libopenblas.so*' || missing+=(libopenblas-dev)
+  has_header lapacke.h || has_header 'openblas*/lapacke.h' || missing+=(liblapacke-dev)
+  if [[ $CUDA -eq 0 ]]; then
+    has_header nlohmann/json.hpp || missing+=(nlohmann-json3-dev)
+    has_header fmt/format.h || missing+=(libfmt-dev)
   fi
-  if [[ ${#missing[@]} -gt 0 ]]; then
-    if [[ $DEPS -eq 1 && $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-      echo "    installing: ${missing[*]}"
-      apt-get update -qq >/dev/null
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    else
-      die "missing packages: ${missing[*]}. Install them with: sudo apt-get install ${missing[*]}"
+  "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+  # ccache only speeds up rebuilds: install it where we can, never require it.
+  want_ccache=()
+  command -v ccache >/dev/null || want_ccache=(ccache)
+  if [[ ${#missing[@]} -gt 0 || ${#want_ccache[@]} -gt 0 ]] && [[ $OFFLINE -eq 0 && $DEPS -eq 1 && $(id -u) -eq 0 ]] &&
+     command -v apt-get >/dev/null; then
+    echo "    installing: ${missing[*]} ${want_ccache[*]}"
+    if apt-get update -qq >/dev/null 2>&1 &&
+       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" "${want_ccache[@]}" >/dev/null; then
+      missing=()
     fi
   fi
+  [[ ${#missing[@]} -eq 0 ]] ||
+    die "missing: ${missing[*]}. Install them with: sudo apt-get install ${missing[*]}"
 fi
 for tool in git cmake "$PYTHON"; do
   command -v "$tool" >/dev/null || die "'$tool' not found on PATH"
@@ -127,13 +151,18 @@ fi
 has_tag "$MIRROR" || die "$MIRROR has no tag ${MLX_TAG}"
 
 # ---------------------------------------------------------------------------
-stage "Creating a fresh work tree and applying overlay + patches"
+stage "Assembling the patched work tree (MLX tag + overlay + patches)"
 WORK="$CACHE/work/mlx"
-rm -rf "$WORK"
+STAGING="$CACHE/work/staging"
+# The patched tree is assembled from scratch in STAGING, then copied into WORK
+# file by file, touching only files whose content changed: WORK keeps its
+# build directory, so a rebuild (or a build interrupted and run again)
+# recompiles only what the change affects, with or without ccache.
+rm -rf "$STAGING"
 mkdir -p "$(dirname "$WORK")"
-git clone -q --no-checkout "$MIRROR" "$WORK"
-git -C "$WORK" -c advice.detachedHead=false checkout -q "$MLX_TAG"
-cp -R "$ROOT/mlx_overlay/." "$WORK/"
+git clone -q --no-checkout "$MIRROR" "$STAGING"
+git -C "$STAGING" -c advice.detachedHead=false checkout -q "$MLX_TAG"
+cp -R "$ROOT/mlx_overlay/." "$STAGING/"
 n_applied=0
 for p in "$ROOT"/patches/[0-9][0-9][0-9][0-9]-*.patch; do
   [[ -e "$p" ]] || continue
@@ -141,21 +170,49 @@ for p in "$ROOT"/patches/[0-9][0-9][0-9][0-9]-*.patch; do
   if [[ -n "$THROUGH" && "$((10#$num))" -gt "$((10#$THROUGH))" ]]; then
     continue
   fi
-  git -C "$WORK" apply --whitespace=nowarn "$p" ||
+  git -C "$STAGING" apply --whitespace=nowarn "$p" ||
     die "patch $(basename "$p") does not apply to MLX ${MLX_TAG}"
   n_applied=$((n_applied + 1))
 done
+# A build of another kind (CPU vs CUDA) in the same tree would reconfigure
+# everything anyway: start that one from a clean tree.
+kind="cuda=$CUDA"
+if [[ -f "$WORK/.turboquant-kind" && "$(cat "$WORK/.turboquant-kind")" != "$kind" ]]; then
+  rm -rf "$WORK"
+fi
+"$PYTHON" "$ROOT/tools/sync_tree.py" "$STAGING" "$WORK" ||
+  die "could not update the work tree $WORK"
+echo "$kind" >"$WORK/.turboquant-kind"
+rm -rf "$STAGING"
 echo "    overlay copied, $n_applied patches applied in $WORK"
 
 # ---------------------------------------------------------------------------
 stage "Preparing the build environment"
 if [[ ! -x "$VENV/bin/python" ]]; then
-  "$PYTHON" -m venv "$VENV"
+  if [[ $OFFLINE -eq 1 ]]; then
+    # Offline, the interpreter's own packages (numpy, setuptools, ...) are all there is.
+    "$PYTHON" -m venv --system-site-packages "$VENV"
+  else
+    "$PYTHON" -m venv "$VENV"
+  fi
 fi
 VPY="$VENV/bin/python"
-"$VPY" -m pip install -q -U --disable-pip-version-check \
-  "nanobind==${NANOBIND_VERSION}" "setuptools>=80" wheel typing_extensions numpy pytest ||
-  die "could not install the Python build requirements into $VENV"
+BUILD_REQS=("nanobind==${NANOBIND_VERSION}" "setuptools>=80" wheel typing_extensions numpy pytest)
+PIP_SRC=()
+[[ -n "$WHEELS" ]] && PIP_SRC=(--no-index --find-links "$WHEELS")
+if [[ $OFFLINE -eq 1 && -z "$WHEELS" ]]; then
+  "$VPY" - "$NANOBIND_VERSION" <<'EOF' ||
+import sys, importlib.metadata as md
+import setuptools, wheel, numpy, typing_extensions, pytest  # noqa: F401
+assert md.version("nanobind") == sys.argv[1], f"nanobind {md.version('nanobind')} != {sys.argv[1]}"
+EOF
+    die "offline: the Python build requirements (${BUILD_REQS[*]}) are not all in $VENV; pass --wheels DIR"
+else
+  upgrade=(-U)
+  [[ -n "$WHEELS" ]] && upgrade=()
+  "$VPY" -m pip install -q "${upgrade[@]}" --disable-pip-version-check "${PIP_SRC[@]}" "${BUILD_REQS[@]}" ||
+    die "could not install the Python build requirements into $VENV"
+fi
 CMAKE_ARGS_LIST=(-G Ninja)
 if command -v ccache >/dev/null; then
   export CCACHE_DIR="${CCACHE_DIR:-$CACHE/ccache}"

@@ -1,26 +1,22 @@
 #!/usr/bin/env bash
-# Offline CUDA build of the patched MLX (docs/cuda.md, "Building MLX with
-# CUDA offline").
+# Offline inputs for the CUDA build of the patched MLX (docs/cuda.md,
+# "Building MLX with CUDA offline").
 #
 #   tools/cuda_build_on_device.sh prepare [DIR]
-#       Here, with network or the git mirrors: writes DIR (default
-#       .cuda_deps, git-ignored via .git/info/exclude) with
-#         mlx_src.tar.xz        MLX v0.32.1 sources (no docs/examples)
+#       Here, with network or the git mirrors under /work/.mirror: writes DIR
+#       (default .cuda_deps, git-ignored via .git/info/exclude) with
 #         mlx_cuda_deps.tar.xz  CCCL v3.1.3 headers, CUTLASS v4.4.2 headers,
 #                               cudnn-frontend v1.16.0, NVTX 3.1, fmt 12.1.0,
 #                               nlohmann/json v3.11.3 (~3 MB compressed)
-#         debs/                 OpenBLAS + LAPACKE (Debian bookworm) for a
-#                               machine without a system BLAS (~13 MB)
+#         mlx.git               MLX v0.32.1, a shallow bare clone (~5 MB)
+#         wheels/               nanobind 2.13.0, setuptools, wheel (~1 MB)
+#       Then, on a CUDA machine without network (the device: carry .cuda_deps):
+#         ./build.sh --cuda --offline --wheels .cuda_deps/wheels \
+#                    --mlx-src .cuda_deps/mlx.git --no-mlx-lm
 #   tools/cuda_build_on_device.sh prepare-deps [DIR]
 #       Only mlx_cuda_deps.tar.xz (what tools/cuda_deps.sh needs).
-#   tools/cuda_build_on_device.sh build [DIR] [--jobs N] [--arch A]
-#                                       [--targets "t1 t2" | turbo] [--deadline S]
-#       On the CUDA machine (no network): unpacks, copies mlx_overlay/,
-#       applies patches/NNNN-*.patch, configures with FetchContent pointed at
-#       the unpacked sources, and runs ninja (all targets, or --targets, until
-#       --deadline seconds if given). Work dir: $TQ_CUDA_WORK (/tmp/tqcuda).
 #   tools/cuda_build_on_device.sh cmake-args DIR
-#       Prints the -D overrides for an existing unpacked deps dir (used by
+#       Prints the -D overrides for an unpacked deps dir (used by
 #       tools/cuda_deps.sh for ./build.sh --cuda).
 set -uo pipefail
 
@@ -35,6 +31,7 @@ CUDNN_FE_TAG=v1.16.0
 FMT_TAG=12.1.0
 JSON_TAG=v3.11.3
 NVTX_TAG=v3.1.1
+MLX_TAG=v0.32.1
 
 die() { echo "error: $*" >&2; exit 1; }
 
@@ -83,23 +80,20 @@ prepare() {
   (cd "$tmp" && tar cf - cccl cutlass cudnn-frontend fmt json nvtx) | xz -T2 -6 >"$out/mlx_cuda_deps.tar.xz"
   rm -rf "$tmp"
   [[ "${TQ_DEPS_ONLY:-0}" == 1 ]] && { du -sh "$out"/*; return 0; }
-  echo "== MLX sources"
+  echo "== MLX ${MLX_TAG} (shallow bare clone)"
   local src="${TURBOQUANT_MLX_SRC:-}"
   if [[ -z "$src" ]]; then
-    for c in /tmp/mlx-ref "${XDG_CACHE_HOME:-$HOME/.cache}/turboquant-mlx/mlx.git"; do
+    for c in "$MIRRORS/ml-explore+mlx/repo" "${XDG_CACHE_HOME:-$HOME/.cache}/turboquant-mlx/mlx.git"; do
       [[ -e "$c" ]] && { src="$c"; break; }
     done
   fi
-  [[ -n "$src" ]] || die "set TURBOQUANT_MLX_SRC to an MLX v0.32.1 git checkout"
-  git -C "$src" archive --prefix=mlx/ v0.32.1 -- . ':!docs' ':!examples' ':!benchmarks' ':!.github' 2>/dev/null |
-    xz -T2 -6 >"$out/mlx_src.tar.xz" ||
-    git -C "$src" archive --prefix=mlx/ HEAD -- . ':!docs' ':!examples' ':!benchmarks' ':!.github' |
-    xz -T2 -6 >"$out/mlx_src.tar.xz"
-  echo "== BLAS / LAPACK packages (for machines without them)"
-  mkdir -p "$out/debs"
-  (cd "$out/debs" && apt-get download libopenblas0-pthread libopenblas-pthread-dev \
-    libopenblas-dev liblapacke-dev libgfortran5 libquadmath0 2>&1 | tail -1) ||
-    echo "  (apt-get download failed: the build then needs a system BLAS/LAPACK)"
+  rm -rf "$out/mlx.git"
+  git clone -q --bare --depth 1 --branch "$MLX_TAG" "file://${src:-/nonexistent}" "$out/mlx.git" 2>/dev/null ||
+    git clone -q --bare --depth 1 --branch "$MLX_TAG" https://github.com/ml-explore/mlx.git "$out/mlx.git" ||
+    die "cannot get MLX ${MLX_TAG} (set TURBOQUANT_MLX_SRC to an MLX git repository)"
+  echo "== Python build requirements (wheels)"
+  python3 -m pip download -q --no-deps -d "$out/wheels" nanobind==2.13.0 "setuptools>=80" wheel ||
+    die "cannot download the wheels"
   du -sh "$out"/*
 }
 
@@ -115,97 +109,9 @@ cmake_args() {
     "-DUSE_SYSTEM_FMT=OFF"
 }
 
-build() {
-  local dir="$ROOT/.cuda_deps" jobs="" arch="90a" targets="" deadline=""
-  if [[ $# -gt 0 && "$1" != --* ]]; then dir="$1"; shift; fi
-  while [[ $# -gt 0 ]]; do
-    case "$1" in
-      --jobs) jobs="$2"; shift 2 ;;
-      --arch) arch="$2"; shift 2 ;;
-      --targets) targets="$2"; shift 2 ;;
-      --deadline) deadline="$2"; shift 2 ;;
-      *) die "unknown option $1" ;;
-    esac
-  done
-  jobs="${jobs:-$(nproc)}"
-  local work="${TQ_CUDA_WORK:-/tmp/tqcuda}"
-  local t0=$SECONDS
-  mkdir -p "$work"
-  command -v nvcc >/dev/null || die "nvcc not on PATH"
-  echo "== unpack into $work"
-  if [[ ! -d "$work/deps/cccl" ]]; then
-    mkdir -p "$work/deps" && xz -dc "$dir/mlx_cuda_deps.tar.xz" | tar x -C "$work/deps"
-  fi
-  if [[ ! -f "$work/mlx/.tq_patched" ]]; then
-    rm -rf "$work/mlx"
-    xz -dc "$dir/mlx_src.tar.xz" | tar x -C "$work"
-    cp -r "$ROOT/mlx_overlay/." "$work/mlx/"
-    for p in "$ROOT"/patches/[0-9][0-9][0-9][0-9]-*.patch; do
-      [[ -f "$p" ]] || continue
-      (cd "$work/mlx" && git apply --whitespace=nowarn "$p") || die "patch $(basename "$p") failed"
-      echo "  applied $(basename "$p")"
-    done
-    touch "$work/mlx/.tq_patched"
-  fi
-  # BLAS / LAPACK: system ones, else the carried Debian packages.
-  local extra=()
-  if ! ls /usr/lib/x86_64-linux-gnu/libopenblas.so* /usr/lib/x86_64-linux-gnu/liblapack.so* >/dev/null 2>&1 ||
-     [[ ! -f /usr/include/lapacke.h && ! -f /usr/include/x86_64-linux-gnu/lapacke.h ]]; then
-    if [[ -d "$dir/debs" ]]; then
-      echo "== no system BLAS/LAPACK: using $dir/debs"
-      mkdir -p "$work/blas"
-      for f in "$dir"/debs/*.deb; do dpkg -x "$f" "$work/blas"; done
-      local lib="$work/blas/usr/lib/x86_64-linux-gnu"
-      export LD_LIBRARY_PATH="$lib/openblas-pthread:$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-      extra+=("-DBLA_VENDOR=OpenBLAS"
-              "-DCMAKE_LIBRARY_PATH=$lib/openblas-pthread;$lib"
-              "-DCMAKE_INCLUDE_PATH=$work/blas/usr/include;$work/blas/usr/include/x86_64-linux-gnu/openblas-pthread")
-    fi
-  fi
-  # cuDNN from the Python wheel (nvidia-cudnn-cu13) when not in the toolkit.
-  if [[ -z "${CUDNN_PATH:-}" ]]; then
-    local cd
-    cd="$(python3 -c 'import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))' 2>/dev/null ||
-         python3 -c 'import nvidia.cudnn, os; print(list(nvidia.cudnn.__path__)[0])' 2>/dev/null || true)"
-    [[ -n "$cd" ]] && export CUDNN_PATH="$cd" && echo "== CUDNN_PATH=$cd"
-  fi
-  echo "== configure ($((SECONDS - t0))s)"
-  # shellcheck disable=SC2046
-  cmake -G Ninja -S "$work/mlx" -B "$work/build" \
-    -DCMAKE_BUILD_TYPE=Release \
-    -DMLX_BUILD_CUDA=ON -DMLX_BUILD_METAL=OFF \
-    "-DMLX_CUDA_ARCHITECTURES=$arch" \
-    -DMLX_BUILD_TESTS=OFF -DMLX_BUILD_EXAMPLES=OFF -DMLX_BUILD_BENCHMARKS=OFF \
-    -DMLX_BUILD_GGUF=OFF -DMLX_BUILD_PYTHON_BINDINGS=OFF \
-    $(cmake_args "$work/deps") "${extra[@]}" >"$work/configure.log" 2>&1 ||
-    { tail -40 "$work/configure.log"; die "configure failed"; }
-  grep -E "Lapack lib|Blas lib|cudnn.*found|CUDA Toolkit|Found CUDAToolkit" "$work/configure.log" | head
-  echo "== build -j$jobs ${targets:-all} ($((SECONDS - t0))s)"
-  local run=(ninja -C "$work/build" -j"$jobs" -k 0)
-  if [[ "$targets" == "turbo" ]]; then
-    # Only the objects of the TurboQuant CUDA sources and the patched files.
-    targets="$(ninja -C "$work/build" -t targets all | cut -d: -f1 |
-      grep -E 'backend/cuda/(turboquant[^/]*|quantized/quantized\.cpp)\.o$' | tr '\n' ' ')"
-    echo "  targets: $targets"
-  fi
-  # shellcheck disable=SC2206
-  [[ -n "$targets" ]] && run+=($targets)
-  if [[ -n "$deadline" ]]; then
-    timeout --signal=INT "$deadline" "${run[@]}" >"$work/ninja.log" 2>&1
-  else
-    "${run[@]}" >"$work/ninja.log" 2>&1
-  fi
-  local rc=$?
-  grep -E "error|FAILED" "$work/ninja.log" | head -20
-  tail -3 "$work/ninja.log"
-  echo "== ninja rc=$rc after $((SECONDS - t0))s (124 = stopped at the deadline)"
-  return $rc
-}
-
 case "$cmd" in
   prepare) prepare "$@" ;;
   prepare-deps) TQ_DEPS_ONLY=1 prepare "$@" ;;
-  build) build "$@" ;;
   cmake-args) cmake_args "${1:?deps dir}" ;;
-  *) sed -n 2,34p "$0"; exit 2 ;;
+  *) sed -n 2,22p "$0"; exit 2 ;;
 esac

@@ -30,3 +30,14 @@ fi
 # shellcheck disable=SC2207
 CMAKE_ARGS_LIST+=($(bash "$ROOT/tools/cuda_build_on_device.sh" cmake-args "$_tq_cuda_deps"))
 unset _tq_cuda_deps
+
+# cuDNN: MLX's CMake looks in the CUDA toolkit and in $CUDNN_PATH. Where cuDNN
+# came from PyPI (nvidia-cudnn-cu13, e.g. next to PyTorch), point it there.
+if [[ -z "${CUDNN_PATH:-}" ]] && ! compgen -G "$(dirname "$(dirname "$(command -v nvcc)")")/include/cudnn*.h" >/dev/null; then
+  _tq_cudnn="$("$VPY" -c 'import nvidia.cudnn, os; print(list(nvidia.cudnn.__path__)[0])' 2>/dev/null || true)"
+  if [[ -n "$_tq_cudnn" ]]; then
+    export CUDNN_PATH="$_tq_cudnn"
+    echo "    cuDNN from $CUDNN_PATH"
+  fi
+  unset _tq_cudnn
+fi

@@ -280,7 +280,14 @@ array quantized_scaled_dot_product_attention(
             Shape{B, n_q_heads, qL, dv},
             float32,
             std::make_shared<QuantizedScaledDotProductAttention>(
-                stream, fallback, scale, do_causal, has_sinks, kmode, vmode),
+                stream,
+                fallback,
+                scale,
+                do_causal,
+                has_sinks,
+                kmode,
+                vmode,
+                queries.dtype() != float32),
             inputs)
       : fallback(inputs)[0];
   return astype(turbo::rotate(out_rot, true, stream), queries.dtype(), stream);
@@ -291,7 +298,7 @@ bool QuantizedScaledDotProductAttention::is_equivalent(
   const auto& o = static_cast<const QuantizedScaledDotProductAttention&>(other);
   return scale_ == o.scale_ && do_causal_ == o.do_causal_ &&
       has_sinks_ == o.has_sinks_ && key_mode_ == o.key_mode_ &&
-      value_mode_ == o.value_mode_;
+      value_mode_ == o.value_mode_ && low_precision_ == o.low_precision_;
 }
 
 std::vector<Shape> QuantizedScaledDotProductAttention::output_shapes(

@@ -1,0 +1,316 @@
+"""TurboQuant attention vs MLX's own attention on the GPU, through MLX itself.
+
+Runs on any MLX GPU build (CUDA on Linux, Metal on macOS) with the patched
+wheel from ./build.sh (--cuda on Linux). Everything is called through the
+public API, exactly as mlx-lm would:
+
+* ``sdpa``        mx.fast.scaled_dot_product_attention on the fp16/bf16 cache
+                  (MLX's sdpa_vector kernels for decode, cuDNN / steel for prefill)
+* ``deq+sdpa``    mx.dequantize of the TurboQuant cache, then the same SDPA
+* ``turbo3`` / ``turbo4``
+                  mx.fast.quantized_scaled_dot_product_attention on the packed
+                  cache (query rotation, fused kernel, inverse rotation and
+                  cast included)
+
+Timing: each measurement evaluates ``--calls`` independent calls in one
+``mx.eval`` (so host-side graph building overlaps the GPU), after warm-up;
+the median over ``--reps`` is divided by ``--calls``. Caches rotate among
+enough copies that they do not sit in L2. GB/s counts the bytes that must
+move: packed codes + scales (+ q and output) for turbo, fp16/bf16 K/V for
+SDPA. The device's copy bandwidth is measured in the same run (read + write
+of a 2 GiB float32 array). Peak memory: ``mx.get_peak_memory`` during one
+fused call at the largest context, minus the memory held before it.
+
+    python benchmarks/gpu_attention.py --out DIR [--quick] [--no-prefill]
+
+Writes DIR/gpu_attention.json, DIR/gpu_attention.md and DIR/gpu_attention.png.
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+
+import mlx.core as mx
+
+HQ, HKV, D = 32, 8, 128
+
+
+def timed(fn, calls, reps, warmup=2):
+    for _ in range(warmup):
+        mx.eval(fn(0))
+    mx.synchronize()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        mx.eval([fn(i) for i in range(calls)])
+        mx.synchronize()
+        times.append((time.perf_counter() - t0) / calls)
+    return statistics.median(times)
+
+
+def copy_bandwidth(small=False):
+    n = (1 << 20) if small else (512 << 20)  # 2 GiB of float32
+    x = mx.zeros((n,), mx.float32)
+    mx.eval(x)
+    t = timed(lambda i: x + 1.0, calls=5, reps=5)
+    del x
+    return 2 * n * 4 / t / 1e9
+
+
+def nbytes(*arrays):
+    return sum(a.nbytes for a in arrays)
+
+
+def make_cache(B, L, dtype, copies):
+    """`copies` independent caches: fp K/V and their turbo3 / turbo4 forms."""
+    out = []
+    for _ in range(copies):
+        k = mx.random.normal((B, HKV, L, D)).astype(dtype)
+        v = mx.random.normal((B, HKV, L, D)).astype(dtype)
+        entry = {"k": k, "v": v}
+        for mode in ("turbo3", "turbo4"):
+            entry[mode] = (mx.quantize(k, mode=mode), mx.quantize(v, mode=mode))
+        mx.eval(entry)
+        out.append(entry)
+    return out
+
+
+def methods(q_of, caches, causal):
+    scale = D**-0.5
+    mask = "causal" if causal else None
+
+    def sdpa(i):
+        c = caches[i % len(caches)]
+        return mx.fast.scaled_dot_product_attention(q_of(i), c["k"], c["v"], scale=scale, mask=mask)
+
+    def deq(i):
+        c = caches[i % len(caches)]
+        (kq, ks), (vq, vs) = c["turbo4"]
+        dt = c["k"].dtype
+        k = mx.dequantize(kq, ks, mode="turbo4", dtype=dt)
+        v = mx.dequantize(vq, vs, mode="turbo4", dtype=dt)
+        return mx.fast.scaled_dot_product_attention(q_of(i), k, v, scale=scale, mask=mask)
+
+    def fused(mode):
+        def f(i):
+            c = caches[i % len(caches)]
+            (kq, ks), (vq, vs) = c[mode]
+            return mx.fast.quantized_scaled_dot_product_attention(
+                q_of(i), kq, ks, vq, vs, scale=scale, mask=mask, mode=mode
+            )
+
+        return f
+
+    return {"sdpa": sdpa, "deq+sdpa": deq, "turbo3": fused("turbo3"), "turbo4": fused("turbo4")}
+
+
+def bytes_moved(name, c, q, B, qL):
+    io = q.nbytes + B * HQ * qL * D * q.dtype.size
+    if name == "sdpa":
+        return nbytes(c["k"], c["v"]) + io
+    if name in ("turbo3", "turbo4"):
+        (kq, ks), (vq, vs) = c[name]
+        return nbytes(kq, ks, vq, vs) + io
+    return None
+
+
+def check_close(fns, q_of):
+    """The fused outputs must agree with SDPA on the dequantized cache."""
+    ref = fns["deq+sdpa"](0).astype(mx.float32)
+    out = fns["turbo4"](0).astype(mx.float32)
+    err = (mx.linalg.norm(out - ref) / mx.linalg.norm(ref)).item()
+    return err
+
+
+def run_decode(args, dtype, bw):
+    rows = []
+    ctxs = [1024, 4096, 16384, 32768, 65536, 131072]
+    if args.quick:
+        ctxs = [4096, 32768]
+    if args.cpu_smoke:
+        ctxs = [256, 512]
+    for B in (1, 8):
+        for L in ctxs:
+            fp_bytes = 2 * B * HKV * L * D * 2
+            copies = max(1, min(8, math.ceil(256e6 / fp_bytes)))
+            if B * L > 8 * 65536:
+                copies = 1
+            caches = make_cache(B, L, dtype, copies)
+            qs = [mx.random.normal((B, HQ, 1, D)).astype(dtype) for _ in range(copies)]
+            mx.eval(qs)
+            q_of = lambda i: qs[i % len(qs)]
+            fns = methods(q_of, caches, causal=False)
+            row = {"B": B, "context": L, "rel_err_turbo4_vs_deq": check_close(fns, q_of)}
+            for name, fn in fns.items():
+                t = timed(fn, calls=args.calls, reps=args.reps)
+                row[name + "_us"] = t * 1e6
+                nb = bytes_moved(name, caches[0], qs[0], B, 1)
+                if nb:
+                    row[name + "_GBps"] = nb / t / 1e9
+            for m in ("turbo3", "turbo4"):
+                row[m + "_speedup"] = row["sdpa_us"] / row[m + "_us"]
+                row[m + "_bw_frac"] = row[m + "_GBps"] / bw
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            del caches, qs, fns
+            mx.clear_cache()
+    return rows
+
+
+def run_prefill(args, dtype):
+    rows = []
+    Ls = [4096, 16384] if args.quick else [4096, 8192, 16384, 32768]
+    for L in [64, 128] if args.cpu_smoke else Ls:
+        caches = make_cache(1, L, dtype, 1)
+        q = mx.random.normal((1, HQ, L, D)).astype(dtype)
+        mx.eval(q)
+        fns = methods(lambda i: q, caches, causal=True)
+        row = {"B": 1, "L": L, "rel_err_turbo4_vs_deq": check_close(fns, lambda i: q)}
+        flops = 4 * HQ * L * L * D / 2
+        for name, fn in fns.items():
+            t = timed(fn, calls=2, reps=3, warmup=1)
+            row[name + "_ms"] = t * 1e3
+            row[name + "_TFLOPs"] = flops / t / 1e12
+        row["turbo4_vs_sdpa"] = row["turbo4_ms"] / row["sdpa_ms"]
+        row["turbo3_vs_sdpa"] = row["turbo3_ms"] / row["sdpa_ms"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del caches, q, fns
+        mx.clear_cache()
+    return rows
+
+
+def peak_memory(dtype, L):
+    """Peak memory of one fused decode call over an L-token turbo4 cache."""
+    B = 1
+    c = make_cache(B, L, dtype, 1)[0]
+    q = mx.random.normal((B, HQ, 1, D)).astype(dtype)
+    (kq, ks), (vq, vs) = c["turbo4"]
+    del c["k"], c["v"], c["turbo3"]
+    mx.eval(q)
+    mx.synchronize()
+    mx.clear_cache()
+    before = mx.get_active_memory()
+    mx.reset_peak_memory()
+    out = mx.fast.quantized_scaled_dot_product_attention(
+        q, kq, ks, vq, vs, scale=D**-0.5, mode="turbo4"
+    )
+    mx.eval(out)
+    mx.synchronize()
+    peak = mx.get_peak_memory()
+    cache = nbytes(kq, ks, vq, vs)
+    return {
+        "context": L,
+        "cache_bytes": cache,
+        "fp16_cache_bytes": 2 * B * HKV * L * D * 2,
+        "held_before_bytes": before,
+        "peak_bytes": peak,
+        "extra_over_held_bytes": peak - before,
+        "output_bytes": out.nbytes,
+    }
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, B in zip(axes, (1, 8)):
+        rs = [r for r in rows if r["B"] == B]
+        xs = [r["context"] for r in rs]
+        for name in ("sdpa", "deq+sdpa", "turbo3", "turbo4"):
+            ax.plot(xs, [r[name + "_us"] for r in rs], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel("time per call (us)")
+        ax.set_title(f"decode, B={B}, Hq={HQ}, Hkv={HKV}, D={D}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def markdown(res):
+    lines = [
+        f"device: {res['device']}, dtype {res['dtype']}, copy bandwidth {res['copy_GBps']:.0f} GB/s",
+        "",
+        "| B | context | sdpa (us) | deq+sdpa (us) | turbo3 (us) | turbo3 speedup | turbo3 GB/s | turbo4 (us) | turbo4 speedup | turbo4 GB/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["decode"]:
+        lines.append(
+            f"| {r['B']} | {r['context']:,} | {r['sdpa_us']:.1f} | {r['deq+sdpa_us']:.1f} | "
+            f"{r['turbo3_us']:.1f} | {r['turbo3_speedup']:.2f}x | {r['turbo3_GBps']:.0f} | "
+            f"{r['turbo4_us']:.1f} | {r['turbo4_speedup']:.2f}x | {r['turbo4_GBps']:.0f} |"
+        )
+    if res.get("prefill"):
+        lines += [
+            "",
+            "| L (causal) | sdpa (ms) | deq+sdpa (ms) | turbo3 (ms) | turbo4 (ms) | turbo4 / sdpa |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in res["prefill"]:
+            lines.append(
+                f"| {r['L']:,} | {r['sdpa_ms']:.2f} | {r['deq+sdpa_ms']:.2f} | {r['turbo3_ms']:.2f} | "
+                f"{r['turbo4_ms']:.2f} | {r['turbo4_vs_sdpa']:.2f}x |"
+            )
+    if res.get("peak"):
+        p = res["peak"]
+        lines += [
+            "",
+            f"peak memory, one turbo4 decode call at {p['context']:,} tokens: "
+            f"{p['extra_over_held_bytes'] / 2**20:.2f} MiB over the {p['held_before_bytes'] / 2**20:.1f} MiB "
+            f"held (cache {p['cache_bytes'] / 2**20:.1f} MiB; the fp16 cache would be "
+            f"{p['fp16_cache_bytes'] / 2**20:.1f} MiB; output {p['output_bytes'] / 2**10:.1f} KiB)",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=".")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    ap.add_argument("--calls", type=int, default=20)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-prefill", action="store_true")
+    ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU (checks the script)")
+    args = ap.parse_args()
+    if args.cpu_smoke:
+        global HQ, HKV
+        HQ, HKV = 4, 2
+        mx.set_default_device(mx.cpu)
+        args.calls, args.reps = 2, 1
+    elif not mx.is_available(mx.gpu):
+        raise SystemExit("gpu_attention.py: this MLX build has no GPU backend")
+    dtype = getattr(mx, args.dtype)
+    os.makedirs(args.out, exist_ok=True)
+    info = mx.device_info() if hasattr(mx, "device_info") else {}
+    res = {"device": str(info.get("device_name", mx.default_device())), "dtype": args.dtype}
+    res["copy_GBps"] = copy_bandwidth(small=args.cpu_smoke)
+    print(f"copy bandwidth {res['copy_GBps']:.0f} GB/s", flush=True)
+    res["decode"] = run_decode(args, dtype, res["copy_GBps"])
+    res["peak"] = peak_memory(dtype, 2048 if args.cpu_smoke else 131072)
+    print(json.dumps(res["peak"]), flush=True)
+    if not args.no_prefill:
+        res["prefill"] = run_prefill(args, dtype)
+    with open(os.path.join(args.out, "gpu_attention.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    md = markdown(res)
+    with open(os.path.join(args.out, "gpu_attention.md"), "w") as f:
+        f.write(md)
+    print(md)
+    try:
+        plot(res["decode"], os.path.join(args.out, "gpu_attention.png"))
+    except ImportError:
+        print("(matplotlib missing: no plot)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The patched MLX with its CUDA backend, built and tested on a CUDA machine
+# without network (the device; docs/cuda.md, "Building MLX with CUDA offline").
+# Needs .cuda_deps/ from `tools/cuda_build_on_device.sh prepare` (carried).
+#
+#   tests/cuda/run_mlx_device.sh start        # ./build.sh --cuda --offline, in the background
+#   tests/cuda/run_mlx_device.sh wait [S]     # until the build ends, at most S seconds
+#   tests/cuda/run_mlx_device.sh test         # ./test.sh against the CUDA wheel (GPU default device)
+#   tests/cuda/run_mlx_device.sh bench [ARGS] # benchmarks/gpu_attention.py --out $OUT
+#
+# A build stopped by a call's time limit resumes where it stopped when started
+# again on the same machine: build.sh keeps the work tree and its build
+# directory ($TURBOQUANT_CACHE/work/mlx).
+set -uo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$ROOT"
+export TURBOQUANT_CACHE="${TURBOQUANT_CACHE:-/tmp/tq-cache}"
+# The image's Python environment (PyTorch's venv: numpy, pytest, setuptools);
+# the wheel is installed into it.
+export TURBOQUANT_VENV="${TURBOQUANT_VENV:-$(python3 -c 'import sys; print(sys.prefix)')}"
+export MLX_CUDA_ARCHITECTURES="${MLX_CUDA_ARCHITECTURES:-90a}"
+export PYTHONUNBUFFERED=1
+OUTDIR="${OUT:-/tmp/tq-out}"
+LOG=/tmp/tq-build.log
+mkdir -p "$OUTDIR"
+
+# cuDNN and the CUDA libraries from PyPI (next to PyTorch) at run time.
+nvlibs="$(python3 - <<'EOF' 2>/dev/null
+import glob, os
+try:
+    import nvidia
+    roots = list(nvidia.__path__)
+except ImportError:
+    roots = []
+print(":".join(sorted({os.path.dirname(p) for r in roots for p in glob.glob(r + "/*/lib/*.so*")})))
+EOF
+)"
+export LD_LIBRARY_PATH="${nvlibs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+progress() {
+  local log
+  log="$(ls -t "$TURBOQUANT_CACHE"/work/mlx/build/temp*/*/.ninja_log 2>/dev/null | head -1)"
+  [[ -n "$log" ]] && echo "  ninja: $(($(wc -l <"$log") - 1)) steps done"
+  grep -v "^WARNING: Location" "$LOG" 2>/dev/null | tail -4
+}
+
+case "${1:-}" in
+  start)
+    [[ -d .cuda_deps/mlx.git ]] || { echo "no .cuda_deps: run tools/cuda_build_on_device.sh prepare here and carry it" >&2; exit 1; }
+    nvidia-smi -L
+    setsid nohup bash -c "./build.sh --cuda --offline --wheels .cuda_deps/wheels \
+        --mlx-src .cuda_deps/mlx.git --no-mlx-lm --venv '$TURBOQUANT_VENV' >'$LOG' 2>&1;
+        echo \"BUILD EXIT \$?\" >>'$LOG'" </dev/null >/dev/null 2>&1 &
+    echo "build started (log $LOG)"
+    ;;
+  wait)
+    deadline=$((SECONDS + ${2:-540}))
+    while ! grep -q "^BUILD EXIT" "$LOG" 2>/dev/null && ((SECONDS < deadline)); do
+      sleep 15
+      echo "[$(date +%T)] $(progress | head -1)"
+    done
+    progress
+    cp "$LOG" "$OUTDIR/build.log" 2>/dev/null
+    grep -q "^BUILD EXIT 0" "$LOG"
+    ;;
+  test)
+    shift
+    set -o pipefail
+    TURBOQUANT_SKIP_METAL=1 ./test.sh "$@" 2>&1 | tee "$OUTDIR/test_gpu.log"
+    ;;
+  bench)
+    shift
+    "$TURBOQUANT_VENV/bin/python" benchmarks/gpu_attention.py --out "$OUTDIR" "$@" 2>&1 |
+      tee "$OUTDIR/bench_gpu.log"
+    ;;
+  *)
+    sed -n 2,13p "$0"
+    exit 2
+    ;;
+esac
