@@ -213,7 +213,7 @@ else
   "$VPY" -m pip install -q "${upgrade[@]}" --disable-pip-version-check "${PIP_SRC[@]}" "${BUILD_REQS[@]}" ||
     die "could not install the Python build requirements into $VENV"
 fi
-CMAKE_ARGS_LIST=(-G Ninja)
+CMAKE_ARGS_LIST=(-G Ninja "-DCMAKE_PROJECT_mlx_INCLUDE=$ROOT/tools/cmake/ipo_check.cmake")
 if command -v ccache >/dev/null; then
   export CCACHE_DIR="${CCACHE_DIR:-$CACHE/ccache}"
   export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
