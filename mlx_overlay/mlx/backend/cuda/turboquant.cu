@@ -220,6 +220,9 @@ void turbo_sdpa_gpu(
     enc.set_input_array(*sinks);
   }
 
+  // Split-K partials (float32 o, and m, l per row and split).
+  std::optional<array> part_o;
+  std::optional<array> part_ml;
   if (qL <= tb::kVectorMaxQL) {
     L.path = 0;
     int rows = p.gqa * qL;
@@ -232,16 +235,18 @@ void turbo_sdpa_gpu(
     p.num_splits = (kL + per - 1) / per;
     if (p.num_splits > 1) {
       int64_t prow = int64_t(p.num_splits) * B * Hq * qL;
-      array part_o({static_cast<int>(prow * D)}, float32, nullptr, {});
-      array part_ml({static_cast<int>(prow * 2)}, float32, nullptr, {});
-      part_o.set_data(cu::malloc_async(part_o.nbytes(), enc));
-      part_ml.set_data(cu::malloc_async(part_ml.nbytes(), enc));
-      enc.add_temporary(part_o);
-      enc.add_temporary(part_ml);
-      enc.set_output_array(part_o);
-      enc.set_output_array(part_ml);
-      L.part_o = gpu_ptr<float>(part_o);
-      L.part_ml = gpu_ptr<float>(part_ml);
+      part_o = array({static_cast<int>(prow * D)}, float32, nullptr, {});
+      part_ml = array({static_cast<int>(prow * 2)}, float32, nullptr, {});
+      part_o->set_data(cu::malloc_async(part_o->nbytes(), enc));
+      part_ml->set_data(cu::malloc_async(part_ml->nbytes(), enc));
+      enc.add_temporary(*part_o);
+      enc.add_temporary(*part_ml);
+      enc.set_output_array(*part_o);
+      enc.set_output_array(*part_ml);
+      L.part_o = gpu_ptr<float>(*part_o);
+      L.part_ml = gpu_ptr<float>(*part_ml);
+      L.part_o_arr = &*part_o;
+      L.part_ml_arr = &*part_ml;
     }
   } else {
     L.path = (tb::kUseTcPrefill && D <= tb::kTcMaxDim) ? 2 : 1;

@@ -21,6 +21,10 @@ struct AttnLaunch {
   const float* sinks; // nullptr if none
   float* part_o;
   float* part_ml;
+  // The split-K partials as arrays, so the combine kernel's graph node can
+  // depend on the node that writes them.
+  const array* part_o_arr;
+  const array* part_ml_arr;
 };
 
 template <int KB, int VB, int D, typename T>
@@ -152,6 +156,9 @@ void launch_attention_typed(
   if (p.num_splits > 1) {
     const float* const_part_o = part_o;
     const float* const_part_ml = part_ml;
+    enc.set_input_array(*L.part_o_arr);
+    enc.set_input_array(*L.part_ml_arr);
+    enc.set_output_array(out);
     enc.add_kernel_node(
         tb::turbo_sdpa_combine<D>,
         dim3(p.B * p.Hq * p.qL),
