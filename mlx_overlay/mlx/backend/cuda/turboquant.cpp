@@ -104,6 +104,7 @@ void QuantizedScaledDotProductAttention::eval_gpu(
       do_causal_,
       turbo::bits(key_mode_),
       turbo::bits(value_mode_),
+      low_precision_,
       enc);
 }
 

@@ -162,6 +162,7 @@ void turbo_sdpa_gpu(
     bool do_causal,
     int key_bits,
     int value_bits,
+    bool low_precision,
     cu::CommandEncoder& enc) {
   namespace tb = cu::turbo;
   const int B = q.shape(0);
@@ -172,6 +173,7 @@ void turbo_sdpa_gpu(
   const int kL = k.shape(2);
 
   turbo_detail::AttnLaunch L{};
+  L.low_precision = low_precision;
   auto& p = L.params;
   p.B = B;
   p.Hq = Hq;

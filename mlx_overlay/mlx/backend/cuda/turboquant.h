@@ -49,6 +49,7 @@ void turbo_sdpa_gpu(
     bool do_causal,
     int key_bits,
     int value_bits,
+    bool low_precision,
     cu::CommandEncoder& enc);
 
 } // namespace mlx::core

@@ -25,6 +25,10 @@ struct AttnLaunch {
   // depend on the node that writes them.
   const array* part_o_arr;
   const array* part_ml_arr;
+  // float16/bfloat16 queries: tensor-core kernels with float16 operands and
+  // float32 accumulation may be used (their rounding is below the output's);
+  // float32 queries keep the float32 kernels.
+  bool low_precision;
 };
 
 template <int KB, int VB, int D, typename T>
