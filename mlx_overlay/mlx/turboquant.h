@@ -6,6 +6,7 @@
 
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -124,14 +125,29 @@ inline void fwht(float* x, int n) {
   }
 }
 
+// sign(t, i) for both stages and every coordinate of the largest head
+// dimension, computed once (the encoders and decoders rotate every vector).
+inline const float* sign_table(int t) {
+  static const auto table = [] {
+    std::array<std::array<float, kMaxDim>, 2> s{};
+    for (int i = 0; i < kMaxDim; ++i) {
+      s[0][i] = sign(1, i);
+      s[1][i] = sign(2, i);
+    }
+    return s;
+  }();
+  return table[t - 1].data();
+}
+
 // y = R x (inverse = false) or x = R^T y (inverse = true), in place.
 inline void rotate(float* x, int dim, bool inverse) {
   int p = stage_size(dim);
   float norm = 1.0f / std::sqrt(static_cast<float>(p));
   auto stage = [&](int t, int offset, bool signs_first) {
+    const float* sg = sign_table(t);
     if (signs_first) {
       for (int i = 0; i < dim; ++i) {
-        x[i] *= sign(t, i);
+        x[i] *= sg[i];
       }
     }
     fwht(x + offset, p);
@@ -140,7 +156,7 @@ inline void rotate(float* x, int dim, bool inverse) {
     }
     if (!signs_first) {
       for (int i = 0; i < dim; ++i) {
-        x[i] *= sign(t, i);
+        x[i] *= sg[i];
       }
     }
   };
