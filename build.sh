@@ -52,6 +52,7 @@ Options:
                    (pip --no-index --find-links DIR). Env: TURBOQUANT_WHEELS.
   -h, --help       This help.
 
+The wheel goes to dist/ (env: TURBOQUANT_DIST).
 Cache: \$TURBOQUANT_CACHE (default ~/.cache/turboquant-mlx): the MLX clone,
 the patched work tree, ccache and offline CMake dependencies.
 EOF
@@ -249,12 +250,13 @@ export PYPI_RELEASE=1
 
 # ---------------------------------------------------------------------------
 stage "Building the wheel (this takes minutes cold, seconds with a warm ccache)"
-mkdir -p "$ROOT/dist"
-rm -f "$ROOT"/dist/mlx-*.whl
+DIST="${TURBOQUANT_DIST:-$ROOT/dist}"
+mkdir -p "$DIST"
+rm -f "$DIST"/mlx-*.whl
 t0=$(date +%s)
-(cd "$WORK" && "$VPY" -m pip wheel -q --no-build-isolation --no-deps -w "$ROOT/dist" .) ||
+(cd "$WORK" && "$VPY" -m pip wheel -q --no-build-isolation --no-deps -w "$DIST" .) ||
   die "the MLX build failed (see the compiler output above)"
-WHEEL="$(ls "$ROOT"/dist/mlx-*.whl | head -n 1)"
+WHEEL="$(ls "$DIST"/mlx-*.whl | head -n 1)"
 echo "    built $WHEEL in $(( $(date +%s) - t0 ))s"
 
 # ---------------------------------------------------------------------------

@@ -19,6 +19,9 @@ export TURBOQUANT_CACHE="${TURBOQUANT_CACHE:-/tmp/tq-cache}"
 # the wheel is installed into it.
 export TURBOQUANT_VENV="${TURBOQUANT_VENV:-$(python3 -c 'import sys; print(sys.prefix)')}"
 export MLX_CUDA_ARCHITECTURES="${MLX_CUDA_ARCHITECTURES:-90a}"
+# Outside the repository copy, which the next call may replace while a
+# build started by this one is still running.
+export TURBOQUANT_DIST="${TURBOQUANT_DIST:-/tmp/tq-dist}"
 export PYTHONUNBUFFERED=1
 OUTDIR="${OUT:-/tmp/tq-out}"
 LOG=/tmp/tq-build.log
