@@ -7,6 +7,8 @@
 #   tests/cuda/run_mlx_device.sh wait [S]     # until the build ends, at most S seconds
 #   tests/cuda/run_mlx_device.sh test         # ./test.sh against the CUDA wheel (GPU default device)
 #   tests/cuda/run_mlx_device.sh bench [ARGS] # benchmarks/gpu_attention.py --out $OUT
+#   tests/cuda/run_mlx_device.sh sanitize     # compute-sanitizer memcheck over the attention tests
+#   tests/cuda/run_mlx_device.sh backtrace    # cuda-gdb backtrace of a crashing ./test.sh run
 #
 # A build stopped by a call's time limit resumes where it stopped when started
 # again on the same machine: build.sh keeps the work tree and its build
@@ -73,11 +75,26 @@ case "${1:-}" in
     ;;
   bench)
     shift
+    # MLX's cuDNN SDPA segfaulted on the device image (2026-11-23, cuDNN from
+    # the PyTorch wheel): time MLX's own sdpa_vector / fallback instead.
+    export MLX_CUDA_USE_CUDNN_SDPA="${MLX_CUDA_USE_CUDNN_SDPA:-0}"
     "$TURBOQUANT_VENV/bin/python" benchmarks/gpu_attention.py --out "$OUTDIR" "$@" 2>&1 |
       tee "$OUTDIR/bench_gpu.log"
     ;;
+  sanitize)
+    shift
+    TURBOQUANT_SKIP_METAL=1 compute-sanitizer --tool memcheck --leak-check no \
+      "$TURBOQUANT_VENV/bin/python" -m pytest tests/test_attention.py -q -x -p no:cacheprovider "$@" 2>&1 |
+      tee "$OUTDIR/sanitize.log" | tail -40
+    ;;
+  backtrace)
+    shift
+    cuda-gdb -batch -ex run -ex bt -ex "info threads" --args \
+      "$TURBOQUANT_VENV/bin/python" -m pytest tests -q -x -p no:cacheprovider "$@" 2>&1 |
+      tee "$OUTDIR/backtrace.log" | tail -60
+    ;;
   *)
-    sed -n 2,13p "$0"
+    sed -n 2,15p "$0"
     exit 2
     ;;
 esac
