@@ -125,6 +125,13 @@ def check_close(fns, q_of):
     return err
 
 
+def record(rows, row):
+    """Keeps and prints a finished row; frees the cached buffers of its case."""
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+    mx.clear_cache()
+
+
 def run_decode(args, dtype, bw):
     rows = []
     ctxs = [1024, 4096, 16384, 32768, 65536, 131072]
@@ -153,10 +160,8 @@ def run_decode(args, dtype, bw):
             for m in ("turbo3", "turbo4"):
                 row[m + "_speedup"] = row["sdpa_us"] / row[m + "_us"]
                 row[m + "_bw_frac"] = row[m + "_GBps"] / bw
-            rows.append(row)
-            print(json.dumps(row), flush=True)
             del caches, qs, fns
-            mx.clear_cache()
+            record(rows, row)
     return rows
 
 
@@ -176,10 +181,8 @@ def run_prefill(args, dtype):
             row[name + "_TFLOPs"] = flops / t / 1e12
         row["turbo4_vs_sdpa"] = row["turbo4_ms"] / row["sdpa_ms"]
         row["turbo3_vs_sdpa"] = row["turbo3_ms"] / row["sdpa_ms"]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
         del caches, q, fns
-        mx.clear_cache()
+        record(rows, row)
     return rows
 
 
@@ -280,7 +283,9 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-prefill", action="store_true")
-    ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU (checks the script)")
+    ap.add_argument(
+        "--cpu-smoke", action="store_true", help="tiny sizes on the CPU (checks the script)"
+    )
     args = ap.parse_args()
     if args.cpu_smoke:
         global HQ, HKV

@@ -1,6 +1,6 @@
 """Small GPU checks run one per process (to find which one crashes):
 
-    python tests/cuda/diag_gpu.py STEP      (STEP: see STEPS below)
+python tests/cuda/diag_gpu.py STEP      (STEP: see STEPS below)
 """
 
 import sys
@@ -35,7 +35,9 @@ def deq_bf16():
 def fused_bf16():
     kq, ks = quant_bf16()
     q = mx.random.normal((1, HQ, 1, D)).astype(mx.bfloat16)
-    return mx.fast.quantized_scaled_dot_product_attention(q, kq, ks, kq, ks, scale=D**-0.5, mode="turbo4")
+    return mx.fast.quantized_scaled_dot_product_attention(
+        q, kq, ks, kq, ks, scale=D**-0.5, mode="turbo4"
+    )
 
 
 def big_then_fused():
@@ -59,7 +61,18 @@ def compile_qsdpa():
     return mx.compile(fn)(q, kq, ks, vq, vs) - fn(q, kq, ks, vq, vs)
 
 
-STEPS = {f.__name__: f for f in [sdpa_bf16_decode, sdpa_bf16_prefill, quant_bf16, deq_bf16, fused_bf16, big_then_fused, compile_qsdpa]}
+STEPS = {
+    f.__name__: f
+    for f in [
+        sdpa_bf16_decode,
+        sdpa_bf16_prefill,
+        quant_bf16,
+        deq_bf16,
+        fused_bf16,
+        big_then_fused,
+        compile_qsdpa,
+    ]
+}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or STEPS:
