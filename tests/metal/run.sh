@@ -10,7 +10,9 @@
 #
 # Steps: prerequisites, type check of every instantiation, bindings/name
 # check, CPU execution of every kernel under 4 lane schedules vs references,
-# the same under AddressSanitizer, planted bugs. Env: BUILD (default
+# the attention kernels' outputs vs the patched wheel's CPU backend
+# (compare_cpu_wheel.py; skipped without a wheel), the same under
+# AddressSanitizer, planted bugs. Env: BUILD (default
 # tests/metal/build), PLANTED=0 skips the planted-bug step, ASAN=0 skips
 # ASan, JOBS (default 2).
 set -euo pipefail
@@ -92,8 +94,17 @@ if [ "${ASAN:-1}" != 0 ]; then
 fi
 
 step "execute: attention kernels (4 schedules, float64 reference)"
-"$BUILD/exec/turbo_attn_exec" all | tee "$BUILD/attn.log" | grep -v '^OK' || true
+rm -rf "$BUILD/dump"; mkdir -p "$BUILD/dump"
+TURBO_EXEC_DUMP="$BUILD/dump" "$BUILD/exec/turbo_attn_exec" all | tee "$BUILD/attn.log" | grep -v '^OK' || true
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "attention execution FAILED"; exit 1; }
+
+step "attention kernels vs the patched wheel's CPU backend (same packed data)"
+VPY=${TURBOQUANT_VENV:-$REPO/.venv}/bin/python
+if [ -x "$VPY" ] && "$VPY" -c "import mlx.core as mx; mx.fast.quantized_scaled_dot_product_attention" 2>/dev/null; then
+  "$VPY" "$HERE/compare_cpu_wheel.py" "$BUILD/dump" || { echo "CPU-wheel comparison FAILED"; exit 1; }
+else
+  echo "skipped: no patched wheel at $VPY (run ./build.sh first)"
+fi
 step "execute: quantize / dequantize kernels (4 schedules, bit-exact encoder)"
 "$BUILD/exec_q/turbo_quant_exec" all | tee "$BUILD/quant.log" | grep -v '^OK' || true
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "quantize execution FAILED"; exit 1; }

@@ -228,6 +228,36 @@ static void setup(const Case& c, Buffers& b, unsigned seed) {
       }
 }
 
+// Writes a case's inputs and the emulated kernel's output for
+// compare_cpu_wheel.py (the patched wheel's CPU backend on the same data).
+// Layout: 16 int32 (magic, kb, vb, st, Dk, Dv, B, Hq, Hkv, qL, kL, cap, mask,
+// sinks, seq_major, mask_bcast), then q (f32), k (u32), k scales (raw), v,
+// v scales, the mask (bool bytes or f32, if any), sinks (f32 Hq), out (f32).
+static void dump_case(const char* dir, const Case& c, const Buffers& b, unsigned index) {
+  char path[512];
+  snprintf(path, sizeof(path), "%s/case_%03u.bin", dir, index);
+  FILE* f = fopen(path, "wb");
+  if (!f) { printf("cannot write %s\n", path); g_failures++; return; }
+  int32_t h[16] = {0x54514D31, c.kb, c.vb, c.st, c.Dk, c.Dv, c.B, c.Hq, c.Hkv, c.qL, c.kL,
+                   c.kL + c.cap_extra, c.mask, int32_t(c.sinks), int32_t(c.seq_major), int32_t(c.mask_bcast)};
+  fwrite(h, sizeof(h), 1, f);
+  auto put = [&](const void* p, size_t n) { if (n) fwrite(p, 1, n, f); };
+  put(b.q.data(), b.q.size() * 4);
+  put(b.k.data(), b.k.size() * 4);
+  put(b.ks.data(), b.ks.size());
+  put(b.v.data(), b.v.size() * 4);
+  put(b.vs.data(), b.vs.size());
+  if (c.mask == M_BOOL || c.mask == M_CAUSAL_BOOL) {
+    std::vector<unsigned char> m(b.n_bmask);
+    for (size_t i = 0; i < b.n_bmask; i++) m[i] = b.bmask[i];
+    put(m.data(), m.size());
+  }
+  if (c.mask == M_FLOAT) put(b.fmask.data(), b.fmask.size() * 4);
+  put(b.sinks.data(), b.sinks.size() * 4);
+  put(b.out.data(), b.out.size() * 4);
+  fclose(f);
+}
+
 template <typename S, int D, int V, int KB, int VB>
 static void run_case(const Case& c, unsigned seed) {
   Buffers b;
@@ -271,6 +301,7 @@ static void run_case(const Case& c, unsigned seed) {
          c.pass == 1 ? "1pass" : c.pass == 3 ? "prefill" : ("2pass/" + std::to_string(c.blocks)).c_str(), max_err, tol, bad, ms);
   if (order_dependent) printf("     ^ result depends on the lane schedule: data race / missing barrier\n");
   fflush(stdout);
+  if (const char* dir = getenv("TURBO_EXEC_DUMP")) dump_case(dir, c, b, seed - 1000);
   if (!ok && getenv("TURBO_EXEC_FAILFAST")) exit(1);
   delete[] b.bmask;
 }

@@ -151,7 +151,9 @@ void attention_task(
         }
         m[r] = s;
       }
-      float p = std::exp(s - m[r]);
+      // A key masked with -inf adds nothing, also while every key so far
+      // was -inf (exp(-inf - -inf) would be NaN).
+      float p = s == -INFINITY ? 0.0f : std::exp(s - m[r]);
       l[r] += p;
       float pv = p * vsc;
       for (int i = 0; i < a.Dv; ++i) {
