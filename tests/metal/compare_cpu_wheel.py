@@ -48,10 +48,10 @@ def load(path):
     sdt_np, sdt_mx = SCALE_DT[st]
     c = dict(kb=kb, vb=vb, Dk=Dk, Dv=Dv, B=B, Hq=Hq, Hkv=Hkv, qL=qL, kL=kL, mask=mask)
     c["q"] = take(np.float32, B * Hq * qL * Dk).reshape(B, Hq, qL, Dk)
-    c["k"] = take(np.uint32, nkv * Wk)
-    c["ks"] = take(sdt_np, nkv)
-    c["v"] = take(np.uint32, nkv * Wv)
-    c["vs"] = take(sdt_np, nkv)
+    k = take(np.uint32, nkv * Wk)
+    ks = take(sdt_np, nkv)
+    v = take(np.uint32, nkv * Wv)
+    vs = take(sdt_np, nkv)
     nm = qL * kL if bcast else B * Hq * qL * kL
     mshape = (qL, kL) if bcast else (B, Hq, qL, kL)
     c["m"] = None
@@ -59,33 +59,25 @@ def load(path):
         c["m"] = take(np.uint8, nm).reshape(mshape).astype(bool)
     elif mask == M_FLOAT:
         c["m"] = take(np.float32, nm).reshape(mshape)
-    c["sinks"] = take(np.float32, Hq) if sinks else None
-    if not sinks:
-        take(np.float32, Hq)
+    sk = take(np.float32, Hq)  # written for every case
+    c["sinks"] = sk if sinks else None
     c["out"] = take(np.float32, B * Hq * qL * Dv).reshape(B, Hq, qL, Dv)
     assert off == len(raw), f"{path}: {len(raw) - off} bytes left"
 
-    def kv(words, W):
+    def cache_view(a, W):
         # The kernels read (B, H, L) strides; seq-major caches are (B, L, H, W).
         if seq_major:
-            a = mx.array(words.reshape(B, cap, Hkv, W)).transpose(0, 2, 1, 3)
+            a = a.reshape(B, cap, Hkv, W).transpose(0, 2, 1, 3)
         else:
-            a = mx.array(words.reshape(B, Hkv, cap, W))
+            a = a.reshape(B, Hkv, cap, W)
         return a[:, :, :kL, :]
 
-    c["k_mx"], c["v_mx"] = kv(c["k"], Wk), kv(c["v"], Wv)
-
-    def sc(s):
+    def scales(s):
         a = mx.array(s)
-        if st == 2:
-            a = a.view(mx.bfloat16)
-        if seq_major:
-            a = a.reshape(B, cap, Hkv, 1).transpose(0, 2, 1, 3)
-        else:
-            a = a.reshape(B, Hkv, cap, 1)
-        return a[:, :, :kL, :]
+        return cache_view(a.view(mx.bfloat16) if st == 2 else a, 1)
 
-    c["ks_mx"], c["vs_mx"] = sc(c["ks"]), sc(c["vs"])
+    c["k_mx"], c["v_mx"] = cache_view(mx.array(k), Wk), cache_view(mx.array(v), Wv)
+    c["ks_mx"], c["vs_mx"] = scales(ks), scales(vs)
     assert c["ks_mx"].dtype == sdt_mx
     return c
 

@@ -245,10 +245,8 @@ void turbo_sdpa_gpu(
       enc.add_temporary(*part_ml);
       enc.set_output_array(*part_o);
       enc.set_output_array(*part_ml);
-      L.part_o = gpu_ptr<float>(*part_o);
-      L.part_ml = gpu_ptr<float>(*part_ml);
-      L.part_o_arr = &*part_o;
-      L.part_ml_arr = &*part_ml;
+      L.part_o = &*part_o;
+      L.part_ml = &*part_ml;
     }
   } else {
     L.path = (tb::kUseTcPrefill && D <= tb::kTcMaxDim) ? 2 : 1;

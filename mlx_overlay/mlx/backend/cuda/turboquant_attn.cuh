@@ -19,12 +19,10 @@ struct AttnLaunch {
   int nq; // rows per vector block
   const void* mask; // nullptr if none
   const float* sinks; // nullptr if none
-  float* part_o;
-  float* part_ml;
-  // The split-K partials as arrays, so the combine kernel's graph node can
-  // depend on the node that writes them.
-  const array* part_o_arr;
-  const array* part_ml_arr;
+  // Split-K partials (nullptr without splits). Arrays rather than pointers:
+  // the combine kernel's graph node must depend on the node that writes them.
+  array* part_o;
+  array* part_ml;
   // float16/bfloat16 queries: tensor-core kernels with float16 operands and
   // float32 accumulation may be used (their rounding is below the output's);
   // float32 queries keep the float32 kernels.
@@ -46,8 +44,8 @@ void launch_attention_typed(
   tb::AttnParams p = L.params;
   const void* mask = L.mask;
   const float* sinks = L.sinks;
-  float* part_o = L.part_o;
-  float* part_ml = L.part_ml;
+  float* part_o = L.part_o ? gpu_ptr<float>(*L.part_o) : nullptr;
+  float* part_ml = L.part_ml ? gpu_ptr<float>(*L.part_ml) : nullptr;
   const float* qp = gpu_ptr<float>(q);
   const uint32_t* kp = gpu_ptr<uint32_t>(k);
   const T* ksp = gpu_ptr<T>(ks);
@@ -160,8 +158,8 @@ void launch_attention_typed(
   if (p.num_splits > 1) {
     const float* const_part_o = part_o;
     const float* const_part_ml = part_ml;
-    enc.set_input_array(*L.part_o_arr);
-    enc.set_input_array(*L.part_ml_arr);
+    enc.set_input_array(*L.part_o);
+    enc.set_input_array(*L.part_ml);
     enc.set_output_array(out);
     enc.add_kernel_node(
         tb::turbo_sdpa_combine<D>,
