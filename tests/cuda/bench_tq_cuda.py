@@ -9,6 +9,8 @@ Decode: B in (1, 8), Hq=32, Hkv=8, D=128, qL=1, context 1K..128K.
   * turbo3/4    our fused kernel on the packed cache (fp16 scales); the
                 query rotation and output inverse rotation (two 128-point
                 Hadamard transforms per head) are not included
+  * tc3/tc4     the tensor-core decode kernel (turbo_sdpa_vector_tc, fp16
+                operands) on the same inputs, same plan
 Bandwidth = bytes the kernel must read/write at least (K/V codes + scales,
 q, out) / time, next to a measured device-to-device copy (read + write).
 Inputs rotate among several copies so that the L2 cache (50-60 MB) does not
@@ -179,6 +181,20 @@ def decode_case(B, kL, results, Hq=32, Hkv=8, D=128):
         row[f"turbo{bits}_us"] = t
         row[f"turbo{bits}_GBs"] = tq_bytes / (t * 1e-6) / 1e9
         row[f"turbo{bits}_splits"] = att.splits
+        att_tc = tq_lib.Attention(B, Hq, Hkv, 1, kL, D, bits, bits, scale, tc=True)
+        t_tc = bench(
+            lambda i: att_tc(
+                qf[i % nc2],
+                kc[i % nc2],
+                ksc[i % nc2],
+                vc[i % nc2],
+                vsc[i % nc2],
+                out=out,
+            ),
+            20,
+        )
+        row[f"turbo{bits}_tc_us"] = t_tc
+        row[f"turbo{bits}_tc_GBs"] = tq_bytes / (t_tc * 1e-6) / 1e9
         if B == 1:  # alternative mapping: 8 coordinates per thread
             att8 = tq_lib.Attention(B, Hq, Hkv, 1, kL, D, bits, bits, scale, cpt=8)
             row[f"turbo{bits}_cpt8_us"] = bench(
@@ -293,14 +309,17 @@ def main():
     print("decode, Hq=32 Hkv=8 D=128 qL=1; times in us; GB/s on bytes moved")
     print(
         f"{'B':>2} {'ctx':>7} | {'sdpa bf16':>10} {'GB/s':>6} | {'deq+sdpa':>9} | "
-        f"{'turbo3':>8} {'GB/s':>6} {'x':>5} | {'turbo4':>8} {'GB/s':>6} {'x':>5}"
+        f"{'turbo3':>8} {'GB/s':>6} {'x':>5} | {'turbo4':>8} {'GB/s':>6} {'x':>5} | "
+        f"{'tc3':>7} {'GB/s':>6} | {'tc4':>7} {'GB/s':>6}"
     )
     for r in decode:
         print(
             f"{r['B']:>2} {r['kL']:>7} | {r['sdpa_bf16_us']:>10.1f} {r['sdpa_bf16_GBs']:>6.0f} | "
             f"{r['deq_sdpa_us']:>9.1f} | "
             f"{r['turbo3_us']:>8.1f} {r['turbo3_GBs']:>6.0f} {r['sdpa_bf16_us'] / r['turbo3_us']:>5.2f} | "
-            f"{r['turbo4_us']:>8.1f} {r['turbo4_GBs']:>6.0f} {r['sdpa_bf16_us'] / r['turbo4_us']:>5.2f}"
+            f"{r['turbo4_us']:>8.1f} {r['turbo4_GBs']:>6.0f} {r['sdpa_bf16_us'] / r['turbo4_us']:>5.2f} | "
+            f"{r['turbo3_tc_us']:>7.1f} {r['turbo3_tc_GBs']:>6.0f} | "
+            f"{r['turbo4_tc_us']:>7.1f} {r['turbo4_tc_GBs']:>6.0f}"
         )
     for r in prefill:
         print(
@@ -332,6 +351,8 @@ def plot(res, out):
             ("deq_sdpa_us", "dequant + SDPA"),
             ("turbo4_us", "fused turbo4"),
             ("turbo3_us", "fused turbo3"),
+            ("turbo4_tc_us", "fused turbo4, tensor cores"),
+            ("turbo3_tc_us", "fused turbo3, tensor cores"),
         ):
             ax.plot(x, [r[key] for r in rows], marker="o", label=lab)
         ax.set_xscale("log", base=2)

@@ -172,11 +172,11 @@ def check_decode():
 # ------------------------------------------------------------------ attention
 
 
-def rand_cache(B, H, L, d, bits, sdt):
+def rand_cache(B, H, L, d, bits, sdt, mul=1.0):
     w = torch.randint(
         -(2**31), 2**31 - 1, (B, H, L, tq_lib.words(bits, d)), dtype=torch.int32
     )
-    s = (torch.rand(B, H, L, 1) * 0.5 + 0.05).to(sdt)
+    s = ((torch.rand(B, H, L, 1) * 0.5 + 0.05) * mul).to(sdt)
     return w, s
 
 
@@ -198,10 +198,14 @@ def check_attn(
     force_splits=0,
     tol=1e-5,
     cpt=0,
+    tc=False,
+    q_mul=1.0,
+    ks_mul=1.0,
+    vs_mul=1.0,
 ):
-    q = torch.randn(B, Hq, qL, d)
-    kw, ks = rand_cache(B, Hkv, kL, d, kb, sdt)
-    vw, vs = rand_cache(B, Hkv, kL, d, vb, sdt)
+    q = torch.randn(B, Hq, qL, d) * q_mul
+    kw, ks = rand_cache(B, Hkv, kL, d, kb, sdt, ks_mul)
+    vw, vs = rand_cache(B, Hkv, kL, d, vb, sdt, vs_mul)
     snk = torch.randn(Hq) * 2 if sinks else None
     scale = 1.0 / np.sqrt(d) * 4.0  # sharper than usual: exercises the softmax
     m = None
@@ -226,6 +230,7 @@ def check_attn(
         force_path=force_path,
         force_splits=force_splits,
         cpt=cpt,
+        tc=tc,
     )
     out = torch.full((B, Hq, qL, d), float("nan"), device="cuda")
     att(q.cuda(), kw.cuda(), ks.cuda(), vw.cuda(), vs.cuda(), out=out)
@@ -245,19 +250,30 @@ def check_attn(
     )
     o = out.double().cpu().numpy()
     err = np.linalg.norm(o - r) / np.linalg.norm(r)
+    vtc = tc
     tc = force_path == 2
     if tc:
         tol = max(tol, 3e-3)  # TF32 operands (10-bit mantissa)
+    if vtc:
+        # fp16 / bf16 operands (q, centroids, p * value scale) rounded to
+        # nearest: unit roundoff 2^-11 / 2^-8 per operand; the score error
+        # (~sqrt(D) rounded products) moves p by about ln2 * |ds|, which at
+        # this test's sharp softmax gives rel. errors of ~5e-4 (fp16) and
+        # ~4e-3 (bf16), well below these bounds.
+        tol = max(tol, 3e-3 if sdt == torch.float16 else 2e-2)
     ok = bool(np.isfinite(o).all()) and err < tol
     path = (
         ("full-tf32" if tc else "full-simt")
-        if (force_path >= 1 or qL > 8)
-        else f"vec/{att.splits}split"
+        if (force_path >= 1 or (qL > 8 and not vtc))
+        else f"vec{'-tc' if vtc else ''}/{att.splits}split"
+    )
+    mags = "".join(
+        f" {n}*{v:g}" for n, v in (("q", q_mul), ("ks", ks_mul), ("vs", vs_mul)) if v != 1
     )
     report(
         f"attn {name} B={B} Hq={Hq} Hkv={Hkv} qL={qL} kL={kL} D={d} k{kb}v{vb} "
         f"{str(sdt)[6:]}{' causal' if causal else ''}{' mask=' + mask if mask else ''}"
-        f"{' sinks' if sinks else ''}{' cpt=%d' % cpt if cpt else ''} [{path}]",
+        f"{' sinks' if sinks else ''}{' cpt=%d' % cpt if cpt else ''}{mags} [{path}]",
         ok,
         f"rel err {err:.2e}",
     )
@@ -331,6 +347,54 @@ def check_attention():
     check_attn("prefill-tf32", 1, 4, 1, 64, 40, 64, 3, 3, causal=True, force_path=2)
 
 
+def check_attention_tc():
+    """The tensor-core decode kernel (turbo_sdpa_vector_tc) against float64."""
+    combos = ((3, 3), (4, 4), (3, 4), (4, 3))
+    f16, bf16 = torch.float16, torch.bfloat16
+    for d in (64, 128, 256):
+        for kb, vb in combos:
+            for sdt in (f16, bf16):
+                # 777 keys: not a multiple of the warp tile (16 to 64 keys)
+                check_attn("tc", 2, 8, 2, 1, 777, d, kb, vb, sdt=sdt, tc=True)
+                check_attn(
+                    "tc1p", 2, 8, 2, 1, 777, d, kb, vb, sdt=sdt, tc=True, force_splits=1
+                )
+    for g in (1, 2, 4, 8):
+        check_attn("tc-gqa", 1, 2 * g, 2, 1, 1500, 128, 4, 3, tc=True)
+    check_attn("tc-gqa16", 1, 32, 2, 1, 600, 128, 3, 4, tc=True)  # 2 row groups
+    for qL in (2, 3, 5, 8):
+        check_attn("tc-spec", 1, 8, 2, qL, 1000, 128, 3, 4, causal=True, tc=True)
+    check_attn("tc-spec", 1, 4, 2, 3, 500, 64, 4, 4, causal=True, sdt=bf16, tc=True)
+    for sp in (0, 1):
+        for mk in ("bool", "float"):
+            check_attn(
+                "tc-mask", 2, 8, 2, 3, 900, 128, 4, 4, mask=mk, force_splits=sp, tc=True
+            )
+        check_attn("tc-sinks", 2, 8, 2, 1, 1200, 128, 3, 3, sinks=True, force_splits=sp, tc=True)
+        check_attn(
+            "tc-sinks", 1, 8, 1, 2, 300, 256, 4, 3, sinks=True, causal=True,
+            sdt=bf16, force_splits=sp, tc=True,
+        )
+    check_attn("tc-mask", 1, 4, 2, 2, 333, 256, 3, 4, mask="bool", sdt=bf16, tc=True)
+    check_attn("tc-mask", 1, 8, 2, 1, 100, 64, 3, 3, mask="float", tc=True)
+    check_attn("tc causal qL>kL", 1, 2, 1, 6, 3, 128, 4, 4, causal=True, tc=True)
+    # few keys, odd keys per split (split starts not aligned to the tile)
+    for kL in (1, 5, 33, 100):
+        check_attn("tc-short", 1, 4, 1, 1, kL, 128, 4, 3, tc=True, force_splits=1)
+    check_attn("tc-split-odd", 1, 8, 2, 1, 1003, 128, 3, 4, tc=True, force_splits=3)
+    check_attn("tc-split-odd", 1, 8, 2, 1, 1003, 64, 4, 4, tc=True, force_splits=7)
+    check_attn("tc-split-odd", 1, 8, 2, 1, 1003, 256, 3, 3, tc=True, force_splits=5)
+    check_attn("tc-long", 1, 32, 8, 1, 32768, 128, 3, 3, tc=True)
+    check_attn("tc-long", 1, 32, 8, 1, 32768, 128, 4, 4, tc=True, force_splits=1)
+    # fp16 range guards: q * scale beyond fp16 (and tiny), value scales near
+    # the fp16 limits (tiny ones are fp16 subnormals, in the reference too)
+    check_attn("tc-range", 1, 8, 2, 1, 700, 128, 4, 4, tc=True, q_mul=1e5, ks_mul=1e-5)
+    check_attn("tc-range", 1, 8, 2, 1, 700, 128, 4, 3, tc=True, q_mul=1e-4, ks_mul=1e4)
+    check_attn("tc-range", 1, 8, 2, 1, 700, 128, 3, 4, tc=True, vs_mul=1e4)
+    check_attn("tc-range", 1, 8, 2, 1, 700, 128, 4, 4, tc=True, vs_mul=1e-5)
+    check_attn("tc-range", 1, 8, 2, 1, 700, 64, 4, 4, tc=True, vs_mul=1e-3, sdt=bf16)
+
+
 def check_roundtrip_attention():
     """encode -> fused attention == SDPA over dequantized K/V (float64)."""
     for d in (64, 128, 256):
@@ -367,6 +431,7 @@ if __name__ == "__main__":
     check_encode_vs_spec()
     check_decode()
     check_attention()
+    check_attention_tc()
     check_roundtrip_attention()
     print(f"\n{N_OK} passed, {len(FAIL)} failed in {time.time() - t0:.0f}s")
     for f in FAIL:

@@ -177,3 +177,108 @@ extern "C" int TQ_FN(tq_attn_d)(
   });
   return (int)cudaGetLastError();
 }
+
+// Decode attention on tensor cores (turbo_sdpa_vector_tc, 8 rows per block:
+// the planned row groups are the same as for the SIMT kernel's rows per
+// block, which is 8 whenever there is more than one group). Returns -3 for
+// head dims or scale dtypes it does not support (float32 scales).
+template <int DD>
+static int attn_tc_impl(
+    const float* q,
+    const uint32_t* kc,
+    const void* ks,
+    const uint32_t* vc,
+    const void* vs,
+    const void* mask,
+    const float* sinks,
+    float* out,
+    float* part_o,
+    float* part_ml,
+    const AttnParams* pp,
+    int kbits,
+    int vbits,
+    int sdtype,
+    cudaStream_t st) {
+  if constexpr (!vector_tc_supported(DD)) {
+    return -3;
+  } else {
+    if (sdtype != 0 && sdtype != 1) {
+      return -3;
+    }
+    AttnParams p = *pp;
+    constexpr int NQ = 8;
+    p.row_groups = (p.gqa * p.qL + NQ - 1) / NQ;
+    const bool masked = p.mask_kind != 0 || (p.causal && p.qL > 1);
+    dim3 grid(p.num_splits, p.Hkv * p.row_groups, p.B);
+    int rc = 0;
+    auto run = [&](auto tt) {
+      using T = decltype(tt);
+      by_bits(kbits, [&](auto kb) {
+        by_bits(vbits, [&](auto vb) {
+          auto launch = [&](auto mk) {
+            auto kern =
+                turbo_sdpa_vector_tc<kb.value, vb.value, DD, NQ, mk.value, T>;
+            constexpr int smem = vec_tc_smem_bytes(kb.value, vb.value, DD);
+            cudaError_t e = cudaFuncSetAttribute(
+                (const void*)kern,
+                cudaFuncAttributeMaxDynamicSharedMemorySize,
+                smem);
+            if (e != cudaSuccess) {
+              rc = (int)e;
+              return;
+            }
+            kern<<<grid, kVecTcThreads, smem, st>>>(
+                q,
+                kc,
+                (const T*)ks,
+                vc,
+                (const T*)vs,
+                mask,
+                sinks,
+                out,
+                part_o,
+                part_ml,
+                p);
+          };
+          if (masked)
+            launch(std::true_type{});
+          else
+            launch(std::false_type{});
+        });
+      });
+    };
+    if (sdtype == 0)
+      run(__half{});
+    else
+      run(__nv_bfloat16{});
+    if (rc != 0) {
+      return rc;
+    }
+    if (p.num_splits > 1) {
+      turbo_sdpa_combine<DD>
+          <<<p.B * p.Hq * p.qL, 128, 0, st>>>(part_o, part_ml, out, p);
+    }
+    return (int)cudaGetLastError();
+  }
+}
+
+extern "C" int TQ_FN(tq_attn_tc_d)(
+    const float* q,
+    const uint32_t* kc,
+    const void* ks,
+    const uint32_t* vc,
+    const void* vs,
+    const void* mask,
+    const float* sinks,
+    float* out,
+    float* part_o,
+    float* part_ml,
+    const AttnParams* pp,
+    int kbits,
+    int vbits,
+    int sdtype,
+    cudaStream_t st) {
+  return attn_tc_impl<D>(
+      q, kc, ks, vc, vs, mask, sinks, out, part_o, part_ml, pp, kbits, vbits,
+      sdtype, st);
+}

@@ -19,6 +19,9 @@ _lib.tq_workspace_floats.argtypes = [_i] * 8
 _lib.tq_workspace_floats.restype = _ll
 _lib.tq_num_splits.argtypes = [_i] * 8
 _lib.tq_attention.argtypes = [_vp] * 10 + [_i] * 9 + [ctypes.c_float] + [_i] * 5 + [_vp]
+_lib.tq_attention_tc.argtypes = (
+    [_vp] * 10 + [_i] * 9 + [ctypes.c_float] + [_i] * 3 + [_vp]
+)
 
 DT = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 
@@ -83,7 +86,11 @@ def decode(packed, scales, bits, d, out_dtype=None, out=None):
 
 
 class Attention:
-    """Plans once (workspace allocated up front) and launches many times."""
+    """Plans once (workspace allocated up front) and launches many times.
+
+    tc=True: the tensor-core decode kernel (turbo_sdpa_vector_tc: fp16/bf16
+    scales, D = 64, 128, 256) with the vector path's plan (force_splits
+    applies; force_path and cpt do not)."""
 
     def __init__(
         self,
@@ -103,9 +110,13 @@ class Attention:
         force_splits=0,
         cpt=0,
         device="cuda",
+        tc=False,
     ):
         self.args = (B, Hq, Hkv, qL, kL, D)
         self.kbits, self.vbits, self.scale, self.causal = kbits, vbits, scale, causal
+        self.tc = tc
+        if tc:
+            force_path = 0  # the vector path's plan
         self.force_path, self.force_splits, self.cpt = force_path, force_splits, cpt
         nw = _lib.tq_workspace_floats(B, Hq, Hkv, qL, kL, D, force_path, force_splits)
         self.work = torch.empty(max(nw, 1), dtype=torch.float32, device=device)
@@ -128,6 +139,37 @@ class Attention:
         B, Hq, Hkv, qL, kL, D = self.args
         if out is None:
             out = torch.empty((B, Hq, qL, D), dtype=torch.float32, device=q.device)
+        if self.tc:
+            rc = _lib.tq_attention_tc(
+                _ptr(q),
+                _ptr(kc),
+                _ptr(ks),
+                _ptr(vc),
+                _ptr(vs),
+                _ptr(self.mask_t),
+                ctypes.cast(self.mstr, ctypes.c_void_p)
+                if self.mstr is not None
+                else None,
+                _ptr(self.sinks),
+                _ptr(out),
+                _ptr(self.work),
+                B,
+                Hq,
+                Hkv,
+                qL,
+                kL,
+                D,
+                self.kbits,
+                self.vbits,
+                DT[ks.dtype],
+                ctypes.c_float(self.scale),
+                int(self.causal),
+                self.mask_kind,
+                self.force_splits,
+                _stream(),
+            )
+            _check(rc, "attention (tensor cores)")
+            return out
         rc = _lib.tq_attention(
             _ptr(q),
             _ptr(kc),
