@@ -889,9 +889,9 @@ __global__ void __launch_bounds__(128) turbo_sdpa_combine(
 constexpr int kVecTcWarps = 4;
 constexpr int kVecTcThreads = 32 * kVecTcWarps;
 
-// Keys per warp iteration.
+// Keys per warp iteration (64 keys at D = 64 spill at 255 registers).
 __host__ __device__ constexpr int vec_tc_keys(int d) {
-  return d <= 64 ? 64 : (d <= 128 ? 32 : 16);
+  return d <= 128 ? 32 : 16;
 }
 // Entries of the byte -> (c[lo], c[hi]) table.
 __host__ __device__ constexpr int vec_tc_lut_entries(int bits) {
@@ -960,9 +960,13 @@ __device__ inline void tc_mma_top(
   }
 }
 
-// Table entry of byte k (0..3) of w, from the lane's copy tl = table + lane.
-__device__ inline uint32_t tc_lut(const uint32_t* tl, uint32_t w, int k) {
-  return tl[__byte_perm(w, 0u, 0x4440u | uint32_t(k)) << 5];
+// Table entry of byte k (0..3) of w; tl: shared-window byte address of the
+// lane's copy of entry 0 (entries are 128 bytes apart). PRMT + LEA + LDS.
+__device__ inline uint32_t tc_lut(uint32_t tl, uint32_t w, int k) {
+  const uint32_t idx = __byte_perm(w, 0u, 0x4440u | uint32_t(k));
+  uint32_t v;
+  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(tl + (idx << 7)));
+  return v;
 }
 
 // N consecutive words from p; 16- (or 8-) byte vector loads when al (p is
@@ -1077,6 +1081,10 @@ __global__ void __launch_bounds__(kVecTcThreads) turbo_sdpa_vector_tc(
   constexpr int KE = vec_tc_lut_entries(KB);
   constexpr int VE = vec_tc_lut_entries(VB);
   constexpr int LDO = vec_tc_ldo(D);
+  // The value codes of the next iteration load with the key codes (D <= 128);
+  // at D = 256 (registers) they load at the start of their own iteration,
+  // ahead of the Q K^T MMAs and the softmax.
+  constexpr bool kPrefetchV = D <= 128;
 
   extern __shared__ __align__(16) uint32_t tq_vtc_smem[];
   __shared__ float s_cb[2][16];
@@ -1177,8 +1185,10 @@ __global__ void __launch_bounds__(kVecTcThreads) turbo_sdpa_vector_tc(
       (p.k_str[2] % 4 == 0);
   const bool val = ((reinterpret_cast<uintptr_t>(vbase) & 15) == 0) &&
       (p.v_str[2] % 4 == 0);
-  const uint32_t* ktl = ktab + lane;
-  const uint32_t* vtl = vtab + lane;
+  const uint32_t ktl =
+      static_cast<uint32_t>(__cvta_generic_to_shared(ktab + lane));
+  const uint32_t vtl =
+      static_cast<uint32_t>(__cvta_generic_to_shared(vtab + lane));
 
   // Codes and scales of one warp iteration (keys jb .. jb + KT - 1): K key
   // jb + 8 j + g, V keys jb + 16 kt + 2 t + {0, 1, 8, 9}, scales of keys
@@ -1186,6 +1196,17 @@ __global__ void __launch_bounds__(kVecTcThreads) turbo_sdpa_vector_tc(
   TcCodes<KB, D, KCPT> kn[NT];
   TcCodes<VB, D, VCPT> vn[NKT][4];
   T ksn[NT][2], vsn[NT][2];
+  auto load_v = [&](int jb, TcCodes<VB, D, VCPT>(&dst)[NKT][4]) {
+#pragma unroll
+    for (int kt = 0; kt < NKT; kt++) {
+#pragma unroll
+      for (int u = 0; u < 4; u++) {
+        int jv = jb + 16 * kt + 2 * t + (u & 1) + 8 * (u >> 1);
+        jv = jv < k_end ? jv : k_begin;
+        dst[kt][u].load(vbase + jv * p.v_str[2], g, val);
+      }
+    }
+  };
   auto load = [&](int jb) {
 #pragma unroll
     for (int j = 0; j < NT; j++) {
@@ -1193,14 +1214,8 @@ __global__ void __launch_bounds__(kVecTcThreads) turbo_sdpa_vector_tc(
       jk = jk < k_end ? jk : k_begin;
       kn[j].load(kbase + jk * p.k_str[2], t, kal);
     }
-#pragma unroll
-    for (int kt = 0; kt < NKT; kt++) {
-#pragma unroll
-      for (int u = 0; u < 4; u++) {
-        int jv = jb + 16 * kt + 2 * t + (u & 1) + 8 * (u >> 1);
-        jv = jv < k_end ? jv : k_begin;
-        vn[kt][u].load(vbase + jv * p.v_str[2], g, val);
-      }
+    if constexpr (kPrefetchV) {
+      load_v(jb, vn);
     }
 #pragma unroll
     for (int j = 0; j < NT; j++) {
@@ -1222,8 +1237,19 @@ __global__ void __launch_bounds__(kVecTcThreads) turbo_sdpa_vector_tc(
   // The loop bound is warp-uniform (shuffles and MMAs need every lane).
   for (int jb = jb0; jb < k_end; jb += kStep) {
     uint32_t knib[NT][KNW];
-    uint32_t vnib[NKT][4][VNW];
+    TcCodes<VB, D, VCPT> vcur[NKT][4];
     float ksc[NT][2], vsc[NT][2];
+    if constexpr (kPrefetchV) {
+#pragma unroll
+      for (int kt = 0; kt < NKT; kt++) {
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+          vcur[kt][u] = vn[kt][u];
+        }
+      }
+    } else {
+      load_v(jb, vcur);
+    }
 #pragma unroll
     for (int j = 0; j < NT; j++) {
       kn[j].nibbles(knib[j], t);
@@ -1231,13 +1257,6 @@ __global__ void __launch_bounds__(kVecTcThreads) turbo_sdpa_vector_tc(
       for (int h = 0; h < 2; h++) {
         ksc[j][h] = to_float(ksn[j][h]);
         vsc[j][h] = to_float(vsn[j][h]);
-      }
-    }
-#pragma unroll
-    for (int kt = 0; kt < NKT; kt++) {
-#pragma unroll
-      for (int u = 0; u < 4; u++) {
-        vn[kt][u].nibbles(vnib[kt][u], g);
       }
     }
     if (jb + kStep < k_end) {
@@ -1332,6 +1351,14 @@ __global__ void __launch_bounds__(kVecTcThreads) turbo_sdpa_vector_tc(
       }
     }
 
+    uint32_t vnib[NKT][4][VNW];
+#pragma unroll
+    for (int kt = 0; kt < NKT; kt++) {
+#pragma unroll
+      for (int u = 0; u < 4; u++) {
+        vcur[kt][u].nibbles(vnib[kt][u], g);
+      }
+    }
     // O += P V: B of n-tile i pairs keys (2t, 2t+1) in b0 and (2t+8, 2t+9) in
     // b1 at dim (D/8) g + i: byte m of x (y) pairs the codes of dim 8 w + 2 m
     // (+ 1) of the two keys' nibble word w.
