@@ -867,13 +867,16 @@ __global__ void __launch_bounds__(128) turbo_sdpa_combine(
 //               n-tile i is dim (D/8) n + i, so lane (g, t) reads the D/8
 //               consecutive codes [(D/8) g, (D/8) g + D/8) of keys 2t, 2t+1,
 //               2t+8, 2t+9 of the 16.
-// Codes become operands through a shared table mapping a byte (two 4-bit
-// codes, low nibble first) to the packed pair (c[lo], c[hi]) in T, one copy
-// per lane (entry e of lane l at word 32 e + l: no bank conflicts); 256
-// entries for turbo4, 128 for turbo3 (whose merged nibbles are < 8). turbo3
-// bit planes are merged into nibble words first (as in turbo_sdpa_vector).
-// For P V the byte pairs two keys at one dim, built with bit operations from
-// two keys' nibble words. The key scale multiplies the fp32 score; the value
+// Codes become operands through a shared table mapping a byte (two codes) to
+// the packed pair (c[first], c[second]) in T, one copy per lane (entry e of
+// lane l at word 32 e + l: no bank conflicts). turbo4: the byte is two 4-bit
+// codes, low nibble first (256 entries). turbo3 keys: the byte is built
+// straight from the bit planes, lo2(a) | lo2(a+1) << 2 | hi(a) << 4 |
+// hi(a+1) << 5 (64 entries; the pairing of dims this gives is folded into
+// the Q fragments, tc_kdim). turbo3 values: the planes are merged into
+// nibble words (as in turbo_sdpa_vector; 128 entries, codes < 8). For P V
+// the byte pairs two keys at one dim, built with bit operations from two
+// keys' nibble words. The key scale multiplies the fp32 score; the value
 // scale is folded into p before the conversion to T.
 //
 // Range guards (fp16 has 5 exponent bits): each query row is multiplied by a
@@ -893,9 +896,14 @@ constexpr int kVecTcThreads = 32 * kVecTcWarps;
 __host__ __device__ constexpr int vec_tc_keys(int d) {
   return d <= 128 ? 32 : 16;
 }
-// Entries of the byte -> (c[lo], c[hi]) table.
-__host__ __device__ constexpr int vec_tc_lut_entries(int bits) {
-  return bits == 4 ? 256 : 128;
+// Entries of the key (value) table: 256 nibble pairs for turbo4; for turbo3
+// keys 64 plane pairs (tc_kwords), for turbo3 values 128 nibble pairs of
+// merged 3-bit codes. One table serves both when both modes are turbo4.
+__host__ __device__ constexpr int vec_tc_lut_entries(int bits, bool key) {
+  return bits == 4 ? 256 : (key ? 64 : 128);
+}
+__host__ __device__ constexpr bool vec_tc_shared_lut(int kb, int vb) {
+  return kb == 4 && vb == 4;
 }
 // Row stride (floats) of the merge buffer: 8 blocks of D/8 + 1 (padding
 // against bank conflicts of the fragment-ordered stores).
@@ -906,7 +914,8 @@ __host__ __device__ constexpr int vec_tc_ldo(int d) {
 // (the tables, later reused for the merge of the warps).
 __host__ __device__ constexpr int vec_tc_smem_bytes(int kb, int vb, int d) {
   int lut = 4 * 32 *
-      (vec_tc_lut_entries(kb) + (kb == vb ? 0 : vec_tc_lut_entries(vb)));
+      (vec_tc_lut_entries(kb, true) +
+       (vec_tc_shared_lut(kb, vb) ? 0 : vec_tc_lut_entries(vb, false)));
   int merge = 4 * kVecTcWarps * 8 * vec_tc_ldo(d);
   return lut > merge ? lut : merge;
 }
@@ -1002,6 +1011,12 @@ __device__ inline void tc_ldg_words(const uint32_t* p, uint32_t* w, bool al) {
   }
 }
 
+// Nibble k (0..3) of a 16-bit x to byte k.
+__device__ inline uint32_t tc_spread_n2b(uint32_t x) {
+  x = (x | (x << 8)) & 0x00FF00FFu;
+  return (x | (x << 4)) & 0x0F0F0F0Fu;
+}
+
 // The raw words holding coordinates [CPT c, CPT c + CPT) of one packed
 // vector (loaded ahead), and their nibble words (code of coordinate i is
 // bits 4 (i % 8).. of word i / 8), as SlotCodes but with the turbo3 plane
@@ -1048,7 +1063,37 @@ struct TcCodes {
       }
     }
   }
+  // Key-side table indices (NW words of 4 bytes): turbo4 the nibble words;
+  // turbo3, per low-plane word L (coordinates 16 i ..) with high bits h16,
+  // byte k of word 2 i + x pairs coordinates a = 16 i + 4 k + 2 x and a + 1
+  // as lo2(a) | lo2(a+1) << 2 | hi(a) << 4 | hi(a+1) << 5 (see tc_kdim).
+  __device__ inline void kwords(uint32_t (&kw)[NW], int c) const {
+    if constexpr (BITS == 4) {
+#pragma unroll
+      for (int k = 0; k < NW; k++) {
+        kw[k] = raw[k];
+      }
+    } else {
+      static_assert(CPT >= 16, "turbo3 key chunks of at least 16");
+#pragma unroll
+      for (int i = 0; i < CPT / 16; i++) {
+        const uint32_t L = raw[i];
+        const uint32_t h16 = CPT >= 32 ? raw[NLO + (i >> 1)] >> (16 * (i & 1))
+                                       : raw[NLO] >> (16 * (c & 1));
+        kw[2 * i] = (L & 0x0F0F0F0Fu) | (tc_spread_n2b(h16 & 0x3333u) << 4);
+        kw[2 * i + 1] = ((L >> 4) & 0x0F0F0F0Fu) |
+            (tc_spread_n2b((h16 >> 2) & 0x3333u) << 4);
+      }
+    }
+  }
 };
+
+// First of the two coordinates (within a lane's key chunk) of key pair p
+// (byte p % 4 of kwords word p / 4).
+__host__ __device__ constexpr int tc_kdim(int bits, int p) {
+  return bits == 4 ? 2 * p
+                   : 16 * (p >> 3) + 4 * (p & 3) + 2 * ((p >> 2) & 1);
+}
 
 template <int KB, int VB, int D, int NQ, bool MASKED, typename T>
 __global__ void __launch_bounds__(kVecTcThreads) turbo_sdpa_vector_tc(
@@ -1078,8 +1123,9 @@ __global__ void __launch_bounds__(kVecTcThreads) turbo_sdpa_vector_tc(
   constexpr int VCPT = D / 8; // value coordinates per lane
   constexpr int KNW = KCPT / 8;
   constexpr int VNW = VCPT / 8;
-  constexpr int KE = vec_tc_lut_entries(KB);
-  constexpr int VE = vec_tc_lut_entries(VB);
+  constexpr int KE = vec_tc_lut_entries(KB, true);
+  constexpr int VE = vec_tc_lut_entries(VB, false);
+  constexpr bool kShareLut = vec_tc_shared_lut(KB, VB);
   constexpr int LDO = vec_tc_ldo(D);
   // The value codes of the next iteration load with the key codes (D <= 128);
   // at D = 256 (registers) they load at the start of their own iteration,
@@ -1091,7 +1137,7 @@ __global__ void __launch_bounds__(kVecTcThreads) turbo_sdpa_vector_tc(
   __shared__ float s_m[kVecTcWarps][8];
   __shared__ float s_l[kVecTcWarps][8];
   uint32_t* ktab = tq_vtc_smem;
-  uint32_t* vtab = KB == VB ? ktab : ktab + 32 * KE;
+  uint32_t* vtab = kShareLut ? ktab : ktab + 32 * KE;
   float* s_o = reinterpret_cast<float*>(tq_vtc_smem); // after the loop
 
   const int tid = threadIdx.x;
@@ -1113,10 +1159,14 @@ __global__ void __launch_bounds__(kVecTcThreads) turbo_sdpa_vector_tc(
   // Tables: uint4 f holds copies 4 (f % 8).. of entry f / 8.
   for (int f = tid; f < 8 * KE; f += kVecTcThreads) {
     int e = f >> 3;
-    uint32_t v = tc_pack2<T>(s_cb[0][e & 15], s_cb[0][e >> 4]);
+    uint32_t v = KB == 4
+        ? tc_pack2<T>(s_cb[0][e & 15], s_cb[0][e >> 4])
+        : tc_pack2<T>(
+              s_cb[0][(e & 3) | ((e >> 2) & 4)],
+              s_cb[0][((e >> 2) & 3) | ((e >> 3) & 4)]);
     reinterpret_cast<uint4*>(ktab)[f] = make_uint4(v, v, v, v);
   }
-  if constexpr (KB != VB) {
+  if constexpr (!kShareLut) {
     for (int f = tid; f < 8 * VE; f += kVecTcThreads) {
       int e = f >> 3;
       uint32_t v = tc_pack2<T>(s_cb[1][e & 15], s_cb[1][e >> 4]);
@@ -1125,7 +1175,8 @@ __global__ void __launch_bounds__(kVecTcThreads) turbo_sdpa_vector_tc(
   }
 
   // Query row g of this block: lane (g, t) holds dims [(D/4) t, (D/4) t +
-  // D/4) as the A fragments of the KS k-steps.
+  // D/4) as the A fragments of the KS k-steps; k-step s pairs the dims of
+  // key pairs 2 s (a0) and 2 s + 1 (a2), see tc_kdim.
   const int row = rg * NQ + g;
   const bool row_ok = g < NQ && row < nrows;
   const int rr = row_ok ? row : 0;
@@ -1153,8 +1204,10 @@ __global__ void __launch_bounds__(kVecTcThreads) turbo_sdpa_vector_tc(
     q_unscale = tc_pow2(-eq);
 #pragma unroll
     for (int s = 0; s < KS; s++) {
-      qa[s][0] = tc_pack2<T>(qf[4 * s] * qs, qf[4 * s + 1] * qs);
-      qa[s][1] = tc_pack2<T>(qf[4 * s + 2] * qs, qf[4 * s + 3] * qs);
+      const int d0 = tc_kdim(KB, 2 * s);
+      const int d1 = tc_kdim(KB, 2 * s + 1);
+      qa[s][0] = tc_pack2<T>(qf[d0] * qs, qf[d0 + 1] * qs);
+      qa[s][1] = tc_pack2<T>(qf[d1] * qs, qf[d1 + 1] * qs);
     }
   }
 
@@ -1252,7 +1305,7 @@ __global__ void __launch_bounds__(kVecTcThreads) turbo_sdpa_vector_tc(
     }
 #pragma unroll
     for (int j = 0; j < NT; j++) {
-      kn[j].nibbles(knib[j], t);
+      kn[j].kwords(knib[j], t);
 #pragma unroll
       for (int h = 0; h < 2; h++) {
         ksc[j][h] = to_float(ksn[j][h]);
