@@ -228,7 +228,8 @@ void turbo_sdpa_gpu(
   if (qL <= tb::kVectorMaxQL) {
     L.path = 0;
     int rows = p.gqa * qL;
-    L.nq = tb::vector_rows_per_block(rows);
+    L.tc = turbo_detail::use_tc_decode(low_precision, ks.dtype(), D);
+    L.nq = L.tc ? 8 : tb::vector_rows_per_block(rows);
     p.row_groups = (rows + L.nq - 1) / L.nq;
     int splits =
         tb::vector_num_splits(B * Hkv * p.row_groups, kL, num_sms(enc));

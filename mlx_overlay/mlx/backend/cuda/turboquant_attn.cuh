@@ -27,7 +27,17 @@ struct AttnLaunch {
   // float32 accumulation may be used (their rounding is below the output's);
   // float32 queries keep the float32 kernels.
   bool low_precision;
+  // Decode on tensor cores (turbo_sdpa_vector_tc, nq == 8): set by
+  // turbo_sdpa_gpu for float16/bfloat16 queries and scales and the head dims
+  // that kernel supports.
+  bool tc;
 };
+
+// Whether the decode of a call runs on tensor cores (see AttnLaunch::tc).
+inline bool use_tc_decode(bool low_precision, Dtype scale_dtype, int d) {
+  return low_precision && scale_dtype != float32 &&
+      cu::turbo::vector_tc_supported(d);
+}
 
 template <int KB, int VB, int D, typename T>
 void launch_attention_typed(
@@ -109,6 +119,62 @@ void launch_attention_typed(
   dim3 grid(p.num_splits, p.Hkv * p.row_groups, p.B);
   // Without an array mask, causality only matters for qL > 1.
   const bool masked = p.mask_kind != tb::kMaskNone || (p.causal && p.qL > 1);
+  auto combine = [&]() {
+    if (p.num_splits > 1) {
+      const float* const_part_o = part_o;
+      const float* const_part_ml = part_ml;
+      enc.set_input_array(*L.part_o);
+      enc.set_input_array(*L.part_ml);
+      enc.set_output_array(out);
+      enc.add_kernel_node(
+          tb::turbo_sdpa_combine<D>,
+          dim3(p.B * p.Hq * p.qL),
+          dim3(128),
+          const_part_o,
+          const_part_ml,
+          op,
+          p);
+    }
+  };
+  constexpr bool tc_type =
+      std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
+  if constexpr (tc_type && tb::vector_tc_supported(D)) {
+    if (L.tc) {
+      auto launch_tc = [&](auto masked_tag) {
+        auto kernel =
+            tb::turbo_sdpa_vector_tc<KB, VB, D, 8, masked_tag.value, T>;
+        constexpr int smem = tb::vec_tc_smem_bytes(KB, VB, D);
+        CHECK_CUDA_ERROR(cudaFuncSetAttribute(
+            reinterpret_cast<const void*>(kernel),
+            cudaFuncAttributeMaxDynamicSharedMemorySize,
+            smem));
+        enc.add_kernel_node_ex(
+            kernel,
+            grid,
+            dim3(tb::kVecTcThreads),
+            {},
+            smem,
+            qp,
+            kp,
+            ksp,
+            vp,
+            vsp,
+            mask,
+            sinks,
+            op,
+            part_o,
+            part_ml,
+            p);
+      };
+      if (masked) {
+        launch_tc(std::true_type{});
+      } else {
+        launch_tc(std::false_type{});
+      }
+      combine();
+      return;
+    }
+  }
   auto launch = [&](auto nq, auto masked_tag) {
     auto kernel = tb::turbo_sdpa_vector<
         KB,
@@ -155,21 +221,7 @@ void launch_attention_typed(
       by_mask(std::integral_constant<int, 8>{});
       break;
   }
-  if (p.num_splits > 1) {
-    const float* const_part_o = part_o;
-    const float* const_part_ml = part_ml;
-    enc.set_input_array(*L.part_o);
-    enc.set_input_array(*L.part_ml);
-    enc.set_output_array(out);
-    enc.add_kernel_node(
-        tb::turbo_sdpa_combine<D>,
-        dim3(p.B * p.Hq * p.qL),
-        dim3(128),
-        const_part_o,
-        const_part_ml,
-        op,
-        p);
-  }
+  combine();
 }
 
 template <int D>
