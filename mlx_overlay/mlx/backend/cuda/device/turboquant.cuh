@@ -892,6 +892,22 @@ __global__ void __launch_bounds__(128) turbo_sdpa_combine(
 constexpr int kVecTcWarps = 4;
 constexpr int kVecTcThreads = 32 * kVecTcWarps;
 
+// Tuning knobs for experiments on the device (e.g. NVCC_APPEND_FLAGS=
+// "-DTQ_VTC_MIN_BLOCKS=3" bash tests/cuda/build.sh). Defaults: no register
+// cap (D = 128: 180-238 registers, no spills, 2 blocks per SM; a cap of 168
+// for 3 blocks spills 76-324 bytes), and value codes prefetched one
+// iteration ahead up to D = 128 (without: 178-218 registers at D = 128).
+// (A minimum of 1 block is not the same as none: it changed ptxas's
+// register choice, 214 -> 238 at D = 128.)
+#ifdef TQ_VTC_MIN_BLOCKS
+#define TQ_VTC_LAUNCH_BOUNDS __launch_bounds__(kVecTcThreads, TQ_VTC_MIN_BLOCKS)
+#else
+#define TQ_VTC_LAUNCH_BOUNDS __launch_bounds__(kVecTcThreads)
+#endif
+#ifndef TQ_VTC_PREFETCH_V_MAX_D
+#define TQ_VTC_PREFETCH_V_MAX_D 128
+#endif
+
 // Keys per warp iteration (64 keys at D = 64 spill at 255 registers).
 __host__ __device__ constexpr int vec_tc_keys(int d) {
   return d <= 128 ? 32 : 16;
@@ -1096,7 +1112,7 @@ __host__ __device__ constexpr int tc_kdim(int bits, int p) {
 }
 
 template <int KB, int VB, int D, int NQ, bool MASKED, typename T>
-__global__ void __launch_bounds__(kVecTcThreads) turbo_sdpa_vector_tc(
+__global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
     const float* __restrict__ q,
     const uint32_t* __restrict__ kc,
     const T* __restrict__ ks,
@@ -1130,7 +1146,7 @@ __global__ void __launch_bounds__(kVecTcThreads) turbo_sdpa_vector_tc(
   // The value codes of the next iteration load with the key codes (D <= 128);
   // at D = 256 (registers) they load at the start of their own iteration,
   // ahead of the Q K^T MMAs and the softmax.
-  constexpr bool kPrefetchV = D <= 128;
+  constexpr bool kPrefetchV = D <= TQ_VTC_PREFETCH_V_MAX_D;
 
   extern __shared__ __align__(16) uint32_t tq_vtc_smem[];
   __shared__ float s_cb[2][16];
