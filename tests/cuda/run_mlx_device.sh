@@ -6,6 +6,7 @@
 #   tests/cuda/run_mlx_device.sh start        # ./build.sh --cuda --offline, in the background
 #   tests/cuda/run_mlx_device.sh wait [S]     # until the build ends, at most S seconds
 #   tests/cuda/run_mlx_device.sh test         # ./test.sh against the CUDA wheel (GPU default device)
+#   tests/cuda/run_mlx_device.sh plain [ARGS] # the same tests without pytest + the upstream unittest
 #   tests/cuda/run_mlx_device.sh bench [ARGS] # benchmarks/gpu_attention.py --out $OUT
 #   tests/cuda/run_mlx_device.sh sanitize     # compute-sanitizer memcheck over the attention tests
 #   tests/cuda/run_mlx_device.sh backtrace    # cuda-gdb backtrace of a crashing ./test.sh run
@@ -80,6 +81,19 @@ case "${1:-}" in
       echo "print($e) in a fresh process: exit $?" | tee -a "$OUTDIR/test_gpu.log"
     done
     TURBOQUANT_SKIP_METAL=1 ./test.sh --assert=plain -rf "$@" 2>&1 | tee -a "$OUTDIR/test_gpu.log"
+    ;;
+  plain)
+    shift
+    # The suite without pytest (tests/cuda/run_plain.py) and the upstream
+    # unittest with unittest: every pytest process segfaulted on the device
+    # image (docs/cuda.md, "Third session").
+    set -o pipefail
+    "$TURBOQUANT_VENV/bin/python" tests/cuda/run_plain.py "$@" 2>&1 | tee "$OUTDIR/plain_gpu.log"
+    rc=$?
+    (cd "$TURBOQUANT_CACHE/work/mlx/python/tests" &&
+      "$TURBOQUANT_VENV/bin/python" -m unittest -v test_fast_turboquant) 2>&1 |
+      tee "$OUTDIR/unittest_gpu.log" | tail -15
+    exit $((rc | $?))
     ;;
   bench)
     shift
