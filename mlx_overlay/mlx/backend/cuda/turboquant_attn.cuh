@@ -119,6 +119,26 @@ void launch_attention_typed(
   dim3 grid(p.num_splits, p.Hkv * p.row_groups, p.B);
   // Without an array mask, causality only matters for qL > 1.
   const bool masked = p.mask_kind != tb::kMaskNone || (p.causal && p.qL > 1);
+  // Both decode kernels take the same arguments.
+  auto add_vector = [&](auto kernel, int threads, int smem) {
+    enc.add_kernel_node_ex(
+        kernel,
+        grid,
+        dim3(threads),
+        {},
+        smem,
+        qp,
+        kp,
+        ksp,
+        vp,
+        vsp,
+        mask,
+        sinks,
+        op,
+        part_o,
+        part_ml,
+        p);
+  };
   auto combine = [&]() {
     if (p.num_splits > 1) {
       const float* const_part_o = part_o;
@@ -148,23 +168,7 @@ void launch_attention_typed(
             reinterpret_cast<const void*>(kernel),
             cudaFuncAttributeMaxDynamicSharedMemorySize,
             smem));
-        enc.add_kernel_node_ex(
-            kernel,
-            grid,
-            dim3(tb::kVecTcThreads),
-            {},
-            smem,
-            qp,
-            kp,
-            ksp,
-            vp,
-            vsp,
-            mask,
-            sinks,
-            op,
-            part_o,
-            part_ml,
-            p);
+        add_vector(kernel, tb::kVecTcThreads, smem);
       };
       if (masked) {
         launch_tc(std::true_type{});
@@ -184,21 +188,7 @@ void launch_attention_typed(
         tb::vec_cpt(D, nq.value),
         masked_tag.value,
         T>;
-    enc.add_kernel_node(
-        kernel,
-        grid,
-        dim3(tb::kVecThreads),
-        qp,
-        kp,
-        ksp,
-        vp,
-        vsp,
-        mask,
-        sinks,
-        op,
-        part_o,
-        part_ml,
-        p);
+    add_vector(kernel, tb::kVecThreads, 0);
   };
   auto by_mask = [&](auto nq) {
     if (masked) {

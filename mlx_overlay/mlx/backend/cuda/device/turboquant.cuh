@@ -688,7 +688,10 @@ __global__ void __launch_bounds__(kVecThreads) turbo_sdpa_vector(
         int j = jb + sg + u * NSG;
         float sc = s[u][r];
         if constexpr (MASKED) {
-          sc = apply_mask(sc, p, mask, b, row_h[r], row_q[r], j);
+          // Only keys of this split: past kL the mask must not be read.
+          if (j < k_end) {
+            sc = apply_mask(sc, p, mask, b, row_h[r], row_q[r], j);
+          }
         }
         sc = j < k_end ? sc : -INFINITY;
         s[u][r] = sc;
