@@ -8,11 +8,16 @@ expands their `parametrize` marks, builds the three fixtures they use (`rng`,
 calls each test in this process, so the GPU results of the suite do not depend
 on pytest's process.
 
-    python tests/cuda/run_plain.py [-k SUBSTRING] [MODULE ...]   (default: all)
+    python tests/cuda/run_plain.py [--gc] [-k SUBSTRING] [MODULE ...]   (default: all)
+
+--gc runs gc.collect() after every test, as pytest's unraisable-exception
+plugin does (to see whether collecting cyclic garbage, e.g. exception
+tracebacks that hold arrays, is what crashes).
 
 Prints one line per failing test and a summary; exit status 1 on failures.
 """
 
+import gc
 import importlib
 import itertools
 import os
@@ -76,6 +81,8 @@ def fixtures(mod, fn, seed):
 
 def main(argv):
     sel = None
+    collect = "--gc" in argv
+    argv = [a for a in argv if a != "--gc"]
     if "-k" in argv:
         i = argv.index("-k")
         sel = argv[i + 1]
@@ -106,6 +113,8 @@ def main(argv):
                     failed.append(tid)
                     print(f"FAILED {tid}: {type(e).__name__}: {e}", flush=True)
                     traceback.print_exc(limit=3)
+                if collect:
+                    gc.collect()
     print(f"{passed} passed, {len(failed)} failed in {time.time() - t0:.1f}s", flush=True)
     return 1 if failed else 0
 
