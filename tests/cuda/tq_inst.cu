@@ -282,3 +282,77 @@ extern "C" int TQ_FN(tq_attn_tc_d)(
       q, kc, ks, vc, vs, mask, sinks, out, part_o, part_ml, pp, kbits, vbits,
       sdtype, st);
 }
+
+// Prefill on tensor cores (turbo_sdpa_full_mma): fp16/bf16 scales, D = 64,
+// 128, 256. Returns -3 where the kernel does not apply.
+template <int DD>
+static int attn_mma_impl(
+    const float* q,
+    const uint32_t* kc,
+    const void* ks,
+    const uint32_t* vc,
+    const void* vs,
+    const void* mask,
+    const float* sinks,
+    float* out,
+    const AttnParams* pp,
+    int kbits,
+    int vbits,
+    int sdtype,
+    cudaStream_t st) {
+  if constexpr (!full_mma_supported(DD)) {
+    return -3;
+  } else {
+    if (sdtype != 0 && sdtype != 1) {
+      return -3;
+    }
+    const AttnParams p = *pp;
+    dim3 grid((p.qL + kMmaBQ - 1) / kMmaBQ, p.Hq, p.B);
+    int rc = 0;
+    auto run = [&](auto tt) {
+      using T = decltype(tt);
+      by_bits(kbits, [&](auto kb) {
+        by_bits(vbits, [&](auto vb) {
+          auto kern = turbo_sdpa_full_mma<kb.value, vb.value, DD, T>;
+          constexpr int smem = full_mma_smem_bytes(kb.value, vb.value, DD);
+          cudaError_t e = cudaFuncSetAttribute(
+              (const void*)kern,
+              cudaFuncAttributeMaxDynamicSharedMemorySize,
+              smem);
+          if (e != cudaSuccess) {
+            rc = (int)e;
+            return;
+          }
+          kern<<<grid, kMmaThreads, smem, st>>>(
+              q, kc, (const T*)ks, vc, (const T*)vs, mask, sinks, out, p);
+        });
+      });
+    };
+    if (sdtype == 0)
+      run(__half{});
+    else
+      run(__nv_bfloat16{});
+    if (rc != 0) {
+      return rc;
+    }
+    return (int)cudaGetLastError();
+  }
+}
+
+extern "C" int TQ_FN(tq_attn_mma_d)(
+    const float* q,
+    const uint32_t* kc,
+    const void* ks,
+    const uint32_t* vc,
+    const void* vs,
+    const void* mask,
+    const float* sinks,
+    float* out,
+    const AttnParams* pp,
+    int kbits,
+    int vbits,
+    int sdtype,
+    cudaStream_t st) {
+  return attn_mma_impl<D>(
+      q, kc, ks, vc, vs, mask, sinks, out, pp, kbits, vbits, sdtype, st);
+}
