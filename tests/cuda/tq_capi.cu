@@ -51,6 +51,20 @@ using namespace mlx::core::cu::turbo;
       int,                                                           \
       int,                                                           \
       int,                                                           \
+      cudaStream_t);                                                 \
+  extern "C" int tq_attn_mma_d##D(                                   \
+      const float*,                                                  \
+      const uint32_t*,                                               \
+      const void*,                                                   \
+      const uint32_t*,                                               \
+      const void*,                                                   \
+      const void*,                                                   \
+      const float*,                                                  \
+      float*,                                                        \
+      const AttnParams*,                                             \
+      int,                                                           \
+      int,                                                           \
+      int,                                                           \
       cudaStream_t);
 DECL(64)
 DECL(80) DECL(96) DECL(128) DECL(192) DECL(256)
@@ -411,6 +425,89 @@ extern "C" int tq_attention_tc(
       kbits,       \
       vbits,       \
       sdtype,      \
+      (cudaStream_t)st)
+  SWITCH_D(D, C)
+#undef C
+}
+
+// Prefill on tensor cores (turbo_sdpa_full_mma): the full path's plan,
+// fp16/bf16 scales, D = 64, 128, 256, any qL. Same arguments as
+// tq_attention without work, force_path, force_splits and cpt. Returns -3
+// where the kernel does not apply.
+extern "C" int tq_attention_prefill_mma(
+    const float* q,
+    const uint32_t* kc,
+    const void* ks,
+    const uint32_t* vc,
+    const void* vs,
+    const void* mask,
+    const long long* mstr,
+    const float* sinks,
+    float* out,
+    int B,
+    int Hq,
+    int Hkv,
+    int qL,
+    int kL,
+    int D,
+    int kbits,
+    int vbits,
+    int sdtype,
+    float scale,
+    int causal,
+    int mask_kind,
+    void* st) {
+  AttnParams p;
+  int nq;
+  plan(
+      p,
+      nq,
+      B,
+      Hq,
+      Hkv,
+      qL,
+      kL,
+      D,
+      scale,
+      causal,
+      mask_kind,
+      mstr,
+      sinks != nullptr,
+      1,
+      0);
+  long long Wk = packed_words(kbits, D), Wv = packed_words(vbits, D);
+  p.q_str[0] = (long long)Hq * qL * D;
+  p.q_str[1] = (long long)qL * D;
+  p.q_str[2] = D;
+  p.o_str[0] = p.q_str[0];
+  p.o_str[1] = p.q_str[1];
+  p.o_str[2] = p.q_str[2];
+  p.k_str[0] = Hkv * kL * Wk;
+  p.k_str[1] = kL * Wk;
+  p.k_str[2] = Wk;
+  p.v_str[0] = Hkv * kL * Wv;
+  p.v_str[1] = kL * Wv;
+  p.v_str[2] = Wv;
+  p.ks_str[0] = (long long)Hkv * kL;
+  p.ks_str[1] = kL;
+  p.ks_str[2] = 1;
+  p.vs_str[0] = p.ks_str[0];
+  p.vs_str[1] = kL;
+  p.vs_str[2] = 1;
+#define C(d)        \
+  tq_attn_mma_d##d( \
+      q,            \
+      kc,           \
+      ks,           \
+      vc,           \
+      vs,           \
+      mask,         \
+      sinks,        \
+      out,          \
+      &p,           \
+      kbits,        \
+      vbits,        \
+      sdtype,       \
       (cudaStream_t)st)
   SWITCH_D(D, C)
 #undef C

@@ -22,6 +22,9 @@ _lib.tq_attention.argtypes = [_vp] * 10 + [_i] * 9 + [ctypes.c_float] + [_i] * 5
 _lib.tq_attention_tc.argtypes = (
     [_vp] * 10 + [_i] * 9 + [ctypes.c_float] + [_i] * 3 + [_vp]
 )
+_lib.tq_attention_prefill_mma.argtypes = (
+    [_vp] * 9 + [_i] * 9 + [ctypes.c_float] + [_i] * 2 + [_vp]
+)
 
 DT = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 
@@ -90,7 +93,11 @@ class Attention:
 
     tc=True: the tensor-core decode kernel (turbo_sdpa_vector_tc: fp16/bf16
     scales, D = 64, 128, 256) with the vector path's plan (force_splits
-    applies; force_path and cpt do not)."""
+    applies; force_path and cpt do not).
+
+    mma=True: the tensor-core prefill kernel (turbo_sdpa_full_mma: fp16/bf16
+    scales, D = 64, 128, 256, any qL) with the full path's plan (force_path,
+    force_splits and cpt do not apply)."""
 
     def __init__(
         self,
@@ -111,12 +118,16 @@ class Attention:
         cpt=0,
         device="cuda",
         tc=False,
+        mma=False,
     ):
         self.args = (B, Hq, Hkv, qL, kL, D)
         self.kbits, self.vbits, self.scale, self.causal = kbits, vbits, scale, causal
         self.tc = tc
+        self.mma = mma
         if tc:
             force_path = 0  # the vector path's plan
+        if mma:
+            force_path = 1  # the full path's plan (no workspace)
         self.force_path, self.force_splits, self.cpt = force_path, force_splits, cpt
         nw = _lib.tq_workspace_floats(B, Hq, Hkv, qL, kL, D, force_path, force_splits)
         self.work = torch.empty(max(nw, 1), dtype=torch.float32, device=device)
@@ -139,6 +150,35 @@ class Attention:
         B, Hq, Hkv, qL, kL, D = self.args
         if out is None:
             out = torch.empty((B, Hq, qL, D), dtype=torch.float32, device=q.device)
+        if self.mma:
+            rc = _lib.tq_attention_prefill_mma(
+                _ptr(q),
+                _ptr(kc),
+                _ptr(ks),
+                _ptr(vc),
+                _ptr(vs),
+                _ptr(self.mask_t),
+                ctypes.cast(self.mstr, ctypes.c_void_p)
+                if self.mstr is not None
+                else None,
+                _ptr(self.sinks),
+                _ptr(out),
+                B,
+                Hq,
+                Hkv,
+                qL,
+                kL,
+                D,
+                self.kbits,
+                self.vbits,
+                DT[ks.dtype],
+                ctypes.c_float(self.scale),
+                int(self.causal),
+                self.mask_kind,
+                _stream(),
+            )
+            _check(rc, "attention (tensor-core prefill)")
+            return out
         if self.tc:
             rc = _lib.tq_attention_tc(
                 _ptr(q),
