@@ -199,6 +199,7 @@ def check_attn(
     tol=1e-5,
     cpt=0,
     tc=False,
+    mma=False,
     q_mul=1.0,
     ks_mul=1.0,
     vs_mul=1.0,
@@ -231,6 +232,7 @@ def check_attn(
         force_splits=force_splits,
         cpt=cpt,
         tc=tc,
+        mma=mma,
     )
     out = torch.full((B, Hq, qL, d), float("nan"), device="cuda")
     att(q.cuda(), kw.cuda(), ks.cuda(), vw.cuda(), vs.cuda(), out=out)
@@ -261,9 +263,17 @@ def check_attn(
         # this test's sharp softmax gives rel. errors of ~5e-4 (fp16) and
         # ~4e-3 (bf16), well below these bounds.
         tol = max(tol, 3e-3 if sdt == torch.float16 else 2e-2)
+    if mma:
+        # The same operands rounded to fp16 / bf16 as the tensor-core decode
+        # kernel (q * scale * log2 e * 2^e_q, the K and V centroids without
+        # their scales, p * value scale (* 2^-e_v)), float32 accumulation:
+        # the same bounds.
+        tol = max(tol, 3e-3 if sdt == torch.float16 else 2e-2)
     ok = bool(np.isfinite(o).all()) and err < tol
     path = (
-        ("full-tf32" if tc else "full-simt")
+        "full-mma"
+        if mma
+        else ("full-tf32" if tc else "full-simt")
         if (force_path >= 1 or (qL > 8 and not vtc))
         else f"vec{'-tc' if vtc else ''}/{att.splits}split"
     )
@@ -395,6 +405,62 @@ def check_attention_tc():
     check_attn("tc-range", 1, 8, 2, 1, 700, 64, 4, 4, tc=True, vs_mul=1e-3, sdt=bf16)
 
 
+def check_attention_mma():
+    """The tensor-core prefill kernel (turbo_sdpa_full_mma) against float64."""
+    combos = ((3, 3), (4, 4), (3, 4), (4, 3))
+    f16, bf16 = torch.float16, torch.bfloat16
+    for d in (64, 128, 256):
+        for kb, vb in combos:
+            for sdt in (f16, bf16):
+                # 1000: not a multiple of the 64-row / 64-key tiles; GQA 4
+                check_attn(
+                    "mma", 1, 4, 1, 1000, 1000, d, kb, vb, sdt=sdt, causal=True,
+                    mma=True,
+                )
+    for sdt in (f16, bf16):
+        # chunked prefill into an existing cache (qL < kL), GQA 1 / 4 / 8
+        for g in (1, 4, 8):
+            check_attn(
+                "mma-chunk", 1, 2 * g, 2, 200, 3000, 128, 3, 4, sdt=sdt, causal=True,
+                mma=True,
+            )
+        check_attn("mma-chunk", 2, 8, 2, 77, 1500, 64, 4, 4, sdt=sdt, causal=True, mma=True)
+        check_attn("mma-chunk", 1, 8, 1, 130, 700, 256, 4, 3, sdt=sdt, causal=True, mma=True)
+        # qL > kL causal: rows that see no key average all values
+        check_attn("mma qL>kL", 1, 4, 1, 150, 40, 128, 3, 3, sdt=sdt, causal=True, mma=True)
+        check_attn("mma qL>kL", 1, 4, 2, 100, 70, 64, 4, 3, sdt=sdt, causal=True, mma=True)
+        check_attn("mma qL>kL", 1, 2, 1, 200, 63, 256, 3, 4, sdt=sdt, causal=True, mma=True)
+        # masks with broadcast (bool: over batch, one fully masked row; float:
+        # over heads), sinks, no mask
+        for d in (64, 128, 256):
+            check_attn("mma-mask", 2, 8, 2, 200, 130, d, 3, 4, sdt=sdt, mask="bool", mma=True)
+            check_attn(
+                "mma-mask", 2, 8, 2, 200, 130, d, 4, 3, sdt=sdt, mask="float",
+                sinks=True, mma=True,
+            )
+        check_attn("mma-sinks", 1, 8, 2, 300, 300, 128, 4, 4, sdt=sdt, causal=True,
+                   sinks=True, mma=True)
+        check_attn("mma-nomask", 2, 8, 8, 100, 333, 128, 4, 4, sdt=sdt, mma=True)
+        check_attn("mma-mask+causal", 1, 8, 4, 120, 500, 64, 3, 3, sdt=sdt, causal=True,
+                   mask="bool", mma=True)
+        # short queries (the kernel takes any qL)
+        for qL in (1, 5, 17):
+            check_attn("mma-short", 1, 8, 2, qL, 600, 128, 3, 4, sdt=sdt, causal=True,
+                       mma=True)
+    # range guards: queries / key scales far from 1 (power-of-two row guard),
+    # value scales far from 1 (fp16 P guard)
+    check_attn("mma-range", 1, 8, 2, 300, 700, 128, 4, 4, causal=True, mma=True,
+               q_mul=1e5, ks_mul=1e-5)
+    check_attn("mma-range", 1, 8, 2, 300, 700, 128, 4, 3, causal=True, mma=True,
+               q_mul=1e-4, ks_mul=1e4)
+    check_attn("mma-range", 1, 8, 2, 300, 700, 128, 3, 4, causal=True, mma=True, vs_mul=1e4)
+    check_attn("mma-range", 1, 8, 2, 300, 700, 128, 4, 4, causal=True, mma=True,
+               vs_mul=1e-5)
+    check_attn("mma-range", 1, 8, 2, 300, 700, 64, 4, 4, causal=True, mma=True,
+               vs_mul=1e-3, sdt=bf16)
+    check_attn("mma-long", 1, 2, 1, 256, 16384, 128, 3, 3, causal=True, mma=True)
+
+
 def check_roundtrip_attention():
     """encode -> fused attention == SDPA over dequantized K/V (float64)."""
     for d in (64, 128, 256):
@@ -432,6 +498,7 @@ if __name__ == "__main__":
     check_decode()
     check_attention()
     check_attention_tc()
+    check_attention_mma()
     check_roundtrip_attention()
     print(f"\n{N_OK} passed, {len(FAIL)} failed in {time.time() - t0:.0f}s")
     for f in FAIL:
