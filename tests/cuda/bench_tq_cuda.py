@@ -11,6 +11,9 @@ Decode: B in (1, 8), Hq=32, Hkv=8, D=128, qL=1, context 1K..128K.
                 Hadamard transforms per head) are not included
   * tc3/tc4     the tensor-core decode kernel (turbo_sdpa_vector_tc, fp16
                 operands) on the same inputs, same plan
+Prefill (--prefill): B=1, Hq=32, Hkv=8, D=128, causal qL = kL; bf16 SDPA vs
+  the SIMT kernel (turbo3/4), the TF32 one (<= 4K) and the fp16 mma.sync one
+  (turbo_sdpa_full_mma, columns turbo3_mma / turbo4_mma).
 Bandwidth = bytes the kernel must read/write at least (K/V codes + scales,
 q, out) / time, next to a measured device-to-device copy (read + write).
 Inputs rotate among several copies so that the L2 cache (50-60 MB) does not
@@ -271,6 +274,13 @@ def prefill_case(L, results, Hq=32, Hkv=8, D=128, B=1):
             )
             t1 = bench(lambda i: att1(qf, kc, ksc, vc, vsc, out=out), 1, reps=3)
             row[f"turbo{bits}_tf32_ms"] = t1 / 1e3
+        # the fp16 tensor-core prefill (turbo_sdpa_full_mma), same inputs
+        att2 = tq_lib.Attention(
+            B, Hq, Hkv, L, L, D, bits, bits, scale, causal=True, mma=True
+        )
+        t2 = bench(lambda i: att2(qf, kc, ksc, vc, vsc, out=out), 1, reps=3)
+        row[f"turbo{bits}_mma_ms"] = t2 / 1e3
+        row[f"turbo{bits}_mma_TFLOPs"] = flops / (t2 * 1e-6) / 1e12
     results.append(row)
     print(json.dumps(row), flush=True)
 
@@ -328,6 +338,11 @@ def main():
             f"({r['turbo3_TFLOPs']:.1f}), turbo4 {r['turbo4_ms']:.2f} ms ({r['turbo4_TFLOPs']:.1f})"
             f"; TF32 tensor-core kernel: turbo3 {r.get('turbo3_tf32_ms', float('nan')):.2f} ms, "
             f"turbo4 {r.get('turbo4_tf32_ms', float('nan')):.2f} ms"
+            f"; fp16 mma kernel: turbo3 {r['turbo3_mma_ms']:.2f} ms "
+            f"({r['turbo3_mma_TFLOPs']:.1f}), turbo4 {r['turbo4_mma_ms']:.2f} ms "
+            f"({r['turbo4_mma_TFLOPs']:.1f}), x vs sdpa bf16: "
+            f"{r['sdpa_bf16_ms'] / r['turbo3_mma_ms']:.2f} / "
+            f"{r['sdpa_bf16_ms'] / r['turbo4_mma_ms']:.2f}"
         )
     try:
         if decode:
