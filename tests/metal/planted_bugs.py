@@ -2,6 +2,8 @@
 """Planted bugs in the TurboQuant kernels: each mutation is applied to a copy
 of the kernel tree and must be caught.
   compile: by check_kernels.sh (type check) or check_bindings.py
+  clcpp:   by check_kernels.sh --clcpp (C++ for OpenCL address-space rules);
+           the C++-mode check is run too and reported (these bugs pass it)
   runtime: by the reduced CPU-execution builds (TURBO_EXEC_SMALL), plain and,
            where marked, under AddressSanitizer
 usage: planted_bugs.py KERNEL_ROOT BUILD_DIR [substring filters...]
@@ -16,7 +18,7 @@ SVT, TQ, TC = K + "sdpa_vector_turbo.h", K + "turbo_quantize.h", K + "turbo_comm
 SVM = K + "sdpa_vector_turbo.metal"
 SVP = K + "sdpa_prefill_turbo.h"
 
-# (name, kind, file, old, new[, asan])   kind: compile | bindings | attn | quant
+# (name, kind, file, old, new[, asan])   kind: compile | clcpp | bindings | lint | attn | quant
 MUT = [
   ("write through a const device pointer (out)", "compile", SVT,
    "    device float* out [[buffer(TURBO_ATTN_BUF_OUT)]],\n    const constant TurboAttnParams& p [[buffer(TURBO_ATTN_BUF_PARAMS)]],\n    const device bool* bmask\n    [[buffer(TURBO_ATTN_BUF_BMASK), function_constant(turbo_bool_mask)]],\n    const device float* fmask\n    [[buffer(TURBO_ATTN_BUF_FMASK), function_constant(turbo_float_mask)]],\n    const device float* sinks\n    [[buffer(TURBO_ATTN_BUF_SINKS), function_constant(turbo_has_sinks)]],\n    uint3 tid",
@@ -51,6 +53,12 @@ MUT = [
   ("double literal in the encoder (float on the GPU, double on the CPU model)", "lint", TQ,
    "turbo_centroid<BITS>(uint(j + 1))) * 0.5f;", "turbo_centroid<BITS>(uint(j + 1))) * 0.5;"),
   ("double accumulator", "lint", SVT, "      float dot = 0.0f;", "      double dot = 0.0f;"),
+  # ---- C++ for OpenCL check (C++ mode accepts these)
+  ("threadgroup key tile read through a device pointer (C-style address-space cast)", "clcpp", SVP,
+   "      const threadgroup uchar* kr = kc + simd_lid * DP;",
+   "      const device uchar* kr = (const device uchar*)(kc + simd_lid * DP);"),
+  ("codebook table at program scope without `constant`", "clcpp", TC,
+   "constexpr constant static float turbo_cb3[8] = {", "constexpr static float turbo_cb3[8] = {"),
   # ---- runtime
   ("missing threadgroup_barrier before reading max_scores", "attn", SVT,
    "  threadgroup_barrier(mem_flags::mem_threadgroup);\n  float m = max_scores[simd_lid];", "  float m = max_scores[simd_lid];"),
@@ -130,7 +138,14 @@ def run_one(n, m):
     open(os.path.join(tree, rel), "w").write(text)
     shutil.rmtree(pp, ignore_errors=True)
     res = []
-    if kind in ("compile", "bindings", "lint"):
+    if kind == "clcpp":
+        cpp = sh([os.path.join(HERE, "check_kernels.sh"), tree, pp])
+        r = sh([os.path.join(HERE, "check_kernels.sh"), "--clcpp", tree, pp + "_cl"])
+        shutil.rmtree(pp + "_cl", ignore_errors=True)
+        lines = [l for l in (r.stdout + r.stderr).splitlines() if "error:" in l]
+        res.append(("c++", cpp.returncode != 0, []))
+        res.append(("clcpp", r.returncode != 0, lines[:1]))
+    elif kind in ("compile", "bindings", "lint"):
         if kind == "lint":
             r = sh(["python3", os.path.join(HERE, "lint_kernels.py"), os.path.join(tree, K)])
         elif kind == "compile":
@@ -170,7 +185,7 @@ def run_one(n, m):
     txt = f"[{'CAUGHT' if caught else 'MISSED'}] ({kind}) {name}   {detail}\n"
     for _, _, ls in res:
         for l in ls:
-            txt += "          " + l.replace(pp + "/", "")[:200] + "\n"
+            txt += "          " + l.replace(pp + "_cl/", "").replace(pp + "/", "")[:200] + "\n"
     return caught, txt
 
 from concurrent.futures import ThreadPoolExecutor
