@@ -228,7 +228,8 @@ void turbo_sdpa_gpu(
   if (qL <= tb::kVectorMaxQL) {
     L.path = 0;
     int rows = p.gqa * qL;
-    L.tc = turbo_detail::use_tc_decode(low_precision, ks.dtype(), D);
+    L.tc = turbo_detail::use_tensor_cores(low_precision, ks.dtype()) &&
+        tb::vector_tc_supported(D);
     L.nq = L.tc ? 8 : tb::vector_rows_per_block(rows);
     p.row_groups = (rows + L.nq - 1) / L.nq;
     int splits =
@@ -250,7 +251,12 @@ void turbo_sdpa_gpu(
       L.part_ml = &*part_ml;
     }
   } else {
-    L.path = (tb::kUseTcPrefill && D <= tb::kTcMaxDim) ? 2 : 1;
+    if (turbo_detail::use_tensor_cores(low_precision, ks.dtype()) &&
+        tb::full_mma_supported(D)) {
+      L.path = 3;
+    } else {
+      L.path = (tb::kUseTcPrefill && D <= tb::kTcMaxDim) ? 2 : 1;
+    }
     L.nq = 0;
     p.num_splits = 1;
     p.keys_per_split = kL;

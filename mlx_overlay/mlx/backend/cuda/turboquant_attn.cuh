@@ -15,7 +15,7 @@ namespace mlx::core::turbo_detail {
 
 struct AttnLaunch {
   cu::turbo::AttnParams params;
-  int path; // 0 vector, 1 full SIMT float32, 2 full TF32 tensor cores
+  int path; // 0 vector, 1 full SIMT float32, 2 full TF32, 3 full fp16/bf16 MMA
   int nq; // rows per vector block
   const void* mask; // nullptr if none
   const float* sinks; // nullptr if none
@@ -33,10 +33,10 @@ struct AttnLaunch {
   bool tc;
 };
 
-// Whether the decode of a call runs on tensor cores (see AttnLaunch::tc).
-inline bool use_tc_decode(bool low_precision, Dtype scale_dtype, int d) {
-  return low_precision && scale_dtype != float32 &&
-      cu::turbo::vector_tc_supported(d);
+// Whether a call may use the kernels with float16/bfloat16 tensor-core
+// operands: float16/bfloat16 queries (AttnLaunch::low_precision) and scales.
+inline bool use_tensor_cores(bool low_precision, Dtype scale_dtype) {
+  return low_precision && (scale_dtype == float16 || scale_dtype == bfloat16);
 }
 
 template <int KB, int VB, int D, typename T>
@@ -62,47 +62,21 @@ void launch_attention_typed(
   const uint32_t* vp = gpu_ptr<uint32_t>(v);
   const T* vsp = gpu_ptr<T>(vs);
   float* op = gpu_ptr<float>(out);
-  if constexpr (tb::kUseTcPrefill && D <= tb::kTcMaxDim) {
-    if (L.path == 2) {
-      auto kernel = tb::turbo_sdpa_full_tc<KB, VB, D, T>;
-      constexpr int smem = tb::tc_smem_bytes(D);
-      CHECK_CUDA_ERROR(cudaFuncSetAttribute(
-          reinterpret_cast<const void*>(kernel),
-          cudaFuncAttributeMaxDynamicSharedMemorySize,
-          smem));
-      dim3 grid((p.qL + tb::kTcBQ - 1) / tb::kTcBQ, p.Hq, p.B);
-      enc.add_kernel_node_ex(
-          kernel,
-          grid,
-          dim3(tb::kTcThreads),
-          {},
-          smem,
-          qp,
-          kp,
-          ksp,
-          vp,
-          vsp,
-          mask,
-          sinks,
-          op,
-          p);
-      return;
-    }
-  }
-  if (L.path == 1 || L.path == 2) {
-    auto kernel = tb::turbo_sdpa_full<KB, VB, D, T>;
-    constexpr int smem = tb::full_smem_bytes(D);
+  constexpr bool tc_type =
+      std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
+  // The prefill kernels take the same arguments; grid (query tiles, Hq, B).
+  auto add_full = [&](auto kernel, int rows_per_block, int threads, int smem) {
     if (smem > 48 * 1024) {
       CHECK_CUDA_ERROR(cudaFuncSetAttribute(
           reinterpret_cast<const void*>(kernel),
           cudaFuncAttributeMaxDynamicSharedMemorySize,
           smem));
     }
-    dim3 grid((p.qL + tb::kFullBQ - 1) / tb::kFullBQ, p.Hq, p.B);
+    dim3 grid((p.qL + rows_per_block - 1) / rows_per_block, p.Hq, p.B);
     enc.add_kernel_node_ex(
         kernel,
         grid,
-        dim3(tb::kFullThreads),
+        dim3(threads),
         {},
         smem,
         qp,
@@ -114,6 +88,33 @@ void launch_attention_typed(
         sinks,
         op,
         p);
+  };
+  if constexpr (tc_type && tb::full_mma_supported(D)) {
+    if (L.path == 3) {
+      add_full(
+          tb::turbo_sdpa_full_mma<KB, VB, D, T>,
+          tb::kMmaBQ,
+          tb::kMmaThreads,
+          tb::full_mma_smem_bytes(KB, VB, D));
+      return;
+    }
+  }
+  if constexpr (tb::kUseTcPrefill && D <= tb::kTcMaxDim) {
+    if (L.path == 2) {
+      add_full(
+          tb::turbo_sdpa_full_tc<KB, VB, D, T>,
+          tb::kTcBQ,
+          tb::kTcThreads,
+          tb::tc_smem_bytes(D));
+      return;
+    }
+  }
+  if (L.path != 0) {
+    add_full(
+        tb::turbo_sdpa_full<KB, VB, D, T>,
+        tb::kFullBQ,
+        tb::kFullThreads,
+        tb::full_smem_bytes(D));
     return;
   }
   dim3 grid(p.num_splits, p.Hkv * p.row_groups, p.B);
@@ -156,8 +157,6 @@ void launch_attention_typed(
           p);
     }
   };
-  constexpr bool tc_type =
-      std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
   if constexpr (tc_type && tb::vector_tc_supported(D)) {
     if (L.tc) {
       auto launch_tc = [&](auto masked_tag) {
