@@ -2051,12 +2051,32 @@ __global__ void __launch_bounds__(kTcThreads) turbo_sdpa_full_tc(
 // fragments of O += P V, whose B fragments come from ldmatrix.trans of the V
 // tile. The query row's A fragments are built once (float32 q * scale *
 // log2 e * 2^e_q, e_q putting the row's largest entry in [2^13, 2^14)); they
-// stay in registers for D <= 128, and live in shared memory (fragment order,
-// conflict-free) for D = 256.
+// stay in registers at D = 64 and live in shared memory (fragment order,
+// conflict-free 32-bit loads) from D = 128 on (TQ_MMA_Q_SMEM_MIN_D).
 // Grid: (ceil(qL / 64), Hq, B). Block: 128 threads. Dynamic shared memory:
 // full_mma_smem_bytes(KB, VB, D) (> 48 KB: needs
 // cudaFuncAttributeMaxDynamicSharedMemorySize).
 // ---------------------------------------------------------------------------
+
+// Tuning knobs for experiments on the device (as TQ_VTC_*, e.g.
+// NVCC_APPEND_FLAGS="-DTQ_MMA_MIN_BLOCKS=3" bash tests/cuda/build.sh).
+// Defaults, ptxas for sm_90a: the query fragments stay in registers at D = 64
+// (168-183 registers, no spills) and live in shared memory from D = 128 on
+// (D = 128: 251-255 registers, no spills, two blocks per SM; with them in
+// registers 255 and 12-40 bytes of spills); the next tile's codes are
+// prefetched into registers up to D = 128. A minimum of 3 blocks per SM
+// (168 registers) spills ~100 bytes at D = 128.
+#ifdef TQ_MMA_MIN_BLOCKS
+#define TQ_MMA_LAUNCH_BOUNDS __launch_bounds__(kMmaThreads, TQ_MMA_MIN_BLOCKS)
+#else
+#define TQ_MMA_LAUNCH_BOUNDS __launch_bounds__(kMmaThreads)
+#endif
+#ifndef TQ_MMA_Q_SMEM_MIN_D
+#define TQ_MMA_Q_SMEM_MIN_D 128
+#endif
+#ifndef TQ_MMA_PREFETCH_MAX_D
+#define TQ_MMA_PREFETCH_MAX_D 128
+#endif
 
 constexpr int kMmaBQ = 64;
 constexpr int kMmaBK = 64;
@@ -2076,7 +2096,7 @@ __host__ __device__ constexpr int full_mma_ld(int d) {
   return d + 8;
 }
 __host__ __device__ constexpr bool full_mma_q_in_smem(int d) {
-  return d > 128;
+  return d >= TQ_MMA_Q_SMEM_MIN_D;
 }
 __host__ __device__ constexpr int full_mma_smem_bytes(int kb, int vb, int d) {
   int lut = 4 * 32 *
@@ -2118,7 +2138,7 @@ __device__ inline void tc_ldsm_x4_trans(uint32_t addr, uint32_t (&r)[4]) {
 }
 
 template <int KB, int VB, int D, typename T>
-__global__ void __launch_bounds__(kMmaThreads) turbo_sdpa_full_mma(
+__global__ void TQ_MMA_LAUNCH_BOUNDS turbo_sdpa_full_mma(
     const float* __restrict__ q,
     const uint32_t* __restrict__ kc,
     const T* __restrict__ ks,
@@ -2145,7 +2165,8 @@ __global__ void __launch_bounds__(kMmaThreads) turbo_sdpa_full_mma(
   constexpr int KE = full_mma_lut_entries(KB);
   constexpr bool kShareLut = KB == VB;
   constexpr bool kQSmem = full_mma_q_in_smem(D);
-  constexpr bool kPrefetch = D <= 128; // codes of the next tile in registers
+  // The codes of the next tile load into registers during this one.
+  constexpr bool kPrefetch = D <= TQ_MMA_PREFETCH_MAX_D;
   static_assert(NI * kMmaThreads == BK * W8, "tile words per thread");
 
   extern __shared__ __align__(16) uint32_t tq_mma_smem[];
@@ -2277,7 +2298,6 @@ __global__ void __launch_bounds__(kMmaThreads) turbo_sdpa_full_mma(
       l_r[r] = t == 0 ? 1.0f : 0.0f;
     }
   }
-  const bool masked = p.causal || p.mask_kind != kMaskNone;
   const int qic[2] = {min(rq0, p.qL - 1), min(rq0 + 8, p.qL - 1)};
 
   int k_stop = p.kL;
@@ -2406,6 +2426,10 @@ __global__ void __launch_bounds__(kMmaThreads) turbo_sdpa_full_mma(
     }
 
     // Scores: s[n][c] is row g + 8 (c / 2), key k0 + 8 n + 2 t + (c % 2).
+    // Without an array mask, a causal tile whose last key every row of the
+    // block sees needs no mask (block-uniform).
+    const bool tile_masked = p.mask_kind != kMaskNone ||
+        (p.causal && k0 + BK - 1 > q0 + p.causal_offset);
     float mx[2] = {m_r[0], m_r[1]};
 #pragma unroll
     for (int n = 0; n < NT; n++) {
@@ -2416,7 +2440,7 @@ __global__ void __launch_bounds__(kMmaThreads) turbo_sdpa_full_mma(
         const int j = k0 + 8 * n + 2 * t + (c & 1);
         float sc = s[n][c] * q_unscale[r] * ((c & 1) ? ksc.y : ksc.x);
         if (j < p.kL) {
-          if (masked) {
+          if (tile_masked) {
             sc = apply_mask(sc, p, mask, b, h, qic[r], j);
           }
         } else {
@@ -2426,20 +2450,25 @@ __global__ void __launch_bounds__(kMmaThreads) turbo_sdpa_full_mma(
         mx[r] = fmaxf(mx[r], sc);
       }
     }
-    float mref[2];
+    float mref[2], alpha[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) {
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
       mref[r] = safe_max_ref(mx[r]);
-      const float alpha = exp2f(m_r[r] - mref[r]);
-      l_r[r] *= alpha;
+      alpha[r] = exp2f(m_r[r] - mref[r]);
+      l_r[r] *= alpha[r];
+      m_r[r] = mx[r];
+    }
+    // Rescale O only when some row's running max moved (rare once warm).
+    if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
 #pragma unroll
       for (int i = 0; i < DT; i++) {
-        o[i][2 * r] *= alpha;
-        o[i][2 * r + 1] *= alpha;
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+          o[i][c] *= alpha[c >> 1];
+        }
       }
-      m_r[r] = mx[r];
     }
     float vf = 1.0f;
     if constexpr (kHalf) {
