@@ -8,7 +8,8 @@
 # tree does not contain our kernels yet, a copy of its kernel directory with
 # mlx_overlay/ copied over it is tested instead (said so in the log).
 #
-# Steps: prerequisites, type check of every instantiation, bindings/name
+# Steps: prerequisites, type check of every instantiation (C++ mode and
+# C++ for OpenCL mode), bindings/name
 # check, CPU execution of every kernel under 4 lane schedules vs references,
 # the attention kernels' outputs vs the patched wheel's CPU backend
 # (compare_cpu_wheel.py; skipped without a wheel), the same under
@@ -53,6 +54,10 @@ python3 "$HERE/tools/msl_prepass.py" "$ROOT" "$PP"
 
 step "type check (every instantiation, -Werror=implicit-float-conversion)"
 "$HERE/check_kernels.sh" "$ROOT" "$PP"
+
+step "type check as C++ for OpenCL 2021 (clcpp: OpenCL address-space rules, no double)"
+"$HERE/check_kernels.sh" --clcpp "$ROOT" "$BUILD/pp_cl"
+"$HERE/as_probe.sh"   # what each mode does with address-space cases (must not change)
 
 step "lint: what C++ mode accepts but Metal rejects (double, literals, static, ...)"
 python3 "$HERE/lint_kernels.py" "$ROOT/mlx/backend/metal/kernels"
