@@ -6,13 +6,15 @@
 // rules to them:
 //   device -> __global, constant -> __constant (read-only), threadgroup -> __local,
 //   thread -> __private.
-// Compiled with the generic address space, pipes, device enqueue and
-// program-scope global variables switched off (see check_kernels.sh), an
-// unqualified pointer or reference is __private, as an unqualified one is
-// `thread` in MSL; casts between named address spaces are errors (C++ mode
-// accepts C-style casts between its numbered address spaces); program-scope
-// and static local variables must be `constant`; `double` is an error
-// (cl_khr_fp64 off) and unsuffixed floating literals are float, as in MSL.
+// Compiled with pipes, device enqueue, program-scope global variables and
+// fp64 switched off (see check_kernels.sh): casts between named address
+// spaces are errors (C++ mode accepts C-style casts between its numbered
+// address spaces), `thread T*` does not deduce from a device pointer,
+// program-scope and static local variables must be `constant`, `double` is
+// an error and unsuffixed floating literals are float, as in MSL. The
+// generic address space stays on, so an unqualified pointer or reference is
+// __generic (laxer than MSL's `thread`; C++ mode catches those), and struct
+// copies from device memory work as in MSL. as_probe.sh lists the cases.
 //
 // No standard header is included (libstdc++ does not parse as C++ for
 // OpenCL): the type traits, numeric_limits, math, SIMD-group functions and
