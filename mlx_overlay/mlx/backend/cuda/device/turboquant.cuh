@@ -2033,7 +2033,7 @@ __global__ void __launch_bounds__(kTcThreads) turbo_sdpa_full_tc(
 // m16n8k16, float32 accumulation), for float16 / bfloat16 scales (T) and
 // D = 64, 128, 256. FlashAttention-2 structure: a block of 4 warps owns 64
 // query rows of one (batch, query head), warp w rows [16 w, 16 w + 16); the
-// loop runs over tiles of 64 keys. Same semantics as turbo_sdpa_full (masks,
+// loop runs over tiles of 64 keys (32 at D = 256, full_mma_bk). Same semantics as turbo_sdpa_full (masks,
 // causal tile skipping with the same exception for rows that see no key,
 // sinks, float32 output in the rotated domain).
 //
@@ -2079,12 +2079,16 @@ __global__ void __launch_bounds__(kTcThreads) turbo_sdpa_full_tc(
 #endif
 
 constexpr int kMmaBQ = 64;
-constexpr int kMmaBK = 64;
 constexpr int kMmaWarps = 4;
 constexpr int kMmaThreads = 32 * kMmaWarps;
 
 __host__ __device__ constexpr bool full_mma_supported(int d) {
   return d == 64 || d == 128 || d == 256;
+}
+// Keys per tile: 32 at D = 256 (registers: S and P of 64 keys spill there,
+// and the smaller K / V tiles let two blocks share an SM).
+__host__ __device__ constexpr int full_mma_bk(int d) {
+  return d > 128 ? 32 : 64;
 }
 // Table entries for a mode: nibble pairs, codes < 8 for turbo3.
 __host__ __device__ constexpr int full_mma_lut_entries(int bits) {
@@ -2101,7 +2105,7 @@ __host__ __device__ constexpr bool full_mma_q_in_smem(int d) {
 __host__ __device__ constexpr int full_mma_smem_bytes(int kb, int vb, int d) {
   int lut = 4 * 32 *
       (full_mma_lut_entries(kb) + (kb == vb ? 0 : full_mma_lut_entries(vb)));
-  int kv = 2 * 2 * kMmaBK * full_mma_ld(d);
+  int kv = 2 * 2 * full_mma_bk(d) * full_mma_ld(d);
   int qf = full_mma_q_in_smem(d) ? 4 * kMmaWarps * (d / 16) * 4 * 32 : 0;
   return lut + kv + qf;
 }
@@ -2154,7 +2158,7 @@ __global__ void TQ_MMA_LAUNCH_BOUNDS turbo_sdpa_full_mma(
       "float16 or bfloat16 scales");
   constexpr bool kHalf = std::is_same_v<T, __half>;
   constexpr int BQ = kMmaBQ;
-  constexpr int BK = kMmaBK;
+  constexpr int BK = full_mma_bk(D);
   constexpr int LD = full_mma_ld(D); // elements of T
   constexpr int KS = D / 16; // Q K^T k-steps
   constexpr int NT = BK / 8; // S n-tiles
@@ -2332,7 +2336,7 @@ __global__ void TQ_MMA_LAUNCH_BOUNDS turbo_sdpa_full_mma(
     }
     const int j = k0 + (tid & (BK - 1));
     sc_raw = 0.0f;
-    if (j < p.kL) {
+    if (j < p.kL && tid < 2 * BK) {
       sc_raw = tid < BK ? to_float(ksb[j * p.ks_str[2]])
                         : to_float(vsb[j * p.vs_str[2]]);
     }
@@ -2381,7 +2385,7 @@ __global__ void TQ_MMA_LAUNCH_BOUNDS turbo_sdpa_full_mma(
     }
     if (tid < BK) {
       s_ks[tid] = sc_raw;
-    } else {
+    } else if (tid < 2 * BK) {
       s_vs[tid - BK] = sc_raw;
     }
     __syncthreads();
@@ -2472,8 +2476,11 @@ __global__ void TQ_MMA_LAUNCH_BOUNDS turbo_sdpa_full_mma(
     }
     float vf = 1.0f;
     if constexpr (kHalf) {
-      // Warp-uniform: every lane reduces the same 64 value scales.
-      float vmax = fmaxf(fabsf(s_vs[lane]), fabsf(s_vs[lane + 32]));
+      // Warp-uniform: every lane reduces the same BK value scales.
+      float vmax = fabsf(s_vs[lane]);
+      if constexpr (BK > 32) {
+        vmax = fmaxf(vmax, fabsf(s_vs[lane + 32]));
+      }
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) {
         vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, off));
