@@ -1112,8 +1112,7 @@ struct TcCodes {
 // First of the two coordinates (within a lane's key chunk) of key pair p
 // (byte p % 4 of kwords word p / 4).
 __host__ __device__ constexpr int tc_kdim(int bits, int p) {
-  return bits == 4 ? 2 * p
-                   : 16 * (p >> 3) + 4 * (p & 3) + 2 * ((p >> 2) & 1);
+  return bits == 4 ? 2 * p : 16 * (p >> 3) + 4 * (p & 3) + 2 * ((p >> 2) & 1);
 }
 
 template <int KB, int VB, int D, int NQ, bool MASKED, typename T>
@@ -1180,11 +1179,10 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   // Tables: uint4 f holds copies 4 (f % 8).. of entry f / 8.
   for (int f = tid; f < 8 * KE; f += kVecTcThreads) {
     int e = f >> 3;
-    uint32_t v = KB == 4
-        ? tc_pack2<T>(s_cb[0][e & 15], s_cb[0][e >> 4])
-        : tc_pack2<T>(
-              s_cb[0][(e & 3) | ((e >> 2) & 4)],
-              s_cb[0][((e >> 2) & 3) | ((e >> 3) & 4)]);
+    uint32_t v = KB == 4 ? tc_pack2<T>(s_cb[0][e & 15], s_cb[0][e >> 4])
+                         : tc_pack2<T>(
+                               s_cb[0][(e & 3) | ((e >> 2) & 4)],
+                               s_cb[0][((e >> 2) & 3) | ((e >> 3) & 4)]);
     reinterpret_cast<uint4*>(ktab)[f] = make_uint4(v, v, v, v);
   }
   if constexpr (!kShareLut) {
@@ -1207,8 +1205,8 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   float q_unscale; // 2^-e_q
   {
     float qf[KCPT];
-    const float* qp = q + b * p.q_str[0] + row_h * p.q_str[1] +
-        row_q * p.q_str[2] + KCPT * t;
+    const float* qp =
+        q + b * p.q_str[0] + row_h * p.q_str[1] + row_q * p.q_str[2] + KCPT * t;
     float qmax = 0.0f;
 #pragma unroll
     for (int c = 0; c < KCPT; c++) {
@@ -1255,10 +1253,10 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   const T* ksb = ks + b * p.ks_str[0] + hk * p.ks_str[1];
   const T* vsb = vs + b * p.vs_str[0] + hk * p.vs_str[1];
   // Vector loads need every row 16-byte aligned.
-  const bool kal = ((reinterpret_cast<uintptr_t>(kbase) & 15) == 0) &&
-      (p.k_str[2] % 4 == 0);
-  const bool val = ((reinterpret_cast<uintptr_t>(vbase) & 15) == 0) &&
-      (p.v_str[2] % 4 == 0);
+  const bool kal =
+      ((reinterpret_cast<uintptr_t>(kbase) & 15) == 0) && (p.k_str[2] % 4 == 0);
+  const bool val =
+      ((reinterpret_cast<uintptr_t>(vbase) & 15) == 0) && (p.v_str[2] % 4 == 0);
   const uint32_t ktl =
       static_cast<uint32_t>(__cvta_generic_to_shared(ktab + lane));
   const uint32_t vtl =
@@ -1420,8 +1418,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
         float p0 = exp2f(s[j][0] - mref);
         float p1 = exp2f(s[j][1] - mref);
         l_r += p0 + p1;
-        pa[kt][hh] =
-            tc_pack2<T>(p0 * vsc[j][0] * vf, p1 * vsc[j][1] * vf);
+        pa[kt][hh] = tc_pack2<T>(p0 * vsc[j][0] * vf, p1 * vsc[j][1] * vf);
       }
     }
 
@@ -2033,9 +2030,9 @@ __global__ void __launch_bounds__(kTcThreads) turbo_sdpa_full_tc(
 // m16n8k16, float32 accumulation), for float16 / bfloat16 scales (T) and
 // D = 64, 128, 256. FlashAttention-2 structure: a block of 4 warps owns 64
 // query rows of one (batch, query head), warp w rows [16 w, 16 w + 16); the
-// loop runs over tiles of 64 keys (32 at D = 256, full_mma_bk). Same semantics as turbo_sdpa_full (masks,
-// causal tile skipping with the same exception for rows that see no key,
-// sinks, float32 output in the rotated domain).
+// loop runs over tiles of 64 keys (32 at D = 256, full_mma_bk). Same semantics
+// as turbo_sdpa_full (masks, causal tile skipping with the same exception for
+// rows that see no key, sinks, float32 output in the rotated domain).
 //
 // Per key tile: the packed K and V codes (loaded into registers one tile
 // ahead for D <= 128) are expanded into shared memory as T centroids, WITHOUT
@@ -2112,8 +2109,8 @@ __host__ __device__ constexpr int full_mma_smem_bytes(int kb, int vb, int d) {
 
 // c += A (a0..a3) x B (b0, b1), m16n8k16, T operands, float32 accumulators.
 template <typename T>
-__device__ inline void tc_mma16(float (&c)[4], const uint32_t (&a)[4],
-                                uint32_t b0, uint32_t b1) {
+__device__ inline void
+tc_mma16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   if constexpr (std::is_same_v<T, __half>) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
         "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
@@ -2228,8 +2225,8 @@ __global__ void TQ_MMA_LAUNCH_BOUNDS turbo_sdpa_full_mma(
     for (int r = 0; r < 2; r++) {
       int qi = rq0 + 8 * r;
       ok[r] = qi < p.qL;
-      qp[r] = q + b * p.q_str[0] + h * p.q_str[1] +
-          (ok[r] ? qi : 0) * p.q_str[2];
+      qp[r] =
+          q + b * p.q_str[0] + h * p.q_str[1] + (ok[r] ? qi : 0) * p.q_str[2];
     }
 #pragma unroll
     for (int s = 0; s < KS; s++) {
@@ -2351,8 +2348,7 @@ __global__ void TQ_MMA_LAUNCH_BOUNDS turbo_sdpa_full_mma(
   // ldmatrix row addresses (bytes): K, key 8 n + (lane % 8), dims 32 s2 +
   // 8 (lane / 8); V, key 16 kk + (lane % 8) + 8 ((lane / 8) % 2), dims
   // 16 i2 + 8 (lane / 16).
-  const uint32_t k_lane =
-      ks_sh + 2 * ((lane & 7) * LD + 8 * (lane >> 3));
+  const uint32_t k_lane = ks_sh + 2 * ((lane & 7) * LD + 8 * (lane >> 3));
   const uint32_t v_lane =
       vs_sh + 2 * (((lane & 7) + 8 * ((lane >> 3) & 1)) * LD + 8 * (lane >> 4));
 
@@ -2372,13 +2368,19 @@ __global__ void TQ_MMA_LAUNCH_BOUNDS turbo_sdpa_full_mma(
       const int e = tid + kMmaThreads * i;
       const int key = e / W8;
       const int w = e % W8;
-      uint32_t kn = KB == 4 ? ka[i] : spread2to4(ka[i]) | (spread1to4(kh[i]) << 2);
-      uint32_t vn = VB == 4 ? va[i] : spread2to4(va[i]) | (spread1to4(vh[i]) << 2);
+      uint32_t kn =
+          KB == 4 ? ka[i] : spread2to4(ka[i]) | (spread1to4(kh[i]) << 2);
+      uint32_t vn =
+          VB == 4 ? va[i] : spread2to4(va[i]) | (spread1to4(vh[i]) << 2);
       uint4 kv4 = make_uint4(
-          tc_lut(ktl, kn, 0), tc_lut(ktl, kn, 1), tc_lut(ktl, kn, 2),
+          tc_lut(ktl, kn, 0),
+          tc_lut(ktl, kn, 1),
+          tc_lut(ktl, kn, 2),
           tc_lut(ktl, kn, 3));
       uint4 vv4 = make_uint4(
-          tc_lut(vtl, vn, 0), tc_lut(vtl, vn, 1), tc_lut(vtl, vn, 2),
+          tc_lut(vtl, vn, 0),
+          tc_lut(vtl, vn, 1),
+          tc_lut(vtl, vn, 2),
           tc_lut(vtl, vn, 3));
       *reinterpret_cast<uint4*>(Ks + key * LD + 8 * w) = kv4;
       *reinterpret_cast<uint4*>(Vs + key * LD + 8 * w) = vv4;
