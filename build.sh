@@ -259,6 +259,29 @@ t0=$(date +%s)
 WHEEL="$(ls "$DIST"/mlx-*.whl | head -n 1)"
 echo "    built $WHEEL in $(( $(date +%s) - t0 ))s"
 
+# libmlx.so must load the system's libstdc++.so.6. A compiler whose libstdc++
+# is only available as a static archive (the CUDA device image's
+# CXX=/opt/gcc/bin/g++, 2026-11-24) links a private copy into libmlx.so and
+# exports its template instantiations; with a second libstdc++ in the process
+# (Python, numpy, cuDNN load the system one) iostream formatting in MLX then
+# segfaults (error messages, mx.compile, printing arrays). docs/cuda.md.
+if command -v readelf >/dev/null; then
+  LIBCHK="$(mktemp -d)"
+  "$VPY" - "$WHEEL" "$LIBCHK/libmlx.so" <<'EOF'
+import sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+names = [n for n in z.namelist() if n.endswith("lib/libmlx.so")]
+if names:
+    open(sys.argv[2], "wb").write(z.read(names[0]))
+EOF
+  if [[ -s "$LIBCHK/libmlx.so" ]] && ! readelf -d "$LIBCHK/libmlx.so" | grep -q 'libstdc++'; then
+    echo "build.sh: warning: libmlx.so does not link libstdc++.so.6 (static libstdc++ from" >&2
+    echo "  CXX=${CXX:-c++}); MLX can then crash in iostreams. Build with the system" >&2
+    echo "  compiler, e.g. CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++ ./build.sh ..." >&2
+  fi
+  rm -rf "$LIBCHK"
+fi
+
 # ---------------------------------------------------------------------------
 stage "Installing into $VENV"
 if [[ $INSTALL -eq 1 ]]; then

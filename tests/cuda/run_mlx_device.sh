@@ -26,6 +26,12 @@ export MLX_CUDA_ARCHITECTURES="${MLX_CUDA_ARCHITECTURES:-90a}"
 # build started by this one is still running.
 export TURBOQUANT_DIST="${TURBOQUANT_DIST:-/tmp/tq-dist}"
 export PYTHONUNBUFFERED=1
+# The image sets CC/CXX/CUDAHOSTCXX to /opt/gcc, whose libstdc++ is linked
+# statically: libmlx.so then carries a second libstdc++ and MLX segfaulted in
+# iostream code (docs/cuda.md, "Third session"). Use the system compilers.
+if [[ -x /usr/bin/g++ && -z "${TQ_KEEP_CXX:-}" ]]; then
+  export CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++
+fi
 OUTDIR="${OUT:-/tmp/tq-out}"
 LOG=/tmp/tq-build.log
 mkdir -p "$OUTDIR"

@@ -251,8 +251,12 @@ void turbo_sdpa_gpu(
       L.part_ml = &*part_ml;
     }
   } else {
+    // float16 stays on the SIMT kernel for now: one float16 case of the
+    // harness (D = 64, turbo3, bool mask + causal) measured 3.5e-3 relative
+    // error against a 3e-3 bound on the H100 (docs/cuda.md); every bfloat16
+    // case passed.
     if (turbo_detail::use_tensor_cores(low_precision, ks.dtype()) &&
-        tb::full_mma_supported(D)) {
+        ks.dtype() == bfloat16 && tb::full_mma_supported(D)) {
       L.path = 3;
     } else {
       L.path = (tb::kUseTcPrefill && D <= tb::kTcMaxDim) ? 2 : 1;
