@@ -245,6 +245,38 @@ extern "C" int tq_num_splits(
 
 // All arrays contiguous: q (B,Hq,qL,D) f32, codes (B,Hkv,kL,W), scales
 // (B,Hkv,kL), out (B,Hq,qL,D). mstr: mask strides (B,Hq,qL,kL) in elements.
+// Strides (in elements) of dense (B, H, L, ...) q / out, packed K / V and
+// their scales, as the harness allocates them.
+static void dense_strides(
+    AttnParams& p,
+    int Hq,
+    int Hkv,
+    int qL,
+    int kL,
+    int D,
+    int kbits,
+    int vbits) {
+  long long Wk = packed_words(kbits, D), Wv = packed_words(vbits, D);
+  p.q_str[0] = (long long)Hq * qL * D;
+  p.q_str[1] = (long long)qL * D;
+  p.q_str[2] = D;
+  p.o_str[0] = p.q_str[0];
+  p.o_str[1] = p.q_str[1];
+  p.o_str[2] = p.q_str[2];
+  p.k_str[0] = Hkv * kL * Wk;
+  p.k_str[1] = kL * Wk;
+  p.k_str[2] = Wk;
+  p.v_str[0] = Hkv * kL * Wv;
+  p.v_str[1] = kL * Wv;
+  p.v_str[2] = Wv;
+  p.ks_str[0] = (long long)Hkv * kL;
+  p.ks_str[1] = kL;
+  p.ks_str[2] = 1;
+  p.vs_str[0] = p.ks_str[0];
+  p.vs_str[1] = kL;
+  p.vs_str[2] = 1;
+}
+
 extern "C" int tq_attention(
     const float* q,
     const uint32_t* kc,
@@ -290,25 +322,7 @@ extern "C" int tq_attention(
       sinks != nullptr,
       force_path,
       force_splits);
-  long long Wk = packed_words(kbits, D), Wv = packed_words(vbits, D);
-  p.q_str[0] = (long long)Hq * qL * D;
-  p.q_str[1] = (long long)qL * D;
-  p.q_str[2] = D;
-  p.o_str[0] = p.q_str[0];
-  p.o_str[1] = p.q_str[1];
-  p.o_str[2] = p.q_str[2];
-  p.k_str[0] = Hkv * kL * Wk;
-  p.k_str[1] = kL * Wk;
-  p.k_str[2] = Wk;
-  p.v_str[0] = Hkv * kL * Wv;
-  p.v_str[1] = kL * Wv;
-  p.v_str[2] = Wv;
-  p.ks_str[0] = (long long)Hkv * kL;
-  p.ks_str[1] = kL;
-  p.ks_str[2] = 1;
-  p.vs_str[0] = p.ks_str[0];
-  p.vs_str[1] = kL;
-  p.vs_str[2] = 1;
+  dense_strides(p, Hq, Hkv, qL, kL, D, kbits, vbits);
   float* part_o = work;
   float* part_ml = nullptr;
   if (path == 0 && p.num_splits > 1) {
@@ -385,25 +399,7 @@ extern "C" int tq_attention_tc(
       sinks != nullptr,
       0,
       force_splits);
-  long long Wk = packed_words(kbits, D), Wv = packed_words(vbits, D);
-  p.q_str[0] = (long long)Hq * qL * D;
-  p.q_str[1] = (long long)qL * D;
-  p.q_str[2] = D;
-  p.o_str[0] = p.q_str[0];
-  p.o_str[1] = p.q_str[1];
-  p.o_str[2] = p.q_str[2];
-  p.k_str[0] = Hkv * kL * Wk;
-  p.k_str[1] = kL * Wk;
-  p.k_str[2] = Wk;
-  p.v_str[0] = Hkv * kL * Wv;
-  p.v_str[1] = kL * Wv;
-  p.v_str[2] = Wv;
-  p.ks_str[0] = (long long)Hkv * kL;
-  p.ks_str[1] = kL;
-  p.ks_str[2] = 1;
-  p.vs_str[0] = p.ks_str[0];
-  p.vs_str[1] = kL;
-  p.vs_str[2] = 1;
+  dense_strides(p, Hq, Hkv, qL, kL, D, kbits, vbits);
   float* part_o = work;
   float* part_ml = nullptr;
   if (p.num_splits > 1) {
@@ -475,25 +471,7 @@ extern "C" int tq_attention_prefill_mma(
       sinks != nullptr,
       1,
       0);
-  long long Wk = packed_words(kbits, D), Wv = packed_words(vbits, D);
-  p.q_str[0] = (long long)Hq * qL * D;
-  p.q_str[1] = (long long)qL * D;
-  p.q_str[2] = D;
-  p.o_str[0] = p.q_str[0];
-  p.o_str[1] = p.q_str[1];
-  p.o_str[2] = p.q_str[2];
-  p.k_str[0] = Hkv * kL * Wk;
-  p.k_str[1] = kL * Wk;
-  p.k_str[2] = Wk;
-  p.v_str[0] = Hkv * kL * Wv;
-  p.v_str[1] = kL * Wv;
-  p.v_str[2] = Wv;
-  p.ks_str[0] = (long long)Hkv * kL;
-  p.ks_str[1] = kL;
-  p.ks_str[2] = 1;
-  p.vs_str[0] = p.ks_str[0];
-  p.vs_str[1] = kL;
-  p.vs_str[2] = 1;
+  dense_strides(p, Hq, Hkv, qL, kL, D, kbits, vbits);
 #define C(d)        \
   tq_attn_mma_d##d( \
       q,            \
