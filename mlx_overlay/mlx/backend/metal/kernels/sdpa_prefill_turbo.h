@@ -1,19 +1,33 @@
 // Copyright © 2026 TurboQuant-MLX authors.
 //
 // Tiled attention for query blocks (prefill) on a TurboQuant-compressed KV
-// cache. A threadgroup of TURBO_PREFILL_BQ SIMD-groups serves TURBO_PREFILL_BQ
-// consecutive queries of one head (one SIMD-group per query); the K and V
-// codes of TURBO_PREFILL_BK keys are unpacked once per tile into threadgroup
-// memory (one byte per coordinate, plus the scales) and shared by all queries
-// of the block, so the bit unpacking is amortized over the block instead of
-// repeated per query as in the vector kernels. Within a SIMD-group lane j
-// scores key j of the tile; the online softmax runs per tile; the value
-// accumulation uses the vector kernels' lane layout. Same inputs, function
-// constants, masking semantics and output as sdpa_vector_turbo.
+// cache, with simdgroup_matrix 8x8 MMA as MLX's steel attention. A
+// threadgroup of TURBO_PREFILL_BQ (8) SIMD-groups serves 8 consecutive
+// queries of one head: the 8 queries are the rows of every MMA. Per tile of
+// TURBO_PREFILL_BK (32) keys:
+//   S = Q K^T    the K tile is dequantized (centroid * scale, rotated domain)
+//                into threadgroup memory as float, 64 coordinates at a time,
+//                stored transposed ([coordinate][key]); SIMD-group g computes
+//                the 8x8 block of keys 8 * (g % 4) over half g / 4 of each
+//                chunk's coordinates (Q fragments stay in registers), and the
+//                two halves are added when S is read back;
+//   softmax      SIMD-group g owns query row g, lane j key j: masks, online
+//                max / sum as before; the weights P (8 x 32) and the rescale
+//                factors (an 8x8 diagonal) go to threadgroup memory;
+//   O += P V     the V tile is dequantized (centroid * scale) 64 columns at a
+//                time; SIMD-group g owns output columns 8g..8g+7 of each
+//                64-column chunk: O = diag(factor) O, then 4 MMAs over the
+//                32 keys.
+// Only simdgroup_load / simdgroup_store / simdgroup_multiply_accumulate touch
+// the fragments (no thread_elements(), so no assumption about which lane
+// holds which element). float32 throughout. Same inputs, function constants,
+// masking semantics and output as sdpa_vector_turbo; with causal masking the
+// key loop stops at the block's last visible key.
 
 #pragma once
 
 #include <metal_simdgroup>
+#include <metal_simdgroup_matrix>
 
 #include "mlx/backend/metal/kernels/sdpa_vector_turbo.h"
 
@@ -41,19 +55,25 @@ template <typename S, int D, int V, int KB, int VB>
   constexpr int BQ = TURBO_PREFILL_BQ;
   constexpr int BK = TURBO_PREFILL_BK;
   constexpr int NT = BQ * TURBO_SIMD_WIDTH;
-  constexpr int DP = D + 4; // padded byte rows
-  constexpr int VP = V + 4;
-  constexpr int WK = TurboLayout<KB, D>::words;
-  constexpr int WV = TurboLayout<VB, V>::words;
-  constexpr int EV = TurboLanes<V>::E;
-  constexpr int LV = TurboLanes<V>::lanes;
-  static_assert(BK == TURBO_SIMD_WIDTH, "one key per lane");
+  constexpr int CW = 64; // coordinates / columns per dequantized chunk
+  constexpr int NKC = (D + CW - 1) / CW; // K chunks
+  constexpr int NVC = (V + CW - 1) / CW; // V chunks
+  constexpr int KP = BK + 4; // padded row of the transposed K chunk
+  constexpr int VP = CW + 4; // padded row of the V chunk
+  constexpr int PP = BK + 4; // padded row of P / S
+  constexpr int QN = BQ * D > CW * KP ? BQ * D : CW * KP;
+  static_assert(BQ == 8 && BK == 32, "8 query rows, 4 key blocks of 8");
+  static_assert(D % 16 == 0 && V % 8 == 0, "head dims");
 
-  threadgroup float qs[BQ * D];
-  threadgroup uchar kc[BK * DP];
-  threadgroup uchar vc[BK * VP];
-  threadgroup float ksc[BK];
-  threadgroup float vsc[BK];
+  // kt: the scaled queries first (8 x D, row-major), then the K chunks
+  // ([coordinate][key]).
+  threadgroup float kt[QN];
+  threadgroup float vt[BK * VP]; // V chunk [key][column]
+  threadgroup float ss[2 * BQ * PP]; // S halves [half][row][key]
+  threadgroup float ps[BQ * PP]; // P [row][key]
+  threadgroup float fd[BQ * BQ]; // diag(rescale factor)
+  threadgroup float os[BQ * BQ * BQ]; // per SIMD-group 8x8 output staging
+  threadgroup float sums[BQ];
 
   const int b = int(tid.z);
   const int h = int(tid.y);
@@ -61,14 +81,19 @@ template <typename S, int D, int V, int KB, int VB>
   const int q0 = int(tid.x) * BQ;
   const int qi = q0 + int(simd_gid);
   const bool row_valid = qi < p.qL;
-  const int64_t row = (int64_t(b) * p.Hq + h) * p.qL + qi;
+  const int sg = int(simd_gid);
+  const int kb = sg % 4; // S: key block
+  const int half_ = sg / 4; // S: half of each coordinate chunk
 
   // Scaled queries of the block (rows past qL read as 0 and are not written).
   for (int i = int(lid); i < BQ * D; i += NT) {
     int r = i / D;
-    qs[i] = (q0 + r < p.qL)
+    kt[i] = (q0 + r < p.qL)
         ? p.scale * queries[((int64_t(b) * p.Hq + h) * p.qL + q0 + r) * D + i % D]
         : 0.0f;
+  }
+  if (lid < uint(BQ * BQ)) {
+    fd[lid] = 0.0f;
   }
 
   keys += b * p.k_strides[0] + kvh * p.k_strides[1];
@@ -90,10 +115,22 @@ template <typename S, int D, int V, int KB, int VB>
   const bool causal_stop = turbo_do_causal && p.kL - p.qL + q0 >= 0;
   const int causal_end = p.kL - p.qL + last_row + 1;
 
-  float o[EV];
-  for (int e = 0; e < EV; e++) {
-    o[e] = 0.0f;
+  // This SIMD-group's Q fragments: chunk c, step k covers coordinates
+  // c * CW + half_ * (w / 2) + 8k (w: the chunk's width).
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  simdgroup_matrix<float, 8, 8> qf[NKC * 4];
+  for (int c = 0; c < NKC; c++) {
+    const int w = min(CW, D - c * CW);
+    for (int k = 0; k < w / 16; k++) {
+      simdgroup_load(
+          qf[c * 4 + k], kt, D, ulong2(c * CW + half_ * (w / 2) + 8 * k, 0));
+    }
   }
+  simdgroup_matrix<float, 8, 8> of[NVC];
+  for (int c = 0; c < NVC; c++) {
+    of[c] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+  }
+
   float max_score = Limits<float>::finite_min;
   float sum_exp = 0.0f;
   if (turbo_has_sinks) {
@@ -105,32 +142,33 @@ template <typename S, int D, int V, int KB, int VB>
     if (causal_stop && t0 >= causal_end) {
       break;
     }
-    // Unpack the tile's codes and scales (keys past kL decode to 0).
-    threadgroup_barrier(mem_flags::mem_threadgroup);
-    for (int i = int(lid); i < BK * D; i += NT) {
-      int j = i / D, c = i % D;
-      kc[j * DP + c] = (t0 + j < p.kL)
-          ? uchar(turbo_code<KB, D>(keys + (t0 + j) * p.k_strides[2], c))
-          : uchar(0);
+    // S = Q K^T, one chunk of coordinates at a time (keys past kL are 0).
+    simdgroup_matrix<float, 8, 8> sf =
+        make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    for (int c = 0; c < NKC; c++) {
+      const int w = min(CW, D - c * CW);
+      threadgroup_barrier(mem_flags::mem_threadgroup);
+      for (int i = int(lid); i < w * BK; i += NT) {
+        int d = i / BK, j = i % BK;
+        int key = t0 + j;
+        kt[d * KP + j] = key < p.kL
+            ? turbo_centroid<KB>(turbo_code<KB, D>(
+                  keys + key * p.k_strides[2], c * CW + d)) *
+                static_cast<float>(key_scales[key * p.ks_strides[2]])
+            : 0.0f;
+      }
+      threadgroup_barrier(mem_flags::mem_threadgroup);
+      for (int k = 0; k < w / 16; k++) {
+        simdgroup_matrix<float, 8, 8> kf;
+        simdgroup_load(
+            kf, kt, KP, ulong2(kb * 8, half_ * (w / 2) + 8 * k));
+        simdgroup_multiply_accumulate(sf, qf[c * 4 + k], kf, sf);
+      }
     }
-    for (int i = int(lid); i < BK * V; i += NT) {
-      int j = i / V, c = i % V;
-      vc[j * VP + c] = (t0 + j < p.kL)
-          ? uchar(turbo_code<VB, V>(values + (t0 + j) * p.v_strides[2], c))
-          : uchar(0);
-    }
-    if (lid < uint(BK)) {
-      int key = t0 + int(lid);
-      ksc[lid] = key < p.kL
-          ? static_cast<float>(key_scales[key * p.ks_strides[2]])
-          : 0.0f;
-      vsc[lid] = key < p.kL
-          ? static_cast<float>(value_scales[key * p.vs_strides[2]])
-          : 0.0f;
-    }
+    simdgroup_store(sf, ss + half_ * BQ * PP, PP, ulong2(kb * 8, 0));
     threadgroup_barrier(mem_flags::mem_threadgroup);
 
-    // Lane j scores key t0 + j for this SIMD-group's query.
+    // Online softmax: SIMD-group sg owns query row sg, lane j key t0 + j.
     const int key = t0 + int(simd_lid);
     const bool in_range = key < p.kL && row_valid;
     bool masked = false;
@@ -141,18 +179,7 @@ template <typename S, int D, int V, int KB, int VB>
     }
     float s = Limits<float>::finite_min;
     if (in_range && !masked) {
-      // 4 partial sums (D is a multiple of 16): shorter dependency chains
-      // and a smaller rounding error than one running sum.
-      float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
-      const threadgroup uchar* kr = kc + simd_lid * DP;
-      const threadgroup float* qr = qs + simd_gid * D;
-      for (int c = 0; c < D; c += 4) {
-        d0 += qr[c] * turbo_centroid<KB>(uint(kr[c]));
-        d1 += qr[c + 1] * turbo_centroid<KB>(uint(kr[c + 1]));
-        d2 += qr[c + 2] * turbo_centroid<KB>(uint(kr[c + 2]));
-        d3 += qr[c + 3] * turbo_centroid<KB>(uint(kr[c + 3]));
-      }
-      s = ((d0 + d1) + (d2 + d3)) * ksc[simd_lid] + madd;
+      s = ss[sg * PP + simd_lid] + ss[BQ * PP + sg * PP + simd_lid] + madd;
     }
     float tile_max = simd_max(in_range ? s : -INFINITY);
     float new_max = max(max_score, tile_max);
@@ -160,25 +187,66 @@ template <typename S, int D, int V, int KB, int VB>
     float pj = in_range ? fast::exp(s - new_max) : 0.0f;
     max_score = new_max;
     sum_exp = sum_exp * factor + simd_sum(pj);
-    float wj = pj * vsc[simd_lid];
-    for (int e = 0; e < EV; e++) {
-      o[e] = o[e] * factor;
+    ps[sg * PP + simd_lid] = pj;
+    if (simd_lid == 0) {
+      fd[sg * BQ + sg] = factor;
     }
-    for (int j = 0; j < BK; j++) {
-      float w = simd_shuffle(wj, ushort(j));
-      if (simd_lid < uint(LV)) {
-        const threadgroup uchar* vr = vc + j * VP + simd_lid * EV;
-        for (int e = 0; e < EV; e++) {
-          o[e] += w * turbo_centroid<VB>(uint(vr[e]));
+
+    // O = diag(factor) O + P V, one chunk of value columns at a time.
+    simdgroup_matrix<float, 8, 8> df;
+    for (int c = 0; c < NVC; c++) {
+      const int w = min(CW, V - c * CW);
+      threadgroup_barrier(mem_flags::mem_threadgroup);
+      for (int i = int(lid); i < BK * w; i += NT) {
+        int j = i / w, d = i % w;
+        int vkey = t0 + j;
+        vt[j * VP + d] = vkey < p.kL
+            ? turbo_centroid<VB>(turbo_code<VB, V>(
+                  values + vkey * p.v_strides[2], c * CW + d)) *
+                static_cast<float>(value_scales[vkey * p.vs_strides[2]])
+            : 0.0f;
+      }
+      threadgroup_barrier(mem_flags::mem_threadgroup);
+      if (c == 0) {
+        simdgroup_load(df, fd, BQ, ulong2(0, 0));
+      }
+      if (sg < w / 8) {
+        simdgroup_matrix<float, 8, 8> zf =
+            make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+        simdgroup_multiply_accumulate(of[c], df, of[c], zf);
+        for (int k = 0; k < BK / 8; k++) {
+          simdgroup_matrix<float, 8, 8> pf;
+          simdgroup_matrix<float, 8, 8> vf;
+          simdgroup_load(pf, ps, PP, ulong2(8 * k, 0));
+          simdgroup_load(vf, vt, VP, ulong2(8 * sg, 8 * k));
+          simdgroup_multiply_accumulate(of[c], pf, vf, of[c]);
         }
       }
     }
   }
 
-  if (row_valid && simd_lid < uint(LV)) {
-    out += row * V + simd_lid * EV;
-    for (int e = 0; e < EV; e++) {
-      out[e] = sum_exp == 0.0f ? o[e] : o[e] / sum_exp;
+  // Output: row r of the block divided by its sum.
+  if (simd_lid == 0) {
+    sums[sg] = sum_exp;
+  }
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  threadgroup float* o8 = os + sg * BQ * BQ;
+  for (int c = 0; c < NVC; c++) {
+    const int w = min(CW, V - c * CW);
+    if (sg < w / 8) {
+      simdgroup_store(of[c], o8, BQ, ulong2(0, 0));
+      simdgroup_barrier(mem_flags::mem_threadgroup);
+      for (int e = 0; e < 2; e++) {
+        int idx = int(simd_lid) * 2 + e;
+        int r = idx / BQ, col = c * CW + 8 * sg + idx % BQ;
+        if (q0 + r < p.qL) {
+          float se = sums[r];
+          float v = o8[idx];
+          out[((int64_t(b) * p.Hq + h) * p.qL + q0 + r) * V + col] =
+              se == 0.0f ? v : v / se;
+        }
+      }
+      simdgroup_barrier(mem_flags::mem_threadgroup);
     }
   }
 }

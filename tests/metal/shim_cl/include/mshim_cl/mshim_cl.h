@@ -441,6 +441,39 @@ bool simd_all(bool b);
 bool simd_any(bool b);
 bool simd_is_first();
 
+// simdgroup_matrix (8x8 only, as the mshim runtime). Loads and stores take
+// a device or threadgroup pointer to the matrix's own element type (MSL has
+// no converting load); origin is (column, row) of the source.
+template <typename T, int Cols, int Rows>
+struct simdgroup_matrix {
+  static_assert(Cols == 8 && Rows == 8, "mshim_cl: only 8x8 simdgroup_matrix");
+  vec<T, 2> e;
+  thread vec<T, 2>& thread_elements() thread { return e; }
+};
+template <typename T>
+void simdgroup_load(thread simdgroup_matrix<T, 8, 8>& d, const device T* src,
+                    ulong elements_per_row = 8, ulong2 matrix_origin = ulong2(0), bool transpose_matrix = false);
+template <typename T>
+void simdgroup_load(thread simdgroup_matrix<T, 8, 8>& d, const threadgroup T* src,
+                    ulong elements_per_row = 8, ulong2 matrix_origin = ulong2(0), bool transpose_matrix = false);
+template <typename T>
+void simdgroup_store(simdgroup_matrix<T, 8, 8> a, device T* dst,
+                     ulong elements_per_row = 8, ulong2 matrix_origin = ulong2(0), bool transpose_matrix = false);
+template <typename T>
+void simdgroup_store(simdgroup_matrix<T, 8, 8> a, threadgroup T* dst,
+                     ulong elements_per_row = 8, ulong2 matrix_origin = ulong2(0), bool transpose_matrix = false);
+template <typename TD, typename TA, typename TB, typename TC>
+void simdgroup_multiply_accumulate(thread simdgroup_matrix<TD, 8, 8>& d,
+                                   simdgroup_matrix<TA, 8, 8> a,
+                                   simdgroup_matrix<TB, 8, 8> b,
+                                   simdgroup_matrix<TC, 8, 8> c);
+template <typename TD, typename TA, typename TB>
+void simdgroup_multiply(thread simdgroup_matrix<TD, 8, 8>& d,
+                        simdgroup_matrix<TA, 8, 8> a,
+                        simdgroup_matrix<TB, 8, 8> b);
+template <typename T, int Cols, int Rows>
+simdgroup_matrix<T, Cols, Rows> make_filled_simdgroup_matrix(T value);
+
 // atomics (device and threadgroup; memory_order_relaxed only, as in MSL)
 enum memory_order { memory_order_relaxed };
 template <typename T> struct atomic { T v; };
