@@ -399,6 +399,17 @@ struct AttnParams {
   int64_t m_str[4]; // (B, Hq, qL, kL), 0 for broadcast
 };
 
+// Keys a prefill tile of queries [q0, q0 + bq) must visit: with a causal
+// mask, up to the last key any row of the tile sees, unless some row sees no
+// key at all (then it averages all keys, so all are visited).
+__device__ inline int causal_key_stop(const AttnParams& p, int q0, int bq) {
+  if (!p.causal || q0 + p.causal_offset < 0) {
+    return p.kL;
+  }
+  int last_lim = min(q0 + bq - 1, p.qL - 1) + p.causal_offset;
+  return min(p.kL, last_lim + 1);
+}
+
 // Applies mask / causality to a log2-domain score.
 __device__ inline float apply_mask(
     float s,
@@ -1608,16 +1619,7 @@ __global__ void __launch_bounds__(kFullThreads) turbo_sdpa_full(
     }
   }
 
-  // Key range: with a causal mask, the last key any row of the tile sees,
-  // unless some row sees no key at all (then it averages all keys).
-  int k_stop = p.kL;
-  if (p.causal) {
-    int first_lim = q0 + p.causal_offset;
-    int last_lim = min(q0 + BQ - 1, p.qL - 1) + p.causal_offset;
-    if (first_lim >= 0) {
-      k_stop = min(p.kL, last_lim + 1);
-    }
-  }
+  const int k_stop = causal_key_stop(p, q0, BQ);
 
   const uint32_t* kbase = kc + b * p.k_str[0] + hk * p.k_str[1];
   const uint32_t* vbase = vc + b * p.v_str[0] + hk * p.v_str[1];
@@ -1838,14 +1840,7 @@ __global__ void __launch_bounds__(kTcThreads) turbo_sdpa_full_tc(
     l_run = 1.0f;
   }
 
-  int k_stop = p.kL;
-  if (p.causal) {
-    int first_lim = q0 + p.causal_offset;
-    int last_lim = min(q0 + BQ - 1, p.qL - 1) + p.causal_offset;
-    if (first_lim >= 0) {
-      k_stop = min(p.kL, last_lim + 1);
-    }
-  }
+  const int k_stop = causal_key_stop(p, q0, BQ);
 
   const uint32_t* kbase = kc + b * p.k_str[0] + hk * p.k_str[1];
   const uint32_t* vbase = vc + b * p.v_str[0] + hk * p.v_str[1];
@@ -2301,14 +2296,7 @@ __global__ void TQ_MMA_LAUNCH_BOUNDS turbo_sdpa_full_mma(
   }
   const int qic[2] = {min(rq0, p.qL - 1), min(rq0 + 8, p.qL - 1)};
 
-  int k_stop = p.kL;
-  if (p.causal) {
-    int first_lim = q0 + p.causal_offset;
-    int last_lim = min(q0 + BQ - 1, p.qL - 1) + p.causal_offset;
-    if (first_lim >= 0) {
-      k_stop = min(p.kL, last_lim + 1);
-    }
-  }
+  const int k_stop = causal_key_stop(p, q0, BQ);
 
   const uint32_t* kbase = kc + b * p.k_str[0] + hk * p.k_str[1];
   const uint32_t* vbase = vc + b * p.v_str[0] + hk * p.v_str[1];
