@@ -150,67 +150,9 @@ class Attention:
         B, Hq, Hkv, qL, kL, D = self.args
         if out is None:
             out = torch.empty((B, Hq, qL, D), dtype=torch.float32, device=q.device)
-        if self.mma:
-            rc = _lib.tq_attention_prefill_mma(
-                _ptr(q),
-                _ptr(kc),
-                _ptr(ks),
-                _ptr(vc),
-                _ptr(vs),
-                _ptr(self.mask_t),
-                ctypes.cast(self.mstr, ctypes.c_void_p)
-                if self.mstr is not None
-                else None,
-                _ptr(self.sinks),
-                _ptr(out),
-                B,
-                Hq,
-                Hkv,
-                qL,
-                kL,
-                D,
-                self.kbits,
-                self.vbits,
-                DT[ks.dtype],
-                ctypes.c_float(self.scale),
-                int(self.causal),
-                self.mask_kind,
-                _stream(),
-            )
-            _check(rc, "attention (tensor-core prefill)")
-            return out
-        if self.tc:
-            rc = _lib.tq_attention_tc(
-                _ptr(q),
-                _ptr(kc),
-                _ptr(ks),
-                _ptr(vc),
-                _ptr(vs),
-                _ptr(self.mask_t),
-                ctypes.cast(self.mstr, ctypes.c_void_p)
-                if self.mstr is not None
-                else None,
-                _ptr(self.sinks),
-                _ptr(out),
-                _ptr(self.work),
-                B,
-                Hq,
-                Hkv,
-                qL,
-                kL,
-                D,
-                self.kbits,
-                self.vbits,
-                DT[ks.dtype],
-                ctypes.c_float(self.scale),
-                int(self.causal),
-                self.mask_kind,
-                self.force_splits,
-                _stream(),
-            )
-            _check(rc, "attention (tensor cores)")
-            return out
-        rc = _lib.tq_attention(
+        # The three entry points share the inputs and the shape arguments;
+        # they differ in the workspace and the planning overrides.
+        inputs = (
             _ptr(q),
             _ptr(kc),
             _ptr(ks),
@@ -220,7 +162,8 @@ class Attention:
             ctypes.cast(self.mstr, ctypes.c_void_p) if self.mstr is not None else None,
             _ptr(self.sinks),
             _ptr(out),
-            _ptr(self.work),
+        )
+        shape = (
             B,
             Hq,
             Hkv,
@@ -233,10 +176,25 @@ class Attention:
             ctypes.c_float(self.scale),
             int(self.causal),
             self.mask_kind,
-            self.force_path,
-            self.force_splits,
-            self.cpt,
-            _stream(),
         )
-        _check(rc, "attention")
+        if self.mma:
+            rc = _lib.tq_attention_prefill_mma(*inputs, *shape, _stream())
+            what = "attention (tensor-core prefill)"
+        elif self.tc:
+            rc = _lib.tq_attention_tc(
+                *inputs, _ptr(self.work), *shape, self.force_splits, _stream()
+            )
+            what = "attention (tensor cores)"
+        else:
+            rc = _lib.tq_attention(
+                *inputs,
+                _ptr(self.work),
+                *shape,
+                self.force_path,
+                self.force_splits,
+                self.cpt,
+                _stream(),
+            )
+            what = "attention"
+        _check(rc, what)
         return out
