@@ -173,7 +173,8 @@ void turbo_sdpa_gpu(
   const int kL = k.shape(2);
 
   turbo_detail::AttnLaunch L{};
-  L.low_precision = low_precision;
+  const bool tensor_cores =
+      turbo_detail::use_tensor_cores(low_precision, ks.dtype());
   auto& p = L.params;
   p.B = B;
   p.Hq = Hq;
@@ -228,8 +229,7 @@ void turbo_sdpa_gpu(
   if (qL <= tb::kVectorMaxQL) {
     L.path = 0;
     int rows = p.gqa * qL;
-    L.tc = turbo_detail::use_tensor_cores(low_precision, ks.dtype()) &&
-        tb::vector_tc_supported(D);
+    L.tc = tensor_cores && tb::vector_tc_supported(D);
     L.nq = L.tc ? 8 : tb::vector_rows_per_block(rows);
     p.row_groups = (rows + L.nq - 1) / L.nq;
     int splits =
@@ -255,8 +255,7 @@ void turbo_sdpa_gpu(
     // harness (D = 64, turbo3, bool mask + causal) measured 3.5e-3 relative
     // error against a 3e-3 bound on the H100 (docs/cuda.md); every bfloat16
     // case passed.
-    if (turbo_detail::use_tensor_cores(low_precision, ks.dtype()) &&
-        ks.dtype() == bfloat16 && tb::full_mma_supported(D)) {
+    if (tensor_cores && ks.dtype() == bfloat16 && tb::full_mma_supported(D)) {
       L.path = 3;
     } else {
       L.path = (tb::kUseTcPrefill && D <= tb::kTcMaxDim) ? 2 : 1;

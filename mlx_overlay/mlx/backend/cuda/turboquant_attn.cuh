@@ -23,10 +23,6 @@ struct AttnLaunch {
   // the combine kernel's graph node must depend on the node that writes them.
   array* part_o;
   array* part_ml;
-  // float16/bfloat16 queries: tensor-core kernels with float16 operands and
-  // float32 accumulation may be used (their rounding is below the output's);
-  // float32 queries keep the float32 kernels.
-  bool low_precision;
   // Decode on tensor cores (turbo_sdpa_vector_tc, nq == 8): set by
   // turbo_sdpa_gpu for float16/bfloat16 queries and scales and the head dims
   // that kernel supports.
@@ -34,7 +30,9 @@ struct AttnLaunch {
 };
 
 // Whether a call may use the kernels with float16/bfloat16 tensor-core
-// operands: float16/bfloat16 queries (AttnLaunch::low_precision) and scales.
+// operands and float32 accumulation: float16/bfloat16 queries (the
+// primitive's low_precision flag; their rounding is below the output's) and
+// scales. Float32 queries keep the float32 kernels.
 inline bool use_tensor_cores(bool low_precision, Dtype scale_dtype) {
   return low_precision && (scale_dtype == float16 || scale_dtype == bfloat16);
 }
