@@ -36,9 +36,8 @@ MODULES = ["test_attention", "test_errors", "test_format"]
 
 def fixture_function(fix):
     """The undecorated function of a pytest fixture (pytest 7 to 9)."""
-    for attr in ("_get_wrapped_function",):
-        if hasattr(fix, attr):
-            return getattr(fix, attr)()
+    if hasattr(fix, "_get_wrapped_function"):  # pytest >= 8.4
+        return fix._get_wrapped_function()
     return getattr(fix, "__wrapped__", fix)
 
 
@@ -104,7 +103,7 @@ def main(argv):
                     continue
                 try:
                     kw = fixtures(mod, fn, seed)
-                    kw.update({k: v for k, v in params.items()})
+                    kw.update(params)
                     fn(**kw)
                     passed += 1
                 except Exception as e:  # noqa: BLE001 - report and go on
