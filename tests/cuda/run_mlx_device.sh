@@ -60,6 +60,8 @@ case "${1:-}" in
   start)
     [[ -d .cuda_deps/mlx.git ]] || { echo "no .cuda_deps: run tools/cuda_build_on_device.sh prepare here and carry it" >&2; exit 1; }
     nvidia-smi -L
+    echo "CC=${CC:-} CXX=${CXX:-} CUDAHOSTCXX=${CUDAHOSTCXX:-} LDFLAGS=${LDFLAGS:-} CXXFLAGS=${CXXFLAGS:-}"
+    "${CXX:-c++}" --version | head -1
     setsid nohup bash -c "./build.sh --cuda --offline --wheels .cuda_deps/wheels \
         --mlx-src .cuda_deps/mlx.git --no-mlx-lm --venv '$TURBOQUANT_VENV' >'$LOG' 2>&1;
         echo \"BUILD EXIT \$?\" >>'$LOG'" </dev/null >/dev/null 2>&1 &
