@@ -187,8 +187,15 @@ array quantized_scaled_dot_product_attention(
   // Both scales share one type in the kernels.
   auto scale_type =
       key_scales.dtype() == value_scales.dtype() ? key_scales.dtype() : float32;
+  // The primitive rotates the queries and the output itself where the GPU
+  // backend has kernels for it; elsewhere the op composes the rotations.
+  const bool use_primitive = stream.device == Device::cpu ||
+      !QuantizedScaledDotProductAttention::use_fallback(
+                                 queries, dk, dv, stream);
+  const bool fused_rotation = use_primitive && stream.device == Device::gpu &&
+      turbo::gpu_attention_rotates();
   std::vector<array> inputs = {
-      turbo::rotate(queries, false, stream),
+      fused_rotation ? queries : turbo::rotate(queries, false, stream),
       keys,
       astype(key_scales, scale_type, stream),
       values,
@@ -249,36 +256,38 @@ array quantized_scaled_dot_product_attention(
   // Op-composed fallback: reconstruct the cache in the rotated domain and use
   // the regular fused attention. Used by backends without kernels and for
   // transformations.
-  auto fallback =
-      [scale, do_causal, has_arr_mask, has_sinks, kmode, vmode, stream](
-          const std::vector<array>& inputs) {
-        auto k = turbo::dequantize_rotated(inputs[1], inputs[2], kmode, stream);
-        auto v = turbo::dequantize_rotated(inputs[3], inputs[4], vmode, stream);
-        std::optional<array> mask;
-        if (has_arr_mask) {
-          mask = inputs[5];
-        }
-        std::optional<array> sinks;
-        if (has_sinks) {
-          sinks = inputs.back();
-        }
-        return std::vector<array>{scaled_dot_product_attention(
-            inputs[0],
-            k,
-            v,
-            scale,
-            do_causal ? "causal" : "",
-            mask,
-            sinks,
-            stream)};
-      };
+  auto fallback = [scale,
+                   do_causal,
+                   has_arr_mask,
+                   has_sinks,
+                   kmode,
+                   vmode,
+                   fused_rotation,
+                   stream](const std::vector<array>& inputs) {
+    auto q =
+        fused_rotation ? turbo::rotate(inputs[0], false, stream) : inputs[0];
+    auto k = turbo::dequantize_rotated(inputs[1], inputs[2], kmode, stream);
+    auto v = turbo::dequantize_rotated(inputs[3], inputs[4], vmode, stream);
+    std::optional<array> mask;
+    if (has_arr_mask) {
+      mask = inputs[5];
+    }
+    std::optional<array> sinks;
+    if (has_sinks) {
+      sinks = inputs.back();
+    }
+    auto out = scaled_dot_product_attention(
+        q, k, v, scale, do_causal ? "causal" : "", mask, sinks, stream);
+    if (fused_rotation) {
+      out = astype(turbo::rotate(out, true, stream), inputs[0].dtype(), stream);
+    }
+    return std::vector<array>{out};
+  };
 
-  array out_rot = (stream.device == Device::cpu ||
-                   !QuantizedScaledDotProductAttention::use_fallback(
-                       queries, dk, dv, stream))
+  array out = use_primitive
       ? array(
             Shape{B, n_q_heads, qL, dv},
-            float32,
+            fused_rotation ? queries.dtype() : float32,
             std::make_shared<QuantizedScaledDotProductAttention>(
                 stream,
                 fallback,
@@ -287,10 +296,14 @@ array quantized_scaled_dot_product_attention(
                 has_sinks,
                 kmode,
                 vmode,
-                queries.dtype() != float32),
+                queries.dtype() != float32,
+                fused_rotation),
             inputs)
       : fallback(inputs)[0];
-  return astype(turbo::rotate(out_rot, true, stream), queries.dtype(), stream);
+  if (fused_rotation) {
+    return out;
+  }
+  return astype(turbo::rotate(out, true, stream), queries.dtype(), stream);
 }
 
 bool QuantizedScaledDotProductAttention::is_equivalent(
@@ -298,7 +311,8 @@ bool QuantizedScaledDotProductAttention::is_equivalent(
   const auto& o = static_cast<const QuantizedScaledDotProductAttention&>(other);
   return scale_ == o.scale_ && do_causal_ == o.do_causal_ &&
       has_sinks_ == o.has_sinks_ && key_mode_ == o.key_mode_ &&
-      value_mode_ == o.value_mode_ && low_precision_ == o.low_precision_;
+      value_mode_ == o.value_mode_ && low_precision_ == o.low_precision_ &&
+      fused_rotation_ == o.fused_rotation_;
 }
 
 std::vector<Shape> QuantizedScaledDotProductAttention::output_shapes(

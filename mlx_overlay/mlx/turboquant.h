@@ -196,6 +196,11 @@ array dequantize_rotated(
 // each backend (no_gpu, metal, cuda).
 bool gpu_quantize_supported();
 
+// Whether the GPU backend's fast::QuantizedScaledDotProductAttention rotates
+// the queries and the output itself (fused_rotation: one launch each instead
+// of the op-composed rotation and casts). Defined by each backend.
+bool gpu_attention_rotates();
+
 // CPU kernels (mlx/backend/cpu/turboquant.cpp), called from
 // fast::Quantize::eval_cpu.
 void quantize_cpu(

@@ -168,7 +168,7 @@ extern "C" int TQ_FN(tq_attn_d)(
           else
             by_mask(I8{}, C8{});
           if (p.num_splits > 1) {
-            turbo_sdpa_combine<D>
+            turbo_sdpa_combine<D, float, false>
                 <<<p.B * p.Hq * p.qL, 128, 0, st>>>(part_o, part_ml, out, p);
           }
         }
@@ -255,7 +255,7 @@ static int attn_tc_impl(
       return rc;
     }
     if (p.num_splits > 1) {
-      turbo_sdpa_combine<DD>
+      turbo_sdpa_combine<DD, float, false>
           <<<p.B * p.Hq * p.qL, 128, 0, st>>>(part_o, part_ml, out, p);
     }
     return (int)cudaGetLastError();

@@ -7,6 +7,7 @@
 
 #include <cfloat>
 #include <cmath>
+#include <stdexcept>
 
 #include "mlx/backend/cpu/turboquant.h"
 #include "mlx/fast_primitives.h"
@@ -271,6 +272,12 @@ namespace fast {
 void QuantizedScaledDotProductAttention::eval_cpu(
     const std::vector<array>& inputs,
     std::vector<array>& outputs) {
+  if (fused_rotation_) {
+    // The op sets it only for GPU streams (turbo::gpu_attention_rotates).
+    throw std::invalid_argument(
+        "[quantized_scaled_dot_product_attention] The CPU kernel takes "
+        "rotated queries (fused_rotation is not supported).");
+  }
   auto& encoder = cpu::get_command_encoder(stream());
   auto q = ensure_contiguous(inputs[0], encoder, stream());
   // The packed cache is read in place (it is often a strided view of a

@@ -22,6 +22,10 @@ bool gpu_quantize_supported() {
   return true;
 }
 
+bool gpu_attention_rotates() {
+  return true;
+}
+
 } // namespace turbo
 
 namespace {
@@ -62,8 +66,25 @@ void QuantizedScaledDotProductAttention::eval_gpu(
   auto& s = stream();
   auto& enc = cu::get_command_encoder(s);
 
-  // q: the kernels read rows with strides (B, H, L) and a dense last axis.
+  // q: the kernels read rotated float32 rows with strides (B, H, L) and a
+  // dense last axis. With fused_rotation the rotation kernel makes them
+  // (row contiguous) from the queries as given.
   array q = last_dense(inputs[0], enc, s);
+  auto temporary = [&](const Shape& shape) {
+    array t(shape, float32, nullptr, {});
+    t.set_data(cu::malloc_async(t.nbytes(), enc));
+    enc.add_temporary(t);
+    return t;
+  };
+  if (fused_rotation_) {
+    if (!q.flags().row_contiguous) {
+      q = contiguous_copy_gpu(q, s);
+      enc.add_temporary(q);
+    }
+    array q_rot = temporary(q.shape());
+    turbo_rotate_gpu(q, q_rot, false, enc);
+    q = q_rot;
+  }
   array k = last_dense(inputs[1], enc, s);
   array ks = inputs[2];
   array v = last_dense(inputs[3], enc, s);
@@ -90,6 +111,12 @@ void QuantizedScaledDotProductAttention::eval_gpu(
 
   auto& out = outputs[0];
   out.set_data(cu::malloc_async(out.nbytes(), enc));
+  // fused_rotation: the kernels write the rotated float32 output to a
+  // temporary, rotated back into out by the split-K combine or one launch.
+  std::optional<array> out_rot;
+  if (fused_rotation_) {
+    out_rot = temporary(out.shape());
+  }
 
   turbo_sdpa_gpu(
       q,
@@ -99,12 +126,13 @@ void QuantizedScaledDotProductAttention::eval_gpu(
       vs,
       mask,
       sinks,
-      out,
+      out_rot ? *out_rot : out,
       scale_,
       do_causal_,
       turbo::bits(key_mode_),
       turbo::bits(value_mode_),
       low_precision_,
+      out_rot ? &out : nullptr,
       enc);
 }
 

@@ -12,6 +12,7 @@
 #include "mlx/dtype_utils.h"
 
 #include <sstream>
+#include <stdexcept>
 
 namespace mlx::core {
 
@@ -149,6 +150,50 @@ void turbo_dequantize_gpu(
   });
 }
 
+void turbo_rotate_gpu(
+    const array& x,
+    array& y,
+    bool inverse,
+    cu::CommandEncoder& enc) {
+  int d = x.shape(-1);
+  int64_t n = x.size() / d;
+  if (n == 0) {
+    return;
+  }
+  // One side is float32: the queries go to float32, the output comes back.
+  const array& other = inverse ? y : x;
+  if ((inverse ? x : y).dtype() != float32) {
+    throw std::invalid_argument(
+        "[turbo_rotate_gpu] the rotated side must be float32.");
+  }
+  enc.set_input_array(x);
+  enc.set_output_array(y);
+  dim3 grid((n + cu::turbo::kEncodeWarps - 1) / cu::turbo::kEncodeWarps);
+  dim3 block(32 * cu::turbo::kEncodeWarps);
+  dispatch_float_types(other.dtype(), "turbo_rotate", [&](auto type_tag) {
+    using T = cuda_type_t<MLX_GET_TYPE(type_tag)>;
+    dispatch_turbo_dim(d, [&](auto dim) {
+      if (inverse) {
+        enc.add_kernel_node(
+            cu::turbo::turbo_rotate<float, T, dim.value, true>,
+            grid,
+            block,
+            gpu_ptr<float>(x),
+            gpu_ptr<T>(y),
+            n);
+      } else {
+        enc.add_kernel_node(
+            cu::turbo::turbo_rotate<T, float, dim.value, false>,
+            grid,
+            block,
+            gpu_ptr<T>(x),
+            gpu_ptr<float>(y),
+            n);
+      }
+    });
+  });
+}
+
 void turbo_sdpa_gpu(
     const array& q,
     const array& k,
@@ -163,6 +208,7 @@ void turbo_sdpa_gpu(
     int key_bits,
     int value_bits,
     bool low_precision,
+    array* final_out,
     cu::CommandEncoder& enc) {
   namespace tb = cu::turbo;
   const int B = q.shape(0);
@@ -266,11 +312,17 @@ void turbo_sdpa_gpu(
     p.row_groups = 1;
   }
   enc.set_output_array(out);
+  // The split-K combine rotates back in place of a separate launch.
+  const bool combine_rotates = final_out && p.num_splits > 1;
+  L.final_out = combine_rotates ? final_out : nullptr;
 
   dispatch_turbo_dim(D, [&](auto dim) {
     turbo_detail::launch_attention<dim.value>(
         q, k, ks, v, vs, out, L, key_bits, value_bits, enc);
   });
+  if (final_out && !combine_rotates) {
+    turbo_rotate_gpu(out, *final_out, true, enc);
+  }
 }
 
 } // namespace mlx::core

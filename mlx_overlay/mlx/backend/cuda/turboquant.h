@@ -34,8 +34,18 @@ void turbo_dequantize_gpu(
     cu::CommandEncoder& enc,
     const Stream& s);
 
+// x (N rows of D, row contiguous) -> y = R x (forward) or R^T x (inverse),
+// computed in float32, stored in y.dtype(); y allocated.
+void turbo_rotate_gpu(
+    const array& x,
+    array& y,
+    bool inverse,
+    cu::CommandEncoder& enc);
+
 // Attention on the packed cache; inputs as in the kernel contract of
-// docs/format.md, already laid out with contiguous last dimensions.
+// docs/format.md, already laid out with contiguous last dimensions. With
+// final_out (fused_rotation; out is then a row-contiguous float32
+// temporary), the output is also rotated back into *final_out in its dtype.
 void turbo_sdpa_gpu(
     const array& q,
     const array& k,
@@ -50,6 +60,7 @@ void turbo_sdpa_gpu(
     int key_bits,
     int value_bits,
     bool low_precision,
+    array* final_out,
     cu::CommandEncoder& enc);
 
 } // namespace mlx::core

@@ -23,6 +23,9 @@ struct AttnLaunch {
   // the combine kernel's graph node must depend on the node that writes them.
   array* part_o;
   array* part_ml;
+  // fused_rotation with splits: the combine kernel rotates each row back and
+  // writes it here in the queries' dtype (nullptr: it writes out, float32).
+  array* final_out;
   // Decode on tensor cores (turbo_sdpa_vector_tc, nq == 8): set by
   // turbo_sdpa_gpu for float16/bfloat16 queries and scales and the head dims
   // that kernel supports.
@@ -144,15 +147,27 @@ void launch_attention_typed(
       const float* const_part_ml = part_ml;
       enc.set_input_array(*L.part_o);
       enc.set_input_array(*L.part_ml);
-      enc.set_output_array(out);
-      enc.add_kernel_node(
-          tb::turbo_sdpa_combine<D>,
-          dim3(p.B * p.Hq * p.qL),
-          dim3(128),
-          const_part_o,
-          const_part_ml,
-          op,
-          p);
+      auto add_combine = [&](auto kernel, auto* dst) {
+        enc.add_kernel_node(
+            kernel,
+            dim3(p.B * p.Hq * p.qL),
+            dim3(128),
+            const_part_o,
+            const_part_ml,
+            dst,
+            p);
+      };
+      if (L.final_out) {
+        enc.set_output_array(*L.final_out);
+        dispatch_float_types(L.final_out->dtype(), "turbo_sdpa", [&](auto tt) {
+          using TO = cuda_type_t<MLX_GET_TYPE(tt)>;
+          add_combine(
+              tb::turbo_sdpa_combine<D, TO, true>, gpu_ptr<TO>(*L.final_out));
+        });
+      } else {
+        enc.set_output_array(out);
+        add_combine(tb::turbo_sdpa_combine<D, float, false>, op);
+      }
     }
   };
   if constexpr (tc_type && tb::vector_tc_supported(D)) {

@@ -55,7 +55,11 @@ struct Copies {
       return a;
     }
     array out(a.shape(), t, nullptr, {});
-    copy_gpu(a, out, a.flags().row_contiguous ? CopyType::Vector : CopyType::General, s);
+    copy_gpu(
+        a,
+        out,
+        a.flags().row_contiguous ? CopyType::Vector : CopyType::General,
+        s);
     return keep(std::move(out));
   }
   void finish(metal::CommandEncoder& enc) {
@@ -82,6 +86,11 @@ namespace turbo {
 
 bool gpu_quantize_supported() {
   return true;
+}
+
+// The Metal attention kernels take rotated float32 queries; the op rotates.
+bool gpu_attention_rotates() {
+  return false;
 }
 
 void quantize_gpu(
@@ -157,6 +166,11 @@ bool QuantizedScaledDotProductAttention::use_fallback(
 void QuantizedScaledDotProductAttention::eval_gpu(
     const std::vector<array>& inputs,
     std::vector<array>& outputs) {
+  if (fused_rotation_) {
+    throw std::invalid_argument(
+        "[quantized_scaled_dot_product_attention] The Metal kernels take "
+        "rotated queries (fused_rotation is not supported).");
+  }
   auto& s = stream();
   auto& d = metal::device(s.device);
   auto& enc = metal::get_command_encoder(s);
@@ -206,17 +220,16 @@ void QuantizedScaledDotProductAttention::eval_gpu(
     int off = 4 - mask->ndim();
     for (int i = 0; i < 4; ++i) {
       int ax = i - off;
-      p.m_strides[i] = (ax >= 0 && mask->shape(ax) > 1)
-          ? int64_t(mask->strides(ax))
-          : 0;
+      p.m_strides[i] =
+          (ax >= 0 && mask->shape(ax) > 1) ? int64_t(mask->strides(ax)) : 0;
     }
   }
   bool has_mask = has_arr_mask;
   bool do_causal = do_causal_;
   bool has_sinks = has_sinks_;
-  const array* sinks =
-      has_sinks ? &copies.row_contiguous(copies.as_type(inputs.back(), float32))
-                : nullptr;
+  const array* sinks = has_sinks
+      ? &copies.row_contiguous(copies.as_type(inputs.back(), float32))
+      : nullptr;
 
   metal::MTLFCList func_consts = {
       {&has_mask, MTL::DataType::DataTypeBool, TURBO_FC_HAS_MASK},

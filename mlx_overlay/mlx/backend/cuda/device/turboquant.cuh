@@ -199,6 +199,19 @@ __device__ inline void warp_fwht(float* buf, int off, int lane) {
   __syncwarp();
 }
 
+// Inverse rotation of buf[0, D) in place, except the final stage-1 signs
+// (the caller applies rot_sign(1, i) when it stores coordinate i).
+template <int D>
+__device__ inline void warp_inverse_rotate_unsigned(float* buf, int lane) {
+  constexpr int P = pow2_floor(D);
+  warp_fwht<P>(buf, D - P, lane);
+  for (int i = lane; i < D; i += 32) {
+    buf[i] = buf[i] * rot_sign(2, i);
+  }
+  __syncwarp();
+  warp_fwht<P>(buf, 0, lane);
+}
+
 // Sum of squares of buf[0, D) in a pinned order: sequential in i, one fused
 // multiply-add per term (acc = fma(v, v, acc)), the order the CPU backend
 // compiles to where the compiler contracts `acc += v * v` (arm64 clang).
@@ -357,14 +370,55 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_decode(
     }
   }
   __syncwarp();
-  warp_fwht<P>(buf, D - P, lane);
-  for (int i = lane; i < D; i += 32) {
-    buf[i] = buf[i] * rot_sign(2, i);
-  }
-  __syncwarp();
-  warp_fwht<P>(buf, 0, lane);
+  warp_inverse_rotate_unsigned<D>(buf, lane);
   for (int i = lane; i < D; i += 32) {
     x[v * D + i] = from_float<U>(buf[i] * rot_sign(1, i));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Rotation: rows (N, D), contiguous, TI -> TO; y = R x (forward) or R^T x
+// (inverse) in float32, as turbo::rotate. The attention's query and output
+// rotations (fused_rotation): one launch each.
+// ---------------------------------------------------------------------------
+
+template <typename TI, typename TO, int D, bool INVERSE>
+__global__ void __launch_bounds__(32 * kEncodeWarps)
+    turbo_rotate(const TI* __restrict__ x, TO* __restrict__ y, int64_t n_vec) {
+  constexpr int P = pow2_floor(D);
+  __shared__ float sbuf[kEncodeWarps][D];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int64_t v = int64_t(blockIdx.x) * kEncodeWarps + warp;
+  if (v >= n_vec) {
+    return;
+  }
+  float* buf = sbuf[warp];
+  const TI* in = x + v * D;
+  TO* o = y + v * D;
+  if constexpr (INVERSE) {
+    for (int i = lane; i < D; i += 32) {
+      buf[i] = to_float(in[i]);
+    }
+    __syncwarp();
+    warp_inverse_rotate_unsigned<D>(buf, lane);
+    for (int i = lane; i < D; i += 32) {
+      o[i] = from_float<TO>(buf[i] * rot_sign(1, i));
+    }
+  } else {
+    for (int i = lane; i < D; i += 32) {
+      buf[i] = to_float(in[i]) * rot_sign(1, i);
+    }
+    __syncwarp();
+    warp_fwht<P>(buf, 0, lane);
+    for (int i = lane; i < D; i += 32) {
+      buf[i] = buf[i] * rot_sign(2, i);
+    }
+    __syncwarp();
+    warp_fwht<P>(buf, D - P, lane);
+    for (int i = lane; i < D; i += 32) {
+      o[i] = from_float<TO>(buf[i]);
+    }
   }
 }
 
@@ -823,14 +877,17 @@ __device__ inline float block_reduce_128(float v, float* red, bool is_max) {
   return r;
 }
 
-template <int D>
+// ROTATE (fused_rotation): the row is rotated back (R^T) and stored as TO;
+// otherwise TO is float and the row stays in the rotated domain.
+template <int D, typename TO, bool ROTATE>
 __global__ void __launch_bounds__(128) turbo_sdpa_combine(
     const float* __restrict__ part_o,
     const float* __restrict__ part_ml,
-    float* __restrict__ out,
+    TO* __restrict__ out,
     const AttnParams p) {
   __shared__ float sw[kMaxSplits];
   __shared__ float red[4];
+  __shared__ float so[ROTATE ? D : 1];
   const int64_t grow = blockIdx.x;
   const int64_t nrow = int64_t(p.B) * p.Hq * p.qL;
   const int qi = grow % p.qL;
@@ -856,7 +913,21 @@ __global__ void __launch_bounds__(128) turbo_sdpa_combine(
     for (int s = 0; s < S; s++) {
       o += sw[s] * part_o[(s * nrow + grow) * D + d];
     }
-    out[b * p.o_str[0] + h * p.o_str[1] + qi * p.o_str[2] + d] = o / L;
+    if constexpr (ROTATE) {
+      so[d] = o / L;
+    } else {
+      out[b * p.o_str[0] + h * p.o_str[1] + qi * p.o_str[2] + d] = o / L;
+    }
+  }
+  if constexpr (ROTATE) {
+    __syncthreads();
+    if (threadIdx.x < 32) {
+      warp_inverse_rotate_unsigned<D>(so, threadIdx.x);
+      TO* orow = out + b * p.o_str[0] + h * p.o_str[1] + qi * p.o_str[2];
+      for (int d = threadIdx.x; d < D; d += 32) {
+        orow[d] = from_float<TO>(so[d] * rot_sign(1, d));
+      }
+    }
   }
 }
 
