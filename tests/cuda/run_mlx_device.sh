@@ -62,6 +62,9 @@ case "${1:-}" in
     nvidia-smi -L
     echo "CC=${CC:-} CXX=${CXX:-} CUDAHOSTCXX=${CUDAHOSTCXX:-} LDFLAGS=${LDFLAGS:-} CXXFLAGS=${CXXFLAGS:-}"
     "${CXX:-c++}" --version | head -1
+    # Build from a copy: the next call may replace this repository copy while
+    # the build (its final pip install included) still runs.
+    rm -rf /tmp/tq-src && cp -r "$ROOT" /tmp/tq-src && cd /tmp/tq-src || exit 1
     setsid nohup bash -c "./build.sh --cuda --offline --wheels .cuda_deps/wheels \
         --mlx-src .cuda_deps/mlx.git --no-mlx-lm --venv '$TURBOQUANT_VENV' >'$LOG' 2>&1;
         echo \"BUILD EXIT \$?\" >>'$LOG'" </dev/null >/dev/null 2>&1 &
