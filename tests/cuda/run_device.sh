@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: build the harness, run the correctness tests, benchmark.
-#   bash tests/cuda/run_device.sh [--no-bench] [--quick] [--prefill]
+#   bash tests/cuda/run_device.sh [--no-bench] [--no-test] [--ncu] [--quick] [--prefill]
+# --ncu: Nsight Compute sections of the decode kernels (prof_one.py).
 # Writes logs, bench_cuda.json and cuda_decode.png to $OUT (or tests/cuda/out).
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -8,11 +9,13 @@ OUT="${OUT:-$PWD/out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 bench=1
+test=1
 ncu=0
 bargs=()
 for a in "$@"; do
   case "$a" in
     --no-bench) bench=0 ;;
+    --no-test) test=0 ;;
     --ncu) ncu=1 ;;
     *) bargs+=("$a") ;;
   esac
@@ -22,15 +25,19 @@ t0=$(date +%s)
 TQ_RESOURCE_USAGE=1 ./build.sh 2>&1 | grep -v "Compile time" > "$OUT/build.log"; rc=${PIPESTATUS[0]}
 echo "build rc=$rc in $(( $(date +%s) - t0 ))s"
 [ $rc -eq 0 ] || { tail -40 "$OUT/build.log"; exit 1; }
-python3 test_tq_cuda.py 2>&1 | tee "$OUT/test.log" | grep -v "^ok" ; trc=${PIPESTATUS[0]}
-echo "tests rc=$trc"
+if [ $test -eq 1 ]; then
+  python3 test_tq_cuda.py 2>&1 | tee "$OUT/test.log" | grep -v "^ok" ; trc=${PIPESTATUS[0]}
+  echo "tests rc=$trc"
+fi
 if [ $bench -eq 1 ]; then
   python3 bench_tq_cuda.py --out "$OUT" "${bargs[@]}" 2>&1 | tee "$OUT/bench.log" | grep -v '^{'
 fi
 if [ $ncu -eq 1 ]; then
   ncu --clock-control none -k regex:turbo_sdpa_vector --section SpeedOfLight \
     --section Occupancy --section WarpStateStats --section LaunchStats \
+    --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+    --section InstructionStats --section SchedulerStats \
     python3 prof_one.py > "$OUT/ncu.txt" 2>&1
-  grep -E "turbo_sdpa_vector|Duration|Memory Throughput|Compute \(SM\)|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Issue Slots|Theoretical Occ|Stall" "$OUT/ncu.txt" | head -60
+  grep -E "turbo_sdpa_vector|Duration|Memory Throughput|Compute \(SM\)|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Issue Slots|Theoretical Occ|Stall|Eligible|Issued Warp|No Eligible|L1/TEX Hit|L2 Hit|Executed Ipc|Mem Busy|Max Bandwidth|Block Limit" "$OUT/ncu.txt" | head -120
 fi
 echo "total $(( $(date +%s) - t0 ))s"
