@@ -187,13 +187,14 @@ array quantized_scaled_dot_product_attention(
   // Both scales share one type in the kernels.
   auto scale_type =
       key_scales.dtype() == value_scales.dtype() ? key_scales.dtype() : float32;
-  // The primitive rotates the queries and the output itself where the GPU
-  // backend has kernels for it; elsewhere the op composes the rotations.
+  // The primitive rotates the queries and the output itself on the CPU and
+  // where the GPU backend has kernels for it (CUDA); elsewhere (Metal) the op
+  // composes the rotations around it.
   const bool use_primitive = stream.device == Device::cpu ||
       !QuantizedScaledDotProductAttention::use_fallback(
                                  queries, dk, dv, stream);
-  const bool fused_rotation = use_primitive && stream.device == Device::gpu &&
-      turbo::gpu_attention_rotates();
+  const bool fused_rotation = use_primitive &&
+      (stream.device == Device::cpu || turbo::gpu_attention_rotates());
   std::vector<array> inputs = {
       fused_rotation ? queries : turbo::rotate(queries, false, stream),
       keys,

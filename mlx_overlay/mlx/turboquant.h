@@ -198,7 +198,8 @@ bool gpu_quantize_supported();
 
 // Whether the GPU backend's fast::QuantizedScaledDotProductAttention rotates
 // the queries and the output itself (fused_rotation: one launch each instead
-// of the op-composed rotation and casts). Defined by each backend.
+// of the op-composed rotations and casts; the CPU primitive always does).
+// Defined by each backend.
 bool gpu_attention_rotates();
 
 // CPU kernels (mlx/backend/cpu/turboquant.cpp), called from

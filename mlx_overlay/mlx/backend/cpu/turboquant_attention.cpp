@@ -265,6 +265,24 @@ void attention_dispatch_bits(const AttnArgs& a, int kbits, int vbits) {
   }
 }
 
+// y = R x (inverse: R^T x) for rows of dim contiguous values, in float32
+// (the primitive's fused_rotation of the queries and the output).
+template <typename TI, typename TO>
+void rotate_rows(const TI* x, TO* y, int64_t rows, int dim, bool inverse) {
+  parallel_for(rows, dim * 16, [&](int64_t r0, int64_t r1) {
+    float buf[turbo::kMaxDim];
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int i = 0; i < dim; ++i) {
+        buf[i] = static_cast<float>(x[r * dim + i]);
+      }
+      turbo::rotate(buf, dim, inverse);
+      for (int i = 0; i < dim; ++i) {
+        y[r * dim + i] = static_cast<TO>(buf[i]);
+      }
+    }
+  });
+}
+
 } // namespace
 
 namespace fast {
@@ -272,12 +290,6 @@ namespace fast {
 void QuantizedScaledDotProductAttention::eval_cpu(
     const std::vector<array>& inputs,
     std::vector<array>& outputs) {
-  if (fused_rotation_) {
-    // The op sets it only for GPU streams (turbo::gpu_attention_rotates).
-    throw std::invalid_argument(
-        "[quantized_scaled_dot_product_attention] The CPU kernel takes "
-        "rotated queries (fused_rotation is not supported).");
-  }
   auto& encoder = cpu::get_command_encoder(stream());
   auto q = ensure_contiguous(inputs[0], encoder, stream());
   // The packed cache is read in place (it is often a strided view of a
@@ -297,6 +309,20 @@ void QuantizedScaledDotProductAttention::eval_cpu(
   bool has_mask = inputs.size() > 5 + (has_sinks_ ? 1 : 0);
   auto& out = outputs[0];
   out.set_data(allocator::malloc(out.nbytes()));
+  // fused_rotation: q (in its dtype) is rotated into a float32 temporary and
+  // the kernel's float32 output rotated back into out (the queries' dtype).
+  std::optional<array> q_rot;
+  std::optional<array> o_rot;
+  if (fused_rotation_) {
+    auto temporary = [&](const Shape& shape) {
+      array t(shape, float32, nullptr, {});
+      t.set_data(allocator::malloc(t.nbytes()));
+      encoder.add_temporary(t);
+      return t;
+    };
+    q_rot = temporary(q.shape());
+    o_rot = temporary(out.shape());
+  }
 
   for (auto& a : inputs) {
     encoder.set_input_array(a);
@@ -351,19 +377,45 @@ void QuantizedScaledDotProductAttention::eval_cpu(
        sinks = sinks ? std::optional<array>(array::unsafe_weak_copy(*sinks))
                      : std::nullopt,
        out = array::unsafe_weak_copy(out),
+       q_rot = q_rot ? std::optional<array>(array::unsafe_weak_copy(*q_rot))
+                     : std::nullopt,
+       o_rot = o_rot ? std::optional<array>(array::unsafe_weak_copy(*o_rot))
+                     : std::nullopt,
        kbits,
        vbits]() mutable {
-        args.q = q.data<float>();
+        if (q_rot) {
+          dispatch_float(q.dtype(), [&](auto t) {
+            using T = decltype(t);
+            rotate_rows(
+                q.data<T>(),
+                q_rot->data<float>(),
+                q.size() / args.Dk,
+                args.Dk,
+                false);
+          });
+        }
+        args.q = (q_rot ? *q_rot : q).data<float>();
         args.k = k.data<uint32_t>();
         args.v = v.data<uint32_t>();
         args.ks = ks.data<void>();
         args.vs = vs.data<void>();
         args.mask = mask ? mask->data<void>() : nullptr;
         args.sinks = sinks ? sinks->data<float>() : nullptr;
-        args.out = out.data<float>();
+        args.out = (o_rot ? *o_rot : out).data<float>();
         dispatch_float(args.scale_type, [&](auto t) {
           attention_dispatch_bits<decltype(t)>(args, kbits, vbits);
         });
+        if (o_rot) {
+          dispatch_float(out.dtype(), [&](auto t) {
+            using T = decltype(t);
+            rotate_rows(
+                o_rot->data<float>(),
+                out.data<T>(),
+                out.size() / args.Dv,
+                args.Dv,
+                true);
+          });
+        }
       });
 }
 
