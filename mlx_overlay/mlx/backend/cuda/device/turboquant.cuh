@@ -199,6 +199,19 @@ __device__ inline void warp_fwht(float* buf, int off, int lane) {
   __syncwarp();
 }
 
+// Forward rotation of buf[0, D) in place, its stage-1 signs already applied
+// (the caller multiplies coordinate i by rot_sign(1, i) when it loads it).
+template <int D>
+__device__ inline void warp_rotate_presigned(float* buf, int lane) {
+  constexpr int P = pow2_floor(D);
+  warp_fwht<P>(buf, 0, lane);
+  for (int i = lane; i < D; i += 32) {
+    buf[i] = buf[i] * rot_sign(2, i);
+  }
+  __syncwarp();
+  warp_fwht<P>(buf, D - P, lane);
+}
+
 // Inverse rotation of buf[0, D) in place, except the final stage-1 signs
 // (the caller applies rot_sign(1, i) when it stores coordinate i).
 template <int D>
@@ -238,7 +251,6 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_encode(
     uint32_t* __restrict__ packed,
     T* __restrict__ scales,
     int64_t n_vec) {
-  constexpr int P = pow2_floor(D);
   constexpr int W = packed_words(BITS, D);
   constexpr int NL = 1 << BITS;
   __shared__ float sbuf[kEncodeWarps][D];
@@ -268,12 +280,7 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_encode(
     buf[i] = u * rot_sign(1, i);
   }
   __syncwarp();
-  warp_fwht<P>(buf, 0, lane);
-  for (int i = lane; i < D; i += 32) {
-    buf[i] = buf[i] * rot_sign(2, i);
-  }
-  __syncwarp();
-  warp_fwht<P>(buf, D - P, lane);
+  warp_rotate_presigned<D>(buf, lane);
 
   // 4. codes, 5. norm correction
   const float sd = __fsqrt_rn(float(D));
@@ -344,7 +351,6 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_decode(
     const T* __restrict__ scales,
     U* __restrict__ x,
     int64_t n_vec) {
-  constexpr int P = pow2_floor(D);
   constexpr int W = packed_words(BITS, D);
   __shared__ float sbuf[kEncodeWarps][D];
   __shared__ float lut[16];
@@ -385,7 +391,6 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_decode(
 template <typename TI, typename TO, int D, bool INVERSE>
 __global__ void __launch_bounds__(32 * kEncodeWarps)
     turbo_rotate(const TI* __restrict__ x, TO* __restrict__ y, int64_t n_vec) {
-  constexpr int P = pow2_floor(D);
   __shared__ float sbuf[kEncodeWarps][D];
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -410,12 +415,7 @@ __global__ void __launch_bounds__(32 * kEncodeWarps)
       buf[i] = to_float(in[i]) * rot_sign(1, i);
     }
     __syncwarp();
-    warp_fwht<P>(buf, 0, lane);
-    for (int i = lane; i < D; i += 32) {
-      buf[i] = buf[i] * rot_sign(2, i);
-    }
-    __syncwarp();
-    warp_fwht<P>(buf, D - P, lane);
+    warp_rotate_presigned<D>(buf, lane);
     for (int i = lane; i < D; i += 32) {
       o[i] = from_float<TO>(buf[i]);
     }
