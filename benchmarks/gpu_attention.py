@@ -172,10 +172,12 @@ def run_decode(args, dtype, bw):
 
 def run_prefill(args, dtype):
     rows = []
-    # Not 32K: MLX's CUDA SDPA without cuDNN (the path timed here, see
-    # tests/cuda/run_mlx_device.sh) materializes the Hq x L x L scores, 64 GiB
+    # 32K only with cuDNN (MLX's default on CUDA): MLX's CUDA SDPA without it
+    # (MLX_CUDA_USE_CUDNN_SDPA=0) materializes the Hq x L x L scores, 64 GiB
     # in bfloat16 at 32K.
     Ls = [4096, 16384] if args.quick else [4096, 8192, 16384]
+    if not args.quick and os.environ.get("MLX_CUDA_USE_CUDNN_SDPA", "1") != "0":
+        Ls.append(32768)
     for L in [64, 128] if args.cpu_smoke else Ls:
         caches = make_cache(1, L, dtype, 1)
         q = mx.random.normal((1, HQ, L, D)).astype(dtype)

@@ -108,9 +108,8 @@ case "${1:-}" in
     ;;
   bench)
     shift
-    # MLX's cuDNN SDPA segfaulted on the device image (2026-11-23, cuDNN from
-    # the PyTorch wheel): time MLX's own sdpa_vector / fallback instead.
-    export MLX_CUDA_USE_CUDNN_SDPA="${MLX_CUDA_USE_CUDNN_SDPA:-0}"
+    # MLX's own default (cuDNN SDPA on) unless MLX_CUDA_USE_CUDNN_SDPA is set;
+    # =0 times MLX's sdpa_vector / op-composed path (the H100 tables).
     "$TURBOQUANT_VENV/bin/python" benchmarks/gpu_attention.py --out "$OUTDIR" "$@" 2>&1 |
       tee "$OUTDIR/bench_gpu.log"
     ;;
