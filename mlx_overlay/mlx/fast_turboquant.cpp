@@ -4,6 +4,7 @@
 // fallback and the QuantizedScaledDotProductAttention primitive.
 
 #include <cmath>
+#include <limits>
 #include <sstream>
 
 #include "mlx/fast.h"
@@ -42,6 +43,8 @@ array quantized_scaled_dot_product_attention(
     const std::optional<array>& sinks /* = {} */,
     const std::string& key_mode /* = "turbo3" */,
     const std::string& value_mode /* = "" */,
+    const std::optional<array>& key_shift /* = {} */,
+    const std::optional<array>& key_channel_scales /* = {} */,
     StreamOrDevice s /* = {} */) {
   constexpr std::string_view tag = "quantized_scaled_dot_product_attention";
   auto fail = [&](const auto&... parts) {
@@ -168,6 +171,40 @@ array quantized_scaled_dot_product_attention(
         "'.");
   }
 
+  // Exact cache transforms (docs/format.md, section 7): one vector per
+  // (batch or 1, kv head). Values are not transformed: centering them was
+  // measured to raise the error (docs/format.md).
+  auto check_transform =
+      [&](const std::optional<array>& t, const char* name, int dim) {
+        if (!t) {
+          return;
+        }
+        if (t->ndim() != 4 || (t->shape(0) != 1 && t->shape(0) != B) ||
+            t->shape(1) != n_kv_heads || t->shape(2) != 1 ||
+            t->shape(3) != dim) {
+          fail(
+              name,
+              " with shape ",
+              t->shape(),
+              " expected shape (",
+              B,
+              " or 1, ",
+              n_kv_heads,
+              ", 1, ",
+              dim,
+              ").");
+        }
+        if (!issubdtype(t->dtype(), floating) || t->dtype() == float64) {
+          fail(
+              name,
+              " must be float32, float16 or bfloat16 but got ",
+              t->dtype(),
+              ".");
+        }
+      };
+  check_transform(key_shift, "key_shift", dk);
+  check_transform(key_channel_scales, "key_channel_scales", dk);
+
   if (mask_mode != "" && mask_mode != "causal" && mask_mode != "array") {
     fail(
         "Invalid mask_mode ",
@@ -183,24 +220,6 @@ array quantized_scaled_dot_product_attention(
   bool has_arr_mask = mask_arr.has_value();
   bool has_sinks = sinks.has_value();
   auto stream = to_stream(s);
-
-  // Both scales share one type in the kernels.
-  auto scale_type =
-      key_scales.dtype() == value_scales.dtype() ? key_scales.dtype() : float32;
-  // The primitive rotates the queries and the output itself on the CPU and
-  // where the GPU backend has kernels for it (CUDA); elsewhere (Metal) the op
-  // composes the rotations around it.
-  const bool use_primitive = stream.device == Device::cpu ||
-      !QuantizedScaledDotProductAttention::use_fallback(
-                                 queries, dk, dv, stream);
-  const bool fused_rotation = use_primitive &&
-      (stream.device == Device::cpu || turbo::gpu_attention_rotates());
-  std::vector<array> inputs = {
-      fused_rotation ? queries : turbo::rotate(queries, false, stream),
-      keys,
-      astype(key_scales, scale_type, stream),
-      values,
-      astype(value_scales, scale_type, stream)};
   if (has_arr_mask) {
     if (mask_arr->ndim() > 4) {
       fail(
@@ -224,20 +243,17 @@ array quantized_scaled_dot_product_attention(
           mask_shape,
           ".");
     }
-    auto mask = *mask_arr;
-    if (mask.dtype() != bool_) {
-      if (!issubdtype(mask.dtype(), floating) ||
-          promote_types(mask.dtype(), queries.dtype()) != queries.dtype()) {
-        fail(
-            "Mask type must be bool or promote to the queries type ",
-            queries.dtype(),
-            " but got ",
-            mask.dtype(),
-            ".");
-      }
-      mask = astype(mask, float32, stream);
+    if (mask_arr->dtype() != bool_ &&
+        (!issubdtype(mask_arr->dtype(), floating) ||
+         promote_types(mask_arr->dtype(), queries.dtype()) !=
+             queries.dtype())) {
+      fail(
+          "Mask type must be bool or promote to the queries type ",
+          queries.dtype(),
+          " but got ",
+          mask_arr->dtype(),
+          ".");
     }
-    inputs.push_back(broadcast_to(mask, mask_shape, stream));
   }
   if (has_sinks) {
     if (sinks->ndim() != 1 || sinks->shape(0) != n_q_heads) {
@@ -251,6 +267,84 @@ array quantized_scaled_dot_product_attention(
     if (!issubdtype(sinks->dtype(), floating)) {
       fail("sinks must be floating point but got ", sinks->dtype(), ".");
     }
+  }
+  const int gqa = n_q_heads / n_kv_heads;
+
+  // Many queries (prefill) are compute bound: dequantizing the cache is
+  // O(kL * D) next to the O(qL * kL * D) of attention, so the cache is
+  // dequantized into a transient copy in the queries' dtype (at most the
+  // fp16 size of this call's K/V, freed after it) and MLX's own attention
+  // runs on it (cuDNN on CUDA, steel on Metal). One rule for every backend.
+  if (qL > turbo::kFusedMaxQueries) {
+    auto dtype = queries.dtype();
+    auto k = turbo::dequantize(keys, key_scales, kmode, dtype, stream);
+    if (key_channel_scales) {
+      k = multiply(k, astype(*key_channel_scales, dtype, stream), stream);
+    }
+    // Without sinks the key shift moves every score of a row equally.
+    if (key_shift && has_sinks) {
+      k = add(k, astype(*key_shift, dtype, stream), stream);
+    }
+    auto v = turbo::dequantize(values, value_scales, vmode, dtype, stream);
+    return scaled_dot_product_attention(
+        queries, k, v, scale, mask_mode, mask_arr, sinks, stream);
+  }
+
+  // Both scales share one type in the kernels.
+  auto scale_type =
+      key_scales.dtype() == value_scales.dtype() ? key_scales.dtype() : float32;
+  // The primitive rotates the queries and the output itself on the CPU and
+  // where the GPU backend has kernels for it (CUDA); elsewhere (Metal) the op
+  // composes the rotations around it.
+  const bool use_primitive = stream.device == Device::cpu ||
+      !QuantizedScaledDotProductAttention::use_fallback(
+                                 queries, dk, dv, stream);
+  const bool fused_rotation = use_primitive &&
+      (stream.device == Device::cpu || turbo::gpu_attention_rotates());
+  // Balanced keys k / s are scored with the queries q * s (float32).
+  array q_in = key_channel_scales
+      ? multiply(
+            queries,
+            turbo::per_query_head(*key_channel_scales, gqa, stream),
+            stream)
+      : queries;
+  const Dtype out_type = queries.dtype();
+  std::vector<array> inputs = {
+      fused_rotation ? q_in : turbo::rotate(q_in, false, stream),
+      keys,
+      astype(key_scales, scale_type, stream),
+      values,
+      astype(value_scales, scale_type, stream)};
+  if (has_arr_mask && mask_arr->dtype() != bool_) {
+    mask_arr = astype(*mask_arr, float32, stream);
+  }
+  // Centered keys shift every score of a query row by -scale * q . mu: the
+  // softmax is unchanged, but the sink logit is not shifted, so with sinks
+  // the shift is added back to the scores as an additive (B, Hq, qL, 1) mask.
+  if (key_shift && has_sinks) {
+    auto mu = turbo::per_query_head(*key_shift, gqa, stream);
+    auto bias = multiply(
+        array(scale, float32),
+        sum(multiply(queries, mu, stream), -1, true, stream),
+        stream);
+    if (!mask_arr) {
+      mask_arr = bias;
+    } else if (mask_arr->dtype() == bool_) {
+      mask_arr = where(
+          *mask_arr,
+          bias,
+          array(-std::numeric_limits<float>::max(), float32),
+          stream);
+    } else {
+      mask_arr = add(*mask_arr, bias, stream);
+    }
+    has_arr_mask = true;
+  }
+  if (has_arr_mask) {
+    inputs.push_back(
+        broadcast_to(*mask_arr, Shape{B, n_q_heads, qL, kL}, stream));
+  }
+  if (has_sinks) {
     inputs.push_back(astype(*sinks, float32, stream));
   }
 
@@ -264,6 +358,7 @@ array quantized_scaled_dot_product_attention(
                    kmode,
                    vmode,
                    fused_rotation,
+                   out_type,
                    stream](const std::vector<array>& inputs) {
     auto q =
         fused_rotation ? turbo::rotate(inputs[0], false, stream) : inputs[0];
@@ -277,10 +372,27 @@ array quantized_scaled_dot_product_attention(
     if (has_sinks) {
       sinks = inputs.back();
     }
+    // MLX's SDPA takes either mask: fold the causal one into the array.
+    if (do_causal && mask) {
+      int qL = q.shape(2);
+      int kL = k.shape(2);
+      auto visible = greater_equal(
+          reshape(arange(kL - qL, kL, int32, stream), {qL, 1}, stream),
+          arange(kL, int32, stream),
+          stream);
+      mask = mask->dtype() == bool_
+          ? logical_and(*mask, visible, stream)
+          : where(
+                visible,
+                *mask,
+                array(-std::numeric_limits<float>::max(), float32),
+                stream);
+    }
+    auto mask_mode = do_causal && !mask ? "causal" : "";
     auto out = scaled_dot_product_attention(
-        q, k, v, scale, do_causal ? "causal" : "", mask, sinks, stream);
+        q, k, v, scale, mask_mode, mask, sinks, stream);
     if (fused_rotation) {
-      out = astype(turbo::rotate(out, true, stream), inputs[0].dtype(), stream);
+      out = astype(turbo::rotate(out, true, stream), out_type, stream);
     }
     return std::vector<array>{out};
   };
@@ -288,7 +400,7 @@ array quantized_scaled_dot_product_attention(
   array out = use_primitive
       ? array(
             Shape{B, n_q_heads, qL, dv},
-            fused_rotation ? queries.dtype() : float32,
+            fused_rotation ? out_type : float32,
             std::make_shared<QuantizedScaledDotProductAttention>(
                 stream,
                 fallback,
@@ -304,7 +416,7 @@ array quantized_scaled_dot_product_attention(
   if (fused_rotation) {
     return out;
   }
-  return astype(turbo::rotate(out, true, stream), queries.dtype(), stream);
+  return astype(turbo::rotate(out, true, stream), out_type, stream);
 }
 
 bool QuantizedScaledDotProductAttention::is_equivalent(

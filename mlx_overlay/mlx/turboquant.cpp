@@ -134,6 +134,11 @@ void check_dim(std::string_view tag, int dim) {
   }
 }
 
+array per_query_head(const array& t, int gqa, StreamOrDevice s) {
+  auto f = astype(t, float32, s);
+  return gqa == 1 ? f : repeat(f, gqa, 1, s);
+}
+
 array rotate(const array& x, bool inverse, StreamOrDevice s) {
   int dim = x.shape(-1);
   int p = stage_size(dim);

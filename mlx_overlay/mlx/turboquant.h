@@ -48,6 +48,11 @@ constexpr float kCodebook4[16] = {
 
 constexpr int kMaxDim = 256;
 
+// Attention with at most this many queries per call runs the fused kernels
+// on the packed cache (decode, speculative steps); more queries (prefill)
+// dequantize the cache into a transient copy for MLX's own attention.
+constexpr int kFusedMaxQueries = 8;
+
 inline bool is_turbo(QuantizationMode mode) {
   return mode == QuantizationMode::Turbo3 || mode == QuantizationMode::Turbo4;
 }
@@ -171,6 +176,11 @@ inline void rotate(float* x, int dim, bool inverse) {
 
 // Validation shared by the ops.
 void check_dim(std::string_view tag, int dim);
+
+// A per-(batch or 1, kv head) transform vector of shape (B, Hkv, 1, D)
+// repeated for the gqa query heads of each kv head: (B, Hkv * gqa, 1, D),
+// float32 (the exact cache transforms, docs/format.md section 7).
+array per_query_head(const array& t, int gqa, StreamOrDevice s = {});
 
 // Op-composed rotation over the last axis (float32 result).
 array rotate(const array& x, bool inverse, StreamOrDevice s = {});

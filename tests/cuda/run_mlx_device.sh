@@ -8,6 +8,8 @@
 #   tests/cuda/run_mlx_device.sh test         # ./test.sh against the CUDA wheel (GPU default device)
 #   tests/cuda/run_mlx_device.sh plain [ARGS] # the same tests without pytest + the upstream unittest
 #   tests/cuda/run_mlx_device.sh bench [ARGS] # benchmarks/gpu_attention.py --out $OUT
+#   tests/cuda/run_mlx_device.sh e2e [ARGS]   # benchmarks/e2e_generate.py --out $OUT (installs
+#                                             # the carried dist/mlx_lm-*.whl with --no-deps)
 #   tests/cuda/run_mlx_device.sh sanitize     # compute-sanitizer memcheck over the attention tests
 #   tests/cuda/run_mlx_device.sh backtrace    # cuda-gdb backtrace of a crashing ./test.sh run
 #
@@ -112,6 +114,14 @@ case "${1:-}" in
     # =0 times MLX's sdpa_vector / op-composed path (the H100 tables).
     "$TURBOQUANT_VENV/bin/python" benchmarks/gpu_attention.py --out "$OUTDIR" "$@" 2>&1 |
       tee "$OUTDIR/bench_gpu.log"
+    ;;
+  e2e)
+    shift
+    # The patched mlx-lm is pure Python: the wheel built here (./build.sh) is
+    # carried in dist/; its requirements are in the device image.
+    "$TURBOQUANT_VENV/bin/python" -m pip install -q --no-deps --force-reinstall dist/mlx_lm-*.whl || exit 1
+    "$TURBOQUANT_VENV/bin/python" benchmarks/e2e_generate.py --out "$OUTDIR" "$@" 2>&1 |
+      tee "$OUTDIR/e2e_gpu.log"
     ;;
   sanitize)
     shift

@@ -1,0 +1,323 @@
+"""End-to-end generation through mlx-lm: prefill time, decode speed, memory.
+
+Runs mlx-lm's own ``generate_step`` on the Qwen2.5-7B shape (28 layers,
+hidden 3584, 28 query / 4 KV heads of 128, vocabulary 152064) with random
+weights (normal, std 0.02; RMSNorm gains 1) and a random prompt of
+``context`` tokens, once per cell (weights, context, cache):
+
+  weights  bf16, or 4bit (``mlx.nn.quantize``, group 64) where MLX runs it
+  caches   bf16            mlx-lm's plain ``KVCache``
+           turbo4/turbo3   ``make_prompt_cache(model, kv_cache_type=...)``
+           turbo4-turbo3   keys turbo4, values turbo3
+           kv4             mlx-lm's ``--kv-bits 4`` (``QuantizedKVCache``,
+                           group 64, from the first prompt chunk on)
+
+Per cell: one warm-up run per (weights, cache) at the smallest context, then
+``--runs`` runs; median, min and max are reported. Prefill s is the time
+until ``generate_step`` yields its first token (prefill in chunks of
+``--prefill-step`` plus one token); decode tok/s is (N - 1) over the time from
+the first to the last of the N = ``--gen-tokens`` tokens. Peak memory is
+``mx.get_peak_memory`` over a run (weights included; GB = 1e9 bytes), cache
+bytes the summed ``nbytes`` of the cache after it (allocated buffers). A cell
+that raises keeps its error (e.g. an op MLX's backend lacks); cells that would
+start after ``--time-budget`` seconds are recorded as skipped, and
+``--resume`` measures only those (and missing cells) of an earlier run's JSON,
+so a grid can be split over several commands of limited time.
+
+    python benchmarks/e2e_generate.py --out benchmarks/results
+    python benchmarks/e2e_generate.py --tiny --contexts 256,512 --runs 2 \\
+        --gen-tokens 8 --out /tmp/e2e_smoke          # CPU check, < 1 min
+
+Writes OUT/e2e_generate_<machine>.json (a list of rows, rewritten after every
+cell), .md and .png (if matplotlib imports).
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import time
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+from mlx_lm.generate import generate_step
+from mlx_lm.models import qwen2
+from mlx_lm.models.cache import make_prompt_cache
+
+QWEN25_7B = dict(
+    model_type="qwen2",
+    hidden_size=3584,
+    num_hidden_layers=28,
+    intermediate_size=18944,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    vocab_size=152064,
+    rms_norm_eps=1e-6,
+    rope_theta=1e6,
+    max_position_embeddings=131072,
+    tie_word_embeddings=False,
+)
+TINY = dict(
+    QWEN25_7B,
+    hidden_size=256,
+    num_hidden_layers=2,
+    intermediate_size=512,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=1024,
+)
+CACHES = ["bf16", "turbo4", "turbo3", "turbo4-turbo3", "kv4"]
+WEIGHTS = ["bf16", "4bit"]
+STATS = ["prefill_s", "decode_tok_s"]
+SKIPPED = "skipped: time budget"
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def machine_name():
+    if not mx.is_available(mx.gpu):
+        return "cpu"
+    name = str(mx.device_info().get("device_name", "gpu"))
+    m = re.search(r"\b([A-Z]\d{2,4})\b", name)  # H200, H100, A100, L40, ...
+    return m.group(1).lower() if m else re.sub(r"\W+", "-", name).strip("-").lower()
+
+
+def build_model(config, weights):
+    model = qwen2.Model(qwen2.ModelArgs(**config))
+
+    def init(name, p):  # RMSNorm gains 1, everything else N(0, 0.02^2)
+        if name.endswith("norm.weight"):
+            return mx.ones(p.shape, mx.bfloat16)
+        return mx.random.normal(p.shape, mx.bfloat16, scale=0.02)
+
+    params = [(k, init(k, p)) for k, p in tree_flatten(model.parameters())]
+    model.update(tree_unflatten(params))
+    mx.eval(model.parameters())
+    if weights == "4bit":
+        nn.quantize(model, group_size=64, bits=4)
+        mx.eval(model.parameters())
+    return model
+
+
+def one_run(model, prompt, cache_kind, args):
+    """(prefill s, decode tok/s, peak bytes, cache bytes) of one generation."""
+    if cache_kind in ("bf16", "kv4"):
+        cache = make_prompt_cache(model)
+    else:
+        cache = make_prompt_cache(model, kv_cache_type=cache_kind)
+    kw = dict(max_tokens=args.gen_tokens, prompt_cache=cache, prefill_step_size=args.prefill_step)
+    if cache_kind == "kv4":
+        kw.update(kv_bits=4, kv_group_size=64, quantized_kv_start=0)
+    mx.synchronize()
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    stamps = []
+    t0 = time.perf_counter()
+    for _ in generate_step(prompt, model, **kw):
+        stamps.append(time.perf_counter())  # the token is an int: evaluated
+    mx.eval([c.state for c in cache])  # the step queued after the last token
+    # generate_step swaps in the quantized layers of kv4 into the same list.
+    cache_bytes = sum(c.nbytes for c in cache)
+    decode = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    return stamps[0] - t0, decode, mx.get_peak_memory(), cache_bytes
+
+
+def empty_row(weights, context, cache, error):
+    row = {"weights": weights, "context": context, "cache": cache}
+    for s in STATS:
+        row.update({s: None, s + "_min": None, s + "_max": None})
+    row.update(peak_memory_gb=None, cache_bytes=None, runs=0, error=error)
+    return row
+
+
+def measure_cell(model, prompts, weights, context, cache, warmed, args):
+    if cache not in warmed:
+        one_run(model, prompts[min(prompts)], cache, args)
+        warmed.add(cache)
+    runs = []
+    for _ in range(args.runs):
+        runs.append(one_run(model, prompts[context], cache, args))
+        mx.clear_cache()
+    row = empty_row(weights, context, cache, None)
+    for i, s in enumerate(STATS):
+        vals = [r[i] for r in runs]
+        row.update({s: statistics.median(vals), s + "_min": min(vals), s + "_max": max(vals)})
+    row["peak_memory_gb"] = max(r[2] for r in runs) / 1e9
+    row["cache_bytes"] = runs[-1][3]
+    row["runs"] = len(runs)
+    return row
+
+
+def fmt_stat(r, s, digits):
+    v, lo, hi = r[s], r[s + "_min"], r[s + "_max"]
+    return f"{v:.{digits}f} [{lo:.{digits}f}-{hi:.{digits}f}]"
+
+
+def markdown(rows, header):
+    lines = [header, ""]
+    for w in dict.fromkeys(r["weights"] for r in rows):
+        lines += [
+            f"### weights {w}",
+            "",
+            "| context | cache | prefill s (median [min-max]) | prefill vs bf16 "
+            "| decode tok/s (median [min-max]) | decode vs bf16 | peak GB | cache MiB |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        ref = {
+            r["context"]: r
+            for r in rows
+            if r["weights"] == w and r["cache"] == "bf16" and r["error"] is None
+        }
+        for r in (r for r in rows if r["weights"] == w):
+            cells = [f"{r['context']:,}", r["cache"]]
+            if r["error"] is not None:
+                err = r["error"].splitlines()[0].replace("|", "/")[:120]
+                lines.append("| " + " | ".join(cells + [f"error: {err}"] + [""] * 5) + " |")
+                continue
+            b = ref.get(r["context"])
+            cells += [
+                fmt_stat(r, "prefill_s", 3),
+                f"{r['prefill_s'] / b['prefill_s']:.2f}x" if b else "-",
+                fmt_stat(r, "decode_tok_s", 1),
+                f"{r['decode_tok_s'] / b['decode_tok_s']:.2f}x" if b else "-",
+                f"{r['peak_memory_gb']:.2f}",
+                f"{r['cache_bytes'] / 2**20:.1f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = dict(zip(CACHES, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for w, style in zip(WEIGHTS, ("-", "--")):
+        for c in CACHES:
+            rs = [r for r in rows if (r["weights"], r["cache"]) == (w, c)]
+            rs = [r for r in rs if r["error"] is None]
+            if not rs:
+                continue
+            xs = [r["context"] for r in rs]
+            for ax, s in zip(axes, STATS):
+                ys = [r[s] for r in rs]
+                ax.plot(xs, ys, style, marker="o", color=colors[c], label=f"{c}, {w} weights")
+    for ax, ylabel in zip(axes, ("prefill (s)", "decode (tok/s)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def csv(s):
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--contexts", default="8192,32768,131072")
+    ap.add_argument("--caches", default=",".join(CACHES))
+    ap.add_argument("--weights", default=",".join(WEIGHTS))
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--gen-tokens", type=int, default=64)
+    ap.add_argument("--prefill-step", type=int, default=2048)
+    ap.add_argument("--layers", type=int, default=None, help="override the layer count")
+    ap.add_argument("--tiny", action="store_true", help="tiny model (CPU smoke test)")
+    ap.add_argument("--time-budget", type=float, default=None, help="seconds")
+    ap.add_argument("--machine", default=None, help="file name tag (default: device)")
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument(
+        "--resume", action="store_true", help="keep the measured cells of an existing JSON"
+    )
+    args = ap.parse_args()
+    contexts = sorted(int(c) for c in csv(args.contexts))
+    caches, weights = csv(args.caches), csv(args.weights)
+    bad = set(caches) - set(CACHES) | set(weights) - set(WEIGHTS)
+    if bad or args.gen_tokens < 2 or args.runs < 1:
+        ap.error(f"bad --caches/--weights {sorted(bad)}, or --gen-tokens < 2, or --runs < 1")
+    config = dict(TINY if args.tiny else QWEN25_7B)
+    if args.layers:
+        config["num_hidden_layers"] = args.layers
+    machine = args.machine or machine_name()
+    os.makedirs(args.out, exist_ok=True)
+    base = os.path.join(args.out, f"e2e_generate_{machine}")
+    shape = "tiny" if args.tiny else "Qwen2.5-7B"
+    device = mx.device_info().get("device_name", str(mx.default_device()))
+    header = (
+        f"device: {device}; {shape} shape, "
+        f"{config['num_hidden_layers']} layers, random weights; {args.gen_tokens} "
+        f"generated tokens, prefill step {args.prefill_step}, {args.runs} runs per cell "
+        f"after a warm-up; mlx {mx.__version__}"
+    )
+    log(header)
+
+    mx.random.seed(0)
+    vocab = config["vocab_size"]
+    prompts = {L: mx.random.randint(0, vocab, (L,)) for L in contexts}
+    mx.eval(prompts)
+    rows, t_start, done = [], time.monotonic(), {}
+    if args.resume and os.path.exists(base + ".json"):
+        with open(base + ".json") as f:
+            done = {(r["weights"], r["context"], r["cache"]): r for r in json.load(f)}
+        done = {k: r for k, r in done.items() if r["error"] != SKIPPED}
+
+    def record(row):
+        rows.append(row)
+        with open(base + ".json.tmp", "w") as f:
+            json.dump(rows, f, indent=1)
+        os.replace(base + ".json.tmp", base + ".json")
+        with open(base + ".md", "w") as f:
+            f.write(markdown(rows, header))
+        log(json.dumps(row))
+
+    def out_of_time():
+        return args.time_budget and time.monotonic() - t_start > args.time_budget
+
+    for w in weights:
+        model, build_error = None, None
+        todo = any((w, L, c) not in done for L in contexts for c in caches)
+        if todo and not out_of_time():
+            try:
+                model = build_model(config, w)
+            except Exception as e:
+                build_error = f"building the model: {type(e).__name__}: {e}"
+        warmed = set()
+        for L in contexts:
+            for c in caches:
+                if (w, L, c) in done:
+                    record(done[w, L, c])
+                elif build_error or out_of_time():
+                    record(empty_row(w, L, c, build_error or SKIPPED))
+                else:
+                    log(f"[{time.monotonic() - t_start:.0f}s] weights {w}, context {L}, cache {c}")
+                    try:
+                        record(measure_cell(model, prompts, w, L, c, warmed, args))
+                    except Exception as e:
+                        record(empty_row(w, L, c, f"{type(e).__name__}: {e}"))
+                    mx.clear_cache()
+        del model
+        mx.clear_cache()
+
+    print(markdown(rows, header))
+    try:
+        plot(rows, base + ".png", f"{shape} shape through mlx-lm, {device}")
+    except ImportError:
+        log("(matplotlib missing: no plot)")
+
+
+if __name__ == "__main__":
+    main()
