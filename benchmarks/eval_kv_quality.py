@@ -7,6 +7,7 @@ Compares, on one model and one fixed English text:
   turbo4          ``TurboQuantKVCache`` keys and values turbo4
   turbo3          ``TurboQuantKVCache`` keys and values turbo3
   turbo4-turbo3   keys turbo4, values turbo3
+  <type>:plain    the same TurboQuant cache without key centering (turbo_transforms=False)
   affine4/affine8 mlx-lm's ``QuantizedKVCache`` (group 64, 4 / 8 bits)
 
 Metrics, per context length L (non-overlapping windows of L tokens of the
@@ -79,7 +80,9 @@ def make_cache(model, kind):
     if kind.startswith("affine"):
         bits = int(kind[len("affine"):])
         return [QuantizedKVCache(group_size=64, bits=bits) for _ in range(n)]
-    cache = make_prompt_cache(model, kv_cache_type=kind)
+    # "<type>:plain" is the TurboQuant cache without its key centering.
+    kv_type, _, variant = kind.partition(":")
+    cache = make_prompt_cache(model, kv_cache_type=kv_type, turbo_transforms=variant != "plain")
     assert all(isinstance(c, TurboQuantKVCache) for c in cache)
     return cache
 

@@ -19,6 +19,7 @@ from mlx_lm.models.cache import (  # noqa: E402
     save_prompt_cache,
     to_turbo_kv_cache,
     trim_prompt_cache,
+    turbo_key_shift,
 )
 
 WIDTH = {("turbo3", 64): 6, ("turbo4", 64): 8, ("turbo3", 128): 12, ("turbo4", 128): 16}
@@ -65,7 +66,11 @@ def test_update_and_fetch_matches_quantize(modes):
         assert vs.shape == (1, 2, b, 1) and vs.dtype == mx.float16
     # Preallocated in blocks of 256 tokens (like KVCache): 160 + 256.
     assert c.keys[0].shape[2] == 416
-    rk, rv = mx.quantize(k, mode=km), mx.quantize(v, mode=vm)
+    # Keys are centered on the mean key of the first chunk (per sequence and head).
+    shift = turbo_key_shift(k[:, :, :100])
+    assert c.key_shift.shape == (1, 2, 1, 64) and c.key_shift.dtype == k.dtype
+    assert_equal(c.key_shift, shift)
+    rk, rv = mx.quantize(k - shift, mode=km), mx.quantize(v, mode=vm)
     assert_equal(kq, rk[0])
     assert_equal(ks, rk[1])
     assert_equal(vq, rv[0])
@@ -95,6 +100,7 @@ def test_trim_then_overwrite():
     assert trim_prompt_cache([c], 5) == 5 and c.offset == 15
     (kq, ks), (vq, vs) = c.update_and_fetch(k[:, :, 15:40], v[:, :, 15:40])
     ref = TurboQuantKVCache("turbo4", "turbo3")
+    ref.key_shift = c.key_shift  # calibrated on the first 30 keys, kept by trim
     (rkq, rks), (rvq, rvs) = ref.update_and_fetch(k, v)
     for a, b in [(kq, rkq), (ks, rks), (vq, rvq), (vs, rvs)]:
         assert_equal(a, b)
@@ -118,6 +124,7 @@ def test_state_roundtrip_and_prompt_cache_file(tmp_path):
     assert lt.turbo_modes == ("turbo4", "turbo3") and lt.offset == 70
     for a, b in zip(lt.state[:4], t.state[:4]):
         assert_equal(a, b)
+    assert_equal(lt.key_shift, t.key_shift)
     assert loaded[2].empty() and loaded[2].offset == 0
     # The loaded cache keeps growing exactly like the original one.
     k2, v2 = kv(300, dtype=mx.bfloat16, seed=1)
@@ -127,6 +134,25 @@ def test_state_roundtrip_and_prompt_cache_file(tmp_path):
         assert_equal(a, b)
 
 
+def test_state_without_transforms_loads(tmp_path):
+    """A prompt-cache file written before the cache transforms (7 state entries,
+    uncentered keys) loads and keeps generating without a shift."""
+    k, v = kv(40)
+    old = TurboQuantKVCache("turbo3", transforms=False)
+    old.update_and_fetch(k, v)
+    assert old.key_shift is None
+    f = str(tmp_path / "old.safetensors")
+    save_prompt_cache(f, [old])
+    loaded = load_prompt_cache(f)[0]
+    assert loaded.key_shift is None and not loaded.transforms
+    legacy = TurboQuantKVCache()
+    legacy.state = old.state[:7]
+    assert legacy.key_shift is None and legacy.offset == 40
+    k2, v2 = kv(5, seed=3)
+    (kq, _), _ = legacy.update_and_fetch(k2, v2)
+    assert_equal(kq[:, :, 40:], mx.quantize(k2, mode="turbo3")[0])
+
+
 def test_kv_cache_conversions():
     k, v = kv(50)
     plain = KVCache()
@@ -134,12 +160,13 @@ def test_kv_cache_conversions():
     t = plain.to_turbo_quantized("turbo4")
     assert isinstance(t, TurboQuantKVCache) and t.offset == 50
     (kq, ks), _ = t.keys_and_values()
-    rk = mx.quantize(k, mode="turbo4")
+    shift = turbo_key_shift(k)
+    rk = mx.quantize(k - shift, mode="turbo4")
     assert_equal(kq, rk[0])
     back = t.to_kv_cache()
     assert isinstance(back, KVCache) and back.offset == 50
     bk, _ = back.keys_and_values()
-    assert mx.allclose(bk, mx.dequantize(rk[0], rk[1], mode="turbo4")).item()
+    assert mx.allclose(bk, mx.dequantize(rk[0], rk[1], mode="turbo4") + shift).item()
     assert KVCache().to_turbo_quantized("turbo3").empty()
 
 
