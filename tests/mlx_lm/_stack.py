@@ -60,24 +60,26 @@ def tiny_llama(seed=0, dtype=None, **overrides):
     return model, cfg
 
 
-def write_tiny_model_dir(path, seed=0):
+def write_tiny_model_dir(path, seed=0, dtype="float16", chat_template=None, **overrides):
     """A loadable HF-style folder: config, safetensors and a word-level tokenizer."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    model, cfg = tiny_llama(seed=seed, dtype=mx.float16)
+    model, cfg = tiny_llama(seed=seed, dtype=getattr(mx, dtype), **overrides)
     path.mkdir(parents=True, exist_ok=True)
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(path / "model.safetensors"), weights,
                         metadata={"format": "mlx"})
-    (path / "config.json").write_text(json.dumps(dict(cfg, torch_dtype="float16")))
+    (path / "config.json").write_text(json.dumps(dict(cfg, torch_dtype=dtype)))
 
     words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(cfg["vocab_size"] - 3)]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>",
                                    bos_token="<s>", eos_token="</s>")
+    if chat_template is not None:
+        fast.chat_template = chat_template
     fast.save_pretrained(str(path))
     return path

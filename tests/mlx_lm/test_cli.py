@@ -98,3 +98,36 @@ def test_server_turbo_cache(model_dir):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_chat_kv_cache_type(tmp_path):
+    model_dir = write_tiny_model_dir(
+        tmp_path / "chat", chat_template="{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-m", "mlx_lm", "chat", "--model", str(model_dir),
+                        "--kv-cache-type", "turbo3", "--max-tokens", "4"],
+                       input="w1 w2 w3\nq\n", capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    bad = mlx_lm("chat", "--model", str(model_dir), "--kv-cache-type", "turbo2", check=False)
+    assert bad.returncode != 0 and "Invalid KV cache type" in bad.stderr
+
+
+def test_perplexity_through_a_turbo_cache():
+    """eval_ppl with cache_options runs every batch through a fresh turbo cache;
+    turbo4 stays close to the unquantized perplexity."""
+    import mlx.core as mx
+    from mlx_lm.perplexity import eval_ppl
+
+    from _stack import tiny_llama
+
+    model, _ = tiny_llama(dtype=mx.float32)
+    mx.random.seed(1)
+    data = mx.random.randint(3, 90, (4, 65))
+    ref, _ = eval_ppl(model, data, batch_size=2)
+    turbo, _ = eval_ppl(model, data, batch_size=2, cache_options={"kv_cache_type": "turbo4"})
+    plain, _ = eval_ppl(model, data, batch_size=2,
+                        cache_options={"kv_cache_type": "turbo4", "turbo_transforms": False})
+    assert turbo != ref and abs(turbo - ref) / ref < 0.2
+    assert abs(plain - ref) / ref < 0.3

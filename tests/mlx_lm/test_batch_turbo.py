@@ -1,0 +1,148 @@
+"""Batched TurboQuant caches: BatchTurboQuantKVCache, batch_generate, prompt-cache files."""
+
+import pytest
+
+from _stack import require_turbo_stack, tiny_llama
+
+mx = require_turbo_stack()
+
+from mlx_lm.generate import BatchGenerator, batch_generate, generate_step  # noqa: E402
+from mlx_lm.models.cache import (  # noqa: E402
+    BatchTurboQuantKVCache,
+    TurboQuantKVCache,
+    load_prompt_cache,
+    make_prompt_cache,
+    save_prompt_cache,
+    turbo_key_shift,
+)
+
+
+class _Tok:
+    eos_token_ids = []
+
+    def decode(self, tokens):
+        return " ".join(map(str, tokens))
+
+
+def assert_equal(a, b):
+    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape)
+    assert mx.array_equal(a, b).item()
+
+
+def kv(n, B=1, H=2, D=64, seed=0):
+    mx.random.seed(seed)
+    k = mx.random.normal((B, H, n, D)) * 2 + 1.5
+    v = mx.random.normal((B, H, n, D))
+    return k, v
+
+
+def single(n, seed, modes=("turbo4", "turbo3")):
+    c = TurboQuantKVCache(*modes)
+    k, v = kv(n, seed=seed)
+    c.update_and_fetch(k, v)
+    return c, k, v
+
+
+def test_merge_extract_roundtrip():
+    caches = [single(n, s) for n, s in [(30, 1), (7, 2), (51, 3)]]
+    batch = BatchTurboQuantKVCache.merge([c for c, _, _ in caches])
+    assert batch.turbo_modes == ("turbo4", "turbo3")
+    assert batch.size() == 51 and batch.left_padding.tolist() == [21, 44, 0]
+    assert batch.offset.tolist() == [30, 7, 51]
+    assert batch.key_shift.shape == (3, 2, 1, 64)
+    for i, (c, _, _) in enumerate(caches):
+        e = batch.extract(i)
+        assert isinstance(e, TurboQuantKVCache) and e.offset == c.offset
+        for a, b in zip(e.keys + e.values, c.keys_and_values()[0] + c.keys_and_values()[1]):
+            assert_equal(a, b)
+        assert_equal(e.key_shift, c.key_shift)
+
+
+def test_filter_and_extend_keep_rows():
+    a = BatchTurboQuantKVCache.merge([single(20, 1)[0], single(9, 2)[0]])
+    b = BatchTurboQuantKVCache.merge([single(33, 3)[0]])
+    ref = [single(20, 1)[0], single(9, 2)[0], single(33, 3)[0]]
+    a.extend(b)
+    assert a.size() == 33 and a.offset.tolist() == [20, 9, 33]
+    for i, c in enumerate(ref):
+        e = a.extract(i)
+        assert_equal(e.keys[0], c.keys_and_values()[0][0])
+        assert_equal(e.key_shift, c.key_shift)
+    a.filter([2, 0])
+    assert a.offset.tolist() == [33, 20]
+    assert_equal(a.extract(1).keys[0], ref[0].keys_and_values()[0][0])
+    assert_equal(a.extract(0).values[1], ref[2].keys_and_values()[1][1])
+
+
+def test_first_chunk_shift_ignores_padding():
+    """With left and right padding the shift is the mean of each row's real keys."""
+    c = BatchTurboQuantKVCache([2, 0], "turbo3")
+    c.prepare(lengths=[5, 6], right_padding=[0, 1])
+    k, v = kv(7, B=2)
+    c.update_and_fetch(k, v)
+    # Same mean, summed in another order: float32 rounding.
+    assert mx.allclose(c.key_shift[0:1], turbo_key_shift(k[0:1, :, 2:7]), rtol=1e-5, atol=1e-6)
+    assert mx.allclose(c.key_shift[1:2], turbo_key_shift(k[1:2, :, 0:6]), rtol=1e-5, atol=1e-6)
+    c.finalize()
+    assert c.left_padding.tolist() == [2, 1] and c.offset.tolist() == [5, 6]
+
+
+def test_batch_state_file_roundtrip(tmp_path):
+    batch = BatchTurboQuantKVCache.merge([single(12, 1)[0], single(40, 2)[0]])
+    f = str(tmp_path / "batch.safetensors")
+    save_prompt_cache(f, [batch])
+    loaded = load_prompt_cache(f)[0]
+    assert isinstance(loaded, BatchTurboQuantKVCache)
+    assert loaded.offset.tolist() == [12, 40] and loaded.size() == 40
+    k, v = kv(3, B=2, seed=9)
+    out_a = batch.update_and_fetch(k, v)
+    out_b = loaded.update_and_fetch(k, v)
+    for a, b in zip(out_a[0] + out_a[1], out_b[0] + out_b[1]):
+        assert_equal(a, b)
+
+
+def test_nothing_dequantized_and_append_is_in_place():
+    batch = BatchTurboQuantKVCache.merge([single(300, 1)[0], single(100, 2)[0]])
+    k, v = kv(1, B=2, seed=4)
+    batch.update_and_fetch(k, v)
+    cap = batch.keys[0].shape[2]
+    (kq, ks), (vq, vs) = batch.update_and_fetch(k, v)
+    assert kq.dtype == mx.uint32 and vq.dtype == mx.uint32
+    assert batch.keys[0].shape[2] == cap  # a step writes into the preallocated buffer
+
+
+@pytest.mark.parametrize("kv_cache_type", ["turbo3", "turbo4-turbo3"])
+def test_batch_generate_matches_each_prompt_alone(kv_cache_type):
+    """Each sequence of a batch of different lengths gives the tokens that prompt
+    gives alone with the same cache type (float32: the batched and single paths
+    differ only by padding, which the mask removes)."""
+    model, _ = tiny_llama(dtype=mx.float32)
+    prompts = [[(7 * i + 3 * j) % 90 + 3 for j in range(n)] for i, n in enumerate([5, 23, 41, 12])]
+    n_gen = 10
+    res = batch_generate(
+        model,
+        _Tok(),
+        prompts,
+        max_tokens=n_gen,
+        kv_cache_type=kv_cache_type,
+        return_token_ids=True,
+    )
+    for p, got in zip(prompts, res.token_ids):
+        cache = make_prompt_cache(model, kv_cache_type=kv_cache_type)
+        alone = [t for t, _ in generate_step(mx.array(p), model, max_tokens=n_gen, prompt_cache=cache)]
+        assert list(got) == alone
+
+
+def test_batch_generator_uses_turbo_caches():
+    model, _ = tiny_llama(dtype=mx.float32)
+    gen = BatchGenerator(model, kv_cache_type="turbo3", max_tokens=3)
+    gen.insert([[5, 6, 7, 8], [9, 10]], [3, 3])
+    seen = set()
+    while responses := gen.next_generated():
+        for r in responses:
+            pass
+        seen |= {type(c).__name__ for c in gen._generation_batch.prompt_cache}
+    gen.close()
+    assert seen == {"BatchTurboQuantKVCache"}
+    with pytest.raises(ValueError):
+        BatchGenerator(model, kv_cache_type="turbo2")
