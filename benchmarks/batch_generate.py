@@ -358,12 +358,8 @@ def main():
                 log(f"[{time.monotonic() - t_start:.0f}s] context {L}, batch {B}, cache {c}")
                 try:
                     if c not in warmed and not args.no_warmup:
-                        one_run(
-                            model,
-                            random_prompts(vocab, batches[0], contexts[0], args.seed + 1),
-                            c,
-                            args,
-                        )
+                        warm = random_prompts(vocab, batches[0], contexts[0], args.seed + 1)
+                        one_run(model, warm, c, args)
                         warmed.add(c)
                     ids = random_prompts(vocab, B, L, args.seed)
                     record(measure_cell(model, meta, ids, c, shape, itemsize, args))

@@ -144,26 +144,34 @@ def eval_contexts(model, ids, caches, contexts, windows, chunk, log):
     return rows
 
 
-def eval_greedy(model, ids, caches, prompt_tokens, gen_tokens, log):
+def eval_greedy(model, ids, caches, prompt_tokens, gen_tokens, n_prompts, log):
+    """Greedy continuations of ``n_prompts`` prompts (evenly spaced windows of
+    the text): tokens equal to the unquantized cache's, position by position,
+    and the length of the common prefix, averaged over the prompts."""
     from mlx_lm.generate import generate_step
 
-    prompt = mx.array(ids[:prompt_tokens])
-    outs = {}
-    for k in caches:
-        t0 = time.time()
-        cache = make_cache(model, k)
-        toks = [t for t, _ in generate_step(prompt, model, max_tokens=gen_tokens,
-                                            prompt_cache=cache)]
-        outs[k] = toks
-        log(f"greedy {k}: {time.time() - t0:.1f}s")
-    ref = outs[REF]
+    span = max(len(ids) - prompt_tokens, 1)
+    starts = [i * span // n_prompts for i in range(n_prompts)]
+    outs = {k: [] for k in caches}
+    for s in starts:
+        prompt = mx.array(ids[s : s + prompt_tokens])
+        for k in caches:
+            t0 = time.time()
+            cache = make_cache(model, k)
+            toks = [t for t, _ in generate_step(prompt, model, max_tokens=gen_tokens,
+                                                prompt_cache=cache)]
+            outs[k].append(toks)
+            log(f"greedy prompt at {s} {k}: {time.time() - t0:.1f}s")
     rows = []
     for k in caches:
-        toks = outs[k]
-        same = sum(a == b for a, b in zip(toks, ref))
-        first = next((i for i, (a, b) in enumerate(zip(toks, ref)) if a != b), len(ref))
-        rows.append({"cache": k, "prompt_tokens": prompt_tokens, "gen_tokens": len(ref),
-                     "equal_tokens": same, "first_difference": first})
+        same, first = [], []
+        for toks, ref in zip(outs[k], outs[REF]):
+            same.append(sum(a == b for a, b in zip(toks, ref)))
+            first.append(next((i for i, (a, b) in enumerate(zip(toks, ref)) if a != b), len(ref)))
+        rows.append({"cache": k, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
+                     "prompts": n_prompts, "equal_tokens": sum(same) / n_prompts,
+                     "first_difference": sum(first) / n_prompts,
+                     "first_difference_each": first})
     return rows
 
 
@@ -216,13 +224,15 @@ def markdown(res):
         lines.append("")
     if res["greedy"]:
         g0 = res["greedy"][0]
-        lines += [f"Greedy generation, {g0['prompt_tokens']}-token prompt, "
-                  f"{g0['gen_tokens']} tokens:", "",
-                  "| cache | tokens equal to unquantized | first difference at |",
-                  "|---|---:|---:|"]
+        lines += [f"Greedy generation, {g0['prompts']} prompts of {g0['prompt_tokens']} tokens, "
+                  f"{g0['gen_tokens']} tokens each (means over the prompts):", "",
+                  "| cache | tokens equal to unquantized (same position) | "
+                  "tokens before the first difference | per prompt |",
+                  "|---|---:|---:|---|"]
         for r in res["greedy"]:
-            fd = "-" if r["first_difference"] >= r["gen_tokens"] else r["first_difference"]
-            lines.append(f"| {r['cache']} | {r['equal_tokens']}/{r['gen_tokens']} | {fd} |")
+            each = ", ".join(str(x) for x in r["first_difference_each"])
+            lines.append(f"| {r['cache']} | {r['equal_tokens']:.1f}/{r['gen_tokens']} | "
+                         f"{r['first_difference']:.1f} | {each} |")
         lines.append("")
     if res["memory"]:
         m0 = res["memory"][0]
@@ -249,6 +259,7 @@ def main():
     p.add_argument("--chunk", type=int, default=2048, help="prefill chunk (tokens)")
     p.add_argument("--gen-prompt-tokens", type=int, default=256)
     p.add_argument("--gen-tokens", type=int, default=64)
+    p.add_argument("--gen-prompts", type=int, default=4, help="greedy prompts")
     p.add_argument("--mem-prompt-tokens", type=int, default=2048)
     p.add_argument("--mem-gen-tokens", type=int, default=32)
     p.add_argument("--mem-prefill-step", type=int, default=256)
@@ -295,7 +306,7 @@ def main():
                                         args.chunk, log)
     if "greedy" not in skip:
         res["greedy"] = eval_greedy(model, ids, caches, args.gen_prompt_tokens,
-                                    args.gen_tokens, log)
+                                    args.gen_tokens, args.gen_prompts, log)
     if "memory" not in skip:
         res["memory"] = eval_memory(model, ids, caches, args.mem_prompt_tokens,
                                     args.mem_gen_tokens, args.mem_prefill_step, log)

@@ -325,3 +325,56 @@ def test_prefill_route_memory_is_bounded(rng):
     assert extra < fp16_kv + 2 * scores, f"extra peak {extra} bytes"
     expected = reference_out(q, k, ks, v, vs, "turbo4", "turbo3", D**-0.5, "causal")
     assert rel_err(to_np(out), expected) < OUT_RTOL["float16"]
+
+
+@pytest.mark.parametrize("qL,kL", [(1, 70), (3, 70), (33, 70), (13, 12)])
+@pytest.mark.parametrize("mask", [None, "causal", "bool", "additive"])
+@pytest.mark.parametrize("shift", [False, True])
+def test_exact_first_token(rng, qL, kL, mask, shift):
+    """first_key / first_value: attention over [first token] + cache, the first
+    token exact and always visible, the cache holding v - first_value (and
+    k - key_shift). (13, 12) is a first chunk: the cache holds the tokens after
+    the first one, so the first query sees only the first token."""
+    B, Hq, Hkv, D = 2, 6, 2, 64
+    q = mx.array(rng.standard_normal((B, Hq, qL, D)).astype(np.float32))
+    k0 = rng.standard_normal((B, Hkv, 1, D)) * 4.0
+    v0 = rng.standard_normal((B, Hkv, 1, D))
+    mu = rng.standard_normal((1, Hkv, 1, D)) * 2.0 if shift else np.zeros((1, Hkv, 1, D))
+    kx = mu + rng.standard_normal((B, Hkv, kL, D))
+    vx = v0 + rng.standard_normal((B, Hkv, kL, D))
+    k, ks = mx.quantize(mx.array((kx - mu).astype(np.float32)), mode="turbo4")
+    v, vs = mx.quantize(mx.array((vx - v0).astype(np.float32)), mode="turbo3")
+    kd = np.concatenate([k0, ref.decode(np.array(k), to_np(ks), "turbo4") + mu], axis=2)
+    vd = np.concatenate([v0, ref.decode(np.array(v), to_np(vs), "turbo3") + v0], axis=2)
+    m, mref = mask, mask
+    if mask == "bool":
+        mm = rng.uniform(size=(B, 1, qL, kL)) > 0.3
+        m = mx.array(mm)
+        mref = np.concatenate([np.ones((B, 1, qL, 1), bool), mm], axis=-1)
+    elif mask == "additive":
+        ma = rng.standard_normal((qL, kL)).astype(np.float32)
+        m = mx.array(ma)
+        mref = np.concatenate([np.zeros((qL, 1), np.float32), ma], axis=-1)
+    kw = dict(first_key=mx.array(k0.astype(np.float32)), first_value=mx.array(v0.astype(np.float32)))
+    if shift:
+        kw["key_shift"] = mx.array(mu.astype(np.float32))
+    out = mx.fast.quantized_scaled_dot_product_attention(
+        q, k, ks, v, vs, scale=D**-0.5, mask=m, mode=("turbo4", "turbo3"), **kw
+    )
+    expected = ref.attention(np.array(q), kd, vd, D**-0.5, mref)
+    tol = OUT_RTOL["float32"] if qL <= 8 else max(OUT_RTOL["float32"], mlx_float32_matmul_rtol())
+    err = rel_err(np.array(out), expected)
+    assert err < 10 * tol, f"relative error {err:.2e}"
+
+
+def test_exact_first_token_errors(rng):
+    q, k, ks, v, vs = make_case(rng, 1, 4, 2, 1, 20, 64, 64, "turbo4", "turbo4", "float32")
+    k0 = mx.zeros((1, 2, 1, 64))
+    op = mx.fast.quantized_scaled_dot_product_attention
+    with pytest.raises(ValueError, match="together"):
+        op(q, k, ks, v, vs, scale=0.1, mode="turbo4", first_key=k0)
+    with pytest.raises(ValueError, match="sinks"):
+        op(q, k, ks, v, vs, scale=0.1, mode="turbo4", first_key=k0, first_value=k0,
+           sinks=mx.zeros((4,)))
+    with pytest.raises(ValueError, match="first_value"):
+        op(q, k, ks, v, vs, scale=0.1, mode="turbo4", first_key=k0, first_value=mx.zeros((1, 2, 1, 32)))

@@ -45,6 +45,8 @@ array quantized_scaled_dot_product_attention(
     const std::string& value_mode /* = "" */,
     const std::optional<array>& key_shift /* = {} */,
     const std::optional<array>& key_channel_scales /* = {} */,
+    const std::optional<array>& first_key /* = {} */,
+    const std::optional<array>& first_value /* = {} */,
     StreamOrDevice s /* = {} */) {
   constexpr std::string_view tag = "quantized_scaled_dot_product_attention";
   auto fail = [&](const auto&... parts) {
@@ -140,7 +142,8 @@ array quantized_scaled_dot_product_attention(
         n_kv_heads,
         ".");
   }
-  if (qL == 0 || kL == 0 || B == 0 || n_q_heads == 0) {
+  // An empty cache is allowed when the exact first token is all there is.
+  if (qL == 0 || (kL == 0 && !first_key) || B == 0 || n_q_heads == 0) {
     fail(
         "empty inputs are not supported (queries ",
         queries.shape(),
@@ -204,6 +207,18 @@ array quantized_scaled_dot_product_attention(
       };
   check_transform(key_shift, "key_shift", dk);
   check_transform(key_channel_scales, "key_channel_scales", dk);
+  // The exact first token (an attention sink in practice): its key and value
+  // precede the cache, which holds the values as v - first_value.
+  check_transform(first_key, "first_key", dk);
+  check_transform(first_value, "first_value", dv);
+  if (first_key.has_value() != first_value.has_value()) {
+    fail("first_key and first_value must be given together.");
+  }
+  if (first_key && sinks) {
+    fail(
+        "first_key / first_value cannot be combined with sinks (the first "
+        "token takes the sink's place in the kernels).");
+  }
 
   if (mask_mode != "" && mask_mode != "causal" && mask_mode != "array") {
     fail(
@@ -270,6 +285,17 @@ array quantized_scaled_dot_product_attention(
   }
   const int gqa = n_q_heads / n_kv_heads;
 
+  // Only the exact first token: its softmax weight is 1.
+  if (kL == 0) {
+    return astype(
+        broadcast_to(
+            turbo::per_query_head(*first_value, gqa, stream),
+            {B, n_q_heads, qL, dv},
+            stream),
+        queries.dtype(),
+        stream);
+  }
+
   // Many queries (prefill) are compute bound: dequantizing the cache is
   // O(kL * D) next to the O(qL * kL * D) of attention, so the cache is
   // dequantized into a transient copy in the queries' dtype (at most the
@@ -286,6 +312,35 @@ array quantized_scaled_dot_product_attention(
       k = add(k, astype(*key_shift, dtype, stream), stream);
     }
     auto v = turbo::dequantize(values, value_scales, vmode, dtype, stream);
+    if (first_key) {
+      // The first token, exact, as key 0: the absolute scores matter, and a
+      // mask covers the cached keys only (key 0 is always visible).
+      if (key_shift && !has_sinks) {
+        k = add(k, astype(*key_shift, dtype, stream), stream);
+      }
+      auto prepend = [&](const array& first, const array& x) {
+        auto f = broadcast_to(
+            astype(first, dtype, stream),
+            {B, n_kv_heads, 1, x.shape(3)},
+            stream);
+        return concatenate({f, x}, 2, stream);
+      };
+      auto v0 = astype(*first_value, dtype, stream);
+      k = prepend(*first_key, k);
+      v = prepend(*first_value, add(v, v0, stream));
+      if (mask_arr) {
+        auto m = *mask_arr;
+        while (m.ndim() < 4) {
+          m = expand_dims(m, 0, stream);
+        }
+        Shape shape{B, m.shape(1), qL, kL};
+        m = broadcast_to(m, shape, stream);
+        shape.back() = 1;
+        auto visible = m.dtype() == bool_ ? full(shape, true, stream)
+                                          : zeros(shape, m.dtype(), stream);
+        mask_arr = concatenate({visible, m}, 3, stream);
+      }
+    }
     return scaled_dot_product_attention(
         queries, k, v, scale, mask_mode, mask_arr, sinks, stream);
   }
@@ -308,7 +363,8 @@ array quantized_scaled_dot_product_attention(
             turbo::per_query_head(*key_channel_scales, gqa, stream),
             stream)
       : queries;
-  const Dtype out_type = queries.dtype();
+  // With first_value the output gets it added in float32 before the cast.
+  const Dtype out_type = first_value ? float32 : queries.dtype();
   std::vector<array> inputs = {
       fused_rotation ? q_in : turbo::rotate(q_in, false, stream),
       keys,
@@ -321,11 +377,27 @@ array quantized_scaled_dot_product_attention(
   // Centered keys shift every score of a query row by -scale * q . mu: the
   // softmax is unchanged, but the sink logit is not shifted, so with sinks
   // the shift is added back to the scores as an additive (B, Hq, qL, 1) mask.
+  // The exact first token takes the sink's place: a sink logit of 0 and
+  // every cached score shifted by -scale * q . first_key, so that the sink
+  // stands for the first token's score; its value is 0 because the cache
+  // holds v - first_value, which is added back to the output.
+  std::optional<array> key_bias;
+  std::optional<array> sink_logits = sinks;
   if (key_shift && has_sinks) {
-    auto mu = turbo::per_query_head(*key_shift, gqa, stream);
+    key_bias = turbo::per_query_head(*key_shift, gqa, stream);
+  }
+  if (first_key) {
+    auto k0 = turbo::per_query_head(*first_key, gqa, stream);
+    key_bias = key_shift
+        ? subtract(turbo::per_query_head(*key_shift, gqa, stream), k0, stream)
+        : negative(k0, stream);
+    sink_logits = zeros({n_q_heads}, float32, stream);
+    has_sinks = true;
+  }
+  if (key_bias) {
     auto bias = multiply(
         array(scale, float32),
-        sum(multiply(queries, mu, stream), -1, true, stream),
+        sum(multiply(queries, *key_bias, stream), -1, true, stream),
         stream);
     if (!mask_arr) {
       mask_arr = bias;
@@ -345,7 +417,7 @@ array quantized_scaled_dot_product_attention(
         broadcast_to(*mask_arr, Shape{B, n_q_heads, qL, kL}, stream));
   }
   if (has_sinks) {
-    inputs.push_back(astype(*sinks, float32, stream));
+    inputs.push_back(astype(*sink_logits, float32, stream));
   }
 
   // Op-composed fallback: reconstruct the cache in the rotated domain and use
@@ -413,10 +485,13 @@ array quantized_scaled_dot_product_attention(
                 fused_rotation),
             inputs)
       : fallback(inputs)[0];
-  if (fused_rotation) {
-    return out;
+  if (!fused_rotation) {
+    out = turbo::rotate(out, true, stream);
   }
-  return astype(turbo::rotate(out, true, stream), out_type, stream);
+  if (first_value) {
+    out = add(out, turbo::per_query_head(*first_value, gqa, stream), stream);
+  }
+  return astype(out, queries.dtype(), stream);
 }
 
 bool QuantizedScaledDotProductAttention::is_equivalent(

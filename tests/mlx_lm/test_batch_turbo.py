@@ -47,7 +47,8 @@ def test_merge_extract_roundtrip():
     caches = [single(n, s) for n, s in [(30, 1), (7, 2), (51, 3)]]
     batch = BatchTurboQuantKVCache.merge([c for c, _, _ in caches])
     assert batch.turbo_modes == ("turbo4", "turbo3")
-    assert batch.size() == 51 and batch.left_padding.tolist() == [21, 44, 0]
+    # The codes hold each sequence but its exact first token.
+    assert batch.size() == 50 and batch.left_padding.tolist() == [21, 44, 0]
     assert batch.offset.tolist() == [30, 7, 51]
     assert batch.key_shift.shape == (3, 2, 1, 64)
     for i, (c, _, _) in enumerate(caches):
@@ -63,7 +64,7 @@ def test_filter_and_extend_keep_rows():
     b = BatchTurboQuantKVCache.merge([single(33, 3)[0]])
     ref = [single(20, 1)[0], single(9, 2)[0], single(33, 3)[0]]
     a.extend(b)
-    assert a.size() == 33 and a.offset.tolist() == [20, 9, 33]
+    assert a.size() == 32 and a.offset.tolist() == [20, 9, 33]
     for i, c in enumerate(ref):
         e = a.extract(i)
         assert_equal(e.keys[0], c.keys_and_values()[0][0])
@@ -75,16 +76,21 @@ def test_filter_and_extend_keep_rows():
 
 
 def test_first_chunk_shift_ignores_padding():
-    """With left and right padding the shift is the mean of each row's real keys."""
+    """With left and right padding each row's exact first token is its first
+    real token and the shift the mean of its other real keys; the first
+    token's slot then counts as padding."""
     c = BatchTurboQuantKVCache([2, 0], "turbo3")
     c.prepare(lengths=[5, 6], right_padding=[0, 1])
     k, v = kv(7, B=2)
     c.update_and_fetch(k, v)
     # Same mean, summed in another order: float32 rounding.
-    assert mx.allclose(c.key_shift[0:1], turbo_key_shift(k[0:1, :, 2:7]), rtol=1e-5, atol=1e-6)
-    assert mx.allclose(c.key_shift[1:2], turbo_key_shift(k[1:2, :, 0:6]), rtol=1e-5, atol=1e-6)
+    assert mx.allclose(c.key_shift[0:1], turbo_key_shift(k[0:1, :, 3:7]), rtol=1e-5, atol=1e-6)
+    assert mx.allclose(c.key_shift[1:2], turbo_key_shift(k[1:2, :, 1:6]), rtol=1e-5, atol=1e-6)
+    assert_equal(c.first_key[0:1], k[0:1, :, 2:3])
+    assert_equal(c.first_value[1:2], v[1:2, :, 0:1])
+    assert c.left_padding.tolist() == [3, 1]
     c.finalize()
-    assert c.left_padding.tolist() == [2, 1] and c.offset.tolist() == [5, 6]
+    assert c.left_padding.tolist() == [3, 2] and c.offset.tolist() == [5, 6]
 
 
 def test_batch_state_file_roundtrip(tmp_path):
@@ -93,7 +99,7 @@ def test_batch_state_file_roundtrip(tmp_path):
     save_prompt_cache(f, [batch])
     loaded = load_prompt_cache(f)[0]
     assert isinstance(loaded, BatchTurboQuantKVCache)
-    assert loaded.offset.tolist() == [12, 40] and loaded.size() == 40
+    assert loaded.offset.tolist() == [12, 40] and loaded.size() == 39
     k, v = kv(3, B=2, seed=9)
     out_a = batch.update_and_fetch(k, v)
     out_b = loaded.update_and_fetch(k, v)

@@ -59,24 +59,30 @@ def test_update_and_fetch_matches_quantize(modes):
     chunks = [(0, 100), *[(i, i + 1) for i in range(100, 160)], (160, 300)]
     for a, b in chunks:
         (kq, ks), (vq, vs) = c.update_and_fetch(k[:, :, a:b], v[:, :, a:b])
-        assert c.offset == b
-        assert kq.shape == (1, 2, b, WIDTH[(km, 64)]) and kq.dtype == mx.uint32
-        assert vq.shape == (1, 2, b, WIDTH[(vm, 64)]) and vq.dtype == mx.uint32
-        assert ks.shape == (1, 2, b, 1) and ks.dtype == mx.float16
-        assert vs.shape == (1, 2, b, 1) and vs.dtype == mx.float16
-    # Preallocated in blocks of 256 tokens (like KVCache): 160 + 256.
-    assert c.keys[0].shape[2] == 416
-    # Keys are centered on the mean key of the first chunk (per sequence and head).
-    shift = turbo_key_shift(k[:, :, :100])
+        # The first token is kept exact; the codes hold the tokens after it.
+        assert c.offset == b and c.size() == b
+        assert kq.shape == (1, 2, b - 1, WIDTH[(km, 64)]) and kq.dtype == mx.uint32
+        assert vq.shape == (1, 2, b - 1, WIDTH[(vm, 64)]) and vq.dtype == mx.uint32
+        assert ks.shape == (1, 2, b - 1, 1) and ks.dtype == mx.float16
+        assert vs.shape == (1, 2, b - 1, 1) and vs.dtype == mx.float16
+    # Preallocated in blocks of 256 tokens (like KVCache): 159 stored + 256.
+    assert c.keys[0].shape[2] == 415
+    assert_equal(c.first_key, k[:, :, :1])
+    assert_equal(c.first_value, v[:, :, :1])
+    # Keys are centered on the mean of the first chunk's other keys (per
+    # sequence and head); values are stored relative to the first value.
+    shift = turbo_key_shift(k[:, :, 1:100])
     assert c.key_shift.shape == (1, 2, 1, 64) and c.key_shift.dtype == k.dtype
     assert_equal(c.key_shift, shift)
-    rk, rv = mx.quantize(k - shift, mode=km), mx.quantize(v, mode=vm)
+    rk = mx.quantize(k[:, :, 1:] - shift, mode=km)
+    rv = mx.quantize(v[:, :, 1:] - v[:, :, :1], mode=vm)
     assert_equal(kq, rk[0])
     assert_equal(ks, rk[1])
     assert_equal(vq, rv[0])
     assert_equal(vs, rv[1])
     assert c.size() == 300 and not c.empty()
-    assert c.nbytes == sum(x.nbytes for x in c.keys + c.values)
+    exact = [c.key_shift, c.first_key, c.first_value]
+    assert c.nbytes == sum(x.nbytes for x in c.keys + c.values + tuple(exact))
     assert c.nbytes < 512 * 2 * 2 * 64 * 2  # well below the fp16 buffers
 
 
@@ -86,7 +92,8 @@ def test_growth_is_stepwise():
     caps = []
     for _ in range(600):
         c.update_and_fetch(k, v)
-        caps.append(c.keys[0].shape[2])
+        if c.keys is not None:  # the first token alone is kept exact
+            caps.append(c.keys[0].shape[2])
     assert sorted(set(caps)) == [256, 512, 768]
     assert c.offset == 600
 
@@ -160,13 +167,14 @@ def test_kv_cache_conversions():
     t = plain.to_turbo_quantized("turbo4")
     assert isinstance(t, TurboQuantKVCache) and t.offset == 50
     (kq, ks), _ = t.keys_and_values()
-    shift = turbo_key_shift(k)
-    rk = mx.quantize(k - shift, mode="turbo4")
+    shift = turbo_key_shift(k[:, :, 1:])
+    rk = mx.quantize(k[:, :, 1:] - shift, mode="turbo4")
     assert_equal(kq, rk[0])
     back = t.to_kv_cache()
     assert isinstance(back, KVCache) and back.offset == 50
     bk, _ = back.keys_and_values()
-    assert mx.allclose(bk, mx.dequantize(rk[0], rk[1], mode="turbo4") + shift).item()
+    expected = mx.concatenate([k[:, :, :1], mx.dequantize(rk[0], rk[1], mode="turbo4") + shift], 2)
+    assert mx.allclose(bk, expected).item()
     assert KVCache().to_turbo_quantized("turbo3").empty()
 
 
@@ -229,9 +237,9 @@ def test_routing_calls_fused_op(monkeypatch, mask):
     monkeypatch.undo()
     assert calls == [("turbo4", "turbo3")]
     assert out.shape == q.shape and out.dtype == q.dtype
-    # Same result as fp SDPA over the dequantized cache.
-    dk = mx.dequantize(*keys, mode="turbo4", dtype=mx.float32)
-    dv = mx.dequantize(*values, mode="turbo3", dtype=mx.float32)
+    # Same result as fp SDPA over the dequantized cache (exact first token,
+    # shifts added back).
+    dk, dv = (x.astype(mx.float32) for x in c.to_kv_cache().keys_and_values())
     ref = mx.fast.scaled_dot_product_attention(
         q.astype(mx.float32), dk, dv, scale=0.125,
         mask=m.astype(mx.float32) if mask == "additive" else m)
