@@ -44,10 +44,8 @@ Writes OUT/batch_generate_<machine>.json (a list of rows, rewritten after every 
 """
 
 import argparse
-import json
 import math
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -57,15 +55,30 @@ from mlx.utils import tree_flatten
 from mlx_lm.generate import batch_generate
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_generate import QWEN25_7B, build_model, machine_name  # noqa: E402
+from e2e_generate import (  # noqa: E402
+    QWEN25_7B,
+    SKIPPED,
+    add_output_args,
+    build_model,
+    csv,
+    device_name,
+    error_line,
+    finish,
+    fmt_ratio,
+    fmt_stat,
+    log,
+    machine_name,
+    no_stats,
+    out_of_time,
+    plot_panels,
+    recorder,
+    repeat,
+    summarize,
+    table_line,
+)
 
 CACHES = {"bf16": None, "turbo4": "turbo4", "turbo3": "turbo3"}
 STATS = ["prefill_s", "decode_tok_s", "wall_s"]
-SKIPPED = "skipped: time budget"
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
 
 
 def default_model():
@@ -164,9 +177,7 @@ def one_run(model, prompts, cache, args):
 
 
 def empty_row(meta, batch, context, cache, error):
-    row = dict(meta, batch=batch, context=context, cache=cache)
-    for s in STATS:
-        row.update({s: None, s + "_min": None, s + "_max": None})
+    row = dict(meta, batch=batch, context=context, cache=cache, **no_stats(STATS))
     row.update(
         peak_memory_gb=None, cache_bytes_per_seq=None, seq_ratio_vs_bf16=None, runs=0, error=error
     )
@@ -180,27 +191,15 @@ def random_prompts(vocab, batch, context, seed):
 
 def measure_cell(model, meta, ids, cache, shape, itemsize, args):
     batch, context = len(ids), len(ids[0])
-    runs = []
-    for _ in range(args.runs):
-        runs.append(one_run(model, ids, cache, args))
-        mx.clear_cache()
+    runs = repeat(args.runs, one_run, model, ids, cache, args)
     row = empty_row(meta, batch, context, cache, None)
-    for i, s in enumerate(STATS):
-        vals = [r[i] for r in runs]
-        row.update({s: statistics.median(vals), s + "_min": min(vals), s + "_max": max(vals)})
+    row.update(summarize(runs, STATS))
     per_tok = bytes_per_token(shape, cache, itemsize)
     row["peak_memory_gb"] = max(r[3] for r in runs) / 1e9
     row["cache_bytes_per_seq"] = per_tok * (context + args.gen_tokens)
     row["seq_ratio_vs_bf16"] = bytes_per_token(shape, "bf16", itemsize) / per_tok
     row["runs"] = len(runs)
     return row
-
-
-def fmt_stat(r, s, digits):
-    v, lo, hi = r[s], r[s + "_min"], r[s + "_max"]
-    if r["runs"] <= 1:
-        return f"{v:.{digits}f}"
-    return f"{v:.{digits}f} [{lo:.{digits}f}-{hi:.{digits}f}]"
 
 
 def markdown(rows, header):
@@ -217,55 +216,27 @@ def markdown(rows, header):
     for r in rows:
         cells = [f"{r['context']:,}", str(r["batch"]), r["cache"]]
         if r["error"] is not None:
-            err = r["error"].splitlines()[0].replace("|", "/")[:120]
-            lines.append("| " + " | ".join(cells + [f"error: {err}"] + [""] * 5) + " |")
+            lines.append(error_line(cells, r["error"], 9))
             continue
         b = ref.get((r["context"], r["batch"]))
         cells += [
-            fmt_stat(r, "prefill_s", 3),
-            fmt_stat(r, "decode_tok_s", 1),
-            f"{r['decode_tok_s'] / b['decode_tok_s']:.2f}x" if b else "-",
+            fmt_stat(r, "prefill_s", 3, bare_single=True),
+            fmt_stat(r, "decode_tok_s", 1, bare_single=True),
+            fmt_ratio(r, b, "decode_tok_s"),
             f"{r['peak_memory_gb']:.2f}",
             f"{r['cache_bytes_per_seq'] / 2**20:.2f}",
             f"{r['seq_ratio_vs_bf16']:.2f}x",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(table_line(cells))
     lines.append("")
     return "\n".join(lines)
 
 
 def plot(rows, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    colors = dict(zip(CACHES, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    styles = ["-", "--", ":", "-."]
     contexts = list(dict.fromkeys(r["context"] for r in rows))
-    for L, style in zip(contexts, styles * len(contexts)):
-        for c in CACHES:
-            rs = [r for r in rows if (r["context"], r["cache"]) == (L, c) and r["error"] is None]
-            if not rs:
-                continue
-            xs = [r["batch"] for r in rs]
-            for ax, s in zip(axes, ("decode_tok_s", "peak_memory_gb")):
-                ys = [r[s] for r in rs]
-                ax.plot(xs, ys, style, marker="o", color=colors[c], label=f"{c}, context {L:,}")
-    for ax, ylabel in zip(axes, ("aggregate decode (tok/s)", "peak memory (GB)")):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch (sequences)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def csv(s):
-    return [x.strip() for x in s.split(",") if x.strip()]
+    panels = [("decode_tok_s", "aggregate decode (tok/s)"), ("peak_memory_gb", "peak memory (GB)")]
+    x, label = ("batch", "batch (sequences)"), "{c}, context {g:,}"
+    plot_panels(rows, path, title, CACHES, "context", contexts, x, panels, label)
 
 
 def main():
@@ -283,9 +254,7 @@ def main():
     ap.add_argument("--prefill-step", type=int, default=None, help="default: mlx-lm's (2048)")
     ap.add_argument("--no-warmup", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--time-budget", type=float, default=None, help="seconds")
-    ap.add_argument("--machine", default=None, help="file name tag (default: device)")
-    ap.add_argument("--out", default="benchmarks/results")
+    add_output_args(ap)
     args = ap.parse_args()
     batches = sorted(int(b) for b in csv(args.batches))
     contexts = sorted(int(c) for c in csv(args.contexts))
@@ -323,7 +292,7 @@ def main():
     meta = {"machine": machine, "model": name, "gen_tokens": args.gen_tokens}
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, f"batch_generate_{machine}")
-    device = mx.device_info().get("device_name", str(mx.default_device()))
+    device = device_name()
     header = (
         f"device: {device}; {name}, {shape['layers']} layers, {shape['kv_heads']} KV heads of "
         f"{shape['head_dim']}, {str(dtype).split('.')[-1]} (the 'bf16' cache is the plain cache "
@@ -335,24 +304,12 @@ def main():
 
     vocab = model.args.vocab_size
     rows, t_start = [], time.monotonic()
-
-    def record(row):
-        rows.append(row)
-        with open(base + ".json.tmp", "w") as f:
-            json.dump(rows, f, indent=1)
-        os.replace(base + ".json.tmp", base + ".json")
-        with open(base + ".md", "w") as f:
-            f.write(markdown(rows, header))
-        log(json.dumps(row))
-
-    def out_of_time():
-        return args.time_budget and time.monotonic() - t_start > args.time_budget
-
+    record = recorder(rows, base, lambda rs: markdown(rs, header))
     warmed = set()
     for L in contexts:
         for B in batches:
             for c in caches:
-                if out_of_time():
+                if out_of_time(t_start, args.time_budget):
                     record(empty_row(meta, B, L, c, SKIPPED))
                     continue
                 log(f"[{time.monotonic() - t_start:.0f}s] context {L}, batch {B}, cache {c}")
@@ -367,11 +324,8 @@ def main():
                     record(empty_row(meta, B, L, c, f"{type(e).__name__}: {e}"))
                 mx.clear_cache()
 
-    print(markdown(rows, header))
-    try:
-        plot(rows, base + ".png", f"{name} through mlx-lm batch_generate, {device}")
-    except ImportError:
-        log("(matplotlib missing: no plot)")
+    title = f"{name} through mlx-lm batch_generate, {device}"
+    finish(markdown(rows, header), plot, rows, base + ".png", title)
 
 
 if __name__ == "__main__":

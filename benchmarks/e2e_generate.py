@@ -79,6 +79,14 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
+def csv(s):
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def device_name():
+    return mx.device_info().get("device_name", str(mx.default_device()))
+
+
 def machine_name():
     if not mx.is_available(mx.gpu):
         return "cpu"
@@ -127,10 +135,31 @@ def one_run(model, prompt, cache_kind, args):
     return stamps[0] - t0, decode, mx.get_peak_memory(), cache_bytes
 
 
+def no_stats(stats):
+    """The row fields of ``summarize`` for a cell without runs: all None."""
+    return {k: None for s in stats for k in (s, s + "_min", s + "_max")}
+
+
+def summarize(runs, stats):
+    """Median, min and max of each of STATS over RUNS (tuples, stat i at index i)."""
+    out = {}
+    for i, s in enumerate(stats):
+        vals = [r[i] for r in runs]
+        out.update({s: statistics.median(vals), s + "_min": min(vals), s + "_max": max(vals)})
+    return out
+
+
+def repeat(n, run, *a):
+    """N results of run(*a), the MLX buffer cache cleared after each."""
+    runs = []
+    for _ in range(n):
+        runs.append(run(*a))
+        mx.clear_cache()
+    return runs
+
+
 def empty_row(weights, context, cache, error):
-    row = {"weights": weights, "context": context, "cache": cache}
-    for s in STATS:
-        row.update({s: None, s + "_min": None, s + "_max": None})
+    row = {"weights": weights, "context": context, "cache": cache, **no_stats(STATS)}
     row.update(peak_memory_gb=None, cache_bytes=None, runs=0, error=error)
     return row
 
@@ -139,23 +168,36 @@ def measure_cell(model, prompts, weights, context, cache, warmed, args):
     if cache not in warmed:
         one_run(model, prompts[min(prompts)], cache, args)
         warmed.add(cache)
-    runs = []
-    for _ in range(args.runs):
-        runs.append(one_run(model, prompts[context], cache, args))
-        mx.clear_cache()
+    runs = repeat(args.runs, one_run, model, prompts[context], cache, args)
     row = empty_row(weights, context, cache, None)
-    for i, s in enumerate(STATS):
-        vals = [r[i] for r in runs]
-        row.update({s: statistics.median(vals), s + "_min": min(vals), s + "_max": max(vals)})
+    row.update(summarize(runs, STATS))
     row["peak_memory_gb"] = max(r[2] for r in runs) / 1e9
     row["cache_bytes"] = runs[-1][3]
     row["runs"] = len(runs)
     return row
 
 
-def fmt_stat(r, s, digits):
+def fmt_stat(r, s, digits, bare_single=False):
+    """'median [min-max]' of stat S of row R; only the median if BARE_SINGLE and one run."""
     v, lo, hi = r[s], r[s + "_min"], r[s + "_max"]
+    if bare_single and r["runs"] <= 1:
+        return f"{v:.{digits}f}"
     return f"{v:.{digits}f} [{lo:.{digits}f}-{hi:.{digits}f}]"
+
+
+def fmt_ratio(r, b, s):
+    """Stat S of row R over that of reference row B ('-' without one)."""
+    return f"{r[s] / b[s]:.2f}x" if b else "-"
+
+
+def table_line(cells):
+    return "| " + " | ".join(cells) + " |"
+
+
+def error_line(cells, error, columns):
+    """A table line of CELLS, then the first line of ERROR, blank up to COLUMNS cells."""
+    err = error.splitlines()[0].replace("|", "/")[:120]
+    return table_line(cells + [f"error: {err}"] + [""] * (columns - len(cells) - 1))
 
 
 def markdown(rows, header):
@@ -176,55 +218,100 @@ def markdown(rows, header):
         for r in (r for r in rows if r["weights"] == w):
             cells = [f"{r['context']:,}", r["cache"]]
             if r["error"] is not None:
-                err = r["error"].splitlines()[0].replace("|", "/")[:120]
-                lines.append("| " + " | ".join(cells + [f"error: {err}"] + [""] * 5) + " |")
+                lines.append(error_line(cells, r["error"], 8))
                 continue
             b = ref.get(r["context"])
             cells += [
                 fmt_stat(r, "prefill_s", 3),
-                f"{r['prefill_s'] / b['prefill_s']:.2f}x" if b else "-",
+                fmt_ratio(r, b, "prefill_s"),
                 fmt_stat(r, "decode_tok_s", 1),
-                f"{r['decode_tok_s'] / b['decode_tok_s']:.2f}x" if b else "-",
+                fmt_ratio(r, b, "decode_tok_s"),
                 f"{r['peak_memory_gb']:.2f}",
                 f"{r['cache_bytes'] / 2**20:.1f}",
             ]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(table_line(cells))
         lines.append("")
     return "\n".join(lines)
 
 
-def plot(rows, path, title):
+def plot_panels(rows, path, title, caches, group, groups, x, panels, label, legend=0, log_y=()):
+    """Two panels on a log-2 x axis, a line per (group value, cache) of the rows without error.
+
+    GROUP: the row field whose values GROUPS pick the line style (the cache picks the colour);
+    X, PANELS: (row field, axis label) of the x axis and of each panel's y axis; LABEL: a
+    format of c (cache) and g (group value); LEGEND: the panel with the legend; LOG_Y: the
+    panels on a log y axis.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    colors = dict(zip(CACHES, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    for w, style in zip(WEIGHTS, ("-", "--")):
-        for c in CACHES:
-            rs = [r for r in rows if (r["weights"], r["cache"]) == (w, c)]
-            rs = [r for r in rs if r["error"] is None]
+    colors = dict(zip(caches, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    styles = ["-", "--", ":", "-."]
+    for g, style in zip(groups, styles * len(groups)):
+        for c in caches:
+            rs = [r for r in rows if (r[group], r["cache"]) == (g, c) and r["error"] is None]
             if not rs:
                 continue
-            xs = [r["context"] for r in rs]
-            for ax, s in zip(axes, STATS):
+            xs = [r[x[0]] for r in rs]
+            for ax, (s, _) in zip(axes, panels):
                 ys = [r[s] for r in rs]
-                ax.plot(xs, ys, style, marker="o", color=colors[c], label=f"{c}, {w} weights")
-    for ax, ylabel in zip(axes, ("prefill (s)", "decode (tok/s)")):
+                ax.plot(xs, ys, style, marker="o", color=colors[c], label=label.format(c=c, g=g))
+    for ax, (_, ylabel) in zip(axes, panels):
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("context (tokens)")
+        ax.set_xlabel(x[1])
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_yscale("log")
-    axes[1].legend(fontsize=8)
+    for i in log_y:
+        axes[i].set_yscale("log")
+    axes[legend].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def csv(s):
-    return [x.strip() for x in s.split(",") if x.strip()]
+def plot(rows, path, title):
+    panels = [("prefill_s", "prefill (s)"), ("decode_tok_s", "decode (tok/s)")]
+    x, label = ("context", "context (tokens)"), "{c}, {g} weights"
+    plot_panels(rows, path, title, CACHES, "weights", WEIGHTS, x, panels, label, 1, log_y=[0])
+
+
+def recorder(rows, base, render):
+    """record(row): append ROW to ROWS, rewrite BASE.json (atomically) and BASE.md
+    (render(rows)), log the row."""
+
+    def record(row):
+        rows.append(row)
+        with open(base + ".json.tmp", "w") as f:
+            json.dump(rows, f, indent=1)
+        os.replace(base + ".json.tmp", base + ".json")
+        with open(base + ".md", "w") as f:
+            f.write(render(rows))
+        log(json.dumps(row))
+
+    return record
+
+
+def out_of_time(t_start, budget):
+    """Whether BUDGET seconds (None: no limit) have passed since monotonic time T_START."""
+    return budget and time.monotonic() - t_start > budget
+
+
+def add_output_args(ap):
+    ap.add_argument("--time-budget", type=float, default=None, help="seconds")
+    ap.add_argument("--machine", default=None, help="file name tag (default: device)")
+    ap.add_argument("--out", default="benchmarks/results")
+
+
+def finish(table, plot_fn, *plot_args):
+    """Print TABLE, then plot_fn(*plot_args), skipped without matplotlib."""
+    print(table)
+    try:
+        plot_fn(*plot_args)
+    except ImportError:
+        log("(matplotlib missing: no plot)")
 
 
 def main():
@@ -237,9 +324,7 @@ def main():
     ap.add_argument("--prefill-step", type=int, default=2048)
     ap.add_argument("--layers", type=int, default=None, help="override the layer count")
     ap.add_argument("--tiny", action="store_true", help="tiny model (CPU smoke test)")
-    ap.add_argument("--time-budget", type=float, default=None, help="seconds")
-    ap.add_argument("--machine", default=None, help="file name tag (default: device)")
-    ap.add_argument("--out", default="benchmarks/results")
+    add_output_args(ap)
     ap.add_argument(
         "--resume", action="store_true", help="keep the measured cells of an existing JSON"
     )
@@ -256,7 +341,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, f"e2e_generate_{machine}")
     shape = "tiny" if args.tiny else "Qwen2.5-7B"
-    device = mx.device_info().get("device_name", str(mx.default_device()))
+    device = device_name()
     header = (
         f"device: {device}; {shape} shape, "
         f"{config['num_hidden_layers']} layers, random weights; {args.gen_tokens} "
@@ -275,22 +360,11 @@ def main():
             done = {(r["weights"], r["context"], r["cache"]): r for r in json.load(f)}
         done = {k: r for k, r in done.items() if r["error"] != SKIPPED}
 
-    def record(row):
-        rows.append(row)
-        with open(base + ".json.tmp", "w") as f:
-            json.dump(rows, f, indent=1)
-        os.replace(base + ".json.tmp", base + ".json")
-        with open(base + ".md", "w") as f:
-            f.write(markdown(rows, header))
-        log(json.dumps(row))
-
-    def out_of_time():
-        return args.time_budget and time.monotonic() - t_start > args.time_budget
-
+    record = recorder(rows, base, lambda rs: markdown(rs, header))
     for w in weights:
         model, build_error = None, None
         todo = any((w, L, c) not in done for L in contexts for c in caches)
-        if todo and not out_of_time():
+        if todo and not out_of_time(t_start, args.time_budget):
             try:
                 model = build_model(config, w)
             except Exception as e:
@@ -300,7 +374,7 @@ def main():
             for c in caches:
                 if (w, L, c) in done:
                     record(done[w, L, c])
-                elif build_error or out_of_time():
+                elif build_error or out_of_time(t_start, args.time_budget):
                     record(empty_row(w, L, c, build_error or SKIPPED))
                 else:
                     log(f"[{time.monotonic() - t_start:.0f}s] weights {w}, context {L}, cache {c}")
@@ -312,11 +386,8 @@ def main():
         del model
         mx.clear_cache()
 
-    print(markdown(rows, header))
-    try:
-        plot(rows, base + ".png", f"{shape} shape through mlx-lm, {device}")
-    except ImportError:
-        log("(matplotlib missing: no plot)")
+    title = f"{shape} shape through mlx-lm, {device}"
+    finish(markdown(rows, header), plot, rows, base + ".png", title)
 
 
 if __name__ == "__main__":

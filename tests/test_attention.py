@@ -378,3 +378,46 @@ def test_exact_first_token_errors(rng):
            sinks=mx.zeros((4,)))
     with pytest.raises(ValueError, match="first_value"):
         op(q, k, ks, v, vs, scale=0.1, mode="turbo4", first_key=k0, first_value=mx.zeros((1, 2, 1, 32)))
+
+
+@pytest.mark.parametrize("mask", [None, "bool"])
+def test_single_sequence_decode_folds_the_bias_into_the_sink(rng, mask):
+    """B = 1, qL = 1: the op moves the sink logit instead of adding a mask; the
+    result is the same attention (learned sinks with a key shift, and the exact
+    first token)."""
+    Hq, Hkv, kL, D = 8, 2, 300, 128
+    q = mx.array(rng.standard_normal((1, Hq, 1, D)).astype(np.float32))
+    mu = rng.standard_normal((1, Hkv, 1, D)) * 3.0
+    k0 = rng.standard_normal((1, Hkv, 1, D)) * 4.0
+    v0 = rng.standard_normal((1, Hkv, 1, D))
+    kx = mu + rng.standard_normal((1, Hkv, kL, D))
+    vx = rng.standard_normal((1, Hkv, kL, D))
+    m = mref = None
+    if mask == "bool":
+        mm = rng.uniform(size=(1, 1, 1, kL)) > 0.3
+        m = mx.array(mm)
+        mref = mm
+    sk = rng.standard_normal(Hq).astype(np.float32)
+    # Learned sinks with a key shift.
+    k, ks = mx.quantize(mx.array((kx - mu).astype(np.float32)), mode="turbo3")
+    v, vs = mx.quantize(mx.array(vx.astype(np.float32)), mode="turbo4")
+    kd = ref.decode(np.array(k), to_np(ks), "turbo3") + mu
+    vd = ref.decode(np.array(v), to_np(vs), "turbo4")
+    out = mx.fast.quantized_scaled_dot_product_attention(
+        q, k, ks, v, vs, scale=D**-0.5, mask=m, sinks=mx.array(sk), mode=("turbo3", "turbo4"),
+        key_shift=mx.array(mu.astype(np.float32)),
+    )
+    expected = ref.attention(np.array(q), kd, vd, D**-0.5, mref, sk)
+    assert rel_err(np.array(out), expected) < 10 * OUT_RTOL["float32"]
+    # The exact first token.
+    v, vs = mx.quantize(mx.array((vx - v0).astype(np.float32)), mode="turbo4")
+    kd0 = np.concatenate([k0, kd], axis=2)
+    vd0 = np.concatenate([v0, ref.decode(np.array(v), to_np(vs), "turbo4") + v0], axis=2)
+    out = mx.fast.quantized_scaled_dot_product_attention(
+        q, k, ks, v, vs, scale=D**-0.5, mask=m, mode=("turbo3", "turbo4"),
+        key_shift=mx.array(mu.astype(np.float32)),
+        first_key=mx.array(k0.astype(np.float32)), first_value=mx.array(v0.astype(np.float32)),
+    )
+    m0 = None if mref is None else np.concatenate([np.ones((1, 1, 1, 1), bool), mref], axis=-1)
+    expected = ref.attention(np.array(q), kd0, vd0, D**-0.5, m0)
+    assert rel_err(np.array(out), expected) < 10 * OUT_RTOL["float32"]

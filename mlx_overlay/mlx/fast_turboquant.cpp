@@ -399,7 +399,14 @@ array quantized_scaled_dot_product_attention(
         array(scale, float32),
         sum(multiply(queries, *key_bias, stream), -1, true, stream),
         stream);
-    if (!mask_arr) {
+    if (B == 1 && qL == 1) {
+      // One row per head (single-sequence decode): moving the sink logit by
+      // -bias is the same and reads no mask.
+      sink_logits = subtract(
+          astype(*sink_logits, float32, stream),
+          reshape(bias, {n_q_heads}, stream),
+          stream);
+    } else if (!mask_arr) {
       mask_arr = bias;
     } else if (mask_arr->dtype() == bool_) {
       mask_arr = where(
@@ -410,7 +417,7 @@ array quantized_scaled_dot_product_attention(
     } else {
       mask_arr = add(*mask_arr, bias, stream);
     }
-    has_arr_mask = true;
+    has_arr_mask = mask_arr.has_value();
   }
   if (has_arr_mask) {
     inputs.push_back(

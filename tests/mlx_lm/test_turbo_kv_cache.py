@@ -269,15 +269,27 @@ def test_tiny_llama_generates_with_turbo_cache(kv_type):
     prompt = mx.array([1, 5, 9, 13, 17, 21, 25, 29])
     ref = [t for t, _ in generate_step(prompt, model, max_tokens=12)]
     cache = make_prompt_cache(model)
-    toks = [t for t, _ in generate_step(prompt, model, max_tokens=12,
-                                        prompt_cache=cache, kv_cache_type=kv_type)]
+    toks = [t for t, _ in generate_step(prompt, model, max_tokens=12, prompt_cache=cache,
+                                        kv_cache_type=kv_type, quantized_kv_start=0)]
     assert len(toks) == 12 and all(0 <= t < 96 for t in toks)
     assert all(isinstance(c, TurboQuantKVCache) for c in cache)
     assert cache[0].offset == len(prompt) + 12
     # Deterministic: the same cache type gives the same tokens again.
     again = [t for t, _ in generate_step(prompt, model, max_tokens=12,
-                                         kv_cache_type=kv_type)]
+                                         kv_cache_type=kv_type, quantized_kv_start=0)]
     assert again == toks and len(ref) == 12
+
+
+def test_default_start_calibrates_on_256_tokens():
+    """Without quantized_kv_start a turbo cache is made once 256 tokens are in
+    the plain cache, so its transforms see at least that many."""
+    model, _ = tiny_llama()
+    cache = make_prompt_cache(model)
+    for _ in generate_step(mx.array([3, 4, 5, 6] * 60), model, max_tokens=20,
+                           prompt_cache=cache, kv_cache_type="turbo3"):
+        if cache[0].offset < 256:
+            assert type(cache[0]) is KVCache
+    assert all(isinstance(c, TurboQuantKVCache) for c in cache)
 
 
 def test_quantized_kv_start_threshold():
