@@ -18,6 +18,27 @@ def make_case(rng, B, Hq, Hkv, qL, kL, dk, dv, kmode, vmode, dtype):
     return q, k, ks, v, vs
 
 
+def random_mask(rng, kind, B, qL, kL, dtype=mx.float32):
+    """The test's mask: None / "causal" as given, "bool" (each row keeps its
+    first key) or "additive" (normal values in dtype)."""
+    if kind == "bool":
+        mm = rng.uniform(size=(B, 1, qL, kL)) > 0.3
+        mm[..., 0] = True
+        return mx.array(mm)
+    if kind == "additive":
+        return mx.array(rng.standard_normal((qL, kL)).astype(np.float32)).astype(dtype)
+    return kind
+
+
+def attention_rtol(dtype, qL):
+    """The output bound; more than 8 queries run MLX's own attention on a
+    dequantized copy: TF32 matmuls on CUDA for float32."""
+    tol = OUT_RTOL[dtype]
+    if qL > 8 and dtype == "float32":
+        tol = max(tol, mlx_float32_matmul_rtol())
+    return tol
+
+
 def reference_out(q, k, ks, v, vs, kmode, vmode, scale, mask=None, sinks=None):
     kd = ref.decode(np.array(k), to_np(ks), kmode)
     vd = ref.decode(np.array(v), to_np(vs), vmode)
@@ -50,13 +71,7 @@ def check(
     kmode, vmode = split_modes(mode)
     q, k, ks, v, vs = make_case(rng, B, Hq, Hkv, qL, kL, dk, dv, kmode, vmode, dtype)
     scale = dk**-0.5
-    m = mask
-    if mask == "bool":
-        mm = rng.uniform(size=(B, 1, qL, kL)) > 0.3
-        mm[..., 0] = True
-        m = mx.array(mm)
-    elif mask == "additive":
-        m = mx.array(rng.standard_normal((qL, kL)).astype(np.float32)).astype(DTYPES[dtype])
+    m = random_mask(rng, mask, B, qL, kL, DTYPES[dtype])
     sk = mx.array(rng.standard_normal(Hq).astype(np.float32)) if sinks else None
     if std_call:
         out = mx.fast.scaled_dot_product_attention(
@@ -69,12 +84,7 @@ def check(
     assert out.shape == (B, Hq, qL, dv) and out.dtype == DTYPES[dtype]
     expected = reference_out(q, k, ks, v, vs, kmode, vmode, scale, m, sk)
     err = rel_err(to_np(out), expected)
-    tol = OUT_RTOL[dtype]
-    if qL > 8 and dtype == "float32":
-        # More than 8 queries run MLX's own attention on a dequantized copy:
-        # TF32 matmuls on CUDA.
-        tol = max(tol, mlx_float32_matmul_rtol())
-    assert err < tol, f"relative error {err:.2e}"
+    assert err < attention_rtol(dtype, qL), f"relative error {err:.2e}"
     return out
 
 
@@ -270,13 +280,7 @@ def test_cache_transforms_are_exact(rng, shift, balance, qL, mask, sinks):
     q, k, ks, v, vs, kd, vd, kw = transformed_case(
         rng, B, Hq, Hkv, qL, kL, D, kmode, vmode, shift, balance, per_batch=qL != 5
     )
-    m = mask
-    if mask == "bool":
-        mm = rng.uniform(size=(B, 1, qL, kL)) > 0.3
-        mm[..., 0] = True
-        m = mx.array(mm)
-    elif mask == "additive":
-        m = mx.array(rng.standard_normal((qL, kL)).astype(np.float32))
+    m = random_mask(rng, mask, B, qL, kL)
     sk = mx.array(rng.standard_normal(Hq).astype(np.float32) + 2.0) if sinks else None
     out = mx.fast.quantized_scaled_dot_product_attention(
         q, k, ks, v, vs, scale=D**-0.5, mask=m, sinks=sk, mode=(kmode, vmode), **kw
@@ -285,7 +289,7 @@ def test_cache_transforms_are_exact(rng, shift, balance, qL, mask, sinks):
     expected = ref.attention(
         np.array(q), kd, vd, D**-0.5, mref, None if sk is None else np.array(sk)
     )
-    tol = OUT_RTOL["float32"] if qL <= 8 else max(OUT_RTOL["float32"], mlx_float32_matmul_rtol())
+    tol = attention_rtol("float32", qL)
     err = rel_err(np.array(out), expected)
     # The reconstruction scales the float32 rounding of the centered codes by s
     # and adds mu: a few times the float32 bound.
@@ -362,7 +366,7 @@ def test_exact_first_token(rng, qL, kL, mask, shift):
         q, k, ks, v, vs, scale=D**-0.5, mask=m, mode=("turbo4", "turbo3"), **kw
     )
     expected = ref.attention(np.array(q), kd, vd, D**-0.5, mref)
-    tol = OUT_RTOL["float32"] if qL <= 8 else max(OUT_RTOL["float32"], mlx_float32_matmul_rtol())
+    tol = attention_rtol("float32", qL)
     err = rel_err(np.array(out), expected)
     assert err < 10 * tol, f"relative error {err:.2e}"
 

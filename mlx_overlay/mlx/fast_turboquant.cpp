@@ -307,17 +307,15 @@ array quantized_scaled_dot_product_attention(
     if (key_channel_scales) {
       k = multiply(k, astype(*key_channel_scales, dtype, stream), stream);
     }
-    // Without sinks the key shift moves every score of a row equally.
-    if (key_shift && has_sinks) {
+    // Without sinks or an exact first token the key shift moves every score
+    // of a row equally; with them the absolute scores matter.
+    if (key_shift && (has_sinks || first_key)) {
       k = add(k, astype(*key_shift, dtype, stream), stream);
     }
     auto v = turbo::dequantize(values, value_scales, vmode, dtype, stream);
     if (first_key) {
-      // The first token, exact, as key 0: the absolute scores matter, and a
-      // mask covers the cached keys only (key 0 is always visible).
-      if (key_shift && !has_sinks) {
-        k = add(k, astype(*key_shift, dtype, stream), stream);
-      }
+      // The first token, exact, as key 0; a mask covers the cached keys only
+      // (key 0 is always visible).
       auto prepend = [&](const array& first, const array& x) {
         auto f = broadcast_to(
             astype(first, dtype, stream),
@@ -383,14 +381,12 @@ array quantized_scaled_dot_product_attention(
   // holds v - first_value, which is added back to the output.
   std::optional<array> key_bias;
   std::optional<array> sink_logits = sinks;
-  if (key_shift && has_sinks) {
+  if (key_shift && (has_sinks || first_key)) {
     key_bias = turbo::per_query_head(*key_shift, gqa, stream);
   }
   if (first_key) {
     auto k0 = turbo::per_query_head(*first_key, gqa, stream);
-    key_bias = key_shift
-        ? subtract(turbo::per_query_head(*key_shift, gqa, stream), k0, stream)
-        : negative(k0, stream);
+    key_bias = key_bias ? subtract(*key_bias, k0, stream) : negative(k0, stream);
     sink_logits = zeros({n_q_heads}, float32, stream);
     has_sinks = true;
   }
