@@ -334,22 +334,27 @@ def test_prefill_route_memory_is_bounded(rng):
 @pytest.mark.parametrize("qL,kL", [(1, 70), (3, 70), (33, 70), (13, 12)])
 @pytest.mark.parametrize("mask", [None, "causal", "bool", "additive"])
 @pytest.mark.parametrize("shift", [False, True])
-def test_exact_first_token(rng, qL, kL, mask, shift):
+@pytest.mark.parametrize("shared", [False, True])
+def test_exact_first_token(rng, qL, kL, mask, shift, shared):
     """first_key / first_value: attention over [first token] + cache, the first
-    token exact and always visible, the cache holding v - first_value (and
-    k - key_shift). (13, 12) is a first chunk: the cache holds the tokens after
-    the first one, so the first query sees only the first token."""
+    token exact and always visible (the sink's slot, its value included, on
+    the fused path), the cache holding k - key_shift and v. (13, 12) is a
+    first chunk: the cache holds the tokens after the first one, so the first
+    query sees only the first token."""
     B, Hq, Hkv, D = 2, 6, 2, 64
     q = mx.array(rng.standard_normal((B, Hq, qL, D)).astype(np.float32))
-    k0 = rng.standard_normal((B, Hkv, 1, D)) * 4.0
-    v0 = rng.standard_normal((B, Hkv, 1, D))
+    # shared: one first token for the whole batch (shape (1, Hkv, 1, D)).
+    k0 = rng.standard_normal((1 if shared else B, Hkv, 1, D)) * 4.0
+    v0 = rng.standard_normal((1 if shared else B, Hkv, 1, D)) * 5.0
     mu = rng.standard_normal((1, Hkv, 1, D)) * 2.0 if shift else np.zeros((1, Hkv, 1, D))
     kx = mu + rng.standard_normal((B, Hkv, kL, D))
-    vx = v0 + rng.standard_normal((B, Hkv, kL, D))
+    vx = rng.standard_normal((B, Hkv, kL, D))
     k, ks = mx.quantize(mx.array((kx - mu).astype(np.float32)), mode="turbo4")
-    v, vs = mx.quantize(mx.array((vx - v0).astype(np.float32)), mode="turbo3")
-    kd = np.concatenate([k0, ref.decode(np.array(k), to_np(ks), "turbo4") + mu], axis=2)
-    vd = np.concatenate([v0, ref.decode(np.array(v), to_np(vs), "turbo3") + v0], axis=2)
+    v, vs = mx.quantize(mx.array(vx.astype(np.float32)), mode="turbo3")
+    kd = np.concatenate([np.broadcast_to(k0, (B, Hkv, 1, D)),
+                         ref.decode(np.array(k), to_np(ks), "turbo4") + mu], axis=2)
+    vd = np.concatenate([np.broadcast_to(v0, (B, Hkv, 1, D)),
+                         ref.decode(np.array(v), to_np(vs), "turbo3")], axis=2)
     m, mref = mask, mask
     if mask == "bool":
         mm = rng.uniform(size=(B, 1, qL, kL)) > 0.3
@@ -369,6 +374,18 @@ def test_exact_first_token(rng, qL, kL, mask, shift):
     tol = attention_rtol("float32", qL)
     err = rel_err(np.array(out), expected)
     assert err < 10 * tol, f"relative error {err:.2e}"
+    if qL <= 8:
+        # The op-composed fallback (the primal of a jvp; GPU backends without
+        # a kernel for a shape use it too): the sink as a zero key and a mask
+        # column.
+        def f(x):
+            return mx.fast.quantized_scaled_dot_product_attention(
+                x, k, ks, v, vs, scale=D**-0.5, mask=m, mode=("turbo4", "turbo3"), **kw
+            )
+
+        (prim,), _ = mx.jvp(f, [q], [mx.zeros_like(q)])
+        err = rel_err(np.array(prim), expected)
+        assert err < 10 * tol, f"fallback relative error {err:.2e}"
 
 
 def test_exact_first_token_errors(rng):
@@ -413,10 +430,11 @@ def test_single_sequence_decode_folds_the_bias_into_the_sink(rng, mask):
     )
     expected = ref.attention(np.array(q), kd, vd, D**-0.5, mref, sk)
     assert rel_err(np.array(out), expected) < 10 * OUT_RTOL["float32"]
-    # The exact first token.
-    v, vs = mx.quantize(mx.array((vx - v0).astype(np.float32)), mode="turbo4")
+    # The exact first token (far from the cached values: its value must come
+    # from the sink's slot).
+    v0 = v0 * 10.0
     kd0 = np.concatenate([k0, kd], axis=2)
-    vd0 = np.concatenate([v0, ref.decode(np.array(v), to_np(vs), "turbo4") + v0], axis=2)
+    vd0 = np.concatenate([v0, vd], axis=2)
     out = mx.fast.quantized_scaled_dot_product_attention(
         q, k, ks, v, vs, scale=D**-0.5, mask=m, mode=("turbo3", "turbo4"),
         key_shift=mx.array(mu.astype(np.float32)),

@@ -208,7 +208,7 @@ array quantized_scaled_dot_product_attention(
   check_transform(key_shift, "key_shift", dk);
   check_transform(key_channel_scales, "key_channel_scales", dk);
   // The exact first token (an attention sink in practice): its key and value
-  // precede the cache, which holds the values as v - first_value.
+  // precede the cache (the kernels give it the sink's slot, value included).
   check_transform(first_key, "first_key", dk);
   check_transform(first_value, "first_value", dv);
   if (first_key.has_value() != first_value.has_value()) {
@@ -323,9 +323,8 @@ array quantized_scaled_dot_product_attention(
             stream);
         return concatenate({f, x}, 2, stream);
       };
-      auto v0 = astype(*first_value, dtype, stream);
       k = prepend(*first_key, k);
-      v = prepend(*first_value, add(v, v0, stream));
+      v = prepend(*first_value, v);
       if (mask_arr) {
         auto m = *mask_arr;
         while (m.ndim() < 4) {
@@ -361,8 +360,7 @@ array quantized_scaled_dot_product_attention(
             turbo::per_query_head(*key_channel_scales, gqa, stream),
             stream)
       : queries;
-  // With first_value the output gets it added in float32 before the cast.
-  const Dtype out_type = first_value ? float32 : queries.dtype();
+  const Dtype out_type = queries.dtype();
   std::vector<array> inputs = {
       fused_rotation ? q_in : turbo::rotate(q_in, false, stream),
       keys,
@@ -377,10 +375,11 @@ array quantized_scaled_dot_product_attention(
   // the shift is added back to the scores as an additive (B, Hq, qL, 1) mask.
   // The exact first token takes the sink's place: a sink logit of 0 and
   // every cached score shifted by -scale * q . first_key, so that the sink
-  // stands for the first token's score; its value is 0 because the cache
-  // holds v - first_value, which is added back to the output.
+  // stands for the first token's score, and first_value as the sink's value
+  // (rotated like the cached values; the kernels accumulate in that domain).
   std::optional<array> key_bias;
   std::optional<array> sink_logits = sinks;
+  std::optional<array> sink_values;
   if (key_shift && (has_sinks || first_key)) {
     key_bias = turbo::per_query_head(*key_shift, gqa, stream);
   }
@@ -389,6 +388,13 @@ array quantized_scaled_dot_product_attention(
     key_bias = key_bias ? subtract(*key_bias, k0, stream) : negative(k0, stream);
     sink_logits = zeros({n_q_heads}, float32, stream);
     has_sinks = true;
+    // In the domain of the primitive's queries: as given with fused_rotation.
+    sink_values = fused_rotation
+        ? *first_value
+        : broadcast_to(
+              turbo::rotate(*first_value, false, stream),
+              {B, n_kv_heads, 1, dv},
+              stream);
   }
   if (key_bias) {
     auto bias = multiply(
@@ -422,6 +428,10 @@ array quantized_scaled_dot_product_attention(
   if (has_sinks) {
     inputs.push_back(astype(*sink_logits, float32, stream));
   }
+  const bool has_sink_values = sink_values.has_value();
+  if (has_sink_values) {
+    inputs.push_back(*sink_values);
+  }
 
   // Op-composed fallback: reconstruct the cache in the rotated domain and use
   // the regular fused attention. Used by backends without kernels and for
@@ -430,6 +440,7 @@ array quantized_scaled_dot_product_attention(
                    do_causal,
                    has_arr_mask,
                    has_sinks,
+                   has_sink_values,
                    kmode,
                    vmode,
                    fused_rotation,
@@ -445,7 +456,7 @@ array quantized_scaled_dot_product_attention(
     }
     std::optional<array> sinks;
     if (has_sinks) {
-      sinks = inputs.back();
+      sinks = inputs[5 + has_arr_mask];
     }
     // MLX's SDPA takes either mask: fold the causal one into the array.
     if (do_causal && mask) {
@@ -462,6 +473,16 @@ array quantized_scaled_dot_product_attention(
                 *mask,
                 array(-std::numeric_limits<float>::max(), float32),
                 stream);
+    }
+    if (has_sink_values) {
+      // A sink with a value is a key of score sinks[h] and that value: a
+      // zero key (score 0) before the cache whose mask column is the sink
+      // logit; every cached key keeps its mask (causal folded in first).
+      auto sv = fused_rotation ? turbo::rotate(inputs.back(), false, stream)
+                               : inputs.back();
+      std::tie(k, v, mask) =
+          turbo::sink_as_key(q, k, v, mask, do_causal, *sinks, sv, stream);
+      sinks = std::nullopt;
     }
     auto mask_mode = do_causal && !mask ? "causal" : "";
     auto out = scaled_dot_product_attention(
@@ -482,6 +503,7 @@ array quantized_scaled_dot_product_attention(
                 scale,
                 do_causal,
                 has_sinks,
+                has_sink_values,
                 kmode,
                 vmode,
                 queries.dtype() != float32,
@@ -491,9 +513,6 @@ array quantized_scaled_dot_product_attention(
   if (!fused_rotation) {
     out = turbo::rotate(out, true, stream);
   }
-  if (first_value) {
-    out = add(out, turbo::per_query_head(*first_value, gqa, stream), stream);
-  }
   return astype(out, queries.dtype(), stream);
 }
 
@@ -501,7 +520,8 @@ bool QuantizedScaledDotProductAttention::is_equivalent(
     const Primitive& other) const {
   const auto& o = static_cast<const QuantizedScaledDotProductAttention&>(other);
   return scale_ == o.scale_ && do_causal_ == o.do_causal_ &&
-      has_sinks_ == o.has_sinks_ && key_mode_ == o.key_mode_ &&
+      has_sinks_ == o.has_sinks_ &&
+      has_sink_values_ == o.has_sink_values_ && key_mode_ == o.key_mode_ &&
       value_mode_ == o.value_mode_ && low_precision_ == o.low_precision_ &&
       fused_rotation_ == o.fused_rotation_;
 }

@@ -1,6 +1,7 @@
 // Copyright © 2026 TurboQuant-MLX contributors.
 
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <sstream>
 
@@ -151,6 +152,42 @@ array rotate(const array& x, bool inverse, StreamOrDevice s) {
     y = multiply(hadamard_stage(y, 0, p, s), signs(1, dim), s);
   }
   return y;
+}
+
+std::tuple<array, array, array> sink_as_key(
+    const array& q,
+    const array& k,
+    const array& v,
+    const std::optional<array>& mask,
+    bool do_causal,
+    const array& sinks,
+    const array& sink_values,
+    StreamOrDevice s) {
+  int B = q.shape(0), Hq = q.shape(1), qL = q.shape(2);
+  int Hkv = k.shape(1), kL = k.shape(2);
+  auto dtype = q.dtype();
+  auto lowest = array(-std::numeric_limits<float>::max(), dtype);
+  Shape shape{B, Hq, qL, kL};
+  array m = zeros(shape, dtype, s);
+  if (mask) {
+    m = mask->dtype() == bool_ ? where(*mask, array(0.0f, dtype), lowest, s)
+                               : astype(*mask, dtype, s);
+  } else if (do_causal) {
+    auto visible = greater_equal(
+        reshape(arange(kL - qL, kL, int32, s), {qL, 1}, s),
+        arange(kL, int32, s),
+        s);
+    m = where(visible, array(0.0f, dtype), lowest, s);
+  }
+  m = broadcast_to(m, shape, s);
+  auto column = broadcast_to(
+      reshape(astype(sinks, dtype, s), {1, Hq, 1, 1}, s), {B, Hq, qL, 1}, s);
+  auto sv = broadcast_to(
+      astype(sink_values, v.dtype(), s), {B, Hkv, 1, v.shape(3)}, s);
+  return {
+      concatenate({zeros({B, Hkv, 1, k.shape(3)}, k.dtype(), s), k}, 2, s),
+      concatenate({sv, v}, 2, s),
+      concatenate({column, m}, 3, s)};
 }
 
 std::vector<array> quantize(const array& w, QuantizationMode mode, Stream s) {

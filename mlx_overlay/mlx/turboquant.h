@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <optional>
 #include <string_view>
+#include <tuple>
 
 #include "mlx/array.h"
 #include "mlx/primitives.h"
@@ -184,6 +185,21 @@ array per_query_head(const array& t, int gqa, StreamOrDevice s = {});
 
 // Op-composed rotation over the last axis (float32 result).
 array rotate(const array& x, bool inverse, StreamOrDevice s = {});
+
+// Attention with a sink that has a value, for MLX's own attention: a zero key
+// (score 0) and the sink value (B or 1, Hkv, 1, Dv) before the cache, and an
+// additive mask whose first column is the sink logit sinks[h] (the causal
+// mask folded into the rest when do_causal and there is no mask yet).
+// Returns (keys, values, mask).
+std::tuple<array, array, array> sink_as_key(
+    const array& q,
+    const array& k,
+    const array& v,
+    const std::optional<array>& mask,
+    bool do_causal,
+    const array& sinks,
+    const array& sink_values,
+    StreamOrDevice s = {});
 
 // quantize / dequantize with a turbo mode (called by mlx::core::quantize and
 // mlx::core::dequantize after mode parsing).

@@ -50,13 +50,14 @@ struct Case {
   bool seq_major;  // K/V stored (B, L, H, W): batch/head strides not mergeable
   bool mask_bcast; // mask (1, 1, qL, kL) with zero batch/head strides
   bool dead_row;   // one query row with every key masked (bool masks)
+  bool sink_values = false; // the sinks carry a value (B, Hkv, Dv)
 };
 
 template <typename S>
 static S to_s(float x) { return S(x); }
 
 struct Buffers {
-  std::vector<float> q, out, partials, sums, maxs, fmask, sinks;
+  std::vector<float> q, out, partials, sums, maxs, fmask, sinks, sv;
   std::vector<uint32_t> k, v;
   std::vector<unsigned char> ks, vs; // raw scale bytes
   std::vector<bool> dummy;
@@ -76,18 +77,20 @@ static void launch(const Case& c, Buffers& b, const rt::LaunchOptions& opt) {
   mshim::set_fc(TURBO_FC_BOOL_MASK, c.mask == M_BOOL || c.mask == M_CAUSAL_BOOL);
   mshim::set_fc(TURBO_FC_FLOAT_MASK, c.mask == M_FLOAT);
   mshim::set_fc(TURBO_FC_HAS_SINKS, c.sinks);
+  mshim::set_fc(TURBO_FC_HAS_SINK_VALUES, c.sinks && c.sink_values);
   const S* ks = (const S*)b.ks.data();
   const S* vs = (const S*)b.vs.data();
   const bool* bm = b.bmask;
   const float* fm = c.mask == M_FLOAT ? b.fmask.data() : nullptr;
   const float* sk = c.sinks ? b.sinks.data() : nullptr;
+  const float* sv = c.sinks && c.sink_values ? b.sv.data() : nullptr;
   auto D3 = [](const unsigned* a) { return rt::Dim3{a[0], a[1], a[2]}; };
   if (c.pass == 1) {
     auto d = tb::attn_1pass_dims(c.B, c.Hq, c.qL);
     auto body = [&](const rt::ThreadCtx& t) {
       sdpa_vector_turbo<S, D, V, KB, VB>(
           cdev(b.q.data()), cdev(b.k.data()), cdev(ks), cdev(b.v.data()), cdev(vs),
-          dev(b.out.data()), cst(b.p), cdev(bm), cdev(fm), cdev(sk),
+          dev(b.out.data()), cst(b.p), cdev(bm), cdev(fm), cdev(sk), cdev(sv),
           u3(t.threadgroup_position_in_grid), t.simdgroup_index_in_threadgroup,
           t.thread_index_in_simdgroup);
     };
@@ -107,7 +110,7 @@ static void launch(const Case& c, Buffers& b, const rt::LaunchOptions& opt) {
     auto body1 = [&](const rt::ThreadCtx& t) {
       sdpa_vector_turbo_2pass_1<S, D, V, KB, VB>(
           cdev(b.q.data()), cdev(b.k.data()), cdev(ks), cdev(b.v.data()), cdev(vs),
-          dev(b.partials.data()), cst(b.p), cdev(bm), cdev(fm), cdev(sk),
+          dev(b.partials.data()), cst(b.p), cdev(bm), cdev(fm), cdev(sk), cdev(sv),
           dev(b.sums.data()), dev(b.maxs.data()), u3(t.thread_position_in_threadgroup),
           u3(t.threadgroup_position_in_grid), t.thread_index_in_simdgroup);
     };
@@ -179,6 +182,9 @@ static void setup(const Case& c, Buffers& b, unsigned seed) {
   }
   b.sinks.resize(c.Hq);
   for (auto& x : b.sinks) x = 2.0f * U(rng);
+  b.sv.resize(size_t(c.B) * c.Hkv * c.Dv);
+  for (auto& x : b.sv) x = 3.0f * U(rng);
+  const bool with_sv = c.sinks && c.sink_values;
   const size_t no = size_t(c.B) * c.Hq * c.qL * c.Dv;
   b.out.assign(no, NAN);
   if (c.pass == 2) {
@@ -218,6 +224,10 @@ static void setup(const Case& c, Buffers& b, unsigned seed) {
         double den = c.sinks ? std::exp(double(b.sinks[h]) - m) : 0.0;
         for (int j = 0; j < c.kL; j++) den += std::exp(s[j] - m);
         double* oo = &b.ref[((size_t(bb) * c.Hq + h) * c.qL + i) * c.Dv];
+        if (with_sv) {
+          double ps = std::exp(double(b.sinks[h]) - m) / den;
+          for (int d = 0; d < c.Dv; d++) oo[d] += ps * b.sv[(size_t(bb) * c.Hkv + kvh) * c.Dv + d];
+        }
         for (int j = 0; j < c.kL; j++) {
           double pj = std::exp(s[j] - m) / den;
           if (pj == 0) continue;
@@ -297,11 +307,12 @@ static void run_case(const Case& c, unsigned seed) {
   printf("%-4s %s/%s %-8s Dk=%d Dv=%d B=%d Hq=%d Hkv=%d qL=%d kL=%d cap+%d %s mask=%s%s%s sinks=%d %s err=%.2g (tol %.1g) nonfinite=%zu %.0f ms\n",
          ok ? "OK" : "FAIL", tb::mode_name(c.kb), tb::mode_name(c.vb), stype_name[c.st], c.Dk, c.Dv, c.B,
          c.Hq, c.Hkv, c.qL, c.kL, c.cap_extra, c.seq_major ? "BLHW" : "BHLW", mask_name[c.mask],
-         c.mask_bcast ? "(bcast)" : "", c.dead_row ? "(dead row)" : "", int(c.sinks),
+         c.mask_bcast ? "(bcast)" : "", c.dead_row ? "(dead row)" : "", int(c.sinks) + int(c.sinks && c.sink_values),
          c.pass == 1 ? "1pass" : c.pass == 3 ? "prefill" : ("2pass/" + std::to_string(c.blocks)).c_str(), max_err, tol, bad, ms);
   if (order_dependent) printf("     ^ result depends on the lane schedule: data race / missing barrier\n");
   fflush(stdout);
-  if (const char* dir = getenv("TURBO_EXEC_DUMP")) dump_case(dir, c, b, seed - 1000);
+  // The wheel comparison has no sink values (the op derives them from first_value).
+  if (const char* dir = getenv("TURBO_EXEC_DUMP"); dir && !c.sink_values) dump_case(dir, c, b, seed - 1000);
   if (!ok && getenv("TURBO_EXEC_FAILFAST")) exit(1);
   delete[] b.bmask;
 }
@@ -381,6 +392,7 @@ int main(int argc, char** argv) {
         c.seq_major = r % 6 == 4;
         c.mask_bcast = r % 8 == 6;
         if (c.pass == 2 && !tb::attn_2pass_fits(c.Hq / c.Hkv, c.qL)) c.pass = 1;
+        c.sink_values = c.sinks && c.pass != 3 && r % 2 == 0; // decode kernels only
         cases.push_back(c);
       }
   // 2. focused cases on turbo3/turbo4 f16 D=128 (the common configuration)
@@ -404,6 +416,11 @@ int main(int argc, char** argv) {
   cases.push_back(C(4, 4, 0, 64, 64, 1, 32, 1, 1, 256, M_NONE, true, 2, 32));         // MQA, 32 query heads
   cases.push_back(C(4, 4, 1, 128, 128, 1, 4, 2, 2, 100, M_NONE, true, 1, 0));        // sinks, 1-pass
   cases.push_back(C(4, 4, 1, 64, 64, 1, 4, 2, 2, 100, M_NONE, true, 2, 32));          // sinks, 2-pass
+  for (int pass = 1; pass <= 2; pass++) {                                             // sink values
+    Case c = C(3, 4, 2, 128, 128, 2, 6, 2, 1, 300, pass == 1 ? M_BOOL : M_NONE, true, pass, 32);
+    c.sink_values = true;
+    cases.push_back(c);
+  }
   // 3. prefill (tiled) kernel
   cases.push_back(C(3, 4, 1, 128, 128, 1, 4, 2, 40, 200, M_CAUSAL, false, 3, 0));     // GQA, causal, causal early stop
   cases.push_back(C(4, 4, 1, 128, 128, 1, 2, 1, 64, 64, M_CAUSAL, true, 3, 0));       // square causal + sinks

@@ -70,12 +70,13 @@ def test_update_and_fetch_matches_quantize(modes):
     assert_equal(c.first_key, k[:, :, :1])
     assert_equal(c.first_value, v[:, :, :1])
     # Keys are centered on the mean of the first chunk's other keys (per
-    # sequence and head); values are stored relative to the first value.
+    # sequence and head); values are stored as they are (the first value is
+    # the sink's value in the fused op).
     shift = turbo_key_shift(k[:, :, 1:100])
     assert c.key_shift.shape == (1, 2, 1, 64) and c.key_shift.dtype == k.dtype
     assert_equal(c.key_shift, shift)
     rk = mx.quantize(k[:, :, 1:] - shift, mode=km)
-    rv = mx.quantize(v[:, :, 1:] - v[:, :, :1], mode=vm)
+    rv = mx.quantize(v[:, :, 1:], mode=vm)
     assert_equal(kq, rk[0])
     assert_equal(ks, rk[1])
     assert_equal(vq, rv[0])
@@ -158,6 +159,28 @@ def test_state_without_transforms_loads(tmp_path):
     k2, v2 = kv(5, seed=3)
     (kq, _), _ = legacy.update_and_fetch(k2, v2)
     assert_equal(kq[:, :, 40:], mx.quantize(k2, mode="turbo3")[0])
+
+
+def test_state_with_shifted_values_loads():
+    """A 10-entry state (the values stored as v - first_value, before the
+    sink took the first value) is re-encoded to plain values on load."""
+    k, v = kv(60, seed=5)
+    new = TurboQuantKVCache("turbo4")
+    new.update_and_fetch(k, v)
+    assert new.state[-1] == "values" and len(new.state) == 11
+    kq, ks, vq, vs = new.state[:4]
+    v0 = new.first_value
+    shifted = mx.quantize(v[:, :, 1:] - v0, mode="turbo4")
+    old = TurboQuantKVCache()
+    old.state = (kq, ks, *shifted, *new.state[4:10])
+    (_, _), (ovq, ovs) = old.keys_and_values()
+    got = mx.dequantize(ovq, ovs, mode="turbo4")
+    want = mx.dequantize(shifted[0], shifted[1], mode="turbo4") + v0
+    # One more round of turbo4 quantization: within its error of the values.
+    err = (mx.linalg.norm(got - want) / mx.linalg.norm(want)).item()
+    assert err < 0.15, err
+    direct = mx.dequantize(vq, vs, mode="turbo4")
+    assert (mx.linalg.norm(got - direct) / mx.linalg.norm(direct)).item() < 0.3
 
 
 def test_kv_cache_conversions():

@@ -69,6 +69,9 @@ struct AttnArgs {
   bool mask_is_bool;
   int64_t m_str[4];
   const float* sinks;
+  // The sinks' values (B or 1, Hkv, Dv), rotated, or nullptr (value 0).
+  const float* sink_values;
+  int64_t sv_b_str; // 0 when shared by the batch
   float* out; // [B, Hq, qL, Dv]
   int B, Hq, Hkv, qL, kL, Dk, Dv;
   float scale;
@@ -232,7 +235,14 @@ void attention(const AttnArgs& a) {
         }
         float l = a.sinks ? std::exp(a.sinks[h] - mx) : 0.0f;
         float* o = a.out + ((int64_t(b) * a.Hq + h) * a.qL + qi) * a.Dv;
-        std::fill(o, o + a.Dv, 0.0f);
+        if (a.sink_values) {
+          const float* sv = a.sink_values + b * a.sv_b_str + kvh * a.Dv;
+          for (int i = 0; i < a.Dv; ++i) {
+            o[i] = l * sv[i];
+          }
+        } else {
+          std::fill(o, o + a.Dv, 0.0f);
+        }
         for (int s = 0; s < nsplit; ++s) {
           int64_t t = it * nsplit + s;
           float pm = part_m[t * rows_max + r];
@@ -306,7 +316,7 @@ void QuantizedScaledDotProductAttention::eval_cpu(
   auto ks = inputs[2];
   auto v = last_dense(inputs[3]);
   auto vs = inputs[4];
-  bool has_mask = inputs.size() > 5 + (has_sinks_ ? 1 : 0);
+  bool has_mask = inputs.size() > 5 + has_sinks_ + has_sink_values_;
   auto& out = outputs[0];
   out.set_data(allocator::malloc(out.nbytes()));
   // fused_rotation: q (in its dtype) is rotated into a float32 temporary and
@@ -322,6 +332,18 @@ void QuantizedScaledDotProductAttention::eval_cpu(
     };
     q_rot = temporary(q.shape());
     o_rot = temporary(out.shape());
+  }
+  // The sinks' values, (B or 1, Hkv, 1, Dv): in the queries' domain (rotated
+  // here with fused_rotation, float32 already rotated otherwise).
+  std::optional<array> sv;
+  std::optional<array> sv_rot;
+  if (has_sink_values_) {
+    sv = ensure_contiguous(inputs.back(), encoder, stream());
+    if (fused_rotation_) {
+      sv_rot = array(sv->shape(), float32, nullptr, {});
+      sv_rot->set_data(allocator::malloc(sv_rot->nbytes()));
+      encoder.add_temporary(*sv_rot);
+    }
   }
 
   for (auto& a : inputs) {
@@ -361,7 +383,10 @@ void QuantizedScaledDotProductAttention::eval_cpu(
   }
   std::optional<array> sinks;
   if (has_sinks_) {
-    sinks = inputs.back();
+    sinks = inputs[5 + has_mask];
+  }
+  if (sv) {
+    args.sv_b_str = sv->shape(0) == 1 ? 0 : int64_t(args.Hkv) * args.Dv;
   }
   int kbits = turbo::bits(key_mode_);
   int vbits = turbo::bits(value_mode_);
@@ -381,6 +406,11 @@ void QuantizedScaledDotProductAttention::eval_cpu(
                      : std::nullopt,
        o_rot = o_rot ? std::optional<array>(array::unsafe_weak_copy(*o_rot))
                      : std::nullopt,
+       sv = sv ? std::optional<array>(array::unsafe_weak_copy(*sv))
+               : std::nullopt,
+       sv_rot = sv_rot
+           ? std::optional<array>(array::unsafe_weak_copy(*sv_rot))
+           : std::nullopt,
        kbits,
        vbits]() mutable {
         if (q_rot) {
@@ -401,6 +431,19 @@ void QuantizedScaledDotProductAttention::eval_cpu(
         args.vs = vs.data<void>();
         args.mask = mask ? mask->data<void>() : nullptr;
         args.sinks = sinks ? sinks->data<float>() : nullptr;
+        if (sv_rot) {
+          dispatch_float(sv->dtype(), [&](auto t) {
+            using T = decltype(t);
+            rotate_rows(
+                sv->data<T>(),
+                sv_rot->data<float>(),
+                sv->size() / args.Dv,
+                args.Dv,
+                false);
+          });
+        }
+        args.sink_values =
+            sv ? (sv_rot ? *sv_rot : *sv).data<float>() : nullptr;
         args.out = (o_rot ? *o_rot : out).data<float>();
         dispatch_float(args.scale_type, [&](auto t) {
           attention_dispatch_bits<decltype(t)>(args, kbits, vbits);

@@ -89,7 +89,7 @@ void QuantizedScaledDotProductAttention::eval_gpu(
   array ks = inputs[2];
   array v = last_dense(inputs[3], enc, s);
   array vs = inputs[4];
-  bool has_mask = inputs.size() > size_t(5 + (has_sinks_ ? 1 : 0));
+  bool has_mask = inputs.size() > size_t(5 + has_sinks_ + has_sink_values_);
   std::optional<array> mask;
   if (has_mask) {
     mask = inputs[5];
@@ -101,12 +101,28 @@ void QuantizedScaledDotProductAttention::eval_gpu(
   }
   std::optional<array> sinks;
   if (has_sinks_) {
-    array sk = inputs.back();
+    array sk = inputs[5 + has_mask];
     if (sk.strides().back() != 1 && sk.size() > 1) {
       sk = contiguous_copy_gpu(sk, s);
       enc.add_temporary(sk);
     }
     sinks = sk;
+  }
+  // The sinks' values, (B or 1, Hkv, 1, D): rotated here with
+  // fused_rotation, float32 and rotated already otherwise.
+  std::optional<array> sink_values;
+  if (has_sink_values_) {
+    array sv = inputs.back();
+    if (!sv.flags().row_contiguous) {
+      sv = contiguous_copy_gpu(sv, s);
+      enc.add_temporary(sv);
+    }
+    if (fused_rotation_) {
+      array sv_rot = temporary(sv.shape());
+      turbo_rotate_gpu(sv, sv_rot, false, enc);
+      sv = sv_rot;
+    }
+    sink_values = sv;
   }
 
   auto& out = outputs[0];
@@ -126,6 +142,7 @@ void QuantizedScaledDotProductAttention::eval_gpu(
       vs,
       mask,
       sinks,
+      sink_values,
       out_rot ? *out_rot : out,
       scale_,
       do_causal_,

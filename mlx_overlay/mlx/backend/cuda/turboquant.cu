@@ -202,6 +202,7 @@ void turbo_sdpa_gpu(
     const array& vs,
     const std::optional<array>& mask,
     const std::optional<array>& sinks,
+    const std::optional<array>& sink_values,
     array& out,
     float scale,
     bool do_causal,
@@ -256,6 +257,15 @@ void turbo_sdpa_gpu(
     L.mask = gpu_ptr<void>(m);
   }
   L.sinks = sinks ? gpu_ptr<float>(*sinks) : nullptr;
+  if (sink_values) {
+    if (qL > tb::kVectorMaxQL) {
+      throw std::invalid_argument(
+          "[quantized_scaled_dot_product_attention] sink values are only "
+          "supported by the decode kernels.");
+    }
+    p.sink_values = gpu_ptr<float>(*sink_values);
+    p.sv_b_str = sink_values->shape(0) == 1 ? 0 : int64_t(Hkv) * D;
+  }
 
   enc.set_input_array(q);
   enc.set_input_array(k);
@@ -267,6 +277,9 @@ void turbo_sdpa_gpu(
   }
   if (sinks) {
     enc.set_input_array(*sinks);
+  }
+  if (sink_values) {
+    enc.set_input_array(*sink_values);
   }
 
   // Split-K partials (float32 o, and m, l per row and split).

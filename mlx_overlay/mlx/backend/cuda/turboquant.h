@@ -46,6 +46,8 @@ void turbo_rotate_gpu(
 // docs/format.md, already laid out with contiguous last dimensions. With
 // final_out (fused_rotation; out is then a row-contiguous float32
 // temporary), the output is also rotated back into *final_out in its dtype.
+// sink_values (decode only): float32 (B or 1, Hkv, 1, D), row contiguous, in
+// the rotated domain: the sinks' values (none: value 0).
 void turbo_sdpa_gpu(
     const array& q,
     const array& k,
@@ -54,6 +56,7 @@ void turbo_sdpa_gpu(
     const array& v_scales,
     const std::optional<array>& mask,
     const std::optional<array>& sinks,
+    const std::optional<array>& sink_values,
     array& out,
     float scale,
     bool do_causal,

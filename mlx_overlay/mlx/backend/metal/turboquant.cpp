@@ -176,7 +176,8 @@ void QuantizedScaledDotProductAttention::eval_gpu(
   auto& enc = metal::get_command_encoder(s);
   Copies copies{s, {}};
 
-  const bool has_arr_mask = inputs.size() > size_t(5 + has_sinks_);
+  const bool has_arr_mask =
+      inputs.size() > size_t(5 + has_sinks_ + has_sink_values_);
   const array& q = copies.row_contiguous(copies.as_type(inputs[0], float32));
   const array& k = copies.last_contiguous(inputs[1]);
   const array& v = copies.last_contiguous(inputs[3]);
@@ -228,8 +229,26 @@ void QuantizedScaledDotProductAttention::eval_gpu(
   bool do_causal = do_causal_;
   bool has_sinks = has_sinks_;
   const array* sinks = has_sinks
-      ? &copies.row_contiguous(copies.as_type(inputs.back(), float32))
+      ? &copies.row_contiguous(copies.as_type(inputs[5 + has_arr_mask], float32))
       : nullptr;
+  // The sinks' values, rotated and broadcast to (B, Hkv, 1, Dv) by the op:
+  // dense float32 for the decode kernels.
+  bool has_sink_values = has_sink_values_;
+  const array* sink_values = nullptr;
+  if (has_sink_values) {
+    if (tb::attn_use_prefill(qL)) {
+      throw std::invalid_argument(
+          "[quantized_scaled_dot_product_attention] sink values are only "
+          "supported by the decode kernels.");
+    }
+    if (inputs.back().shape(0) != B) {
+      throw std::invalid_argument(
+          "[quantized_scaled_dot_product_attention] sink values must have "
+          "the queries' batch size on this backend.");
+    }
+    sink_values =
+        &copies.row_contiguous(copies.as_type(inputs.back(), float32));
+  }
 
   metal::MTLFCList func_consts = {
       {&has_mask, MTL::DataType::DataTypeBool, TURBO_FC_HAS_MASK},
@@ -237,11 +256,15 @@ void QuantizedScaledDotProductAttention::eval_gpu(
       {&bool_mask, MTL::DataType::DataTypeBool, TURBO_FC_BOOL_MASK},
       {&float_mask, MTL::DataType::DataTypeBool, TURBO_FC_FLOAT_MASK},
       {&has_sinks, MTL::DataType::DataTypeBool, TURBO_FC_HAS_SINKS},
+      {&has_sink_values,
+       MTL::DataType::DataTypeBool,
+       TURBO_FC_HAS_SINK_VALUES},
   };
   std::string fc_suffix;
   fc_suffix += has_mask ? (bool_mask ? "_boolmask" : "_floatmask") : "_nomask";
   fc_suffix += do_causal ? "_c" : "_nc";
   fc_suffix += has_sinks ? "_sinks" : "_nosinks";
+  fc_suffix += has_sink_values ? "_sv" : "";
 
   const std::string stype = type_to_name(ks.dtype());
   char devc = d.get_architecture().back();
@@ -263,6 +286,9 @@ void QuantizedScaledDotProductAttention::eval_gpu(
     }
     if (has_sinks) {
       enc.set_input_array(*sinks, TURBO_ATTN_BUF_SINKS);
+    }
+    if (has_sink_values) {
+      enc.set_input_array(*sink_values, TURBO_ATTN_BUF_SINK_VALUES);
     }
   };
 

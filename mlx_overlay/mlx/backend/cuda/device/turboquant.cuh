@@ -451,7 +451,30 @@ struct AttnParams {
   int64_t vs_str[3];
   int64_t o_str[3];
   int64_t m_str[4]; // (B, Hq, qL, kL), 0 for broadcast
+  // Decode: the sinks' values, float32 (B or 1, Hkv, D) in the rotated
+  // domain, or nullptr (a sink of value 0). sv_b_str is 0 when shared.
+  const float* sink_values;
+  int64_t sv_b_str;
 };
+
+// The sink's share of a decode row's output before normalization, in the
+// merged frame of maximum mb (log2 domain): its weight times its value, for
+// split 0 (which holds the sink), 0 without a sink value.
+template <int D>
+__device__ inline float sink_value_term(
+    const AttnParams& p,
+    const float* sinks,
+    int split,
+    int b,
+    int h,
+    int d,
+    float mb) {
+  if (p.sink_values == nullptr || split != 0) {
+    return 0.0f;
+  }
+  const float* sv = p.sink_values + b * p.sv_b_str + int64_t(h / p.gqa) * D;
+  return exp2f(kLog2e * sinks[h] - mb) * sv[d];
+}
 
 // Keys a prefill tile of queries [q0, q0 + bq) must visit: with a causal
 // mask, up to the last key any row of the tile sees, unless some row sees no
@@ -841,6 +864,7 @@ __global__ void __launch_bounds__(kVecThreads) turbo_sdpa_vector(
     }
     int h = hk * p.gqa + row / p.qL;
     int qi = row % p.qL;
+    o += sink_value_term<D>(p, sinks, split, b, h, d, mb);
     if (p.num_splits == 1) {
       out[b * p.o_str[0] + h * p.o_str[1] + qi * p.o_str[2] + d] = o / lsum;
     } else {
@@ -1593,6 +1617,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
     }
     const int h = hk * p.gqa + orow / p.qL;
     const int qi = orow % p.qL;
+    acc += sink_value_term<D>(p, sinks, split, b, h, d, mb);
     if (p.num_splits == 1) {
       out[b * p.o_str[0] + h * p.o_str[1] + qi * p.o_str[2] + d] = acc / lsum;
     } else {

@@ -19,6 +19,8 @@ constant bool turbo_do_causal [[function_constant(TURBO_FC_DO_CAUSAL)]];
 constant bool turbo_bool_mask [[function_constant(TURBO_FC_BOOL_MASK)]];
 constant bool turbo_float_mask [[function_constant(TURBO_FC_FLOAT_MASK)]];
 constant bool turbo_has_sinks [[function_constant(TURBO_FC_HAS_SINKS)]];
+constant bool turbo_has_sink_values
+    [[function_constant(TURBO_FC_HAS_SINK_VALUES)]];
 
 // Online-softmax state of one SIMD-group for one query. Lane l owns key
 // coordinates [l * EK, (l + 1) * EK) and value coordinates
@@ -34,6 +36,19 @@ struct TurboVectorState {
   float o[EV];
   float max_score;
   float sum_exp;
+
+  // A sink joins as a key of score `sink` whose value is `value` (V floats,
+  // rotated) or 0 (nullptr): before any key, its weight is 1.
+  METAL_FUNC void
+  init_sink(float sink, const device float* value, uint lane) {
+    max_score = sink;
+    sum_exp = 1.0f;
+    if (value && lane < uint(LV)) {
+      for (int e = 0; e < EV; e++) {
+        o[e] = value[int(lane) * EV + e];
+      }
+    }
+  }
 
   METAL_FUNC void init(const device float* query, float scale, uint lane) {
     for (int e = 0; e < EK; e++) {
@@ -123,6 +138,8 @@ template <typename S, int D, int V, int KB, int VB>
     [[buffer(TURBO_ATTN_BUF_FMASK), function_constant(turbo_float_mask)]],
     const device float* sinks
     [[buffer(TURBO_ATTN_BUF_SINKS), function_constant(turbo_has_sinks)]],
+    const device float* sink_values [[buffer(TURBO_ATTN_BUF_SINK_VALUES),
+                                      function_constant(turbo_has_sink_values)]],
     uint3 tid [[threadgroup_position_in_grid]],
     uint simd_gid [[simdgroup_index_in_threadgroup]],
     uint simd_lid [[thread_index_in_simdgroup]]) {
@@ -144,8 +161,10 @@ template <typename S, int D, int V, int KB, int VB>
   State st;
   st.init(queries + row * D, p.scale, simd_lid);
   if (turbo_has_sinks && simd_gid == 0) {
-    st.max_score = sinks[h];
-    st.sum_exp = 1.0f;
+    st.init_sink(
+        sinks[h],
+        turbo_has_sink_values ? sink_values + (b * p.Hkv + kvh) * V : nullptr,
+        simd_lid);
   }
 
   keys += b * p.k_strides[0] + kvh * p.k_strides[1];
@@ -217,6 +236,8 @@ template <typename S, int D, int V, int KB, int VB>
     [[buffer(TURBO_ATTN_BUF_FMASK), function_constant(turbo_float_mask)]],
     const device float* sinks
     [[buffer(TURBO_ATTN_BUF_SINKS), function_constant(turbo_has_sinks)]],
+    const device float* sink_values [[buffer(TURBO_ATTN_BUF_SINK_VALUES),
+                                      function_constant(turbo_has_sink_values)]],
     device float* sums [[buffer(TURBO_ATTN_BUF_SUMS)]],
     device float* maxs [[buffer(TURBO_ATTN_BUF_MAXS)]],
     uint3 tidtg [[thread_position_in_threadgroup]],
@@ -236,8 +257,10 @@ template <typename S, int D, int V, int KB, int VB>
   State st;
   st.init(queries + row * D, p.scale, simd_lid);
   if (turbo_has_sinks && block == 0) {
-    st.max_score = sinks[h];
-    st.sum_exp = 1.0f;
+    st.init_sink(
+        sinks[h],
+        turbo_has_sink_values ? sink_values + (b * p.Hkv + kvh) * V : nullptr,
+        simd_lid);
   }
 
   keys += b * p.k_strides[0] + kvh * p.k_strides[1];

@@ -29,6 +29,7 @@
 #define TURBO_ATTN_BUF_SINKS 9
 #define TURBO_ATTN_BUF_SUMS 10 // 2-pass, first pass only
 #define TURBO_ATTN_BUF_MAXS 11 // 2-pass, first pass only
+#define TURBO_ATTN_BUF_SINK_VALUES 12 // (B, Hkv, V) float32, rotated
 
 // 2-pass aggregation (sdpa_vector_turbo_2pass_2)
 #define TURBO_AGG_BUF_PARTIALS 0
@@ -43,6 +44,7 @@
 #define TURBO_FC_BOOL_MASK 42
 #define TURBO_FC_FLOAT_MASK 43
 #define TURBO_FC_HAS_SINKS 44
+#define TURBO_FC_HAS_SINK_VALUES 45
 
 // Quantize: x -> (packed, scales); dequantize: (packed, scales) -> x
 #define TURBO_Q_BUF_IN 0
