@@ -10,6 +10,7 @@
 #   tests/cuda/run_mlx_device.sh bench [ARGS] # benchmarks/gpu_attention.py --out $OUT
 #   tests/cuda/run_mlx_device.sh e2e [ARGS]   # benchmarks/e2e_generate.py --out $OUT (installs
 #                                             # the carried dist/mlx_lm-*.whl with --no-deps)
+#   tests/cuda/run_mlx_device.sh profile [ARGS] # benchmarks/decode_profile.py, the same way
 #   tests/cuda/run_mlx_device.sh sanitize     # compute-sanitizer memcheck over the attention tests
 #   tests/cuda/run_mlx_device.sh backtrace    # cuda-gdb backtrace of a crashing ./test.sh run
 #
@@ -115,13 +116,15 @@ case "${1:-}" in
     "$TURBOQUANT_VENV/bin/python" benchmarks/gpu_attention.py --out "$OUTDIR" "$@" 2>&1 |
       tee "$OUTDIR/bench_gpu.log"
     ;;
-  e2e)
+  e2e | profile)
+    script=benchmarks/e2e_generate.py
+    [[ "$1" == profile ]] && script=benchmarks/decode_profile.py
     shift
     # The patched mlx-lm is pure Python: the wheel built here (./build.sh) is
     # carried in dist/; its requirements are in the device image.
     "$TURBOQUANT_VENV/bin/python" -m pip install -q --no-deps --force-reinstall dist/mlx_lm-*.whl || exit 1
-    "$TURBOQUANT_VENV/bin/python" benchmarks/e2e_generate.py --out "$OUTDIR" "$@" 2>&1 |
-      tee "$OUTDIR/e2e_gpu.log"
+    "$TURBOQUANT_VENV/bin/python" "$script" --out "$OUTDIR" "$@" 2>&1 |
+      tee "$OUTDIR/$(basename "$script" .py)_gpu.log"
     ;;
   sanitize)
     shift
