@@ -9,6 +9,7 @@
 set -euo pipefail
 
 MLX_TAG="v0.32.1"
+MLX_REF="${TURBOQUANT_MLX_REF:-$MLX_TAG}"
 MLX_URL="https://github.com/ml-explore/mlx.git"
 NANOBIND_VERSION="2.13.0"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -36,6 +37,10 @@ Options:
   --mlx-src PATH   MLX git repository (bare or not) holding tag ${MLX_TAG}.
                    Env: TURBOQUANT_MLX_SRC. Without it: the cached clone in
                    \$CACHE/mlx.git, else 'git clone ${MLX_URL}'.
+  --mlx-ref REF    Build this tag, branch or commit of that source instead of
+                   the pinned ${MLX_TAG} (e.g. main). Env: TURBOQUANT_MLX_REF.
+                   The series is made for ${MLX_TAG}; tools/check_series.sh
+                   reports whether it applies to another ref.
   --cuda           Build the CUDA backend (Linux + NVIDIA; see docs/cuda.md).
   --venv DIR       Venv to create/use (default: ./.venv). Env: TURBOQUANT_VENV.
   --jobs N         Parallel compile jobs (default: number of cores).
@@ -62,6 +67,8 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --mlx-src) MLX_SRC="$2"; shift 2 ;;
     --mlx-src=*) MLX_SRC="${1#*=}"; shift ;;
+    --mlx-ref) MLX_REF="$2"; shift 2 ;;
+    --mlx-ref=*) MLX_REF="${1#*=}"; shift ;;
     --cuda) CUDA=1; shift ;;
     --venv) VENV="$2"; shift 2 ;;
     --jobs) JOBS="$2"; shift 2 ;;
@@ -126,9 +133,10 @@ if [[ "$OS" == "Darwin" ]]; then
 fi
 
 # ---------------------------------------------------------------------------
-stage "Resolving MLX source ${MLX_TAG}"
+stage "Resolving MLX source ${MLX_REF}"
 MIRROR="$CACHE/mlx.git"
 has_tag() { git --git-dir="$1" rev-parse -q --verify "refs/tags/${MLX_TAG}^{commit}" >/dev/null 2>&1; }
+has_ref() { git --git-dir="$1" rev-parse -q --verify "${MLX_REF}^{commit}" >/dev/null 2>&1; }
 gitdir_of() {
   if [[ -d "$1/.git" ]]; then echo "$1/.git"; else echo "$1"; fi
 }
@@ -150,10 +158,19 @@ else
     die "could not get MLX. Offline? Pass a local MLX git repository with --mlx-src PATH (or TURBOQUANT_MLX_SRC)."
 fi
 has_tag "$MIRROR" || die "$MIRROR has no tag ${MLX_TAG}"
+if ! has_ref "$MIRROR" && [[ -n "$MLX_SRC" ]]; then
+  # A ref the cached clone does not have yet (a newer main): fetch it.
+  git --git-dir="$MIRROR" fetch -q "$src_git" "+refs/heads/*:refs/heads/*" "+refs/tags/*:refs/tags/*" || true
+fi
+has_ref "$MIRROR" || die "MLX source has no ref '${MLX_REF}' (a tag, branch or commit)"
 
 # ---------------------------------------------------------------------------
 stage "Assembling the patched work tree (MLX tag + overlay + patches)"
 WORK="$CACHE/work/mlx"
+# Another ref builds in its own tree, so the pinned tag's build stays warm.
+if [[ "$MLX_REF" != "$MLX_TAG" ]]; then
+  WORK="$CACHE/work/mlx-$(echo "$MLX_REF" | tr -c 'A-Za-z0-9._-' '_')"
+fi
 STAGING="$CACHE/work/staging"
 # The patched tree is assembled from scratch in STAGING, then copied into WORK
 # file by file, touching only files whose content changed: WORK keeps its
@@ -162,7 +179,7 @@ STAGING="$CACHE/work/staging"
 rm -rf "$STAGING"
 mkdir -p "$(dirname "$WORK")"
 git clone -q --no-checkout "$MIRROR" "$STAGING"
-git -C "$STAGING" -c advice.detachedHead=false checkout -q "$MLX_TAG"
+git -C "$STAGING" -c advice.detachedHead=false checkout -q "$(git --git-dir="$MIRROR" rev-parse "${MLX_REF}^{commit}")"
 cp -R "$ROOT/mlx_overlay/." "$STAGING/"
 n_applied=0
 for p in "$ROOT"/patches/[0-9][0-9][0-9][0-9]-*.patch; do
@@ -172,7 +189,7 @@ for p in "$ROOT"/patches/[0-9][0-9][0-9][0-9]-*.patch; do
     continue
   fi
   git -C "$STAGING" apply --whitespace=nowarn "$p" ||
-    die "patch $(basename "$p") does not apply to MLX ${MLX_TAG}"
+    die "patch $(basename "$p") does not apply to MLX ${MLX_REF} (tools/check_series.sh shows where)"
   n_applied=$((n_applied + 1))
 done
 # A build of another kind (CPU vs CUDA) in the same tree would reconfigure

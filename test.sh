@@ -8,6 +8,11 @@ VENV="${TURBOQUANT_VENV:-$ROOT/.venv}"
 CACHE="${TURBOQUANT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/turboquant-mlx}"
 [[ -x "$VENV/bin/python" ]] || { echo "test.sh: no venv at $VENV: run ./build.sh first" >&2; exit 1; }
 
+# The patch series applies in order to the pinned MLX tag (and is reported for
+# MLX main when the source has it).
+echo "==> patch series (tools/check_series.sh)"
+"$ROOT/tools/check_series.sh"
+
 # Metal kernels, checked on Linux: type-check + CPU execution (docs/metal.md).
 if [[ -x "$ROOT/tests/metal/run.sh" && -z "${TURBOQUANT_SKIP_METAL:-}" ]]; then
   echo "==> Metal kernel verification (tests/metal/run.sh)"

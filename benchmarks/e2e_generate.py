@@ -158,6 +158,19 @@ def repeat(n, run, *a):
     return runs
 
 
+def with_result_keys(row):
+    """ROW with the results-file keys (docs/cuda.md): decode_tps[_min|_max],
+    peak_mib, cache_mib, next to the measured ones they are computed from."""
+    row = dict(row)
+    for a, b in [("decode_tps", "decode_tok_s"), ("decode_tps_min", "decode_tok_s_min"),
+                 ("decode_tps_max", "decode_tok_s_max")]:
+        row[a] = row.get(b)
+    gb, cb = row.get("peak_memory_gb"), row.get("cache_bytes")
+    row["peak_mib"] = None if gb is None else gb * 1e9 / 2**20
+    row["cache_mib"] = None if cb is None else cb / 2**20
+    return row
+
+
 def empty_row(weights, context, cache, error):
     row = {"weights": weights, "context": context, "cache": cache, **no_stats(STATS)}
     row.update(peak_memory_gb=None, cache_bytes=None, runs=0, error=error)
@@ -283,7 +296,7 @@ def recorder(rows, base, render):
     (render(rows)), log the row."""
 
     def record(row):
-        rows.append(row)
+        rows.append(with_result_keys(row))
         with open(base + ".json.tmp", "w") as f:
             json.dump(rows, f, indent=1)
         os.replace(base + ".json.tmp", base + ".json")
@@ -314,6 +327,22 @@ def finish(table, plot_fn, *plot_args):
         log("(matplotlib missing: no plot)")
 
 
+def render(path):
+    """Rewrite an earlier run's JSON with the results keys, and its table and plot
+    (the header line is kept from its .md)."""
+    base = path[: -len(".json")]
+    with open(path) as f:
+        rows = [with_result_keys(r) for r in json.load(f)]
+    with open(base + ".md") as f:
+        header = f.readline().rstrip("\n")
+    with open(path, "w") as f:
+        json.dump(rows, f, indent=1)
+    with open(base + ".md", "w") as f:
+        f.write(markdown(rows, header))
+    title = f"Qwen2.5-7B shape through mlx-lm, {header.split(';')[0].split(': ')[-1]}"
+    finish(markdown(rows, header), plot, rows, base + ".png", title)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--contexts", default="8192,32768,131072")
@@ -328,7 +357,14 @@ def main():
     ap.add_argument(
         "--resume", action="store_true", help="keep the measured cells of an existing JSON"
     )
+    ap.add_argument(
+        "--render", metavar="JSON", default=None,
+        help="only rewrite JSON (the results keys added), its .md and .png from its rows",
+    )
     args = ap.parse_args()
+    if args.render:
+        render(args.render)
+        return
     contexts = sorted(int(c) for c in csv(args.contexts))
     caches, weights = csv(args.caches), csv(args.weights)
     bad = set(caches) - set(CACHES) | set(weights) - set(WEIGHTS)

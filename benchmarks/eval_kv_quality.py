@@ -87,9 +87,15 @@ def make_cache(model, kind):
     return cache
 
 
-def window_logprobs(model, tokens, kind, chunk):
-    """Log-probabilities (float32, (L, V)) of every next token of a window."""
-    cache = make_cache(model, kind)
+def window_logprobs(model, tokens, kind, chunk, layer=None):
+    """Log-probabilities (float32, (L, V)) of every next token of a window.
+    With ``layer``, only that layer uses cache type ``kind``, the others the
+    unquantized cache."""
+    if layer is None:
+        cache = make_cache(model, kind)
+    else:
+        cache = make_cache(model, REF)
+        cache[layer] = make_cache(model, kind)[layer]
     outs = []
     for s in range(0, len(tokens), chunk):
         x = mx.array(tokens[s : s + chunk])[None]
@@ -142,6 +148,63 @@ def eval_contexts(model, ids, caches, contexts, windows, chunk, log):
                 "top1": a["top1"] / a["n"],
             })
     return rows
+
+
+def eval_layers(model, ids, caches, L, chunk, log):
+    """Mean KL (positions L/2..L-1 of the first window of L tokens) when only
+    one layer at a time uses each cache type: where the error comes from."""
+    inp = ids[:L]
+    lo = L // 2
+    ref = window_logprobs(model, inp, REF, chunk)[lo:]
+    p = mx.exp(ref)
+    rows = []
+    for k in caches:
+        if k == REF:
+            continue
+        t0 = time.time()
+        kls = []
+        for i in range(len(model.layers)):
+            lp = window_logprobs(model, inp, k, chunk, layer=i)[lo:]
+            kls.append((p * (ref - lp)).sum(-1).mean().item())
+        rows.append({"context": L, "cache": k, "kl_per_layer": kls})
+        log(f"layers {k}: {time.time() - t0:.1f}s")
+    return rows
+
+
+def result_rows(res):
+    """The results-file rows: one per (context, cache type, transforms)."""
+    rows = []
+    for r in res["contexts"]:
+        kind, _, variant = r["cache"].partition(":")
+        rows.append({
+            "context": r["context"], "cache": kind,
+            "transforms": kind.startswith("turbo") and variant != "plain",
+            "ppl": r["ppl"], "kl": r["kl"], "top1": r["top1"],
+        })
+    return rows
+
+
+def plot_layers(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for r in rows:
+        kind, _, variant = r["cache"].partition(":")
+        style = "--" if variant == "plain" else "-"
+        label = f"{kind}, transforms {'off' if variant == 'plain' else 'on'}"
+        ax.plot(range(len(r["kl_per_layer"])), r["kl_per_layer"], style, marker=".",
+                label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer (the only one with a quantized cache)")
+    ax.set_ylabel("mean KL vs unquantized")
+    ax.set_title(f"KL per layer, context {rows[0]['context']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def eval_greedy(model, ids, caches, prompt_tokens, gen_tokens, n_prompts, log):
@@ -234,6 +297,14 @@ def markdown(res):
             lines.append(f"| {r['cache']} | {r['equal_tokens']:.1f}/{r['gen_tokens']} | "
                          f"{r['first_difference']:.1f} | {each} |")
         lines.append("")
+    if res.get("layers"):
+        rs = res["layers"]
+        lines += [f"Mean KL when only one layer uses the cache type (context {rs[0]['context']}):",
+                  "", "| layer | " + " | ".join(r["cache"] for r in rs) + " |",
+                  "|---:|" + "---:|" * len(rs)]
+        for i in range(len(rs[0]["kl_per_layer"])):
+            lines.append(f"| {i} | " + " | ".join(f"{r['kl_per_layer'][i]:.5f}" for r in rs) + " |")
+        lines.append("")
     if res["memory"]:
         m0 = res["memory"][0]
         lines += [f"Long generation, {m0['prompt_tokens']}-token prompt + "
@@ -244,6 +315,12 @@ def markdown(res):
             lines.append(f"| {r['cache']} | {r['peak_memory_mb']:.1f} | "
                          f"{r['kv_cache_mb']:.2f} | {r['kv_cache_used_mb']:.2f} |")
     return "\n".join(lines)
+
+
+def header(res, args, model_path):
+    return (f"model {model_path.name}, dtype {args.dtype}, device {res['device']}, "
+            f"text {args.text_file.name} ({res['text_tokens']} tokens, sha256 "
+            f"{res['text_sha256'][:12]}); {args.windows} windows per context\n\n")
 
 
 def main():
@@ -263,8 +340,14 @@ def main():
     p.add_argument("--mem-prompt-tokens", type=int, default=2048)
     p.add_argument("--mem-gen-tokens", type=int, default=32)
     p.add_argument("--mem-prefill-step", type=int, default=256)
-    p.add_argument("--skip", default="", help="comma list of: contexts,greedy,memory")
-    p.add_argument("--out", type=Path, default=None, help="write JSON results here")
+    p.add_argument("--skip", default="", help="comma list of: contexts,greedy,memory,layers")
+    p.add_argument("--layer-caches", default="turbo4,turbo3,turbo4:plain,turbo3:plain",
+                   help="cache types of the per-layer KL")
+    p.add_argument("--layer-context", type=int, default=1024)
+    p.add_argument("--out", type=Path, default=None,
+                   help="results file: a JSON list of rows (context, cache, transforms, "
+                        "ppl, kl, top1); everything else goes to OUT.details.json, the "
+                        "tables to OUT.md, the per-layer plot to OUT_layers.png")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
 
@@ -298,7 +381,7 @@ def main():
         "text": str(args.text_file), "text_sha256": hashlib.sha256(raw).hexdigest(),
         "text_tokens": len(ids), "device": str(mx.default_device()),
         "args": {k: str(v) for k, v in vars(args).items()},
-        "contexts": [], "greedy": [], "memory": [],
+        "contexts": [], "greedy": [], "memory": [], "layers": [],
     }
     if "contexts" not in skip:
         contexts = [int(c) for c in args.contexts.split(",") if c]
@@ -310,10 +393,20 @@ def main():
     if "memory" not in skip:
         res["memory"] = eval_memory(model, ids, caches, args.mem_prompt_tokens,
                                     args.mem_gen_tokens, args.mem_prefill_step, log)
+    if "layers" not in skip:
+        res["layers"] = eval_layers(model, ids, [c for c in args.layer_caches.split(",") if c],
+                                    args.layer_context, args.chunk, log)
     if args.out:
-        args.out.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"model {model_path.name}, dtype {args.dtype}, device {res['device']}, "
-          f"text {args.text_file.name} ({len(ids)} tokens, sha256 {res['text_sha256'][:12]})\n")
+        base = str(args.out)[: -len(".json")] if str(args.out).endswith(".json") else str(args.out)
+        args.out.write_text(json.dumps(result_rows(res), indent=1) + "\n")
+        Path(base + ".details.json").write_text(json.dumps(res, indent=1) + "\n")
+        Path(base + ".md").write_text(header(res, args, model_path) + markdown(res) + "\n")
+        if res["layers"]:
+            try:
+                plot_layers(res["layers"], base + "_layers.png")
+            except ImportError:
+                log("(matplotlib missing: no plot)")
+    print(header(res, args, model_path))
     print(markdown(res))
 
 

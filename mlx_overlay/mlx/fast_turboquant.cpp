@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 #include <sstream>
+#include <type_traits>
 
 #include "mlx/fast.h"
 #include "mlx/fast_primitives.h"
@@ -27,6 +28,38 @@ QuantizationMode parse_turbo_mode(const std::string& mode) {
     throw std::invalid_argument(msg.str());
   }
   return string_to_quantization_mode(mode, tag);
+}
+
+// MLX's own attention with the stream last, on MLX versions with and
+// without the force_fused argument before it (main added it after v0.32.1):
+// the call goes through F, the function's type, so only the matching branch
+// is compiled.
+template <typename F>
+array mlx_attention(
+    F sdpa,
+    const array& q,
+    const array& k,
+    const array& v,
+    float scale,
+    const std::string& mask_mode,
+    const std::optional<array>& mask,
+    const std::optional<array>& sinks,
+    const Stream& s) {
+  if constexpr (std::is_invocable_v<
+                    F,
+                    const array&,
+                    const array&,
+                    const array&,
+                    const float,
+                    const std::string&,
+                    std::optional<array>,
+                    const std::optional<array>&,
+                    bool,
+                    StreamOrDevice>) {
+    return sdpa(q, k, v, scale, mask_mode, mask, sinks, false, s);
+  } else {
+    return sdpa(q, k, v, scale, mask_mode, mask, sinks, s);
+  }
 }
 
 } // namespace
@@ -338,8 +371,16 @@ array quantized_scaled_dot_product_attention(
         mask_arr = concatenate({visible, m}, 3, stream);
       }
     }
-    return scaled_dot_product_attention(
-        queries, k, v, scale, mask_mode, mask_arr, sinks, stream);
+    return mlx_attention(
+        &scaled_dot_product_attention,
+        queries,
+        k,
+        v,
+        scale,
+        mask_mode,
+        mask_arr,
+        sinks,
+        stream);
   }
 
   // Both scales share one type in the kernels.
@@ -485,8 +526,16 @@ array quantized_scaled_dot_product_attention(
       sinks = std::nullopt;
     }
     auto mask_mode = do_causal && !mask ? "causal" : "";
-    auto out = scaled_dot_product_attention(
-        q, k, v, scale, mask_mode, mask, sinks, stream);
+    auto out = mlx_attention(
+        &scaled_dot_product_attention,
+        q,
+        k,
+        v,
+        scale,
+        mask_mode,
+        mask,
+        sinks,
+        stream);
     if (fused_rotation) {
       out = astype(turbo::rotate(out, true, stream), out_type, stream);
     }

@@ -77,7 +77,7 @@ static void launch(const Case& c, Buffers& b, const rt::LaunchOptions& opt) {
   mshim::set_fc(TURBO_FC_BOOL_MASK, c.mask == M_BOOL || c.mask == M_CAUSAL_BOOL);
   mshim::set_fc(TURBO_FC_FLOAT_MASK, c.mask == M_FLOAT);
   mshim::set_fc(TURBO_FC_HAS_SINKS, c.sinks);
-  mshim::set_fc(TURBO_FC_HAS_SINK_VALUES, c.sinks && c.sink_values);
+  mshim::set_fc(TURBO_FC_SINK_VALUES, c.sinks && c.sink_values);
   const S* ks = (const S*)b.ks.data();
   const S* vs = (const S*)b.vs.data();
   const bool* bm = b.bmask;

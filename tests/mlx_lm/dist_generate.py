@@ -33,7 +33,10 @@ def main():
     ap.add_argument("--prompt", default="w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--cache-file", required=True, help="prefix of the per-rank prompt-cache files")
+    ap.add_argument("--cpu", action="store_true", help="run on the CPU (the ring backend's device)")
     args = ap.parse_args()
+    if args.cpu:
+        mx.set_default_device(mx.cpu)
 
     group = mx.distributed.init()
     rank, size = group.rank(), group.size()

@@ -69,7 +69,8 @@ def launcher():
 
 @pytest.mark.parametrize("kv", ["turbo4", "turbo3", "turbo4-turbo3"])
 def test_ring_tensor_parallel_equals_one_process(model_dir, tmp_path, kv):
-    args = [str(model_dir), "--kv-cache-type", kv, "--max-tokens", "16"]
+    # The ring backend reduces on the CPU: both runs use the CPU device.
+    args = [str(model_dir), "--kv-cache-type", kv, "--max-tokens", "16", "--cpu"]
     one = run_json([sys.executable, SCRIPT, *args, "--cache-file", str(tmp_path / "one")])
     port = free_port_block(2)
     two = run_json([launcher(), "--backend", "ring", "-n", "2", "--starting-port", str(port),

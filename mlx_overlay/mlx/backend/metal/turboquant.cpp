@@ -258,7 +258,7 @@ void QuantizedScaledDotProductAttention::eval_gpu(
       {&has_sinks, MTL::DataType::DataTypeBool, TURBO_FC_HAS_SINKS},
       {&has_sink_values,
        MTL::DataType::DataTypeBool,
-       TURBO_FC_HAS_SINK_VALUES},
+       TURBO_FC_SINK_VALUES},
   };
   std::string fc_suffix;
   fc_suffix += has_mask ? (bool_mask ? "_boolmask" : "_floatmask") : "_nomask";

@@ -19,8 +19,7 @@ constant bool turbo_do_causal [[function_constant(TURBO_FC_DO_CAUSAL)]];
 constant bool turbo_bool_mask [[function_constant(TURBO_FC_BOOL_MASK)]];
 constant bool turbo_float_mask [[function_constant(TURBO_FC_FLOAT_MASK)]];
 constant bool turbo_has_sinks [[function_constant(TURBO_FC_HAS_SINKS)]];
-constant bool turbo_has_sink_values
-    [[function_constant(TURBO_FC_HAS_SINK_VALUES)]];
+constant bool turbo_sink_values [[function_constant(TURBO_FC_SINK_VALUES)]];
 
 // Online-softmax state of one SIMD-group for one query. Lane l owns key
 // coordinates [l * EK, (l + 1) * EK) and value coordinates
@@ -139,7 +138,7 @@ template <typename S, int D, int V, int KB, int VB>
     const device float* sinks
     [[buffer(TURBO_ATTN_BUF_SINKS), function_constant(turbo_has_sinks)]],
     const device float* sink_values [[buffer(TURBO_ATTN_BUF_SINK_VALUES),
-                                      function_constant(turbo_has_sink_values)]],
+                                      function_constant(turbo_sink_values)]],
     uint3 tid [[threadgroup_position_in_grid]],
     uint simd_gid [[simdgroup_index_in_threadgroup]],
     uint simd_lid [[thread_index_in_simdgroup]]) {
@@ -163,7 +162,7 @@ template <typename S, int D, int V, int KB, int VB>
   if (turbo_has_sinks && simd_gid == 0) {
     st.init_sink(
         sinks[h],
-        turbo_has_sink_values ? sink_values + (b * p.Hkv + kvh) * V : nullptr,
+        turbo_sink_values ? sink_values + (b * p.Hkv + kvh) * V : nullptr,
         simd_lid);
   }
 
@@ -237,7 +236,7 @@ template <typename S, int D, int V, int KB, int VB>
     const device float* sinks
     [[buffer(TURBO_ATTN_BUF_SINKS), function_constant(turbo_has_sinks)]],
     const device float* sink_values [[buffer(TURBO_ATTN_BUF_SINK_VALUES),
-                                      function_constant(turbo_has_sink_values)]],
+                                      function_constant(turbo_sink_values)]],
     device float* sums [[buffer(TURBO_ATTN_BUF_SUMS)]],
     device float* maxs [[buffer(TURBO_ATTN_BUF_MAXS)]],
     uint3 tidtg [[thread_position_in_threadgroup]],
@@ -259,7 +258,7 @@ template <typename S, int D, int V, int KB, int VB>
   if (turbo_has_sinks && block == 0) {
     st.init_sink(
         sinks[h],
-        turbo_has_sink_values ? sink_values + (b * p.Hkv + kvh) * V : nullptr,
+        turbo_sink_values ? sink_values + (b * p.Hkv + kvh) * V : nullptr,
         simd_lid);
   }
 

@@ -44,7 +44,7 @@
 #define TURBO_FC_BOOL_MASK 42
 #define TURBO_FC_FLOAT_MASK 43
 #define TURBO_FC_HAS_SINKS 44
-#define TURBO_FC_HAS_SINK_VALUES 45
+#define TURBO_FC_SINK_VALUES 45
 
 // Quantize: x -> (packed, scales); dequantize: (packed, scales) -> x
 #define TURBO_Q_BUF_IN 0
