@@ -7,7 +7,8 @@ Compares, on one model and one fixed English text:
   turbo4          ``TurboQuantKVCache`` keys and values turbo4
   turbo3          ``TurboQuantKVCache`` keys and values turbo3
   turbo4-turbo3   keys turbo4, values turbo3
-  <type>:plain    the same TurboQuant cache without key centering (turbo_transforms=False)
+  <type>:plain    the same TurboQuant cache without its transforms (turbo_transforms=False)
+  <type>:edgeN    the same with the first and last N layers unquantized (turbo_fp16_layers=N)
   affine4/affine8 mlx-lm's ``QuantizedKVCache`` (group 64, 4 / 8 bits)
 
 Metrics, per context length L (non-overlapping windows of L tokens of the
@@ -80,9 +81,14 @@ def make_cache(model, kind):
     if kind.startswith("affine"):
         bits = int(kind[len("affine"):])
         return [QuantizedKVCache(group_size=64, bits=bits) for _ in range(n)]
-    # "<type>:plain" is the TurboQuant cache without its key centering.
+    # "<type>:plain" is the TurboQuant cache without its transforms,
+    # "<type>:edgeN" keeps the first and last N layers unquantized.
     kv_type, _, variant = kind.partition(":")
-    cache = make_prompt_cache(model, kv_cache_type=kv_type, turbo_transforms=variant != "plain")
+    edge = int(variant[4:]) if variant.startswith("edge") else 0
+    cache = make_prompt_cache(model, kv_cache_type=kv_type, turbo_transforms=variant != "plain",
+                              turbo_fp16_layers=edge)
+    if edge:
+        return cache
     assert all(isinstance(c, TurboQuantKVCache) for c in cache)
     return cache
 
@@ -177,7 +183,7 @@ def result_rows(res):
     for r in res["contexts"]:
         kind, _, variant = r["cache"].partition(":")
         rows.append({
-            "context": r["context"], "cache": kind,
+            "context": r["context"], "cache": kind if variant in ("", "plain") else r["cache"],
             "transforms": kind.startswith("turbo") and variant != "plain",
             "ppl": r["ppl"], "kl": r["kl"], "top1": r["top1"],
         })

