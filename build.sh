@@ -169,7 +169,7 @@ stage "Assembling the patched work tree (MLX tag + overlay + patches)"
 WORK="$CACHE/work/mlx"
 # Another ref builds in its own tree, so the pinned tag's build stays warm.
 if [[ "$MLX_REF" != "$MLX_TAG" ]]; then
-  WORK="$CACHE/work/mlx-$(echo "$MLX_REF" | tr -c 'A-Za-z0-9._-' '_')"
+  WORK="$CACHE/work/mlx-$(printf %s "$MLX_REF" | tr -c 'A-Za-z0-9._-' '_')"
 fi
 STAGING="$CACHE/work/staging"
 # The patched tree is assembled from scratch in STAGING, then copied into WORK
@@ -268,6 +268,9 @@ export PYPI_RELEASE=1
 # ---------------------------------------------------------------------------
 stage "Building the wheel (this takes minutes cold, seconds with a warm ccache)"
 DIST="${TURBOQUANT_DIST:-$ROOT/dist}"
+# Another ref's wheel goes next to the pinned one's, not over it.
+[[ "$MLX_REF" != "$MLX_TAG" && -z "${TURBOQUANT_DIST:-}" ]] &&
+  DIST="$DIST/mlx-$(printf %s "$MLX_REF" | tr -c 'A-Za-z0-9._-' '_')"
 mkdir -p "$DIST"
 rm -f "$DIST"/mlx-*.whl
 t0=$(date +%s)

@@ -41,7 +41,7 @@ status=0
 for ref in "${REFS[@]}"; do
   sha="$(git --git-dir="$SRC" rev-parse -q --verify "$ref^{commit}")" || {
     echo "== $ref: not in $SRC"; [[ "$ref" == "$TAG" || $STRICT -eq 1 ]] && status=1; continue; }
-  tree="$scratch/$(echo "$ref" | tr -c 'A-Za-z0-9._-' '_')"
+  tree="$scratch/$(printf %s "$ref" | tr -c 'A-Za-z0-9._-' '_')"
   git clone -q --shared --no-checkout "$SRC" "$tree" &&
     git -C "$tree" -c advice.detachedHead=false checkout -q "$sha" || { status=1; continue; }
   cp -R "$ROOT/mlx_overlay/." "$tree/"

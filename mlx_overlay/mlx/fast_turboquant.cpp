@@ -210,34 +210,34 @@ array quantized_scaled_dot_product_attention(
   // Exact cache transforms (docs/format.md, section 7): one vector per
   // (batch or 1, kv head). Values are not transformed: centering them was
   // measured to raise the error (docs/format.md).
-  auto check_transform =
-      [&](const std::optional<array>& t, const char* name, int dim) {
-        if (!t) {
-          return;
-        }
-        if (t->ndim() != 4 || (t->shape(0) != 1 && t->shape(0) != B) ||
-            t->shape(1) != n_kv_heads || t->shape(2) != 1 ||
-            t->shape(3) != dim) {
-          fail(
-              name,
-              " with shape ",
-              t->shape(),
-              " expected shape (",
-              B,
-              " or 1, ",
-              n_kv_heads,
-              ", 1, ",
-              dim,
-              ").");
-        }
-        if (!issubdtype(t->dtype(), floating) || t->dtype() == float64) {
-          fail(
-              name,
-              " must be float32, float16 or bfloat16 but got ",
-              t->dtype(),
-              ".");
-        }
-      };
+  auto check_transform = [&](const std::optional<array>& t,
+                             const char* name,
+                             int dim) {
+    if (!t) {
+      return;
+    }
+    if (t->ndim() != 4 || (t->shape(0) != 1 && t->shape(0) != B) ||
+        t->shape(1) != n_kv_heads || t->shape(2) != 1 || t->shape(3) != dim) {
+      fail(
+          name,
+          " with shape ",
+          t->shape(),
+          " expected shape (",
+          B,
+          " or 1, ",
+          n_kv_heads,
+          ", 1, ",
+          dim,
+          ").");
+    }
+    if (!issubdtype(t->dtype(), floating) || t->dtype() == float64) {
+      fail(
+          name,
+          " must be float32, float16 or bfloat16 but got ",
+          t->dtype(),
+          ".");
+    }
+  };
   check_transform(key_shift, "key_shift", dk);
   check_transform(key_channel_scales, "key_channel_scales", dk);
   // The exact first token (an attention sink in practice): its key and value
@@ -426,7 +426,8 @@ array quantized_scaled_dot_product_attention(
   }
   if (first_key) {
     auto k0 = turbo::per_query_head(*first_key, gqa, stream);
-    key_bias = key_bias ? subtract(*key_bias, k0, stream) : negative(k0, stream);
+    key_bias =
+        key_bias ? subtract(*key_bias, k0, stream) : negative(k0, stream);
     sink_logits = zeros({n_q_heads}, float32, stream);
     has_sinks = true;
     // In the domain of the primitive's queries: as given with fused_rotation.
@@ -569,9 +570,9 @@ bool QuantizedScaledDotProductAttention::is_equivalent(
     const Primitive& other) const {
   const auto& o = static_cast<const QuantizedScaledDotProductAttention&>(other);
   return scale_ == o.scale_ && do_causal_ == o.do_causal_ &&
-      has_sinks_ == o.has_sinks_ &&
-      has_sink_values_ == o.has_sink_values_ && key_mode_ == o.key_mode_ &&
-      value_mode_ == o.value_mode_ && low_precision_ == o.low_precision_ &&
+      has_sinks_ == o.has_sinks_ && has_sink_values_ == o.has_sink_values_ &&
+      key_mode_ == o.key_mode_ && value_mode_ == o.value_mode_ &&
+      low_precision_ == o.low_precision_ &&
       fused_rotation_ == o.fused_rotation_;
 }
 

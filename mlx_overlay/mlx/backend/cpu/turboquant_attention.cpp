@@ -408,9 +408,8 @@ void QuantizedScaledDotProductAttention::eval_cpu(
                      : std::nullopt,
        sv = sv ? std::optional<array>(array::unsafe_weak_copy(*sv))
                : std::nullopt,
-       sv_rot = sv_rot
-           ? std::optional<array>(array::unsafe_weak_copy(*sv_rot))
-           : std::nullopt,
+       sv_rot = sv_rot ? std::optional<array>(array::unsafe_weak_copy(*sv_rot))
+                       : std::nullopt,
        kbits,
        vbits]() mutable {
         if (q_rot) {

@@ -228,9 +228,9 @@ void QuantizedScaledDotProductAttention::eval_gpu(
   bool has_mask = has_arr_mask;
   bool do_causal = do_causal_;
   bool has_sinks = has_sinks_;
-  const array* sinks = has_sinks
-      ? &copies.row_contiguous(copies.as_type(inputs[5 + has_arr_mask], float32))
-      : nullptr;
+  const array* sinks = has_sinks ? &copies.row_contiguous(copies.as_type(
+                                       inputs[5 + has_arr_mask], float32))
+                                 : nullptr;
   // The sinks' values, rotated and broadcast to (B, Hkv, 1, Dv) by the op:
   // dense float32 for the decode kernels.
   bool has_sink_values = has_sink_values_;
@@ -256,9 +256,7 @@ void QuantizedScaledDotProductAttention::eval_gpu(
       {&bool_mask, MTL::DataType::DataTypeBool, TURBO_FC_BOOL_MASK},
       {&float_mask, MTL::DataType::DataTypeBool, TURBO_FC_FLOAT_MASK},
       {&has_sinks, MTL::DataType::DataTypeBool, TURBO_FC_HAS_SINKS},
-      {&has_sink_values,
-       MTL::DataType::DataTypeBool,
-       TURBO_FC_SINK_VALUES},
+      {&has_sink_values, MTL::DataType::DataTypeBool, TURBO_FC_SINK_VALUES},
   };
   std::string fc_suffix;
   fc_suffix += has_mask ? (bool_mask ? "_boolmask" : "_floatmask") : "_nomask";

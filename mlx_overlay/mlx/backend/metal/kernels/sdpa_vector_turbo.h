@@ -38,8 +38,7 @@ struct TurboVectorState {
 
   // A sink joins as a key of score `sink` whose value is `value` (V floats,
   // rotated) or 0 (nullptr): before any key, its weight is 1.
-  METAL_FUNC void
-  init_sink(float sink, const device float* value, uint lane) {
+  METAL_FUNC void init_sink(float sink, const device float* value, uint lane) {
     max_score = sink;
     sum_exp = 1.0f;
     if (value && lane < uint(LV)) {
@@ -137,8 +136,9 @@ template <typename S, int D, int V, int KB, int VB>
     [[buffer(TURBO_ATTN_BUF_FMASK), function_constant(turbo_float_mask)]],
     const device float* sinks
     [[buffer(TURBO_ATTN_BUF_SINKS), function_constant(turbo_has_sinks)]],
-    const device float* sink_values [[buffer(TURBO_ATTN_BUF_SINK_VALUES),
-                                      function_constant(turbo_sink_values)]],
+    const device float* sink_values
+    [[buffer(TURBO_ATTN_BUF_SINK_VALUES),
+      function_constant(turbo_sink_values)]],
     uint3 tid [[threadgroup_position_in_grid]],
     uint simd_gid [[simdgroup_index_in_threadgroup]],
     uint simd_lid [[thread_index_in_simdgroup]]) {
@@ -235,8 +235,9 @@ template <typename S, int D, int V, int KB, int VB>
     [[buffer(TURBO_ATTN_BUF_FMASK), function_constant(turbo_float_mask)]],
     const device float* sinks
     [[buffer(TURBO_ATTN_BUF_SINKS), function_constant(turbo_has_sinks)]],
-    const device float* sink_values [[buffer(TURBO_ATTN_BUF_SINK_VALUES),
-                                      function_constant(turbo_sink_values)]],
+    const device float* sink_values
+    [[buffer(TURBO_ATTN_BUF_SINK_VALUES),
+      function_constant(turbo_sink_values)]],
     device float* sums [[buffer(TURBO_ATTN_BUF_SUMS)]],
     device float* maxs [[buffer(TURBO_ATTN_BUF_MAXS)]],
     uint3 tidtg [[thread_position_in_threadgroup]],
