@@ -231,6 +231,12 @@ else
   "$VPY" -m pip install -q "${upgrade[@]}" --disable-pip-version-check "${PIP_SRC[@]}" "${BUILD_REQS[@]}" ||
     die "could not install the Python build requirements into $VENV"
 fi
+# The property-based tests (tests/test_properties.py) need hypothesis; they
+# skip without it (offline, or where PyPI cannot be reached).
+if [[ -z "$WHEELS" && $OFFLINE -eq 0 ]]; then
+  "$VPY" -m pip install -q --disable-pip-version-check hypothesis ||
+    echo "    note: hypothesis not installed: tests/test_properties.py will be skipped"
+fi
 CMAKE_ARGS_LIST=(-G Ninja "-DCMAKE_PROJECT_mlx_INCLUDE=$ROOT/tools/cmake/ipo_check.cmake")
 if command -v ccache >/dev/null; then
   export CCACHE_DIR="${CCACHE_DIR:-$CACHE/ccache}"

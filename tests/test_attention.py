@@ -443,3 +443,17 @@ def test_single_sequence_decode_folds_the_bias_into_the_sink(rng, mask):
     m0 = None if mref is None else np.concatenate([np.ones((1, 1, 1, 1), bool), mref], axis=-1)
     expected = ref.attention(np.array(q), kd0, vd0, D**-0.5, m0)
     assert rel_err(np.array(out), expected) < 10 * OUT_RTOL["float32"]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_prefill_route_takes_float32_sinks(rng, dtype):
+    """More than 8 queries in half precision with float32 sinks (as the fused
+    path takes them): MLX's own attention needs the sinks in the output's
+    dtype, which the op casts (found by tests/test_properties.py)."""
+    q, k, ks, v, vs = make_case(rng, 1, 4, 2, 9, 40, 64, 64, "turbo3", "turbo4", dtype)
+    sk = mx.array(rng.standard_normal(4).astype(np.float32))
+    out = mx.fast.quantized_scaled_dot_product_attention(
+        q, k, ks, v, vs, scale=0.125, sinks=sk, mode=("turbo3", "turbo4")
+    )
+    expected = reference_out(q, k, ks, v, vs, "turbo3", "turbo4", 0.125, None, sk)
+    assert rel_err(to_np(out), expected) < attention_rtol(dtype, 9)

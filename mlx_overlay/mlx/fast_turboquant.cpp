@@ -371,6 +371,11 @@ array quantized_scaled_dot_product_attention(
         mask_arr = concatenate({visible, m}, 3, stream);
       }
     }
+    // MLX's attention takes sinks in the output's dtype.
+    std::optional<array> sinks_q;
+    if (sinks) {
+      sinks_q = astype(*sinks, dtype, stream);
+    }
     return mlx_attention(
         &scaled_dot_product_attention,
         queries,
@@ -379,7 +384,7 @@ array quantized_scaled_dot_product_attention(
         scale,
         mask_mode,
         mask_arr,
-        sinks,
+        sinks_q,
         stream);
   }
 
