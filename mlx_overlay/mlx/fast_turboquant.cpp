@@ -505,21 +505,26 @@ array quantized_scaled_dot_product_attention(
     if (has_sinks) {
       sinks = inputs[5 + has_arr_mask];
     }
-    // MLX's SDPA takes either mask: fold the causal one into the array.
-    if (do_causal && mask) {
+    // MLX's SDPA takes either mask: fold the causal one into the array
+    // (also when the sink's key below needs an array mask).
+    if (do_causal && (mask || has_sink_values)) {
       int qL = q.shape(2);
       int kL = k.shape(2);
       auto visible = greater_equal(
           reshape(arange(kL - qL, kL, int32, stream), {qL, 1}, stream),
           arange(kL, int32, stream),
           stream);
-      mask = mask->dtype() == bool_
-          ? logical_and(*mask, visible, stream)
-          : where(
-                visible,
-                *mask,
-                array(-std::numeric_limits<float>::max(), float32),
-                stream);
+      if (!mask) {
+        mask = visible;
+      } else {
+        mask = mask->dtype() == bool_
+            ? logical_and(*mask, visible, stream)
+            : where(
+                  visible,
+                  *mask,
+                  array(-std::numeric_limits<float>::max(), float32),
+                  stream);
+      }
     }
     if (has_sink_values) {
       // A sink with a value is a key of score sinks[h] and that value: a
@@ -528,7 +533,7 @@ array quantized_scaled_dot_product_attention(
       auto sv = fused_rotation ? turbo::rotate(inputs.back(), false, stream)
                                : inputs.back();
       std::tie(k, v, mask) =
-          turbo::sink_as_key(q, k, v, mask, do_causal, *sinks, sv, stream);
+          turbo::sink_as_key(q, k, v, mask, *sinks, sv, stream);
       sinks = std::nullopt;
     }
     auto mask_mode = do_causal && !mask ? "causal" : "";

@@ -159,27 +159,22 @@ std::tuple<array, array, array> sink_as_key(
     const array& k,
     const array& v,
     const std::optional<array>& mask,
-    bool do_causal,
     const array& sinks,
     const array& sink_values,
     StreamOrDevice s) {
   int B = q.shape(0), Hq = q.shape(1), qL = q.shape(2);
   int Hkv = k.shape(1), kL = k.shape(2);
   auto dtype = q.dtype();
-  auto lowest = array(-std::numeric_limits<float>::max(), dtype);
   Shape shape{B, Hq, qL, kL};
-  array m = zeros(shape, dtype, s);
-  if (mask) {
-    m = mask->dtype() == bool_ ? where(*mask, array(0.0f, dtype), lowest, s)
-                               : astype(*mask, dtype, s);
-  } else if (do_causal) {
-    auto visible = greater_equal(
-        reshape(arange(kL - qL, kL, int32, s), {qL, 1}, s),
-        arange(kL, int32, s),
+  array m = mask ? *mask : zeros(shape, dtype, s);
+  if (m.dtype() == bool_) {
+    m = where(
+        m,
+        array(0.0f, dtype),
+        array(-std::numeric_limits<float>::max(), dtype),
         s);
-    m = where(visible, array(0.0f, dtype), lowest, s);
   }
-  m = broadcast_to(m, shape, s);
+  m = broadcast_to(astype(m, dtype, s), shape, s);
   auto column = broadcast_to(
       reshape(astype(sinks, dtype, s), {1, Hq, 1, 1}, s), {B, Hq, qL, 1}, s);
   auto sv = broadcast_to(

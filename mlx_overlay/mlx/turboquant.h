@@ -188,15 +188,13 @@ array rotate(const array& x, bool inverse, StreamOrDevice s = {});
 
 // Attention with a sink that has a value, for MLX's own attention: a zero key
 // (score 0) and the sink value (B or 1, Hkv, 1, Dv) before the cache, and an
-// additive mask whose first column is the sink logit sinks[h] (the causal
-// mask folded into the rest when do_causal and there is no mask yet).
-// Returns (keys, values, mask).
+// additive mask whose first column is the sink logit sinks[h], the rest the
+// cached keys' mask (none: all visible). Returns (keys, values, mask).
 std::tuple<array, array, array> sink_as_key(
     const array& q,
     const array& k,
     const array& v,
     const std::optional<array>& mask,
-    bool do_causal,
     const array& sinks,
     const array& sink_values,
     StreamOrDevice s = {});
