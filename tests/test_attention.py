@@ -457,3 +457,35 @@ def test_prefill_route_takes_float32_sinks(rng, dtype):
     )
     expected = reference_out(q, k, ks, v, vs, "turbo3", "turbo4", 0.125, None, sk)
     assert rel_err(to_np(out), expected) < attention_rtol(dtype, 9)
+
+
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("sinks", [False, True])
+def test_decode_with_transforms_is_one_primitive(rng, B, sinks):
+    """A decode call with the exact transforms (key shift, exact first token,
+    or sinks) in the cache's dtype builds one node: the kernels compute the
+    key bias from the queries as given, so no per-call ops feed them (each
+    op is host and launch time in every decode step of every layer)."""
+    import io
+    import re
+
+    Hq, Hkv, D, kL = 8, 2, 64, 40
+    dt = mx.bfloat16
+    q = mx.array(rng.standard_normal((B, Hq, 1, D)).astype(np.float32)).astype(dt)
+    x = mx.array(rng.standard_normal((B, Hkv, kL, D)).astype(np.float32)).astype(dt)
+    k, ks = mx.quantize(x, mode="turbo4")
+    v, vs = mx.quantize(x, mode="turbo3")
+    row = lambda: mx.array(rng.standard_normal((B, Hkv, 1, D)).astype(np.float32)).astype(dt)  # noqa: E731
+    kw = {"key_shift": row()}
+    if sinks:
+        kw["sinks"] = mx.array(rng.standard_normal(Hq).astype(np.float32))
+    else:
+        kw["first_key"], kw["first_value"] = row(), row()
+    mx.eval(q, k, ks, v, vs, *kw.values())
+    out = mx.fast.quantized_scaled_dot_product_attention(
+        q, k, ks, v, vs, scale=D**-0.5, mode=("turbo4", "turbo3"), **kw
+    )
+    f = io.StringIO()
+    mx.export_to_dot(f, out)
+    nodes = re.findall(r'label ="([^"]+)", shape=rectangle', f.getvalue())
+    assert nodes == ["QuantizedScaledDotProductAttention"], nodes

@@ -62,25 +62,35 @@ array mlx_attention(
   }
 }
 
-} // namespace
+// Shapes of a validated call.
+struct AttentionShape {
+  int B;
+  int n_q_heads;
+  int n_kv_heads;
+  int qL;
+  int kL;
+  int dk;
+  int dv;
+};
 
-array quantized_scaled_dot_product_attention(
+// Checks every argument of quantized_scaled_dot_product_attention; throws
+// std::invalid_argument naming the op.
+AttentionShape validate_inputs(
     const array& queries,
     const array& keys,
     const array& key_scales,
     const array& values,
     const array& value_scales,
     const float scale,
-    const std::string& mask_mode /* = "" */,
-    std::optional<array> mask_arr /* = {} */,
-    const std::optional<array>& sinks /* = {} */,
-    const std::string& key_mode /* = "turbo3" */,
-    const std::string& value_mode /* = "" */,
-    const std::optional<array>& key_shift /* = {} */,
-    const std::optional<array>& key_channel_scales /* = {} */,
-    const std::optional<array>& first_key /* = {} */,
-    const std::optional<array>& first_value /* = {} */,
-    StreamOrDevice s /* = {} */) {
+    const std::string& mask_mode,
+    const std::optional<array>& mask_arr,
+    const std::optional<array>& sinks,
+    QuantizationMode kmode,
+    QuantizationMode vmode,
+    const std::optional<array>& key_shift,
+    const std::optional<array>& key_channel_scales,
+    const std::optional<array>& first_key,
+    const std::optional<array>& first_value) {
   constexpr std::string_view tag = "quantized_scaled_dot_product_attention";
   auto fail = [&](const auto&... parts) {
     std::ostringstream msg;
@@ -88,8 +98,6 @@ array quantized_scaled_dot_product_attention(
     (msg << ... << parts);
     throw std::invalid_argument(msg.str());
   };
-  auto kmode = parse_turbo_mode(key_mode);
-  auto vmode = parse_turbo_mode(value_mode.empty() ? key_mode : value_mode);
   int kbits = turbo::bits(kmode);
   int vbits = turbo::bits(vmode);
 
@@ -267,7 +275,6 @@ array quantized_scaled_dot_product_attention(
   }
   bool has_arr_mask = mask_arr.has_value();
   bool has_sinks = sinks.has_value();
-  auto stream = to_stream(s);
   if (has_arr_mask) {
     if (mask_arr->ndim() > 4) {
       fail(
@@ -316,7 +323,269 @@ array quantized_scaled_dot_product_attention(
       fail("sinks must be floating point but got ", sinks->dtype(), ".");
     }
   }
+  return {B, n_q_heads, n_kv_heads, qL, kL, dk, dv};
+}
+
+// The key bias of the exact transforms. Centered keys (key_shift) move every
+// score of a query row by the same -scale * q . key_shift; the exact first
+// token takes the sink's place with a sink logit of 0, every cached score
+// moved by -scale * q . first_key. A common shift leaves the softmax
+// unchanged except against the sink, so it is folded into the sink logits
+// (one row per head: B == 1 and qL == 1) or into an additive mask. q and the
+// transforms are in one domain. Only needed with sinks or a first key; with
+// a first key and no sinks, sinks becomes the sink logits of 0.
+void fold_key_bias(
+    const array& q,
+    const std::optional<array>& key_shift,
+    const std::optional<array>& first_key,
+    const float scale,
+    std::optional<array>& mask,
+    std::optional<array>& sinks,
+    const Stream& s) {
+  const int B = q.shape(0);
+  const int n_q_heads = q.shape(1);
+  const int qL = q.shape(2);
+  const int gqa = n_q_heads / (key_shift ? *key_shift : *first_key).shape(1);
+  std::optional<array> key_bias;
+  if (key_shift) {
+    key_bias = turbo::per_query_head(*key_shift, gqa, s);
+  }
+  if (first_key) {
+    auto k0 = turbo::per_query_head(*first_key, gqa, s);
+    key_bias = key_bias ? subtract(*key_bias, k0, s) : negative(k0, s);
+    if (!sinks) {
+      sinks = zeros({n_q_heads}, float32, s);
+    }
+  }
+  auto bias = multiply(
+      array(scale, float32), sum(multiply(q, *key_bias, s), -1, true, s), s);
+  if (B == 1 && qL == 1) {
+    // One row per head (single-sequence decode): moving the sink logit by
+    // -bias is the same and reads no mask.
+    sinks = subtract(
+        astype(*sinks, float32, s), reshape(bias, {n_q_heads}, s), s);
+  } else if (!mask) {
+    mask = bias;
+  } else if (mask->dtype() == bool_) {
+    mask = where(
+        *mask, bias, array(-std::numeric_limits<float>::max(), float32), s);
+  } else {
+    mask = add(*mask, bias, s);
+  }
+}
+
+// Many queries (prefill) are compute bound: dequantizing the cache is
+// O(kL * D) next to the O(qL * kL * D) of attention, so the cache is
+// dequantized into a transient copy in the queries' dtype (at most the fp16
+// size of this call's K/V, freed after it) and MLX's own attention runs on it
+// (cuDNN on CUDA, steel on Metal). One rule for every backend.
+array dequantized_attention(
+    const array& queries,
+    const array& keys,
+    const array& key_scales,
+    const array& values,
+    const array& value_scales,
+    const float scale,
+    const std::string& mask_mode,
+    std::optional<array> mask_arr,
+    const std::optional<array>& sinks,
+    QuantizationMode kmode,
+    QuantizationMode vmode,
+    const std::optional<array>& key_shift,
+    const std::optional<array>& key_channel_scales,
+    const std::optional<array>& first_key,
+    const std::optional<array>& first_value,
+    const Stream& stream) {
+  const int B = queries.shape(0);
+  const int qL = queries.shape(2);
+  const int n_kv_heads = keys.shape(1);
+  const int kL = keys.shape(2);
+  const bool has_sinks = sinks.has_value();
+  auto dtype = queries.dtype();
+  auto k = turbo::dequantize(keys, key_scales, kmode, dtype, stream);
+  if (key_channel_scales) {
+    k = multiply(k, astype(*key_channel_scales, dtype, stream), stream);
+  }
+  // Without sinks or an exact first token the key shift moves every score
+  // of a row equally; with them the absolute scores matter.
+  if (key_shift && (has_sinks || first_key)) {
+    k = add(k, astype(*key_shift, dtype, stream), stream);
+  }
+  auto v = turbo::dequantize(values, value_scales, vmode, dtype, stream);
+  if (first_key) {
+    // The first token, exact, as key 0; a mask covers the cached keys only
+    // (key 0 is always visible).
+    auto prepend = [&](const array& first, const array& x) {
+      auto f = broadcast_to(
+          astype(first, dtype, stream),
+          {B, n_kv_heads, 1, x.shape(3)},
+          stream);
+      return concatenate({f, x}, 2, stream);
+    };
+    k = prepend(*first_key, k);
+    v = prepend(*first_value, v);
+    if (mask_arr) {
+      auto m = *mask_arr;
+      while (m.ndim() < 4) {
+        m = expand_dims(m, 0, stream);
+      }
+      Shape shape{B, m.shape(1), qL, kL};
+      m = broadcast_to(m, shape, stream);
+      shape.back() = 1;
+      auto visible = m.dtype() == bool_ ? full(shape, true, stream)
+                                        : zeros(shape, m.dtype(), stream);
+      mask_arr = concatenate({visible, m}, 3, stream);
+    }
+  }
+  // MLX's attention takes sinks in the output's dtype.
+  std::optional<array> sinks_q;
+  if (sinks) {
+    sinks_q = astype(*sinks, dtype, stream);
+  }
+  return mlx_attention(
+      &scaled_dot_product_attention,
+      queries,
+      k,
+      v,
+      scale,
+      mask_mode,
+      mask_arr,
+      sinks_q,
+      stream);
+}
+
+// What the primitive's inputs hold: (q, k, k_scales, v, v_scales), then, in
+// this order, [mask] [sinks] [sink_values] [key_shift] [first_key].
+struct PrimitiveInputs {
+  float scale;
+  bool do_causal;
+  bool has_mask;
+  bool has_sinks;
+  bool has_sink_values;
+  bool has_key_shift;
+  bool has_first_key;
+  QuantizationMode kmode;
+  QuantizationMode vmode;
+  bool fused_rotation;
+  Dtype out_type;
+  Stream stream;
+};
+
+// Op-composed attention on the primitive's inputs: the cache reconstructed in
+// the rotated domain and MLX's fused attention on it. The primitive's
+// fallback (backends without kernels, transformations), also called directly
+// where the primitive is not used.
+std::vector<array> composed_attention(
+    const PrimitiveInputs& a,
+    const std::vector<array>& inputs) {
+  const auto& stream = a.stream;
+  size_t next = 5;
+  auto take = [&](bool present) {
+    return present ? std::optional<array>(inputs[next++]) : std::nullopt;
+  };
+  std::optional<array> mask = take(a.has_mask);
+  std::optional<array> sinks = take(a.has_sinks);
+  std::optional<array> sink_value = take(a.has_sink_values);
+  std::optional<array> key_shift = take(a.has_key_shift);
+  std::optional<array> first_key = take(a.has_first_key);
+  // A raw key bias comes with fused_rotation: the queries are as given.
+  if (key_shift || first_key) {
+    fold_key_bias(
+        inputs[0], key_shift, first_key, a.scale, mask, sinks, stream);
+  }
+  auto q =
+      a.fused_rotation ? turbo::rotate(inputs[0], false, stream) : inputs[0];
+  auto k = turbo::dequantize_rotated(inputs[1], inputs[2], a.kmode, stream);
+  auto v = turbo::dequantize_rotated(inputs[3], inputs[4], a.vmode, stream);
+  // MLX's SDPA takes either mask: fold the causal one into the array (also
+  // when the sink's key below needs an array mask).
+  if (a.do_causal && (mask || sink_value)) {
+    int qL = q.shape(2);
+    int kL = k.shape(2);
+    auto visible = greater_equal(
+        reshape(arange(kL - qL, kL, int32, stream), {qL, 1}, stream),
+        arange(kL, int32, stream),
+        stream);
+    if (!mask) {
+      mask = visible;
+    } else {
+      mask = mask->dtype() == bool_
+          ? logical_and(*mask, visible, stream)
+          : where(
+                visible,
+                *mask,
+                array(-std::numeric_limits<float>::max(), float32),
+                stream);
+    }
+  }
+  if (sink_value) {
+    // A sink with a value is a key of score sinks[h] and that value: a zero
+    // key (score 0) before the cache whose mask column is the sink logit;
+    // every cached key keeps its mask (causal folded in first).
+    auto sv = a.fused_rotation ? turbo::rotate(*sink_value, false, stream)
+                               : *sink_value;
+    std::tie(k, v, mask) =
+        turbo::sink_as_key(q, k, v, mask, *sinks, sv, stream);
+    sinks = std::nullopt;
+  }
+  auto mask_mode = a.do_causal && !mask ? "causal" : "";
+  auto out = mlx_attention(
+      &scaled_dot_product_attention,
+      q,
+      k,
+      v,
+      a.scale,
+      mask_mode,
+      mask,
+      sinks,
+      stream);
+  if (a.fused_rotation) {
+    out = astype(turbo::rotate(out, true, stream), a.out_type, stream);
+  }
+  return {out};
+}
+
+} // namespace
+
+array quantized_scaled_dot_product_attention(
+    const array& queries,
+    const array& keys,
+    const array& key_scales,
+    const array& values,
+    const array& value_scales,
+    const float scale,
+    const std::string& mask_mode /* = "" */,
+    std::optional<array> mask_arr /* = {} */,
+    const std::optional<array>& sinks /* = {} */,
+    const std::string& key_mode /* = "turbo3" */,
+    const std::string& value_mode /* = "" */,
+    const std::optional<array>& key_shift /* = {} */,
+    const std::optional<array>& key_channel_scales /* = {} */,
+    const std::optional<array>& first_key /* = {} */,
+    const std::optional<array>& first_value /* = {} */,
+    StreamOrDevice s /* = {} */) {
+  auto kmode = parse_turbo_mode(key_mode);
+  auto vmode = parse_turbo_mode(value_mode.empty() ? key_mode : value_mode);
+  const auto [B, n_q_heads, n_kv_heads, qL, kL, dk, dv] = validate_inputs(
+      queries,
+      keys,
+      key_scales,
+      values,
+      value_scales,
+      scale,
+      mask_mode,
+      mask_arr,
+      sinks,
+      kmode,
+      vmode,
+      key_shift,
+      key_channel_scales,
+      first_key,
+      first_value);
+  const bool do_causal = mask_mode == "causal";
+  const bool has_sinks = sinks.has_value();
   const int gqa = n_q_heads / n_kv_heads;
+  auto stream = to_stream(s);
 
   // Only the exact first token: its softmax weight is 1.
   if (kL == 0) {
@@ -328,67 +597,28 @@ array quantized_scaled_dot_product_attention(
         queries.dtype(),
         stream);
   }
-
-  // Many queries (prefill) are compute bound: dequantizing the cache is
-  // O(kL * D) next to the O(qL * kL * D) of attention, so the cache is
-  // dequantized into a transient copy in the queries' dtype (at most the
-  // fp16 size of this call's K/V, freed after it) and MLX's own attention
-  // runs on it (cuDNN on CUDA, steel on Metal). One rule for every backend.
   if (qL > turbo::kFusedMaxQueries) {
-    auto dtype = queries.dtype();
-    auto k = turbo::dequantize(keys, key_scales, kmode, dtype, stream);
-    if (key_channel_scales) {
-      k = multiply(k, astype(*key_channel_scales, dtype, stream), stream);
-    }
-    // Without sinks or an exact first token the key shift moves every score
-    // of a row equally; with them the absolute scores matter.
-    if (key_shift && (has_sinks || first_key)) {
-      k = add(k, astype(*key_shift, dtype, stream), stream);
-    }
-    auto v = turbo::dequantize(values, value_scales, vmode, dtype, stream);
-    if (first_key) {
-      // The first token, exact, as key 0; a mask covers the cached keys only
-      // (key 0 is always visible).
-      auto prepend = [&](const array& first, const array& x) {
-        auto f = broadcast_to(
-            astype(first, dtype, stream),
-            {B, n_kv_heads, 1, x.shape(3)},
-            stream);
-        return concatenate({f, x}, 2, stream);
-      };
-      k = prepend(*first_key, k);
-      v = prepend(*first_value, v);
-      if (mask_arr) {
-        auto m = *mask_arr;
-        while (m.ndim() < 4) {
-          m = expand_dims(m, 0, stream);
-        }
-        Shape shape{B, m.shape(1), qL, kL};
-        m = broadcast_to(m, shape, stream);
-        shape.back() = 1;
-        auto visible = m.dtype() == bool_ ? full(shape, true, stream)
-                                          : zeros(shape, m.dtype(), stream);
-        mask_arr = concatenate({visible, m}, 3, stream);
-      }
-    }
-    // MLX's attention takes sinks in the output's dtype.
-    std::optional<array> sinks_q;
-    if (sinks) {
-      sinks_q = astype(*sinks, dtype, stream);
-    }
-    return mlx_attention(
-        &scaled_dot_product_attention,
+    return dequantized_attention(
         queries,
-        k,
-        v,
+        keys,
+        key_scales,
+        values,
+        value_scales,
         scale,
         mask_mode,
-        mask_arr,
-        sinks_q,
+        std::move(mask_arr),
+        sinks,
+        kmode,
+        vmode,
+        key_shift,
+        key_channel_scales,
+        first_key,
+        first_value,
         stream);
   }
 
-  // Both scales share one type in the kernels.
+  // Few queries (decode): the kernels read the packed cache. Both scales
+  // share one type in them.
   auto scale_type =
       key_scales.dtype() == value_scales.dtype() ? key_scales.dtype() : float32;
   // The primitive rotates the queries and the output itself on the CPU and
@@ -413,146 +643,68 @@ array quantized_scaled_dot_product_attention(
       astype(key_scales, scale_type, stream),
       values,
       astype(value_scales, scale_type, stream)};
-  if (has_arr_mask && mask_arr->dtype() != bool_) {
-    mask_arr = astype(*mask_arr, float32, stream);
+  std::optional<array> mask = mask_arr;
+  if (mask && mask->dtype() != bool_) {
+    mask = astype(*mask, float32, stream);
   }
-  // Centered keys shift every score of a query row by -scale * q . mu: the
-  // softmax is unchanged, but the sink logit is not shifted, so with sinks
-  // the shift is added back to the scores as an additive (B, Hq, qL, 1) mask.
-  // The exact first token takes the sink's place: a sink logit of 0 and
-  // every cached score shifted by -scale * q . first_key, so that the sink
-  // stands for the first token's score, and first_value as the sink's value
-  // (rotated like the cached values; the kernels accumulate in that domain).
-  std::optional<array> key_bias;
-  std::optional<array> sink_logits = sinks;
+  std::optional<array> sink_logits;
+  if (has_sinks) {
+    sink_logits = astype(*sinks, float32, stream);
+  }
+  // The key bias (fold_key_bias) matters with sinks or a first key. With
+  // fused_rotation the kernels compute it from the queries as given, so
+  // key_shift and first_key are inputs of the primitive (no ops per call);
+  // otherwise, and for balanced keys (the kernels see q * s), the op folds
+  // it here.
+  const bool needs_bias = first_key || (key_shift && has_sinks);
+  const bool kernel_bias = needs_bias && fused_rotation && !key_channel_scales;
+  if (needs_bias && !kernel_bias) {
+    fold_key_bias(queries, key_shift, first_key, scale, mask, sink_logits, stream);
+  }
+  // The first token's value is the sink's value, in the domain of the
+  // primitive's queries: as given with fused_rotation (in the queries'
+  // dtype, as the kernels read both), else rotated like the cached values.
   std::optional<array> sink_values;
-  if (key_shift && (has_sinks || first_key)) {
-    key_bias = turbo::per_query_head(*key_shift, gqa, stream);
-  }
   if (first_key) {
-    auto k0 = turbo::per_query_head(*first_key, gqa, stream);
-    key_bias =
-        key_bias ? subtract(*key_bias, k0, stream) : negative(k0, stream);
-    sink_logits = zeros({n_q_heads}, float32, stream);
-    has_sinks = true;
-    // In the domain of the primitive's queries: as given with fused_rotation.
     sink_values = fused_rotation
-        ? *first_value
+        ? astype(*first_value, queries.dtype(), stream)
         : broadcast_to(
               turbo::rotate(*first_value, false, stream),
               {B, n_kv_heads, 1, dv},
               stream);
   }
-  if (key_bias) {
-    auto bias = multiply(
-        array(scale, float32),
-        sum(multiply(queries, *key_bias, stream), -1, true, stream),
-        stream);
-    if (B == 1 && qL == 1) {
-      // One row per head (single-sequence decode): moving the sink logit by
-      // -bias is the same and reads no mask.
-      sink_logits = subtract(
-          astype(*sink_logits, float32, stream),
-          reshape(bias, {n_q_heads}, stream),
-          stream);
-    } else if (!mask_arr) {
-      mask_arr = bias;
-    } else if (mask_arr->dtype() == bool_) {
-      mask_arr = where(
-          *mask_arr,
-          bias,
-          array(-std::numeric_limits<float>::max(), float32),
-          stream);
-    } else {
-      mask_arr = add(*mask_arr, bias, stream);
-    }
-    has_arr_mask = mask_arr.has_value();
+  PrimitiveInputs layout{
+      scale,
+      do_causal,
+      mask.has_value(),
+      sink_logits.has_value(),
+      sink_values.has_value(),
+      kernel_bias && key_shift.has_value(),
+      kernel_bias && first_key.has_value(),
+      kmode,
+      vmode,
+      fused_rotation,
+      out_type,
+      stream};
+  if (mask) {
+    inputs.push_back(broadcast_to(*mask, Shape{B, n_q_heads, qL, kL}, stream));
   }
-  if (has_arr_mask) {
-    inputs.push_back(
-        broadcast_to(*mask_arr, Shape{B, n_q_heads, qL, kL}, stream));
+  if (sink_logits) {
+    inputs.push_back(*sink_logits);
   }
-  if (has_sinks) {
-    inputs.push_back(astype(*sink_logits, float32, stream));
-  }
-  const bool has_sink_values = sink_values.has_value();
-  if (has_sink_values) {
+  if (sink_values) {
     inputs.push_back(*sink_values);
   }
+  if (layout.has_key_shift) {
+    inputs.push_back(astype(*key_shift, queries.dtype(), stream));
+  }
+  if (layout.has_first_key) {
+    inputs.push_back(astype(*first_key, queries.dtype(), stream));
+  }
 
-  // Op-composed fallback: reconstruct the cache in the rotated domain and use
-  // the regular fused attention. Used by backends without kernels and for
-  // transformations.
-  auto fallback = [scale,
-                   do_causal,
-                   has_arr_mask,
-                   has_sinks,
-                   has_sink_values,
-                   kmode,
-                   vmode,
-                   fused_rotation,
-                   out_type,
-                   stream](const std::vector<array>& inputs) {
-    auto q =
-        fused_rotation ? turbo::rotate(inputs[0], false, stream) : inputs[0];
-    auto k = turbo::dequantize_rotated(inputs[1], inputs[2], kmode, stream);
-    auto v = turbo::dequantize_rotated(inputs[3], inputs[4], vmode, stream);
-    std::optional<array> mask;
-    if (has_arr_mask) {
-      mask = inputs[5];
-    }
-    std::optional<array> sinks;
-    if (has_sinks) {
-      sinks = inputs[5 + has_arr_mask];
-    }
-    // MLX's SDPA takes either mask: fold the causal one into the array
-    // (also when the sink's key below needs an array mask).
-    if (do_causal && (mask || has_sink_values)) {
-      int qL = q.shape(2);
-      int kL = k.shape(2);
-      auto visible = greater_equal(
-          reshape(arange(kL - qL, kL, int32, stream), {qL, 1}, stream),
-          arange(kL, int32, stream),
-          stream);
-      if (!mask) {
-        mask = visible;
-      } else {
-        mask = mask->dtype() == bool_
-            ? logical_and(*mask, visible, stream)
-            : where(
-                  visible,
-                  *mask,
-                  array(-std::numeric_limits<float>::max(), float32),
-                  stream);
-      }
-    }
-    if (has_sink_values) {
-      // A sink with a value is a key of score sinks[h] and that value: a
-      // zero key (score 0) before the cache whose mask column is the sink
-      // logit; every cached key keeps its mask (causal folded in first).
-      auto sv = fused_rotation ? turbo::rotate(inputs.back(), false, stream)
-                               : inputs.back();
-      std::tie(k, v, mask) =
-          turbo::sink_as_key(q, k, v, mask, *sinks, sv, stream);
-      sinks = std::nullopt;
-    }
-    auto mask_mode = do_causal && !mask ? "causal" : "";
-    auto out = mlx_attention(
-        &scaled_dot_product_attention,
-        q,
-        k,
-        v,
-        scale,
-        mask_mode,
-        mask,
-        sinks,
-        stream);
-    if (fused_rotation) {
-      out = astype(turbo::rotate(out, true, stream), out_type, stream);
-    }
-    return std::vector<array>{out};
+  auto fallback = [layout](const std::vector<array>& inputs) {
+    return composed_attention(layout, inputs);
   };
-
   array out = use_primitive
       ? array(
             Shape{B, n_q_heads, qL, dv},
@@ -562,8 +714,10 @@ array quantized_scaled_dot_product_attention(
                 fallback,
                 scale,
                 do_causal,
-                has_sinks,
-                has_sink_values,
+                layout.has_sinks,
+                layout.has_sink_values,
+                layout.has_key_shift,
+                layout.has_first_key,
                 kmode,
                 vmode,
                 queries.dtype() != float32,
@@ -581,8 +735,9 @@ bool QuantizedScaledDotProductAttention::is_equivalent(
   const auto& o = static_cast<const QuantizedScaledDotProductAttention&>(other);
   return scale_ == o.scale_ && do_causal_ == o.do_causal_ &&
       has_sinks_ == o.has_sinks_ && has_sink_values_ == o.has_sink_values_ &&
-      key_mode_ == o.key_mode_ && value_mode_ == o.value_mode_ &&
-      low_precision_ == o.low_precision_ &&
+      has_key_shift_ == o.has_key_shift_ &&
+      has_first_key_ == o.has_first_key_ && key_mode_ == o.key_mode_ &&
+      value_mode_ == o.value_mode_ && low_precision_ == o.low_precision_ &&
       fused_rotation_ == o.fused_rotation_;
 }
 

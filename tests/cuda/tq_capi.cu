@@ -153,6 +153,10 @@ static int plan(
   p.causal_offset = kL - qL;
   p.mask_kind = mask_kind;
   p.has_sinks = has_sinks;
+  // Sink logits per head (MLX also passes per-row logits, (B, Hq, qL)).
+  p.sk_str[0] = 0;
+  p.sk_str[1] = 1;
+  p.sk_str[2] = 0;
   for (int i = 0; i < 4; i++)
     p.m_str[i] = mstr ? mstr[i] : 0;
   int path = force_path >= 0

@@ -68,7 +68,10 @@ struct AttnArgs {
   const void* mask; // bool or float32, strided
   bool mask_is_bool;
   int64_t m_str[4];
+  // Sink logits, float32: per head (sk_str {0, 1, 0}) or per row (B, Hq, qL)
+  // with the key bias of the exact transforms folded in; nullptr if none.
   const float* sinks;
+  int64_t sk_str[3];
   // The sinks' values (B or 1, Hkv, Dv), rotated, or nullptr (value 0).
   const float* sink_values;
   int64_t sv_b_str; // 0 when shared by the batch
@@ -229,11 +232,14 @@ void attention(const AttnArgs& a) {
       int h = kvh * G + g;
       for (int qi = q0; qi < q1; ++qi) {
         int r = g * nq + (qi - q0);
-        float mx = a.sinks ? a.sinks[h] : -INFINITY;
+        const float sink = a.sinks
+            ? a.sinks[b * a.sk_str[0] + h * a.sk_str[1] + qi * a.sk_str[2]]
+            : -INFINITY;
+        float mx = sink;
         for (int s = 0; s < nsplit; ++s) {
           mx = std::max(mx, part_m[(it * nsplit + s) * rows_max + r]);
         }
-        float l = a.sinks ? std::exp(a.sinks[h] - mx) : 0.0f;
+        float l = a.sinks ? std::exp(sink - mx) : 0.0f;
         float* o = a.out + ((int64_t(b) * a.Hq + h) * a.qL + qi) * a.Dv;
         if (a.sink_values) {
           const float* sv = a.sink_values + b * a.sv_b_str + kvh * a.Dv;
@@ -293,6 +299,47 @@ void rotate_rows(const TI* x, TO* y, int64_t rows, int dim, bool inverse) {
   });
 }
 
+// Sink logits per query row (B, Hq, qL) with the key bias of the exact
+// transforms: sinks[h] (0 without sinks) - scale * q . (key_shift -
+// first_key), q as given (unrotated), key_shift / first_key (B or 1, Hkv, D)
+// contiguous in the queries' dtype T, either may be absent.
+template <typename T>
+void row_sink_logits(
+    const T* q,
+    const float* sinks,
+    const T* key_shift,
+    const T* first_key,
+    int64_t ksh_b_str,
+    int64_t fk_b_str,
+    const AttnArgs& a,
+    float* out) {
+  const int G = a.Hq / a.Hkv;
+  std::vector<float> bias(a.Dk);
+  for (int b = 0; b < a.B; ++b) {
+    for (int h = 0; h < a.Hq; ++h) {
+      const int kvh = h / G;
+      for (int i = 0; i < a.Dk; ++i) {
+        float mu = key_shift
+            ? static_cast<float>(key_shift[b * ksh_b_str + kvh * a.Dk + i])
+            : 0.0f;
+        float k0 = first_key
+            ? static_cast<float>(first_key[b * fk_b_str + kvh * a.Dk + i])
+            : 0.0f;
+        bias[i] = mu - k0;
+      }
+      for (int qi = 0; qi < a.qL; ++qi) {
+        const int64_t row = (int64_t(b) * a.Hq + h) * a.qL + qi;
+        const T* qr = q + row * a.Dk;
+        float dot = 0.0f;
+        for (int i = 0; i < a.Dk; ++i) {
+          dot += static_cast<float>(qr[i]) * bias[i];
+        }
+        out[row] = (sinks ? sinks[h] : 0.0f) - a.scale * dot;
+      }
+    }
+  }
+}
+
 } // namespace
 
 namespace fast {
@@ -316,7 +363,27 @@ void QuantizedScaledDotProductAttention::eval_cpu(
   auto ks = inputs[2];
   auto v = last_dense(inputs[3]);
   auto vs = inputs[4];
-  bool has_mask = inputs.size() > 5 + has_sinks_ + has_sink_values_;
+  // After (q, k, k_scales, v, v_scales): [mask] [sinks] [sink_values]
+  // [key_shift] [first_key].
+  bool has_mask = inputs.size() >
+      size_t(5 + has_sinks_ + has_sink_values_ + has_key_shift_ +
+             has_first_key_);
+  size_t next = 5 + has_mask;
+  auto take = [&](bool present) {
+    return present ? std::optional<array>(inputs[next++]) : std::nullopt;
+  };
+  std::optional<array> sinks = take(has_sinks_);
+  std::optional<array> sv = take(has_sink_values_);
+  std::optional<array> key_shift = take(has_key_shift_);
+  std::optional<array> first_key = take(has_first_key_);
+  auto contiguous = [&](std::optional<array>& x) {
+    if (x) {
+      x = ensure_contiguous(*x, encoder, stream());
+    }
+  };
+  contiguous(sv);
+  contiguous(key_shift);
+  contiguous(first_key);
   auto& out = outputs[0];
   out.set_data(allocator::malloc(out.nbytes()));
   // fused_rotation: q (in its dtype) is rotated into a float32 temporary and
@@ -335,10 +402,8 @@ void QuantizedScaledDotProductAttention::eval_cpu(
   }
   // The sinks' values, (B or 1, Hkv, 1, Dv): in the queries' domain (rotated
   // here with fused_rotation, float32 already rotated otherwise).
-  std::optional<array> sv;
   std::optional<array> sv_rot;
-  if (has_sink_values_) {
-    sv = ensure_contiguous(inputs.back(), encoder, stream());
+  if (sv) {
     if (fused_rotation_) {
       sv_rot = array(sv->shape(), float32, nullptr, {});
       sv_rot->set_data(allocator::malloc(sv_rot->nbytes()));
@@ -381,9 +446,19 @@ void QuantizedScaledDotProductAttention::eval_cpu(
       args.m_str[i] = mask->strides()[i];
     }
   }
-  std::optional<array> sinks;
-  if (has_sinks_) {
-    sinks = inputs[5 + has_mask];
+  // The key bias makes the sink logits per row (computed in the task).
+  std::optional<array> row_sinks;
+  if (key_shift || first_key) {
+    row_sinks = array({args.B, args.Hq, args.qL}, float32, nullptr, {});
+    row_sinks->set_data(allocator::malloc(row_sinks->nbytes()));
+    encoder.add_temporary(*row_sinks);
+    args.sk_str[0] = int64_t(args.Hq) * args.qL;
+    args.sk_str[1] = args.qL;
+    args.sk_str[2] = 1;
+  } else {
+    args.sk_str[0] = 0;
+    args.sk_str[1] = 1;
+    args.sk_str[2] = 0;
   }
   if (sv) {
     args.sv_b_str = sv->shape(0) == 1 ? 0 : int64_t(args.Hkv) * args.Dv;
@@ -408,6 +483,15 @@ void QuantizedScaledDotProductAttention::eval_cpu(
                      : std::nullopt,
        sv = sv ? std::optional<array>(array::unsafe_weak_copy(*sv))
                : std::nullopt,
+       key_shift = key_shift
+           ? std::optional<array>(array::unsafe_weak_copy(*key_shift))
+           : std::nullopt,
+       first_key = first_key
+           ? std::optional<array>(array::unsafe_weak_copy(*first_key))
+           : std::nullopt,
+       row_sinks = row_sinks
+           ? std::optional<array>(array::unsafe_weak_copy(*row_sinks))
+           : std::nullopt,
        sv_rot = sv_rot ? std::optional<array>(array::unsafe_weak_copy(*sv_rot))
                        : std::nullopt,
        kbits,
@@ -430,6 +514,24 @@ void QuantizedScaledDotProductAttention::eval_cpu(
         args.vs = vs.data<void>();
         args.mask = mask ? mask->data<void>() : nullptr;
         args.sinks = sinks ? sinks->data<float>() : nullptr;
+        if (row_sinks) {
+          dispatch_float(q.dtype(), [&](auto t) {
+            using T = decltype(t);
+            auto b_str = [&](const std::optional<array>& x) {
+              return x && x->shape(0) != 1 ? int64_t(args.Hkv) * args.Dk : 0;
+            };
+            row_sink_logits<T>(
+                q.data<T>(),
+                args.sinks,
+                key_shift ? key_shift->data<T>() : nullptr,
+                first_key ? first_key->data<T>() : nullptr,
+                b_str(key_shift),
+                b_str(first_key),
+                args,
+                row_sinks->data<float>());
+          });
+          args.sinks = row_sinks->data<float>();
+        }
         if (sv_rot) {
           dispatch_float(sv->dtype(), [&](auto t) {
             using T = decltype(t);

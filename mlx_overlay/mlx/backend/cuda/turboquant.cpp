@@ -66,64 +66,86 @@ void QuantizedScaledDotProductAttention::eval_gpu(
   auto& s = stream();
   auto& enc = cu::get_command_encoder(s);
 
-  // q: the kernels read rotated float32 rows with strides (B, H, L) and a
-  // dense last axis. With fused_rotation the rotation kernel makes them
-  // (row contiguous) from the queries as given.
-  array q = last_dense(inputs[0], enc, s);
+  // After (q, k, k_scales, v, v_scales): [mask] [sinks] [sink_values]
+  // [key_shift] [first_key].
+  const bool has_mask = inputs.size() >
+      size_t(5 + has_sinks_ + has_sink_values_ + has_key_shift_ +
+             has_first_key_);
+  size_t next = 5 + has_mask;
+  auto take = [&](bool present) {
+    return present ? std::optional<array>(inputs[next++]) : std::nullopt;
+  };
+  std::optional<array> mask = take(has_mask);
+  std::optional<array> sinks = take(has_sinks_);
+  std::optional<array> sink_values = take(has_sink_values_);
+  std::optional<array> key_shift = take(has_key_shift_);
+  std::optional<array> first_key = take(has_first_key_);
+  if (mask && mask->dtype() != bool_ && mask->dtype() != float32) {
+    throw std::invalid_argument(
+        "[quantized_scaled_dot_product_attention] The mask must be bool or "
+        "float32 on this backend.");
+  }
+  auto row_contiguous = [&](std::optional<array>& x) {
+    if (x && !x->flags().row_contiguous) {
+      x = contiguous_copy_gpu(*x, s);
+      enc.add_temporary(*x);
+    }
+  };
+  row_contiguous(sinks);
+  row_contiguous(sink_values);
+  row_contiguous(key_shift);
+  row_contiguous(first_key);
   auto temporary = [&](const Shape& shape) {
     array t(shape, float32, nullptr, {});
     t.set_data(cu::malloc_async(t.nbytes(), enc));
     enc.add_temporary(t);
     return t;
   };
+
+  // q: the kernels read rotated float32 rows with strides (B, H, L) and a
+  // dense last axis. With fused_rotation one preparation launch makes them
+  // (row contiguous) from the queries as given, rotates the sink values
+  // (B or 1, Hkv, 1, D) the same way and, with the key bias of the exact
+  // transforms, writes per-row sink logits; otherwise the sink values come
+  // float32 and rotated.
+  array q = last_dense(inputs[0], enc, s);
   if (fused_rotation_) {
     if (!q.flags().row_contiguous) {
       q = contiguous_copy_gpu(q, s);
       enc.add_temporary(q);
     }
     array q_rot = temporary(q.shape());
-    turbo_rotate_gpu(q, q_rot, false, enc);
+    std::optional<array> sv_rot;
+    if (sink_values) {
+      sv_rot = temporary(sink_values->shape());
+    }
+    std::optional<array> row_sinks;
+    if (key_shift || first_key) {
+      row_sinks = temporary({q.shape(0), q.shape(1), q.shape(2)});
+    }
+    turbo_attention_prep_gpu(
+        q,
+        q_rot,
+        sink_values,
+        sv_rot ? &*sv_rot : nullptr,
+        sinks,
+        key_shift,
+        first_key,
+        row_sinks ? &*row_sinks : nullptr,
+        scale_,
+        enc);
     q = q_rot;
+    if (sv_rot) {
+      sink_values = sv_rot;
+    }
+    if (row_sinks) {
+      sinks = row_sinks;
+    }
   }
   array k = last_dense(inputs[1], enc, s);
   array ks = inputs[2];
   array v = last_dense(inputs[3], enc, s);
   array vs = inputs[4];
-  bool has_mask = inputs.size() > size_t(5 + has_sinks_ + has_sink_values_);
-  std::optional<array> mask;
-  if (has_mask) {
-    mask = inputs[5];
-    if (mask->dtype() != bool_ && mask->dtype() != float32) {
-      throw std::invalid_argument(
-          "[quantized_scaled_dot_product_attention] The mask must be bool or "
-          "float32 on this backend.");
-    }
-  }
-  std::optional<array> sinks;
-  if (has_sinks_) {
-    array sk = inputs[5 + has_mask];
-    if (sk.strides().back() != 1 && sk.size() > 1) {
-      sk = contiguous_copy_gpu(sk, s);
-      enc.add_temporary(sk);
-    }
-    sinks = sk;
-  }
-  // The sinks' values, (B or 1, Hkv, 1, D): rotated here with
-  // fused_rotation, float32 and rotated already otherwise.
-  std::optional<array> sink_values;
-  if (has_sink_values_) {
-    array sv = inputs.back();
-    if (!sv.flags().row_contiguous) {
-      sv = contiguous_copy_gpu(sv, s);
-      enc.add_temporary(sv);
-    }
-    if (fused_rotation_) {
-      array sv_rot = temporary(sv.shape());
-      turbo_rotate_gpu(sv, sv_rot, false, enc);
-      sv = sv_rot;
-    }
-    sink_values = sv;
-  }
 
   auto& out = outputs[0];
   out.set_data(cu::malloc_async(out.nbytes(), enc));

@@ -194,6 +194,82 @@ void turbo_rotate_gpu(
   });
 }
 
+void turbo_attention_prep_gpu(
+    const array& q,
+    array& q_rot,
+    const std::optional<array>& sv,
+    array* sv_rot,
+    const std::optional<array>& sinks,
+    const std::optional<array>& key_shift,
+    const std::optional<array>& first_key,
+    array* row_sinks,
+    float scale,
+    cu::CommandEncoder& enc) {
+  const int Hq = q.shape(1);
+  const int qL = q.shape(2);
+  const int d = q.shape(3);
+  const int64_t n_q = q.size() / d;
+  const int64_t n_sv = sv ? sv->size() / d : 0;
+  for (auto* x : {&sv, &key_shift, &first_key}) {
+    if (*x && (*x)->dtype() != q.dtype()) {
+      throw std::invalid_argument(
+          "[turbo_attention_prep_gpu] the sink values and the key bias must "
+          "have the queries' dtype.");
+    }
+  }
+  enc.set_input_array(q);
+  enc.set_output_array(q_rot);
+  if (sv) {
+    enc.set_input_array(*sv);
+    enc.set_output_array(*sv_rot);
+  }
+  for (auto* x : {&sinks, &key_shift, &first_key}) {
+    if (*x) {
+      enc.set_input_array(**x);
+    }
+  }
+  if (row_sinks) {
+    enc.set_output_array(*row_sinks);
+  }
+  dim3 grid(
+      (n_q + n_sv + cu::turbo::kEncodeWarps - 1) / cu::turbo::kEncodeWarps);
+  dim3 block(32 * cu::turbo::kEncodeWarps);
+  dispatch_float_types(q.dtype(), "turbo_attention_prep", [&](auto type_tag) {
+    using T = cuda_type_t<MLX_GET_TYPE(type_tag)>;
+    auto ptr = [](const std::optional<array>& x) {
+      return x ? gpu_ptr<T>(*x) : static_cast<const T*>(nullptr);
+    };
+    auto b_str = [&](const std::optional<array>& x) -> int64_t {
+      return x && x->shape(0) != 1 ? x->size() / x->shape(0) : 0;
+    };
+    cu::turbo::PrepArgs<T> a{
+        n_q,
+        n_sv,
+        Hq,
+        qL,
+        Hq / (key_shift ? key_shift->shape(1)
+                        : (first_key ? first_key->shape(1) : Hq)),
+        scale,
+        sinks ? gpu_ptr<float>(*sinks) : nullptr,
+        ptr(key_shift),
+        ptr(first_key),
+        b_str(key_shift),
+        b_str(first_key),
+        row_sinks ? gpu_ptr<float>(*row_sinks) : nullptr};
+    dispatch_turbo_dim(d, [&](auto dim) {
+      enc.add_kernel_node(
+          cu::turbo::turbo_attention_prep<T, dim.value>,
+          grid,
+          block,
+          gpu_ptr<T>(q),
+          gpu_ptr<float>(q_rot),
+          ptr(sv),
+          sv_rot ? gpu_ptr<float>(*sv_rot) : nullptr,
+          a);
+    });
+  });
+}
+
 void turbo_sdpa_gpu(
     const array& q,
     const array& k,
@@ -257,6 +333,11 @@ void turbo_sdpa_gpu(
     L.mask = gpu_ptr<void>(m);
   }
   L.sinks = sinks ? gpu_ptr<float>(*sinks) : nullptr;
+  // Per head (Hq) or per query row (B, Hq, qL).
+  const bool row_sinks = sinks && sinks->ndim() == 3;
+  p.sk_str[0] = row_sinks ? int64_t(Hq) * qL : 0;
+  p.sk_str[1] = row_sinks ? qL : 1;
+  p.sk_str[2] = row_sinks ? 1 : 0;
   if (sink_values) {
     if (qL > tb::kVectorMaxQL) {
       throw std::invalid_argument(

@@ -42,10 +42,28 @@ void turbo_rotate_gpu(
     bool inverse,
     cu::CommandEncoder& enc);
 
+// Decode preparation with fused_rotation, one launch: q (B, Hq, qL, D) and
+// the sink values sv ((B or 1), Hkv, 1, D), both in T and row contiguous,
+// rotated into float32 q_rot / sv_rot; with row_sinks (B, Hq, qL) float32,
+// each query row's sink logit sinks[h] (0 without) - scale * q . (key_shift
+// - first_key) (each (B or 1, Hkv, 1, D) in T, row contiguous, optional).
+void turbo_attention_prep_gpu(
+    const array& q,
+    array& q_rot,
+    const std::optional<array>& sv,
+    array* sv_rot,
+    const std::optional<array>& sinks,
+    const std::optional<array>& key_shift,
+    const std::optional<array>& first_key,
+    array* row_sinks,
+    float scale,
+    cu::CommandEncoder& enc);
+
 // Attention on the packed cache; inputs as in the kernel contract of
 // docs/format.md, already laid out with contiguous last dimensions. With
 // final_out (fused_rotation; out is then a row-contiguous float32
 // temporary), the output is also rotated back into *final_out in its dtype.
+// sinks: float32 logits per head (Hq) or per row (B, Hq, qL), contiguous.
 // sink_values (decode only): float32 (B or 1, Hkv, 1, D), row contiguous, in
 // the rotated domain: the sinks' values (none: value 0).
 void turbo_sdpa_gpu(

@@ -422,6 +422,74 @@ __global__ void __launch_bounds__(32 * kEncodeWarps)
   }
 }
 
+// Decode preparation (fused_rotation), one launch per attention call: one
+// warp per row rotates the n_q query rows (B, Hq, qL) and then the n_sv sink
+// value rows (B or 1, Hkv) from T into float32 (y = R x), and with a key bias
+// writes each query row's sink logit, sinks[h] (0 without sinks) - scale * q
+// . (key_shift - first_key) with q as given, to row_sinks (B, Hq, qL).
+template <typename T>
+struct PrepArgs {
+  int64_t n_q;
+  int64_t n_sv;
+  int Hq;
+  int qL;
+  int gqa;
+  float scale;
+  const float* sinks; // (Hq) or nullptr
+  const T* key_shift; // rows of D, (B or 1, Hkv), or nullptr
+  const T* first_key; // the same
+  int64_t ksh_b_str; // 0 when shared by the batch
+  int64_t fk_b_str;
+  float* row_sinks; // nullptr: no key bias
+};
+
+template <typename T, int D>
+__global__ void __launch_bounds__(32 * kEncodeWarps) turbo_attention_prep(
+    const T* __restrict__ q,
+    float* __restrict__ q_rot,
+    const T* __restrict__ sv,
+    float* __restrict__ sv_rot,
+    const PrepArgs<T> a) {
+  __shared__ float sbuf[kEncodeWarps][D];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int64_t v = int64_t(blockIdx.x) * kEncodeWarps + warp;
+  if (v >= a.n_q + a.n_sv) {
+    return;
+  }
+  const bool is_q = v < a.n_q;
+  const T* in = is_q ? q + v * D : sv + (v - a.n_q) * D;
+  float* o = is_q ? q_rot + v * D : sv_rot + (v - a.n_q) * D;
+  float* buf = sbuf[warp];
+  float dot = 0.0f;
+  if (is_q && a.row_sinks) {
+    const int h = (v / a.qL) % a.Hq;
+    const int64_t b = v / (int64_t(a.Hq) * a.qL);
+    const int64_t kv_row = int64_t(h / a.gqa) * D;
+    const T* mu = a.key_shift ? a.key_shift + b * a.ksh_b_str + kv_row : nullptr;
+    const T* k0 = a.first_key ? a.first_key + b * a.fk_b_str + kv_row : nullptr;
+    for (int i = lane; i < D; i += 32) {
+      float bias = (mu ? to_float(mu[i]) : 0.0f) - (k0 ? to_float(k0[i]) : 0.0f);
+      dot += to_float(in[i]) * bias;
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      dot += __shfl_xor_sync(0xffffffff, dot, off);
+    }
+    if (lane == 0) {
+      a.row_sinks[v] = (a.sinks ? a.sinks[h] : 0.0f) - a.scale * dot;
+    }
+  }
+  for (int i = lane; i < D; i += 32) {
+    buf[i] = to_float(in[i]) * rot_sign(1, i);
+  }
+  __syncwarp();
+  warp_rotate_presigned<D>(buf, lane);
+  for (int i = lane; i < D; i += 32) {
+    o[i] = buf[i];
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Attention
 // ---------------------------------------------------------------------------
@@ -451,11 +519,20 @@ struct AttnParams {
   int64_t vs_str[3];
   int64_t o_str[3];
   int64_t m_str[4]; // (B, Hq, qL, kL), 0 for broadcast
+  // Sink logits (natural log): per head {0, 1, 0}, or per row (B, Hq, qL)
+  // {Hq qL, qL, 1} with the key bias of the exact transforms folded in.
+  int64_t sk_str[3];
   // Decode: the sinks' values, float32 (B or 1, Hkv, D) in the rotated
   // domain, or nullptr (a sink of value 0). sv_b_str is 0 when shared.
   const float* sink_values;
   int64_t sv_b_str;
 };
+
+// The sink logit of query row (b, h, qi).
+__device__ inline float
+sink_logit(const AttnParams& p, const float* sinks, int b, int h, int qi) {
+  return sinks[b * p.sk_str[0] + h * p.sk_str[1] + qi * p.sk_str[2]];
+}
 
 // The sink's share of a decode row's output before normalization, in the
 // merged frame of maximum mb (log2 domain): its weight times its value, for
@@ -467,13 +544,14 @@ __device__ inline float sink_value_term(
     int split,
     int b,
     int h,
+    int qi,
     int d,
     float mb) {
   if (p.sink_values == nullptr || split != 0) {
     return 0.0f;
   }
   const float* sv = p.sink_values + b * p.sv_b_str + int64_t(h / p.gqa) * D;
-  return exp2f(kLog2e * sinks[h] - mb) * sv[d];
+  return exp2f(kLog2e * sink_logit(p, sinks, b, h, qi) - mb) * sv[d];
 }
 
 // Keys a prefill tile of queries [q0, q0 + bq) must visit: with a causal
@@ -691,7 +769,7 @@ __global__ void __launch_bounds__(kVecThreads) turbo_sdpa_vector(
     }
     // The sink joins the softmax once per row: in split 0, subgroup 0.
     if (p.has_sinks && split == 0 && sg == 0 && row_ok[r]) {
-      m[r] = kLog2e * sinks[row_h[r]];
+      m[r] = kLog2e * sink_logit(p, sinks, b, row_h[r], row_q[r]);
       l[r] = 1.0f;
     }
   }
@@ -864,7 +942,7 @@ __global__ void __launch_bounds__(kVecThreads) turbo_sdpa_vector(
     }
     int h = hk * p.gqa + row / p.qL;
     int qi = row % p.qL;
-    o += sink_value_term<D>(p, sinks, split, b, h, d, mb);
+    o += sink_value_term<D>(p, sinks, split, b, h, qi, d, mb);
     if (p.num_splits == 1) {
       out[b * p.o_str[0] + h * p.o_str[1] + qi * p.o_str[2] + d] = o / lsum;
     } else {
@@ -1347,7 +1425,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   float l_r = 0.0f; // partial over the lane's keys
   int ev = 0; // T = __half: o is in units of 2^ev (P guard)
   if (p.has_sinks && split == 0 && warp == 0 && row_ok) {
-    m_r = kLog2e * sinks[row_h];
+    m_r = kLog2e * sink_logit(p, sinks, b, row_h, row_q);
     l_r = t == 0 ? 1.0f : 0.0f;
   }
   __syncthreads(); // tables ready
@@ -1617,7 +1695,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
     }
     const int h = hk * p.gqa + orow / p.qL;
     const int qi = orow % p.qL;
-    acc += sink_value_term<D>(p, sinks, split, b, h, d, mb);
+    acc += sink_value_term<D>(p, sinks, split, b, h, qi, d, mb);
     if (p.num_splits == 1) {
       out[b * p.o_str[0] + h * p.o_str[1] + qi * p.o_str[2] + d] = acc / lsum;
     } else {
