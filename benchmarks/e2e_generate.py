@@ -164,10 +164,12 @@ def with_result_keys(row):
     row = dict(row)
     for a, b in [("decode_tps", "decode_tok_s"), ("decode_tps_min", "decode_tok_s_min"),
                  ("decode_tps_max", "decode_tok_s_max")]:
-        row[a] = row.get(b)
+        row.setdefault(a, row.get(b))
     gb, cb = row.get("peak_memory_gb"), row.get("cache_bytes")
-    row["peak_mib"] = None if gb is None else gb * 1e9 / 2**20
-    row["cache_mib"] = None if cb is None else cb / 2**20
+    row.setdefault("peak_mib", None if gb is None else gb * 1e9 / 2**20)
+    # decode_profile.py measures cache_mib itself.
+    if row.get("cache_mib") is None:
+        row["cache_mib"] = None if cb is None else cb / 2**20
     return row
 
 
