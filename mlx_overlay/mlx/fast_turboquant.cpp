@@ -362,8 +362,8 @@ void fold_key_bias(
   if (B == 1 && qL == 1) {
     // One row per head (single-sequence decode): moving the sink logit by
     // -bias is the same and reads no mask.
-    sinks = subtract(
-        astype(*sinks, float32, s), reshape(bias, {n_q_heads}, s), s);
+    sinks =
+        subtract(astype(*sinks, float32, s), reshape(bias, {n_q_heads}, s), s);
   } else if (!mask) {
     mask = bias;
   } else if (mask->dtype() == bool_) {
@@ -417,9 +417,7 @@ array dequantized_attention(
     // (key 0 is always visible).
     auto prepend = [&](const array& first, const array& x) {
       auto f = broadcast_to(
-          astype(first, dtype, stream),
-          {B, n_kv_heads, 1, x.shape(3)},
-          stream);
+          astype(first, dtype, stream), {B, n_kv_heads, 1, x.shape(3)}, stream);
       return concatenate({f, x}, 2, stream);
     };
     k = prepend(*first_key, k);
@@ -479,15 +477,13 @@ std::vector<array> composed_attention(
     const PrimitiveInputs& a,
     const std::vector<array>& inputs) {
   const auto& stream = a.stream;
-  size_t next = 5;
-  auto take = [&](bool present) {
-    return present ? std::optional<array>(inputs[next++]) : std::nullopt;
-  };
-  std::optional<array> mask = take(a.has_mask);
-  std::optional<array> sinks = take(a.has_sinks);
-  std::optional<array> sink_value = take(a.has_sink_values);
-  std::optional<array> key_shift = take(a.has_key_shift);
-  std::optional<array> first_key = take(a.has_first_key);
+  auto [mask, sinks, sink_value, key_shift, first_key] =
+      turbo::attention_extras(
+          inputs,
+          a.has_sinks,
+          a.has_sink_values,
+          a.has_key_shift,
+          a.has_first_key);
   // A raw key bias comes with fused_rotation: the queries are as given.
   if (key_shift || first_key) {
     fold_key_bias(
@@ -659,7 +655,8 @@ array quantized_scaled_dot_product_attention(
   const bool needs_bias = first_key || (key_shift && has_sinks);
   const bool kernel_bias = needs_bias && fused_rotation && !key_channel_scales;
   if (needs_bias && !kernel_bias) {
-    fold_key_bias(queries, key_shift, first_key, scale, mask, sink_logits, stream);
+    fold_key_bias(
+        queries, key_shift, first_key, scale, mask, sink_logits, stream);
   }
   // The first token's value is the sink's value, in the domain of the
   // primitive's queries: as given with fused_rotation (in the queries'

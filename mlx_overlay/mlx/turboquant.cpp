@@ -154,6 +154,27 @@ array rotate(const array& x, bool inverse, StreamOrDevice s) {
   return y;
 }
 
+AttentionExtras attention_extras(
+    const std::vector<array>& inputs,
+    bool has_sinks,
+    bool has_sink_values,
+    bool has_key_shift,
+    bool has_first_key) {
+  const bool has_mask = inputs.size() >
+      size_t(5 + has_sinks + has_sink_values + has_key_shift + has_first_key);
+  size_t next = 5;
+  auto take = [&](bool present) {
+    return present ? std::optional<array>(inputs[next++]) : std::nullopt;
+  };
+  AttentionExtras x;
+  x.mask = take(has_mask);
+  x.sinks = take(has_sinks);
+  x.sink_values = take(has_sink_values);
+  x.key_shift = take(has_key_shift);
+  x.first_key = take(has_first_key);
+  return x;
+}
+
 std::tuple<array, array, array> sink_as_key(
     const array& q,
     const array& k,

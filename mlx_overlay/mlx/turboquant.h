@@ -186,6 +186,22 @@ array per_query_head(const array& t, int gqa, StreamOrDevice s = {});
 // Op-composed rotation over the last axis (float32 result).
 array rotate(const array& x, bool inverse, StreamOrDevice s = {});
 
+// The optional inputs of the attention primitive, after (q, k, k_scales, v,
+// v_scales), in this order; the mask is present when the count says so.
+struct AttentionExtras {
+  std::optional<array> mask;
+  std::optional<array> sinks;
+  std::optional<array> sink_values;
+  std::optional<array> key_shift;
+  std::optional<array> first_key;
+};
+AttentionExtras attention_extras(
+    const std::vector<array>& inputs,
+    bool has_sinks,
+    bool has_sink_values,
+    bool has_key_shift,
+    bool has_first_key);
+
 // Attention with a sink that has a value, for MLX's own attention: a zero key
 // (score 0) and the sink value (B or 1, Hkv, 1, Dv) before the cache, and an
 // additive mask whose first column is the sink logit sinks[h], the rest the

@@ -363,19 +363,8 @@ void QuantizedScaledDotProductAttention::eval_cpu(
   auto ks = inputs[2];
   auto v = last_dense(inputs[3]);
   auto vs = inputs[4];
-  // After (q, k, k_scales, v, v_scales): [mask] [sinks] [sink_values]
-  // [key_shift] [first_key].
-  bool has_mask = inputs.size() >
-      size_t(5 + has_sinks_ + has_sink_values_ + has_key_shift_ +
-             has_first_key_);
-  size_t next = 5 + has_mask;
-  auto take = [&](bool present) {
-    return present ? std::optional<array>(inputs[next++]) : std::nullopt;
-  };
-  std::optional<array> sinks = take(has_sinks_);
-  std::optional<array> sv = take(has_sink_values_);
-  std::optional<array> key_shift = take(has_key_shift_);
-  std::optional<array> first_key = take(has_first_key_);
+  auto [mask, sinks, sv, key_shift, first_key] = turbo::attention_extras(
+      inputs, has_sinks_, has_sink_values_, has_key_shift_, has_first_key_);
   auto contiguous = [&](std::optional<array>& x) {
     if (x) {
       x = ensure_contiguous(*x, encoder, stream());
@@ -438,9 +427,7 @@ void QuantizedScaledDotProductAttention::eval_cpu(
         "must have the same dtype.");
   }
   args.scale_type = ks.dtype();
-  std::optional<array> mask;
-  if (has_mask) {
-    mask = inputs[5];
+  if (mask) {
     args.mask_is_bool = mask->dtype() == bool_;
     for (int i = 0; i < 4; ++i) {
       args.m_str[i] = mask->strides()[i];

@@ -66,20 +66,9 @@ void QuantizedScaledDotProductAttention::eval_gpu(
   auto& s = stream();
   auto& enc = cu::get_command_encoder(s);
 
-  // After (q, k, k_scales, v, v_scales): [mask] [sinks] [sink_values]
-  // [key_shift] [first_key].
-  const bool has_mask = inputs.size() >
-      size_t(5 + has_sinks_ + has_sink_values_ + has_key_shift_ +
-             has_first_key_);
-  size_t next = 5 + has_mask;
-  auto take = [&](bool present) {
-    return present ? std::optional<array>(inputs[next++]) : std::nullopt;
-  };
-  std::optional<array> mask = take(has_mask);
-  std::optional<array> sinks = take(has_sinks_);
-  std::optional<array> sink_values = take(has_sink_values_);
-  std::optional<array> key_shift = take(has_key_shift_);
-  std::optional<array> first_key = take(has_first_key_);
+  auto [mask, sinks, sink_values, key_shift, first_key] =
+      turbo::attention_extras(
+          inputs, has_sinks_, has_sink_values_, has_key_shift_, has_first_key_);
   if (mask && mask->dtype() != bool_ && mask->dtype() != float32) {
     throw std::invalid_argument(
         "[quantized_scaled_dot_product_attention] The mask must be bool or "

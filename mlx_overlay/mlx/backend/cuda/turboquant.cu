@@ -247,8 +247,9 @@ void turbo_attention_prep_gpu(
         n_sv,
         Hq,
         qL,
-        Hq / (key_shift ? key_shift->shape(1)
-                        : (first_key ? first_key->shape(1) : Hq)),
+        Hq /
+            (key_shift ? key_shift->shape(1)
+                       : (first_key ? first_key->shape(1) : Hq)),
         scale,
         sinks ? gpu_ptr<float>(*sinks) : nullptr,
         ptr(key_shift),

@@ -466,10 +466,12 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_attention_prep(
     const int h = (v / a.qL) % a.Hq;
     const int64_t b = v / (int64_t(a.Hq) * a.qL);
     const int64_t kv_row = int64_t(h / a.gqa) * D;
-    const T* mu = a.key_shift ? a.key_shift + b * a.ksh_b_str + kv_row : nullptr;
+    const T* mu =
+        a.key_shift ? a.key_shift + b * a.ksh_b_str + kv_row : nullptr;
     const T* k0 = a.first_key ? a.first_key + b * a.fk_b_str + kv_row : nullptr;
     for (int i = lane; i < D; i += 32) {
-      float bias = (mu ? to_float(mu[i]) : 0.0f) - (k0 ? to_float(k0[i]) : 0.0f);
+      float bias =
+          (mu ? to_float(mu[i]) : 0.0f) - (k0 ? to_float(k0[i]) : 0.0f);
       dot += to_float(in[i]) * bias;
     }
 #pragma unroll
