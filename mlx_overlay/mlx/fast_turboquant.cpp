@@ -402,26 +402,57 @@ array dequantized_attention(
   const int kL = keys.shape(2);
   const bool has_sinks = sinks.has_value();
   auto dtype = queries.dtype();
-  auto k = turbo::dequantize(keys, key_scales, kmode, dtype, stream);
+  // With the exact first token, the cache is dequantized with one more row
+  // in front: a zero row of codes and scales goes before the packed cache (a
+  // copy of the packed data, no larger than the contiguous copy a cache
+  // slice needs anyway), and the first token's key and value then replace
+  // row 0 in place. No second copy of the dequantized cache is made.
+  auto dequantize_rows = [&](const array& w,
+                             const array& sc,
+                             QuantizationMode mode) {
+    if (!first_key) {
+      return turbo::dequantize(w, sc, mode, dtype, stream);
+    }
+    auto zero_row = [&](const array& x) {
+      return zeros({B, n_kv_heads, 1, x.shape(3)}, x.dtype(), stream);
+    };
+    return turbo::dequantize(
+        concatenate({zero_row(w), w}, 2, stream),
+        concatenate({zero_row(sc), sc}, 2, stream),
+        mode,
+        dtype,
+        stream);
+  };
+  auto set_row0 = [&](const array& x, const array& first) {
+    auto row = broadcast_to(
+        astype(first, dtype, stream), {B, n_kv_heads, 1, x.shape(3)}, stream);
+    return slice_update(
+        x, row, Shape{0, 0, 0, 0}, Shape{B, n_kv_heads, 1, x.shape(3)}, stream);
+  };
+  auto k = dequantize_rows(keys, key_scales, kmode);
   if (key_channel_scales) {
     k = multiply(k, astype(*key_channel_scales, dtype, stream), stream);
   }
-  // Without sinks or an exact first token the key shift moves every score
-  // of a row equally; with them the absolute scores matter.
-  if (key_shift && (has_sinks || first_key)) {
+  // Without sinks the key shift moves every score of a row equally, so it
+  // changes nothing; the exact first token then takes key 0 as
+  // first_key - key_shift (the same scores up to that common shift) instead
+  // of a pass over every cached key. With sinks the absolute scores matter.
+  if (key_shift && has_sinks) {
     k = add(k, astype(*key_shift, dtype, stream), stream);
   }
-  auto v = turbo::dequantize(values, value_scales, vmode, dtype, stream);
+  auto v = dequantize_rows(values, value_scales, vmode);
   if (first_key) {
+    auto k0 = *first_key;
+    if (key_shift && !has_sinks) {
+      k0 = subtract(
+          astype(k0, float32, stream),
+          astype(*key_shift, float32, stream),
+          stream);
+    }
     // The first token, exact, as key 0; a mask covers the cached keys only
     // (key 0 is always visible).
-    auto prepend = [&](const array& first, const array& x) {
-      auto f = broadcast_to(
-          astype(first, dtype, stream), {B, n_kv_heads, 1, x.shape(3)}, stream);
-      return concatenate({f, x}, 2, stream);
-    };
-    k = prepend(*first_key, k);
-    v = prepend(*first_value, v);
+    k = set_row0(k, k0);
+    v = set_row0(v, *first_value);
     if (mask_arr) {
       auto m = *mask_arr;
       while (m.ndim() < 4) {
@@ -593,7 +624,13 @@ array quantized_scaled_dot_product_attention(
         queries.dtype(),
         stream);
   }
-  if (qL > turbo::kFusedMaxQueries) {
+  // Causal rows before the first token (qL > kL + 1) see no key: MLX's
+  // attention gives every key, the first token's included, the same masked
+  // score, so they average all values. The kernels keep the first token in
+  // the sink's slot, visible to every row, so such calls take the
+  // dequantized route, which has it as key 0 under the causal mask.
+  const bool rows_before_first = first_key && do_causal && qL > kL + 1;
+  if (qL > turbo::kFusedMaxQueries || rows_before_first) {
     return dequantized_attention(
         queries,
         keys,
