@@ -331,7 +331,7 @@ def test_prefill_route_memory_is_bounded(rng):
     assert rel_err(to_np(out), expected) < OUT_RTOL["float16"]
 
 
-@pytest.mark.parametrize("qL,kL", [(1, 70), (3, 70), (33, 70), (13, 12)])
+@pytest.mark.parametrize("qL,kL", [(1, 70), (3, 70), (33, 70), (13, 12), (8, 3)])
 @pytest.mark.parametrize("mask", [None, "causal", "bool", "additive"])
 @pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("shared", [False, True])
@@ -340,7 +340,10 @@ def test_exact_first_token(rng, qL, kL, mask, shift, shared):
     token exact and always visible (the sink's slot, its value included, on
     the fused path), the cache holding k - key_shift and v. (13, 12) is a
     first chunk: the cache holds the tokens after the first one, so the first
-    query sees only the first token."""
+    query sees only the first token. (8, 3) with a causal mask: the first four
+    rows come before the first token, see no key and, as in MLX's attention,
+    average every value, the first token's included (the fused path gave them
+    the first token's value alone; found by tests/test_properties.py)."""
     B, Hq, Hkv, D = 2, 6, 2, 64
     q = mx.array(rng.standard_normal((B, Hq, qL, D)).astype(np.float32))
     # shared: one first token for the whole batch (shape (1, Hkv, 1, D)).
