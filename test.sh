@@ -19,6 +19,12 @@ if [[ -x "$ROOT/tests/metal/run.sh" && -z "${TURBOQUANT_SKIP_METAL:-}" ]]; then
   "$ROOT/tests/metal/run.sh" "$CACHE/work/mlx"
 fi
 
+# The CPU kernels under ASan + UBSan on malformed packed data (~45 s).
+if [[ -z "${TURBOQUANT_SKIP_CPU_ASAN:-}" ]]; then
+  echo "==> CPU kernels under ASan + UBSan (tools/cpu_sanitizer.sh)"
+  "$ROOT/tools/cpu_sanitizer.sh" "$CACHE/work/mlx"
+fi
+
 echo "==> pytest against $("$VENV/bin/python" -c 'import mlx.core as mx, os; print("mlx", mx.__version__, os.path.dirname(mx.__file__))')"
 cd "$ROOT"
 # Our suite plus the upstream-style unittest that the patch series adds to MLX.

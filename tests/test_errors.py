@@ -3,6 +3,7 @@
 import math
 
 import mlx.core as mx
+import numpy as np
 import pytest
 
 OP = r"\[quantized_scaled_dot_product_attention\]"
@@ -89,3 +90,99 @@ def test_empty(case):
     q, k, ks, v, vs = case
     with pytest.raises(ValueError, match=OP + ".*empty"):
         call(q[:, :, :0], k, ks, v, vs)
+
+
+# Malformed packed data that no encoder produces. Shape and dtype problems
+# raise at the op; value problems (NaN / inf / huge scales, any bit pattern)
+# compute, NaN or inf allowed, without reading outside the cache (the
+# sanitizer run of the CPU kernels, tools/cpu_sanitizer.sh, checks the
+# reads).
+
+BAD_SCALE_DTYPES = [mx.float64, mx.uint32, mx.int32, mx.bool_, mx.complex64]
+
+
+@pytest.mark.parametrize("dtype", BAD_SCALE_DTYPES)
+def test_scales_of_the_wrong_dtype(case, dtype):
+    q, k, ks, v, vs = case
+    with pytest.raises(ValueError, match=OP + ".*scales must be float32, float16 or bfloat16"):
+        call(q, k, ks.astype(dtype), v, vs)
+    with pytest.raises(ValueError, match=OP + ".*scales must be float32, float16 or bfloat16"):
+        call(q, k, ks, v, vs.astype(dtype))
+    with pytest.raises(ValueError, match=r"\[dequantize\].*float32, float16 or bfloat16 scales"):
+        mx.dequantize(k, ks.astype(dtype), mode="turbo3")
+
+
+@pytest.mark.parametrize("dtype", [mx.int32, mx.uint16, mx.uint64, mx.float32])
+def test_packed_words_of_the_wrong_dtype(case, dtype):
+    q, k, ks, v, vs = case
+    with pytest.raises(ValueError, match=OP + ".*packed uint32"):
+        call(q, k.astype(dtype), ks, v, vs)
+    with pytest.raises(ValueError, match=OP + ".*packed uint32"):
+        call(q, k, ks, v.astype(dtype), vs)
+    with pytest.raises(ValueError, match=r"\[dequantize\].*uint32"):
+        mx.dequantize(k.astype(dtype), ks, mode="turbo3")
+
+
+def test_scales_of_the_wrong_shape(case):
+    q, k, ks, v, vs = case
+    share = OP + ".*must share \\(batch, kv_heads, length\\)"
+    with pytest.raises(ValueError, match=OP + ".*key_scales with shape \\(1,2,16\\).*rank 4"):
+        call(q, k, ks[..., 0], v, vs)
+    with pytest.raises(ValueError, match=share):
+        call(q, k, ks[:, :, :8], v, vs)
+    with pytest.raises(ValueError, match=share):
+        call(q, k, ks[:, :1], v, vs)
+    with pytest.raises(ValueError, match=share):
+        call(q, k, ks, v, vs[:, :, 1:])
+    with pytest.raises(ValueError, match=OP + ".*mismatching batch.*value_scales"):
+        call(q, k, ks, v, mx.concatenate([vs, vs]))
+    with pytest.raises(ValueError, match=OP + ".*last dimension of 1"):
+        call(q, k, ks[..., :0], v, vs)
+    with pytest.raises(ValueError, match=OP + ".*last dimension of 1"):
+        call(q, k, ks, v, mx.concatenate([vs, vs], -1))
+    for bad in (ks[:, :, :3], ks[..., 0], mx.concatenate([ks, ks], -1)):
+        with pytest.raises(ValueError, match=r"\[dequantize\].*Expected scales with shape"):
+            mx.dequantize(k, bad, mode="turbo3")
+
+
+def test_packed_width_matches_no_head_dim(case):
+    q, k, ks, v, vs = case
+    wider = lambda w: mx.concatenate([w, w[..., :1]], -1)  # noqa: E731
+    with pytest.raises(ValueError, match=OP + ".*keys have packed width 13.*needs 12"):
+        call(q, wider(k), ks, v, vs)
+    for bad, width in ((wider(v), 13), (v[..., :0], 0), (v[..., :1], 1)):
+        with pytest.raises(ValueError, match=OP + f".*values have packed width {width} which"):
+            call(q, k, ks, bad, vs)
+        with pytest.raises(ValueError, match=r"\[dequantize\].*packed width"):
+            mx.dequantize(bad, vs, mode="turbo3")
+
+
+@pytest.mark.parametrize("mode", ["turbo3", "turbo4"])
+@pytest.mark.parametrize("qL", [1, 4, 16])
+@pytest.mark.parametrize("scales", ["nan", "inf", "huge", "finite"])
+@pytest.mark.parametrize("words", ["random", "zeros", "ones"])
+def test_any_values_compute(mode, qL, scales, words):
+    """Any words and scales of the right shape and dtype compute: decode
+    (fused kernels), few queries and prefill (dequantized route). Finite
+    scales give a finite output whatever the bits (every bit pattern is a
+    valid code); NaN / inf / huge scales may give NaN or inf."""
+    rng = np.random.default_rng(16)
+    B, Hq, Hkv, kL, D = 2, 4, 2, 33, 64
+    W = D // 16 + D // 32 if mode == "turbo3" else D // 8
+    if words == "random":
+        w = rng.integers(0, 2**32, (2, B, Hkv, kL, W), dtype=np.uint32)
+    else:
+        w = np.full((2, B, Hkv, kL, W), 0 if words == "zeros" else 2**32 - 1, np.uint32)
+    s = rng.uniform(0.5, 2.0, (2, B, Hkv, kL, 1)).astype(np.float32)
+    if scales != "finite":
+        bad = {"nan": np.nan, "inf": np.inf, "huge": np.finfo(np.float32).max}[scales]
+        s[:, :, :, ::3] = bad
+    k, v = mx.array(w[0]), mx.array(w[1])
+    ks, vs = mx.array(s[0]).astype(mx.float16), mx.array(s[1])
+    q = mx.array(rng.standard_normal((B, Hq, qL, D)).astype(np.float32))
+    out = call(q, k, ks, v, vs, scale=D**-0.5, mask="causal", mode=mode)
+    deq = mx.dequantize(k, ks, mode=mode)
+    mx.eval(out, deq)
+    assert out.shape == (B, Hq, qL, D) and deq.shape == (B, Hkv, kL, D)
+    if scales == "finite":
+        assert np.all(np.isfinite(np.array(out))) and np.all(np.isfinite(np.array(deq)))
