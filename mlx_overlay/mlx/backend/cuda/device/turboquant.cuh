@@ -1011,11 +1011,40 @@ __global__ void __launch_bounds__(128) turbo_sdpa_combine(
     lloc += part_ml[2 * prow + 1] * f;
   }
   const float L = block_reduce_128(lloc, red, false); // also orders sw
+  // Thread (group g, column c) sums splits g, g + G, ... of dims [4c, 4c + 4)
+  // with 16-byte loads; the G groups are then added through shared memory.
+  constexpr int NV = D / 4;
+  constexpr int G = 128 / NV;
+  static_assert(D % 4 == 0 && G >= 1, "D must be a multiple of 4, <= 512");
+  __shared__ float sacc[G * D];
+  {
+    const int c = threadIdx.x % NV;
+    const int g = threadIdx.x / NV;
+    if (g < G) {
+      float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
+      for (int s = g; s < S; s += G) {
+        const float w = sw[s];
+        const float4 v =
+            reinterpret_cast<const float4*>(part_o + (s * nrow + grow) * D)[c];
+        acc.x += w * v.x;
+        acc.y += w * v.y;
+        acc.z += w * v.z;
+        acc.w += w * v.w;
+      }
+      float* dst = sacc + g * D + 4 * c;
+      dst[0] = acc.x;
+      dst[1] = acc.y;
+      dst[2] = acc.z;
+      dst[3] = acc.w;
+    }
+  }
+  __syncthreads();
   for (int d = threadIdx.x; d < D; d += 128) {
     float o = 0.0f;
-#pragma unroll 8
-    for (int s = 0; s < S; s++) {
-      o += sw[s] * part_o[(s * nrow + grow) * D + d];
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+      o += sacc[g * D + d];
     }
     if constexpr (ROTATE) {
       so[d] = o / L;
