@@ -22,8 +22,14 @@ of a 2 GiB float32 array). Peak memory: ``mx.get_peak_memory`` during one
 fused call at the largest context, minus the memory held before it.
 
     python benchmarks/gpu_attention.py --out DIR [--quick] [--no-prefill]
+    python benchmarks/gpu_attention.py --grid --out DIR   # the decode grid only
 
-Writes DIR/gpu_attention.json, DIR/gpu_attention.md and DIR/gpu_attention.png.
+Writes DIR/gpu_attention.json, DIR/gpu_attention.md and DIR/gpu_attention.png;
+with ``--grid``, the decode grid of the shapes users run instead: B 1 and 8,
+Hq/Hkv 28/4 (Qwen2.5-7B) and 32/8 (Llama-3-8B), D 64, 128 and 256, contexts
+4K, 32K and 128K, bfloat16 (and float16 at D = 128) queries, turbo3 / turbo4
+against SDPA on the fp cache, as rows ``{B, context, hq, hkv, d, dtype, mode,
+us, sdpa_us, gbps, copy_gbps}`` in DIR/gpu_decode_<machine>.json and .md.
 """
 
 import argparse
@@ -170,6 +176,100 @@ def run_decode(args, dtype, bw):
     return rows
 
 
+def grid_case(B, L, hq, hkv, d, dtype, args, bw):
+    """Rows of one decode shape: turbo3 and turbo4 against SDPA (fp cache)."""
+    global HQ, HKV, D
+    HQ, HKV, D = hq, hkv, d
+    fp_bytes = 2 * B * hkv * L * d * 2
+    copies = max(1, min(8, math.ceil(256e6 / fp_bytes)))
+    caches = make_cache(B, L, dtype, copies)
+    qs = [mx.random.normal((B, hq, 1, d)).astype(dtype) for _ in range(copies)]
+    mx.eval(qs)
+    fns = methods(lambda i: qs[i % len(qs)], caches, causal=False)
+    t = {m: timed(fns[m], calls=args.calls, reps=args.reps) for m in ("sdpa", "turbo3", "turbo4")}
+    rows = []
+    for m in ("turbo3", "turbo4"):
+        rows.append(
+            {
+                "B": B,
+                "context": L,
+                "hq": hq,
+                "hkv": hkv,
+                "d": d,
+                "dtype": str(dtype).split(".")[-1],
+                "mode": m,
+                "us": t[m] * 1e6,
+                "sdpa_us": t["sdpa"] * 1e6,
+                "gbps": bytes_moved(m, caches[0], qs[0], B, 1) / t[m] / 1e9,
+                "copy_gbps": bw,
+            }
+        )
+    del caches, qs, fns
+    mx.clear_cache()
+    return rows
+
+
+def grid_markdown(rows, device):
+    lines = [
+        f"device: {device}; decode (one query per head) through mx.fast, median of "
+        f"repetitions of queued calls; copy bandwidth {rows[0]['copy_gbps']:.0f} GB/s "
+        "(read + write, same run); speedup = SDPA (fp cache) time / turbo time",
+        "",
+        "| B | Hq/Hkv | D | dtype | context | SDPA us | turbo4 us (x, GB/s, % copy) "
+        "| turbo3 us (x, GB/s, % copy) |",
+        "|---:|---|---:|---|---:|---:|---|---|",
+    ]
+    by = {}
+    for r in rows:
+        by.setdefault((r["B"], r["hq"], r["hkv"], r["d"], r["dtype"], r["context"]), {})[
+            r["mode"]
+        ] = r
+    for (B, hq, hkv, d, dt, L), ms in by.items():
+        def cell(m):
+            r = ms[m]
+            return (
+                f"{r['us']:.1f} ({r['sdpa_us'] / r['us']:.2f}x, {r['gbps']:.0f}, "
+                f"{100 * r['gbps'] / r['copy_gbps']:.0f}%)"
+            )
+
+        lines.append(
+            f"| {B} | {hq}/{hkv} | {d} | {dt} | {L:,} | {ms['turbo4']['sdpa_us']:.1f} "
+            f"| {cell('turbo4')} | {cell('turbo3')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_grid(args, machine, device):
+    bw = copy_bandwidth(small=args.cpu_smoke)
+    print(f"copy bandwidth {bw:.0f} GB/s", flush=True)
+    t0 = time.monotonic()
+    rows = []
+    ctxs = [256, 512] if args.cpu_smoke else [4096, 32768, 131072]
+    shapes = [(4, 2)] if args.cpu_smoke else [(28, 4), (32, 8)]
+    cases = [
+        (dt, d)
+        for d in (64, 128, 256)
+        for dt in ((mx.bfloat16, mx.float16) if d == 128 else (mx.bfloat16,))
+    ]
+    base = os.path.join(args.out, f"gpu_decode_{machine}")
+    for dt, d in cases:
+        for hq, hkv in shapes:
+            for B in (1, 8):
+                for L in ctxs:
+                    if args.time_budget and time.monotonic() - t0 > args.time_budget:
+                        print("time budget reached: grid cut here", flush=True)
+                        return rows
+                    new = grid_case(B, L, hq, hkv, d, dt, args, bw)
+                    for r in new:
+                        print(json.dumps(r), flush=True)
+                    rows += new
+                    with open(base + ".json", "w") as f:
+                        json.dump(rows, f, indent=1)
+                    with open(base + ".md", "w") as f:
+                        f.write(grid_markdown(rows, device))
+    return rows
+
+
 def run_prefill(args, dtype):
     rows = []
     # 32K only with cuDNN (MLX's default on CUDA): MLX's CUDA SDPA without it
@@ -296,6 +396,9 @@ def main():
     ap.add_argument(
         "--cpu-smoke", action="store_true", help="tiny sizes on the CPU (checks the script)"
     )
+    ap.add_argument("--grid", action="store_true", help="the decode grid only (gpu_decode_*.json)")
+    ap.add_argument("--time-budget", type=float, default=None, help="seconds (grid)")
+    ap.add_argument("--machine", default=None, help="file name tag (grid; default: device)")
     args = ap.parse_args()
     if args.cpu_smoke:
         global HQ, HKV
@@ -308,6 +411,16 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     info = mx.device_info() if hasattr(mx, "device_info") else {}
     res = {"device": str(info.get("device_name", mx.default_device())), "dtype": args.dtype}
+    if args.grid:
+        import re
+
+        name = res["device"]
+        m = re.search(r"\b([A-Z]\d{2,4})\b", name)
+        machine = args.machine or (m.group(1).lower() if m else "cpu")
+        rows = run_grid(args, machine, name)
+        if rows:
+            print(grid_markdown(rows, name))
+        return
     res["copy_GBps"] = copy_bandwidth(small=args.cpu_smoke)
     print(f"copy bandwidth {res['copy_GBps']:.0f} GB/s", flush=True)
     res["decode"] = run_decode(args, dtype, res["copy_GBps"])

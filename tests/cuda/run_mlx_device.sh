@@ -11,6 +11,9 @@
 #   tests/cuda/run_mlx_device.sh e2e [ARGS]   # benchmarks/e2e_generate.py --out $OUT (installs
 #                                             # the carried dist/mlx_lm-*.whl with --no-deps)
 #   tests/cuda/run_mlx_device.sh profile [ARGS] # benchmarks/decode_profile.py, the same way
+#   tests/cuda/run_mlx_device.sh trace [ARGS]   # benchmarks/decode_trace.py (kernels per step), the same way
+#   tests/cuda/run_mlx_device.sh grid [ARGS]    # benchmarks/gpu_attention.py --grid (gpu_decode_*.json)
+#   tests/cuda/run_mlx_device.sh pytest [ARGS]  # the op's test modules on the GPU (no mlx-lm tests)
 #   tests/cuda/run_mlx_device.sh sanitize     # compute-sanitizer memcheck over the attention tests
 #   tests/cuda/run_mlx_device.sh backtrace    # cuda-gdb backtrace of a crashing ./test.sh run
 #
@@ -116,9 +119,22 @@ case "${1:-}" in
     "$TURBOQUANT_VENV/bin/python" benchmarks/gpu_attention.py --out "$OUTDIR" "$@" 2>&1 |
       tee "$OUTDIR/bench_gpu.log"
     ;;
-  e2e | profile)
+  grid)
+    shift
+    "$TURBOQUANT_VENV/bin/python" benchmarks/gpu_attention.py --grid --out "$OUTDIR" "$@" 2>&1 |
+      tee "$OUTDIR/grid_gpu.log" | grep -v '^{'
+    ;;
+  pytest)
+    shift
+    set -o pipefail
+    "$TURBOQUANT_VENV/bin/python" -m pytest tests/test_attention.py tests/test_errors.py \
+      tests/test_format.py tests/test_properties.py -q -p no:cacheprovider --assert=plain -rf "$@" 2>&1 |
+      tee "$OUTDIR/pytest_gpu.log" | tail -25
+    ;;
+  e2e | profile | trace)
     script=benchmarks/e2e_generate.py
     [[ "$1" == profile ]] && script=benchmarks/decode_profile.py
+    [[ "$1" == trace ]] && script=benchmarks/decode_trace.py
     shift
     # The patched mlx-lm is pure Python: the wheel built here (./build.sh) is
     # carried in dist/; its requirements are in the device image.
