@@ -123,6 +123,11 @@ def test_packed_words_of_the_wrong_dtype(case, dtype):
         mx.dequantize(k.astype(dtype), ks, mode="turbo3")
 
 
+def test_packed_words_without_a_dimension():
+    with pytest.raises(ValueError, match=r"\[dequantize\].*uint32 array with at least one dim"):
+        mx.dequantize(mx.array(7, mx.uint32), mx.array(1.0), mode="turbo4")
+
+
 def test_scales_of_the_wrong_shape(case):
     q, k, ks, v, vs = case
     share = OP + ".*must share \\(batch, kv_heads, length\\)"
