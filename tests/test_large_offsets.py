@@ -29,8 +29,11 @@ L = 2**24 + 2048
 def cache():
     mx.random.seed(int.from_bytes(os.urandom(4), "little"))
     w = D // 8  # turbo4 words per vector
-    kq = mx.random.bits((1, HKV, L, w), 4)
-    vq = mx.random.bits((1, HKV, L, w), 4)
+    # One head at a time: each draw stays below 2^31 elements.
+    kq, vq = (
+        mx.concatenate([mx.random.bits((1, 1, L, w), 4) for _ in range(HKV)], axis=1)
+        for _ in range(2)
+    )
     ks = mx.random.uniform(0.5, 1.5, (1, HKV, L, 1)).astype(mx.bfloat16)
     vs = mx.random.uniform(0.5, 1.5, (1, HKV, L, 1)).astype(mx.bfloat16)
     mx.eval(kq, vq, ks, vs)
