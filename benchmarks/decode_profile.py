@@ -227,40 +227,61 @@ def markdown(rows, header):
     return "\n".join(lines) + "\n"
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--contexts", default="32768,131072")
+def add_profile_args(ap, contexts, steps, steps_help):
+    """The arguments decode_profile.py and decode_trace.py share."""
+    ap.add_argument("--contexts", default=contexts)
     ap.add_argument("--caches", default=",".join(CACHES))
-    ap.add_argument("--steps", type=int, default=32, help="decode steps per timing")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=steps, help=steps_help)
     ap.add_argument("--prefill-step", type=int, default=2048)
     ap.add_argument("--tiny", action="store_true", help="tiny model (CPU smoke test)")
     add_output_args(ap)
-    args = ap.parse_args()
+
+
+def setup(args, name, describe):
+    """(model, output base path, header): the model of e2e_generate.py with bf16
+    weights, and a header naming the device, the shape and describe(config)."""
     config = dict(TINY if args.tiny else QWEN25_7B)
-    machine = args.machine or machine_name()
     os.makedirs(args.out, exist_ok=True)
-    base = os.path.join(args.out, f"decode_profile_{machine}")
+    base = os.path.join(args.out, f"{name}_{args.machine or machine_name()}")
     header = (
         f"device: {device_name()}; {'tiny' if args.tiny else 'Qwen2.5-7B'} shape, "
-        f"{config['num_hidden_layers']} layers, bf16 random weights; {args.steps} steps "
-        f"per timing, median [min-max] of {args.repeats}; mlx {mx.__version__}"
+        f"{config['num_hidden_layers']} layers, bf16 random weights; "
+        f"{describe}; mlx {mx.__version__}"
     )
     log(header)
     model = build_model(config, "bf16")
     mx.random.seed(0)
-    rows = []
-    record = recorder(rows, base, lambda rs: markdown(rs, header))
+    return model, base, header
+
+
+def cells(args, model):
+    """(context, cache kind, prompt) of every cell, contexts ascending."""
     for L in sorted(int(c) for c in csv(args.contexts)):
-        prompt = mx.random.randint(0, config["vocab_size"], (L,))
+        prompt = mx.random.randint(0, model.args.vocab_size, (L,))
         for kind in csv(args.caches):
             log(f"context {L}, cache {kind}")
-            try:
-                row = {"context": L, **measure(model, prompt, kind, args)}
-            except Exception as e:
-                row = {"context": L, "cache": kind, "error": f"{type(e).__name__}: {e}"}
-            record(row)
-            mx.clear_cache()
+            yield L, kind, prompt
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_profile_args(ap, "32768,131072", 32, "decode steps per timing")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    model, base, header = setup(
+        args,
+        "decode_profile",
+        f"{args.steps} steps per timing, median [min-max] of {args.repeats}",
+    )
+    rows = []
+    record = recorder(rows, base, lambda rs: markdown(rs, header))
+    for L, kind, prompt in cells(args, model):
+        try:
+            row = {"context": L, **measure(model, prompt, kind, args)}
+        except Exception as e:
+            row = {"context": L, "cache": kind, "error": f"{type(e).__name__}: {e}"}
+        record(row)
+        mx.clear_cache()
     print(markdown(rows, header))
 
 

@@ -32,20 +32,9 @@ import time
 import mlx.core as mx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from decode_profile import prefill  # noqa: E402
-from e2e_generate import (  # noqa: E402
-    QWEN25_7B,
-    TINY,
-    add_output_args,
-    build_model,
-    csv,
-    device_name,
-    log,
-    machine_name,
-)
+from decode_profile import add_profile_args, cells, prefill, setup  # noqa: E402
+from e2e_generate import log  # noqa: E402
 from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
-
-CACHES = ["bf16", "turbo4", "turbo3"]
 
 # First match wins: (group, substrings of the kernel's name).
 GROUPS = [
@@ -98,13 +87,16 @@ def trace(fn, n):
 
     fn()  # warm: graphs, allocations
     mx.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    # Without CUDA (a CPU smoke run) the profiler records no kernels.
+    cuda = torch.cuda.is_available()
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
         mx.synchronize()
         wall = 1e6 * (time.perf_counter() - t0)
-    torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize()
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         prof.export_chrome_trace(f.name)
         events = json.load(open(f.name)).get("traceEvents", [])
@@ -204,40 +196,26 @@ def markdown(rows, header):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--contexts", default="32768")
-    ap.add_argument("--caches", default=",".join(CACHES))
-    ap.add_argument("--steps", type=int, default=8, help="decode steps traced")
-    ap.add_argument("--prefill-step", type=int, default=2048)
-    ap.add_argument("--tiny", action="store_true", help="tiny model")
-    add_output_args(ap)
+    add_profile_args(ap, "32768", 8, "decode steps traced")
     args = ap.parse_args()
-    config = dict(TINY if args.tiny else QWEN25_7B)
-    machine = args.machine or machine_name()
-    os.makedirs(args.out, exist_ok=True)
-    base = os.path.join(args.out, f"decode_trace_{machine}")
-    header = (
-        f"device: {device_name()}; {'tiny' if args.tiny else 'Qwen2.5-7B'} shape, "
-        f"bf16 random weights; kernels recorded with CUPTI (torch.profiler), "
-        f"{args.steps} decode steps evaluated one at a time; mlx {mx.__version__}"
+    model, base, header = setup(
+        args,
+        "decode_trace",
+        f"kernels recorded with CUPTI (torch.profiler), {args.steps} decode steps "
+        "evaluated one at a time",
     )
-    log(header)
-    model = build_model(config, "bf16")
-    mx.random.seed(0)
     rows = []
-    for L in sorted(int(c) for c in csv(args.contexts)):
-        prompt = mx.random.randint(0, config["vocab_size"], (L,))
-        for kind in csv(args.caches):
-            log(f"context {L}, cache {kind}")
-            try:
-                rows.append({"context": L, **measure(model, prompt, kind, args)})
-            except Exception as e:  # keep the other cells
-                log(f"  error: {e!r}")
-                continue
-            mx.clear_cache()
-            with open(base + ".json", "w") as f:
-                json.dump(rows, f, indent=1)
-            with open(base + ".md", "w") as f:
-                f.write(markdown(rows, header))
+    for L, kind, prompt in cells(args, model):
+        try:
+            rows.append({"context": L, **measure(model, prompt, kind, args)})
+        except Exception as e:  # keep the other cells
+            log(f"  error: {e!r}")
+            continue
+        mx.clear_cache()
+        with open(base + ".json", "w") as f:
+            json.dump(rows, f, indent=1)
+        with open(base + ".md", "w") as f:
+            f.write(markdown(rows, header))
     print(markdown(rows, header))
 
 
