@@ -29,11 +29,13 @@ L = 2**24 + 2048
 def cache():
     mx.random.seed(int.from_bytes(os.urandom(4), "little"))
     w = D // 8  # turbo4 words per vector
-    # One head at a time: each draw stays below 2^31 elements.
-    kq, vq = (
-        mx.concatenate([mx.random.bits((1, 1, L, w), 4) for _ in range(HKV)], axis=1)
-        for _ in range(2)
-    )
+    # One head at a time (each draw below 2^31 elements), 16 random bits at a
+    # time (randint over a wider range loses its low bits).
+    def words():
+        half = lambda: mx.random.randint(0, 2**16, (1, 1, L, w)).astype(mx.uint32)  # noqa: E731
+        return mx.concatenate([(half() << 16) | half() for _ in range(HKV)], axis=1)
+
+    kq, vq = words(), words()
     ks = mx.random.uniform(0.5, 1.5, (1, HKV, L, 1)).astype(mx.bfloat16)
     vs = mx.random.uniform(0.5, 1.5, (1, HKV, L, 1)).astype(mx.bfloat16)
     mx.eval(kq, vq, ks, vs)
