@@ -162,8 +162,8 @@ def update_only(model, cache, n):
 
 
 def measure(model, prompt, kind, args):
-    cache = make_prompt_cache(model) if kind == "bf16" else make_prompt_cache(
-        model, kv_cache_type=kind
+    cache = (
+        make_prompt_cache(model) if kind == "bf16" else make_prompt_cache(model, kv_cache_type=kind)
     )
     y = prefill(model, prompt, cache, args.prefill_step)
     mx.synchronize()

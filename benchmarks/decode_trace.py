@@ -123,17 +123,13 @@ def summarize(kernels, busy, wall, n):
         "busy_us": busy / n,
         "kernels": sum(c for c, _ in kernels.values()) / n,
         "groups": {g: {"launches": c, "us": us} for g, (c, us) in groups.items()},
-        "top": [
-            {"name": short(k), "launches": c / n, "us": us / n} for k, (c, us) in top
-        ],
+        "top": [{"name": short(k), "launches": c / n, "us": us / n} for k, (c, us) in top],
     }
 
 
 def measure(model, prompt, kind, args):
     cache = (
-        make_prompt_cache(model)
-        if kind == "bf16"
-        else make_prompt_cache(model, kv_cache_type=kind)
+        make_prompt_cache(model) if kind == "bf16" else make_prompt_cache(model, kv_cache_type=kind)
     )
     y = prefill(model, prompt, cache, args.prefill_step)
     mx.synchronize()
@@ -166,7 +162,9 @@ def markdown(rows, header):
             "",
         ]
         groups = sorted({g for r in rows for g in r[phase]["groups"]})
-        lines.append("| context | cache | wall us | GPU busy us | kernels | " + " | ".join(groups) + " |")
+        lines.append(
+            "| context | cache | wall us | GPU busy us | kernels | " + " | ".join(groups) + " |"
+        )
         lines.append("|---:|---|---:|---:|---:|" + "---:|" * len(groups))
         for r in rows:
             p = r[phase]

@@ -225,6 +225,7 @@ def grid_markdown(rows, device):
             r["mode"]
         ] = r
     for (B, hq, hkv, d, dt, L), ms in by.items():
+
         def cell(m):
             r = ms[m]
             return (

@@ -29,6 +29,7 @@ L = 2**24 + 2048
 def cache():
     mx.random.seed(int.from_bytes(os.urandom(4), "little"))
     w = D // 8  # turbo4 words per vector
+
     # One head at a time (each draw below 2^31 elements), 16 random bits at a
     # time (randint over a wider range loses its low bits).
     def words():

@@ -1,7 +1,7 @@
 """CPU emulation of turbo_sdpa_vector_tc's data layout (no GPU needed).
 
 Mirrors, in Python, what the kernel in
-mlx_overlay/mlx/backend/cuda/device/turboquant.cuh does per lane: the raw
+mlx_overlay/mlx/backend/cuda/device/turboquant_decode_tc.cuh does per lane: the raw
 code loads (TcCodes), the turbo3 plane merge and plane-pair key indices
 (kwords / tc_kdim), the key-pair value indices (x / y words), the byte ->
 (c[first], c[second]) tables, the m16n8k16 fragment layouts (A: a0 row g

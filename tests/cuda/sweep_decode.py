@@ -51,8 +51,14 @@ def case(B, Hq, Hkv, kL, bits, splits_list, D=128):
     w = tq_lib.words(bits, D)
     nbytes = 2 * B * Hkv * kL * (4 * w + 2) + B * Hq * D * 4 * 2
     nc = ncopies(nbytes)
-    kc = [torch.randint(-(2**31), 2**31 - 1, (B, Hkv, kL, w), dtype=torch.int32, device=dev) for _ in range(nc)]
-    vc = [torch.randint(-(2**31), 2**31 - 1, (B, Hkv, kL, w), dtype=torch.int32, device=dev) for _ in range(nc)]
+    kc = [
+        torch.randint(-(2**31), 2**31 - 1, (B, Hkv, kL, w), dtype=torch.int32, device=dev)
+        for _ in range(nc)
+    ]
+    vc = [
+        torch.randint(-(2**31), 2**31 - 1, (B, Hkv, kL, w), dtype=torch.int32, device=dev)
+        for _ in range(nc)
+    ]
     ksc = [(torch.rand(B, Hkv, kL, 1, device=dev) + 0.5).bfloat16() for _ in range(nc)]
     vsc = [(torch.rand(B, Hkv, kL, 1, device=dev) + 0.5).bfloat16() for _ in range(nc)]
     qf = [torch.randn(B, Hq, 1, D, device=dev) for _ in range(nc)]
@@ -75,11 +81,19 @@ def case(B, Hq, Hkv, kL, bits, splits_list, D=128):
         kt = kernel_times(fn)
         rows.append(
             {
-                "B": B, "hq": Hq, "hkv": Hkv, "context": kL, "mode": f"turbo{bits}",
-                "force_splits": fs, "splits": att.splits, "us": t,
+                "B": B,
+                "hq": Hq,
+                "hkv": Hkv,
+                "context": kL,
+                "mode": f"turbo{bits}",
+                "force_splits": fs,
+                "splits": att.splits,
+                "us": t,
                 "gbps": nbytes / (t * 1e-6) / 1e9,
-                "decode_us": kt.get("decode"), "combine_us": kt.get("combine"),
-                "same_as_first": same, "rel_err_vs_first": err,
+                "decode_us": kt.get("decode"),
+                "combine_us": kt.get("combine"),
+                "same_as_first": same,
+                "rel_err_vs_first": err,
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -95,13 +109,23 @@ def sdpa_case(B, Hq, Hkv, kL, D=128):
     ks = [torch.randn(B, Hkv, kL, D, dtype=torch.bfloat16, device=dev) for _ in range(nc)]
     vs = [torch.randn(B, Hkv, kL, D, dtype=torch.bfloat16, device=dev) for _ in range(nc)]
     t, be = best_sdpa(
-        lambda i: F.scaled_dot_product_attention(qs[i % nc], ks[i % nc], vs[i % nc], scale=D**-0.5, enable_gqa=True),
+        lambda i: F.scaled_dot_product_attention(
+            qs[i % nc], ks[i % nc], vs[i % nc], scale=D**-0.5, enable_gqa=True
+        ),
         20,
     )
     del qs, ks, vs
     torch.cuda.empty_cache()
-    return {"B": B, "hq": Hq, "hkv": Hkv, "context": kL, "mode": "sdpa_bf16", "us": t,
-            "backend": be, "gbps": kv_bytes / (t * 1e-6) / 1e9}
+    return {
+        "B": B,
+        "hq": Hq,
+        "hkv": Hkv,
+        "context": kL,
+        "mode": "sdpa_bf16",
+        "us": t,
+        "backend": be,
+        "gbps": kv_bytes / (t * 1e-6) / 1e9,
+    }
 
 
 def markdown(rows):
@@ -130,7 +154,9 @@ def markdown(rows):
             f"{r['us']:.1f} ({r['decode_us']:.1f} + {r['combine_us'] or 0:.1f}) "
             f"{r['gbps']:.0f}"
         )
-        if lines[-1].startswith(f"| {r['B']} | {r['hq']}/{r['hkv']} | {r['context']:,} | {r['mode']} |"):
+        if lines[-1].startswith(
+            f"| {r['B']} | {r['hq']}/{r['hkv']} | {r['context']:,} | {r['mode']} |"
+        ):
             lines[-1] = lines[-1][:-2] + "; " + cell + " |"
         else:
             lines.append(

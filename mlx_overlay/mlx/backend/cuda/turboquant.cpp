@@ -1,8 +1,8 @@
 // Copyright © 2026 TurboQuant-MLX contributors.
 //
 // GPU entry points of the TurboQuant ops for the CUDA backend. The kernels
-// live in device/turboquant.cuh; launches in turboquant.cu and
-// turboquant_attn_d*.cu.
+// live in device/turboquant_*.cuh (one file per kernel family); launches in
+// turboquant.cu and turboquant_attn_d*.cu.
 
 #include <stdexcept>
 

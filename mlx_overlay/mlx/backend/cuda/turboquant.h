@@ -1,7 +1,8 @@
 // Copyright © 2026 TurboQuant-MLX contributors.
 //
 // Host entry points of the TurboQuant CUDA kernels (device code in
-// device/turboquant.cuh, launches in turboquant*.cu).
+// device/turboquant_*.cuh, one file per kernel family; launches in
+// turboquant*.cu).
 
 #pragma once
 

@@ -1,0 +1,266 @@
+// Copyright © 2026 TurboQuant-MLX contributors.
+//
+// Kernels of mx.quantize / mx.dequantize and the attention call's
+// preparation: turbo_encode, turbo_decode, turbo_rotate,
+// turbo_attention_prep (one warp per vector each).
+
+#pragma once
+
+#include "mlx/backend/cuda/device/turboquant_format.cuh"
+
+namespace mlx::core::cu::turbo {
+
+// ---------------------------------------------------------------------------
+// Encode: x (N, D) in T -> packed (N, W) uint32, scales (N) in T
+// ---------------------------------------------------------------------------
+
+constexpr int kEncodeWarps = 4;
+
+template <typename T, int D, int BITS>
+__global__ void __launch_bounds__(32 * kEncodeWarps) turbo_encode(
+    const T* __restrict__ x,
+    uint32_t* __restrict__ packed,
+    T* __restrict__ scales,
+    int64_t n_vec) {
+  constexpr int W = packed_words(BITS, D);
+  constexpr int NL = 1 << BITS;
+  __shared__ float sbuf[kEncodeWarps][D];
+  __shared__ uint8_t sidx[kEncodeWarps][D];
+
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int64_t v = int64_t(blockIdx.x) * kEncodeWarps + warp;
+  if (v >= n_vec) {
+    return;
+  }
+  float* buf = sbuf[warp];
+  uint8_t* idx = sidx[warp];
+  const T* xv = x + v * D;
+
+  // 1. norm
+  for (int i = lane; i < D; i += 32) {
+    buf[i] = to_float(xv[i]);
+  }
+  __syncwarp();
+  const float n = __fsqrt_rn(seq_sum_squares<D>(buf));
+  __syncwarp();
+
+  // 2-3. u = x / n, stage 1, stage 2
+  for (int i = lane; i < D; i += 32) {
+    float u = n > 0.0f ? __fdiv_rn(buf[i], n) : 0.0f;
+    buf[i] = u * rot_sign(1, i);
+  }
+  __syncwarp();
+  warp_rotate_presigned<D>(buf, lane);
+
+  // 4. codes, 5. norm correction
+  const float sd = __fsqrt_rn(float(D));
+  for (int i = lane; i < D; i += 32) {
+    float z = __fmul_rn(buf[i], sd);
+    int k = 0;
+#pragma unroll
+    for (int j = 0; j < NL - 1; j++) {
+      float b =
+          __fmul_rn(__fadd_rn(centroid(BITS, j), centroid(BITS, j + 1)), 0.5f);
+      k += (z > b) ? 1 : 0;
+    }
+    idx[i] = uint8_t(k);
+  }
+  __syncwarp();
+  for (int i = lane; i < D; i += 32) {
+    buf[i] = centroid(BITS, idx[i]);
+  }
+  __syncwarp();
+  const float rho = __fsqrt_rn(seq_sum_squares<D>(buf));
+  float scale = __fdiv_rn(n, rho);
+  if (!isfinite(n)) {
+    scale = __int_as_float(0x7fc00000); // NaN or Inf in the input: NaN scale
+  }
+  if (lane == 0) {
+    scales[v] = from_float<T>(scale);
+  }
+
+  // 6. pack
+  uint32_t* out = packed + v * W;
+  if constexpr (BITS == 4) {
+    for (int w = lane; w < W; w += 32) {
+      uint32_t word = 0;
+#pragma unroll
+      for (int c = 0; c < 8; c++) {
+        word |= uint32_t(idx[8 * w + c]) << (4 * c);
+      }
+      out[w] = word;
+    }
+  } else {
+    constexpr int WL = D / 16;
+    for (int w = lane; w < W; w += 32) {
+      uint32_t word = 0;
+      if (w < WL) {
+#pragma unroll
+        for (int c = 0; c < 16; c++) {
+          word |= uint32_t(idx[16 * w + c] & 3u) << (2 * c);
+        }
+      } else {
+        int base = 32 * (w - WL);
+        for (int c = 0; c < 32 && base + c < D; c++) {
+          word |= uint32_t(idx[base + c] >> 2) << c;
+        }
+      }
+      out[w] = word;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Decode (dequantize): packed (N, W), scales (N) in T -> x (N, D) in U,
+// original domain (R^T applied).
+// ---------------------------------------------------------------------------
+
+template <typename T, typename U, int D, int BITS>
+__global__ void __launch_bounds__(32 * kEncodeWarps) turbo_decode(
+    const uint32_t* __restrict__ packed,
+    const T* __restrict__ scales,
+    U* __restrict__ x,
+    int64_t n_vec) {
+  constexpr int W = packed_words(BITS, D);
+  __shared__ float sbuf[kEncodeWarps][D];
+  __shared__ float lut[16];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  if (threadIdx.x < 16) {
+    lut[threadIdx.x] = centroid(BITS, threadIdx.x & ((1 << BITS) - 1));
+  }
+  __syncthreads();
+  const int64_t v = int64_t(blockIdx.x) * kEncodeWarps + warp;
+  if (v >= n_vec) {
+    return;
+  }
+  float* buf = sbuf[warp];
+  const uint32_t* in = packed + v * W;
+  const float scale = to_float(scales[v]);
+  for (int s = lane; s < D / 8; s += 32) {
+    uint32_t a, b;
+    load_slot<BITS, D>(in, s, a, b);
+#pragma unroll
+    for (int c = 0; c < 8; c++) {
+      buf[8 * s + c] = scale * lut[slot_code<BITS>(a, b, c)];
+    }
+  }
+  __syncwarp();
+  warp_inverse_rotate_unsigned<D>(buf, lane);
+  for (int i = lane; i < D; i += 32) {
+    x[v * D + i] = from_float<U>(buf[i] * rot_sign(1, i));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Rotation: rows (N, D), contiguous, TI -> TO; y = R x (forward) or R^T x
+// (inverse) in float32, as turbo::rotate. The attention's query and output
+// rotations (fused_rotation): one launch each.
+// ---------------------------------------------------------------------------
+
+template <typename TI, typename TO, int D, bool INVERSE>
+__global__ void __launch_bounds__(32 * kEncodeWarps)
+    turbo_rotate(const TI* __restrict__ x, TO* __restrict__ y, int64_t n_vec) {
+  __shared__ float sbuf[kEncodeWarps][D];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int64_t v = int64_t(blockIdx.x) * kEncodeWarps + warp;
+  if (v >= n_vec) {
+    return;
+  }
+  float* buf = sbuf[warp];
+  const TI* in = x + v * D;
+  TO* o = y + v * D;
+  if constexpr (INVERSE) {
+    for (int i = lane; i < D; i += 32) {
+      buf[i] = to_float(in[i]);
+    }
+    __syncwarp();
+    warp_inverse_rotate_unsigned<D>(buf, lane);
+    for (int i = lane; i < D; i += 32) {
+      o[i] = from_float<TO>(buf[i] * rot_sign(1, i));
+    }
+  } else {
+    for (int i = lane; i < D; i += 32) {
+      buf[i] = to_float(in[i]) * rot_sign(1, i);
+    }
+    __syncwarp();
+    warp_rotate_presigned<D>(buf, lane);
+    for (int i = lane; i < D; i += 32) {
+      o[i] = from_float<TO>(buf[i]);
+    }
+  }
+}
+
+// Decode preparation (fused_rotation), one launch per attention call: one
+// warp per row rotates the n_q query rows (B, Hq, qL) and then the n_sv sink
+// value rows (B or 1, Hkv) from T into float32 (y = R x), and with a key bias
+// writes each query row's sink logit, sinks[h] (0 without sinks) - scale * q
+// . (key_shift - first_key) with q as given, to row_sinks (B, Hq, qL).
+template <typename T>
+struct PrepArgs {
+  int64_t n_q;
+  int64_t n_sv;
+  int Hq;
+  int qL;
+  int gqa;
+  float scale;
+  const float* sinks; // (Hq) or nullptr
+  const T* key_shift; // rows of D, (B or 1, Hkv), or nullptr
+  const T* first_key; // the same
+  int64_t ksh_b_str; // 0 when shared by the batch
+  int64_t fk_b_str;
+  float* row_sinks; // nullptr: no key bias
+};
+
+template <typename T, int D>
+__global__ void __launch_bounds__(32 * kEncodeWarps) turbo_attention_prep(
+    const T* __restrict__ q,
+    float* __restrict__ q_rot,
+    const T* __restrict__ sv,
+    float* __restrict__ sv_rot,
+    const PrepArgs<T> a) {
+  __shared__ float sbuf[kEncodeWarps][D];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int64_t v = int64_t(blockIdx.x) * kEncodeWarps + warp;
+  if (v >= a.n_q + a.n_sv) {
+    return;
+  }
+  const bool is_q = v < a.n_q;
+  const T* in = is_q ? q + v * D : sv + (v - a.n_q) * D;
+  float* o = is_q ? q_rot + v * D : sv_rot + (v - a.n_q) * D;
+  float* buf = sbuf[warp];
+  float dot = 0.0f;
+  if (is_q && a.row_sinks) {
+    const int h = (v / a.qL) % a.Hq;
+    const int64_t b = v / (int64_t(a.Hq) * a.qL);
+    const int64_t kv_row = int64_t(h / a.gqa) * D;
+    const T* mu =
+        a.key_shift ? a.key_shift + b * a.ksh_b_str + kv_row : nullptr;
+    const T* k0 = a.first_key ? a.first_key + b * a.fk_b_str + kv_row : nullptr;
+    for (int i = lane; i < D; i += 32) {
+      float bias =
+          (mu ? to_float(mu[i]) : 0.0f) - (k0 ? to_float(k0[i]) : 0.0f);
+      dot += to_float(in[i]) * bias;
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      dot += __shfl_xor_sync(0xffffffff, dot, off);
+    }
+    if (lane == 0) {
+      a.row_sinks[v] = (a.sinks ? a.sinks[h] : 0.0f) - a.scale * dot;
+    }
+  }
+  for (int i = lane; i < D; i += 32) {
+    buf[i] = to_float(in[i]) * rot_sign(1, i);
+  }
+  __syncwarp();
+  warp_rotate_presigned<D>(buf, lane);
+  for (int i = lane; i < D; i += 32) {
+    o[i] = buf[i];
+  }
+}
+
+} // namespace mlx::core::cu::turbo
