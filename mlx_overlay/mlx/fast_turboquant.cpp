@@ -90,7 +90,9 @@ AttentionShape validate_inputs(
     const std::optional<array>& key_shift,
     const std::optional<array>& key_channel_scales,
     const std::optional<array>& first_key,
-    const std::optional<array>& first_value) {
+    const std::optional<array>& first_value,
+    const std::optional<array>& key_shift_freqs,
+    const std::optional<array>& key_shift_waves) {
   constexpr std::string_view tag = "quantized_scaled_dot_product_attention";
   auto fail = [&](const auto&... parts) {
     std::ostringstream msg;
@@ -260,6 +262,53 @@ AttentionShape validate_inputs(
         "first_key / first_value cannot be combined with sinks (the first "
         "token takes the sink's place in the kernels).");
   }
+  // A key shift that moves with the position (docs/format.md, section 7):
+  // frequencies (N_kv, P) and amplitudes (B or 1, N_kv, 2P, D).
+  if (key_shift_freqs.has_value() != key_shift_waves.has_value()) {
+    fail("key_shift_freqs and key_shift_waves must be given together.");
+  }
+  if (key_shift_freqs) {
+    const auto& f = *key_shift_freqs;
+    const auto& w = *key_shift_waves;
+    if (f.ndim() != 2 || f.shape(0) != n_kv_heads || f.shape(1) < 1 ||
+        f.shape(1) > turbo::kMaxKeyWaves) {
+      fail(
+          "key_shift_freqs with shape ",
+          f.shape(),
+          " expected shape (",
+          n_kv_heads,
+          ", P) with 1 <= P <= ",
+          turbo::kMaxKeyWaves,
+          ".");
+    }
+    if (f.dtype() != float32) {
+      fail("key_shift_freqs must be float32 but got ", f.dtype(), ".");
+    }
+    int P = f.shape(1);
+    if (w.ndim() != 4 || (w.shape(0) != 1 && w.shape(0) != B) ||
+        w.shape(1) != n_kv_heads || w.shape(2) != 2 * P || w.shape(3) != dk) {
+      fail(
+          "key_shift_waves with shape ",
+          w.shape(),
+          " expected shape (",
+          B,
+          " or 1, ",
+          n_kv_heads,
+          ", ",
+          2 * P,
+          ", ",
+          dk,
+          ") for ",
+          P,
+          " frequencies.");
+    }
+    if (!issubdtype(w.dtype(), floating) || w.dtype() == float64) {
+      fail(
+          "key_shift_waves must be float32, float16 or bfloat16 but got ",
+          w.dtype(),
+          ".");
+    }
+  }
 
   if (mask_mode != "" && mask_mode != "causal" && mask_mode != "array") {
     fail(
@@ -326,6 +375,18 @@ AttentionShape validate_inputs(
   return {B, n_q_heads, n_kv_heads, qL, kL, dk, dv};
 }
 
+// Adds a float32 bias (B, Hq, qL, kL) to an optional mask (bool or additive).
+void add_to_mask(std::optional<array>& mask, const array& bias, const Stream& s) {
+  if (!mask) {
+    mask = bias;
+  } else if (mask->dtype() == bool_) {
+    mask = where(
+        *mask, bias, array(-std::numeric_limits<float>::max(), float32), s);
+  } else {
+    mask = add(*mask, bias, s);
+  }
+}
+
 // The key bias of the exact transforms. Centered keys (key_shift) move every
 // score of a query row by the same -scale * q . key_shift; the exact first
 // token takes the sink's place with a sink logit of 0, every cached score
@@ -364,13 +425,8 @@ void fold_key_bias(
     // -bias is the same and reads no mask.
     sinks =
         subtract(astype(*sinks, float32, s), reshape(bias, {n_q_heads}, s), s);
-  } else if (!mask) {
-    mask = bias;
-  } else if (mask->dtype() == bool_) {
-    mask = where(
-        *mask, bias, array(-std::numeric_limits<float>::max(), float32), s);
   } else {
-    mask = add(*mask, bias, s);
+    add_to_mask(mask, bias, s);
   }
 }
 
@@ -395,6 +451,8 @@ array dequantized_attention(
     const std::optional<array>& key_channel_scales,
     const std::optional<array>& first_key,
     const std::optional<array>& first_value,
+    const std::optional<array>& key_shift_freqs,
+    const std::optional<array>& key_shift_waves,
     const Stream& stream) {
   const int B = queries.shape(0);
   const int qL = queries.shape(2);
@@ -439,6 +497,23 @@ array dequantized_attention(
   // of a pass over every cached key. With sinks the absolute scores matter.
   if (key_shift && has_sinks) {
     k = add(k, astype(*key_shift, dtype, stream), stream);
+  }
+  // The shift that moves with the position differs per key: always added
+  // back (with the exact first token, row 0 is overwritten below, so the
+  // cached keys are rows 1.. and their positions start at -1 here).
+  if (key_shift_freqs) {
+    k = add(
+        k,
+        astype(
+            turbo::key_wave_shift(
+                *key_shift_freqs,
+                *key_shift_waves,
+                first_key ? -1 : 0,
+                k.shape(2),
+                stream),
+            dtype,
+            stream),
+        stream);
   }
   auto v = dequantize_rows(values, value_scales, vmode);
   if (first_key) {
@@ -590,6 +665,8 @@ array quantized_scaled_dot_product_attention(
     const std::optional<array>& key_channel_scales /* = {} */,
     const std::optional<array>& first_key /* = {} */,
     const std::optional<array>& first_value /* = {} */,
+    const std::optional<array>& key_shift_freqs /* = {} */,
+    const std::optional<array>& key_shift_waves /* = {} */,
     StreamOrDevice s /* = {} */) {
   auto kmode = parse_turbo_mode(key_mode);
   auto vmode = parse_turbo_mode(value_mode.empty() ? key_mode : value_mode);
@@ -608,7 +685,9 @@ array quantized_scaled_dot_product_attention(
       key_shift,
       key_channel_scales,
       first_key,
-      first_value);
+      first_value,
+      key_shift_freqs,
+      key_shift_waves);
   const bool do_causal = mask_mode == "causal";
   const bool has_sinks = sinks.has_value();
   const int gqa = n_q_heads / n_kv_heads;
@@ -647,6 +726,8 @@ array quantized_scaled_dot_product_attention(
         key_channel_scales,
         first_key,
         first_value,
+        key_shift_freqs,
+        key_shift_waves,
         stream);
   }
 
@@ -694,6 +775,14 @@ array quantized_scaled_dot_product_attention(
   if (needs_bias && !kernel_bias) {
     fold_key_bias(
         queries, key_shift, first_key, scale, mask, sink_logits, stream);
+  }
+  // The position-dependent key shift: a bias per query row and cached key.
+  if (key_shift_freqs) {
+    add_to_mask(
+        mask,
+        turbo::key_wave_bias(
+            queries, *key_shift_freqs, *key_shift_waves, scale, kL, stream),
+        stream);
   }
   // The first token's value is the sink's value, in the domain of the
   // primitive's queries: as given with fused_rotation (in the queries'

@@ -140,6 +140,45 @@ array per_query_head(const array& t, int gqa, StreamOrDevice s) {
   return gqa == 1 ? f : repeat(f, gqa, 1, s);
 }
 
+array key_wave_phases(const array& freqs, int n0, int kL, StreamOrDevice s) {
+  int Hkv = freqs.shape(0);
+  int P = freqs.shape(1);
+  auto n = reshape(arange(n0, n0 + kL, float32, s), {1, 1, kL, 1}, s);
+  auto angle = multiply(reshape(freqs, {1, Hkv, 1, P}, s), n, s);
+  return concatenate({cos(angle, s), sin(angle, s)}, 3, s);
+}
+
+array key_wave_shift(
+    const array& freqs,
+    const array& waves,
+    int n0,
+    int kL,
+    StreamOrDevice s) {
+  return matmul(
+      key_wave_phases(freqs, n0, kL, s), astype(waves, float32, s), s);
+}
+
+array key_wave_bias(
+    const array& q,
+    const array& freqs,
+    const array& waves,
+    float scale,
+    int kL,
+    StreamOrDevice s) {
+  int B = q.shape(0), Hq = q.shape(1), qL = q.shape(2), D = q.shape(3);
+  int Hkv = waves.shape(1);
+  int rows = Hq / Hkv * qL;
+  // Per row: scale * q . waves[j] (B, Hkv, rows, 2P), then times the phases.
+  auto qg = reshape(astype(q, float32, s), {B, Hkv, rows, D}, s);
+  auto coef = matmul(
+      multiply(qg, array(scale, float32), s),
+      swapaxes(astype(waves, float32, s), 2, 3, s),
+      s);
+  auto bias =
+      matmul(coef, swapaxes(key_wave_phases(freqs, 0, kL, s), 2, 3, s), s);
+  return reshape(bias, {B, Hq, qL, kL}, s);
+}
+
 array rotate(const array& x, bool inverse, StreamOrDevice s) {
   int dim = x.shape(-1);
   int p = stage_size(dim);

@@ -54,6 +54,10 @@ constexpr int kMaxDim = 256;
 // dequantize the cache into a transient copy for MLX's own attention.
 constexpr int kFusedMaxQueries = 8;
 
+// At most this many frequencies in a position-dependent key shift
+// (key_shift_freqs / key_shift_waves, docs/format.md section 7).
+constexpr int kMaxKeyWaves = 32;
+
 inline bool is_turbo(QuantizationMode mode) {
   return mode == QuantizationMode::Turbo3 || mode == QuantizationMode::Turbo4;
 }
@@ -182,6 +186,34 @@ void check_dim(std::string_view tag, int dim);
 // repeated for the gqa query heads of each kv head: (B, Hkv * gqa, 1, D),
 // float32 (the exact cache transforms, docs/format.md section 7).
 array per_query_head(const array& t, int gqa, StreamOrDevice s = {});
+
+// The position-dependent key shift (docs/format.md section 7): the cached
+// key at index n holds its key minus
+//   sum_j cos(f_j n) waves[j] + sin(f_j n) waves[P + j],
+// with freqs (Hkv, P) float32 and waves (B or 1, Hkv, 2P, D); the angle is
+// the float32 product f_j * n, as in the kernels.
+// The phases [cos(f n), sin(f n)] of keys n0 .. n0 + kL - 1: (1, Hkv, kL, 2P).
+array key_wave_phases(
+    const array& freqs,
+    int n0,
+    int kL,
+    StreamOrDevice s = {});
+// The shift of keys n0 .. n0 + kL - 1: (B or 1, Hkv, kL, D), float32.
+array key_wave_shift(
+    const array& freqs,
+    const array& waves,
+    int n0,
+    int kL,
+    StreamOrDevice s = {});
+// Its score bias scale * q . shift(n) for every query row and cached key n
+// = 0 .. kL - 1: (B, Hq, qL, kL), float32, queries as given (unrotated).
+array key_wave_bias(
+    const array& q,
+    const array& freqs,
+    const array& waves,
+    float scale,
+    int kL,
+    StreamOrDevice s = {});
 
 // Op-composed rotation over the last axis (float32 result).
 array rotate(const array& x, bool inverse, StreamOrDevice s = {});
