@@ -8,6 +8,8 @@ Compares, on one model and one fixed English text:
   turbo3          ``TurboQuantKVCache`` keys and values turbo3
   turbo4-turbo3   keys turbo4, values turbo3
   <type>:plain    the same TurboQuant cache without its transforms (turbo_transforms=False)
+  <type>:center   the transforms with a constant key shift only (no rotary
+                  embedding given to the cache: the shift does not follow the position)
   <type>:edgeN    the same with the first and last N layers unquantized (turbo_fp16_layers=N)
   affine4/affine8 mlx-lm's ``QuantizedKVCache`` (group 64, 4 / 8 bits)
 
@@ -90,6 +92,9 @@ def make_cache(model, kind):
     if edge:
         return cache
     assert all(isinstance(c, TurboQuantKVCache) for c in cache)
+    if variant == "center":
+        for c in cache:
+            c.rope = None
     return cache
 
 

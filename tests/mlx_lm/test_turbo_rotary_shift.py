@@ -1,0 +1,152 @@
+"""TurboQuantKVCache's key shift that follows the position (rotary embedding):
+the planes read off the embedding, the fit, exactness through the fused op,
+prompt-cache files, trimming, batching."""
+
+import math
+
+import numpy as np
+import pytest
+
+from _stack import require_turbo_stack, tiny_llama
+
+mx = require_turbo_stack()
+
+import mlx.nn as nn  # noqa: E402
+from mlx_lm.models.cache import (  # noqa: E402
+    BatchTurboQuantKVCache,
+    KVCache,
+    TurboQuantKVCache,
+    load_prompt_cache,
+    make_prompt_cache,
+    save_prompt_cache,
+    turbo_rotary_planes,
+)
+
+
+@pytest.mark.parametrize("traditional", [False, True])
+@pytest.mark.parametrize("dims", [64, 32])
+def test_planes_match_the_embedding(traditional, dims):
+    """The planes and angles of nn.RoPE (any layout, partial rotary dims)."""
+    D, base = 64, 10000.0
+    rope = nn.RoPE(dims, traditional=traditional, base=base)
+    i, j, theta = turbo_rotary_planes(rope, D)
+    assert len(i) == dims // 2
+    want = base ** (-np.arange(0, dims, 2) / dims)
+    order = np.argsort(np.array(i))
+    got_i, got_j, got = np.array(i)[order], np.array(j)[order], np.array(theta)[order]
+    if traditional:
+        assert np.all(got_i == np.arange(0, dims, 2)) and np.all(got_j == got_i + 1)
+    else:
+        assert np.all(got_i == np.arange(dims // 2)) and np.all(got_j == got_i + dims // 2)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    # Position t turns (x_i, x_j) by theta * t.
+    x = mx.random.normal((1, 1, 1, D))
+    t = 37
+    y = np.array(rope(x, offset=t))[0, 0, 0]
+    xn = np.array(x)[0, 0, 0]
+    for a, b, th in zip(got_i, got_j, got):
+        c, s = math.cos(th * t), math.sin(th * t)
+        np.testing.assert_allclose(
+            [y[a], y[b]], [xn[a] * c - xn[b] * s, xn[a] * s + xn[b] * c], atol=1e-4
+        )
+
+
+def test_planes_of_something_else():
+    assert turbo_rotary_planes(lambda x, offset=0: x * 2.0, 64) is None
+    assert turbo_rotary_planes(lambda x, offset=0: x[..., ::-1], 64) is None
+
+
+def rotary_keys(n, B=1, H=2, D=64, seed=0, start=0):
+    """Keys after a rotary embedding whose inputs have a large mean per head."""
+    rng = np.random.default_rng(seed)
+    rope = nn.RoPE(D, base=10000.0)
+    pre = rng.standard_normal((B, H, 1, D)) * 4.0 + rng.standard_normal((B, H, n, D))
+    k = rope(mx.array(pre.astype(np.float32)), offset=start)
+    v = mx.array(rng.standard_normal((B, H, n, D)).astype(np.float32))
+    return rope, k, v
+
+
+def test_shift_lowers_the_key_error_and_reconstructs():
+    rope, k, v = rotary_keys(300)
+    err = {}
+    for name, r in (("constant", None), ("rotary", rope)):
+        c = TurboQuantKVCache("turbo3", rope=r)
+        c.update_and_fetch(k, v)
+        assert (c.key_shift_waves is not None) == (r is not None)
+        kd = c.to_kv_cache().keys[..., :300, :]
+        err[name] = mx.sum((kd - k) ** 2).item() / mx.sum(k**2).item()
+    assert err["rotary"] < 0.5 * err["constant"], err
+    c = TurboQuantKVCache("turbo3", rope=rope)
+    c.update_and_fetch(k, v)
+    assert c.key_shift_freqs.shape == (2, 8) and c.key_shift_waves.shape == (1, 2, 16, 64)
+
+
+@pytest.mark.parametrize("qL", [1, 20])
+def test_attention_over_the_cache_is_exact(qL):
+    """The fused op over the codes equals float64 attention over the keys the
+    cache reconstructs (to_kv_cache: codes + constant shift + moving shift)."""
+    rope, k, v = rotary_keys(200, B=2)
+    c = TurboQuantKVCache("turbo4", rope=rope)
+    (kq, ks), (vq, vs) = c.update_and_fetch(k, v)
+    kv = c.to_kv_cache()
+    kd, vd = kv.keys[..., :200, :], kv.values[..., :200, :]
+    q = mx.random.normal((2, 4, qL, 64))
+    out = mx.fast.quantized_scaled_dot_product_attention(
+        q, kq, ks, vq, vs, scale=0.125, mask="causal", mode="turbo4", **c.turbo_transforms
+    )
+    qn, kn, vn = (np.array(x).astype(np.float64) for x in (q, kd, vd))
+    kn, vn = np.repeat(kn, 2, axis=1), np.repeat(vn, 2, axis=1)
+    s = 0.125 * qn @ np.swapaxes(kn, -1, -2)
+    s = np.where(np.arange(200)[None] <= np.arange(200 - qL, 200)[:, None], s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    want = (p / p.sum(-1, keepdims=True)) @ vn
+    err = np.abs(np.array(out) - want).max() / np.abs(want).max()
+    assert err < 1e-4, err
+
+
+def test_state_file_trim_and_legacy_state(tmp_path):
+    rope, k, v = rotary_keys(120)
+    c = TurboQuantKVCache("turbo3", rope=rope)
+    c.update_and_fetch(k, v)
+    f = str(tmp_path / "c.safetensors")
+    save_prompt_cache(f, [c])
+    lc = load_prompt_cache(f)[0]
+    assert mx.array_equal(lc.key_shift_freqs, c.key_shift_freqs).item()
+    assert mx.array_equal(lc.key_shift_waves, c.key_shift_waves).item()
+    _, k2, v2 = rotary_keys(5, seed=1, start=120)
+    a, b = c.update_and_fetch(k2, v2), lc.update_and_fetch(k2, v2)
+    for x, y in zip(a[0] + a[1], b[0] + b[1]):
+        assert mx.array_equal(x, y).item()
+    # An 11-entry state (before the moving shift) loads with a constant one.
+    old = TurboQuantKVCache()
+    old.state = c.state[:11]
+    assert old.key_shift_waves is None and old.key_shift is not None
+    # Trimming everything recalibrates.
+    c.trim(c.offset)
+    assert c.key_shift_waves is None and c.key_shift is None
+
+
+def test_merge_into_a_batch_re_encodes():
+    """Batched caches keep a constant shift: a single cache with the moving
+    shift is re-encoded with it added back (the same keys, one more rounding)."""
+    rope, k, v = rotary_keys(90, seed=2)
+    c = TurboQuantKVCache("turbo4", rope=rope)
+    c.update_and_fetch(k, v)
+    plain = TurboQuantKVCache("turbo4")
+    _, k2, v2 = rotary_keys(40, seed=3)
+    plain.update_and_fetch(k2, v2)
+    batch = BatchTurboQuantKVCache.merge([c, plain])
+    row = batch.extract(0)
+    assert row.key_shift_waves is None
+    want = c.to_kv_cache().keys[..., :90, :]
+    got = row.to_kv_cache().keys[..., :90, :]
+    rel = mx.sum((got - want) ** 2).item() / mx.sum(want**2).item()
+    assert rel < 0.02, rel
+
+
+def test_make_prompt_cache_attaches_the_model_ropes():
+    model, _ = tiny_llama(dtype=mx.float32)
+    cache = make_prompt_cache(model, kv_cache_type="turbo3")
+    assert all(c.rope is model.layers[i].self_attn.rope for i, c in enumerate(cache))
+    plain = make_prompt_cache(model)
+    assert all(type(c) is KVCache for c in plain)
