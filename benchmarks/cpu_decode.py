@@ -6,8 +6,9 @@
 Prints median milliseconds per call and ratios against fp16 SDPA, all measured
 in this one run. One decode step: B=1, Hq=32, Hkv=8, D=128, qL=1. "t3 exact"
 is turbo3 with the cache transforms mlx-lm uses by default (key_shift,
-first_key, first_value; docs/format.md section 7); its ratio to plain turbo3 is
-the transforms' cost. Plain and transformed calls alternate, so load on the
+first_key, first_value, and the key shift that follows the position with 8
+frequencies; docs/format.md section 7); its ratio to plain turbo3 is the
+transforms' cost. Plain and transformed calls alternate, so load on the
 machine affects both alike.
 """
 
@@ -56,6 +57,8 @@ def main():
             key_shift=mx.random.normal((B, Hkv, 1, D)).astype(mx.float16),
             first_key=k16[:, :, :1],
             first_value=v16[:, :, :1],
+            key_shift_freqs=mx.random.uniform(0, 1, (Hkv, 8)),
+            key_shift_waves=mx.random.normal((B, Hkv, 16, D)),
         )
         mx.eval(q32, k32, v32, q16, k16, v16, *t3k, *t3v, *t4k, *t4v, *tf.values())
         sdpa = mx.fast.scaled_dot_product_attention

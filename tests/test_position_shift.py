@@ -12,20 +12,24 @@ from test_attention import attention_rtol, random_mask
 
 
 def wave_shift(freqs, waves, n):
-    """shift(n) in float64 from the float32 angles f_j * n the op uses:
-    (B or 1, Hkv, len(n), D)."""
-    ang = (freqs[:, None, :].astype(np.float32) * np.asarray(n, np.float32)[None, :, None]).astype(
-        np.float64
-    )
+    """shift(n) in float64: angles 2 pi ((k n) mod 2^24) / 2^24 of the uint32
+    frequencies k (whole fractions of a turn): (B or 1, Hkv, len(n), D)."""
+    turns = (freqs[:, None, :].astype(np.int64) * np.asarray(n, np.int64)[None, :, None]) % (1 << 24)
+    ang = 2 * np.pi * turns / (1 << 24)
     phases = np.concatenate([np.cos(ang), np.sin(ang)], axis=-1)  # (Hkv, kL, 2P)
     return phases[None] @ waves.astype(np.float64)
+
+
+def to_turns(theta):
+    """Radians per key as uint32 turns of 2^-24."""
+    return (np.round(np.asarray(theta, np.float64) * (1 << 24) / (2 * np.pi)).astype(np.int64) % (1 << 24)).astype(np.uint32)
 
 
 def rope_like_case(rng, B, Hkv, kL, D, P, per_batch, n0=0):
     """Keys whose mean rotates with the position like a rotary embedding's:
     mu + sum_j cos(f_j n) a_j + sin(f_j n) b_j + noise, with frequencies up to
     1 rad per token and large amplitudes."""
-    freqs = np.exp(rng.uniform(np.log(1e-3), 0.0, (Hkv, P))).astype(np.float32)
+    freqs = to_turns(np.exp(rng.uniform(np.log(1e-3), 0.0, (Hkv, P))))
     tB = B if per_batch else 1
     waves = (rng.standard_normal((tB, Hkv, 2 * P, D)) * 3.0).astype(np.float32)
     mu = (rng.standard_normal((tB, Hkv, 1, D)) * 2.0).astype(np.float32)
@@ -97,10 +101,12 @@ def test_position_shift_is_exact(rng, qL, mask, extra):
         assert err < tol, f"fallback relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16])
-def test_position_shift_long_cache_half_precision(rng, dtype):
-    """A long cache (angles up to ~3e3 rad, where the float32 product rounds):
-    the op and the reference agree because both use the float32 angle."""
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+def test_position_shift_long_cache_half_precision(rng, dtype_name):
+    """A long cache (angles up to ~3e3 rad): whole fractions of a turn keep
+    the angle exact however far the key is. The bound is the dtype's: the
+    prefill route adds the shift to keys in the queries' dtype."""
+    dtype = getattr(mx, dtype_name)
     B, Hq, Hkv, kL, D, P = 1, 8, 2, 3000, 128, 8
     freqs, waves, mu, shift, kx = rope_like_case(rng, B, Hkv, kL, D, P, per_batch=False)
     k, ks = mx.quantize(mx.array((kx - mu - shift).astype(np.float32)).astype(dtype), mode="turbo4")
@@ -119,7 +125,7 @@ def test_position_shift_long_cache_half_precision(rng, dtype):
         kd_w = kd - shift + wave_shift(freqs, w, np.arange(kL))
         expected = ref.attention(to_np(q), kd_w, vd, D**-0.5, "causal")
         err = rel_err(to_np(out), expected)
-        assert err < 10 * attention_rtol("float16", qL), f"qL {qL}: relative error {err:.2e}"
+        assert err < 10 * attention_rtol(dtype_name, qL), f"qL {qL}: relative error {err:.2e}"
 
 
 def test_position_shift_reduces_reconstruction_error(rng):
@@ -140,16 +146,16 @@ def test_position_shift_errors(rng):
     q = mx.zeros((B, Hq, 1, D))
     k, ks = mx.quantize(mx.zeros((B, Hkv, kL, D)), mode="turbo4")
     op = mx.fast.quantized_scaled_dot_product_attention
-    f = mx.zeros((Hkv, 3))
+    f = mx.zeros((Hkv, 3), mx.uint32)
     w = mx.zeros((1, Hkv, 6, D))
     op(q, k, ks, k, ks, scale=0.1, mode="turbo4", key_shift_freqs=f, key_shift_waves=w)
     name = "quantized_scaled_dot_product_attention"
     bad = [
         (dict(key_shift_freqs=f), "together"),
         (dict(key_shift_waves=w), "together"),
-        (dict(key_shift_freqs=mx.zeros((Hkv + 1, 3)), key_shift_waves=w), "key_shift_freqs with shape"),
-        (dict(key_shift_freqs=mx.zeros((Hkv, 33)), key_shift_waves=mx.zeros((1, Hkv, 66, D))), "P <= 32"),
-        (dict(key_shift_freqs=f.astype(mx.float16), key_shift_waves=w), "must be float32"),
+        (dict(key_shift_freqs=mx.zeros((Hkv + 1, 3), mx.uint32), key_shift_waves=w), "key_shift_freqs with shape"),
+        (dict(key_shift_freqs=mx.zeros((Hkv, 33), mx.uint32), key_shift_waves=mx.zeros((1, Hkv, 66, D))), "P <= 32"),
+        (dict(key_shift_freqs=f.astype(mx.float32), key_shift_waves=w), "must be uint32"),
         (dict(key_shift_freqs=f, key_shift_waves=mx.zeros((1, Hkv, 3, D))), "key_shift_waves with shape"),
         (dict(key_shift_freqs=f, key_shift_waves=mx.zeros((2, Hkv, 6, D))), "key_shift_waves with shape"),
         (dict(key_shift_freqs=f, key_shift_waves=mx.zeros((1, Hkv, 6, D), mx.int32)), "float32, float16"),

@@ -281,8 +281,11 @@ AttentionShape validate_inputs(
           turbo::kMaxKeyWaves,
           ".");
     }
-    if (f.dtype() != float32) {
-      fail("key_shift_freqs must be float32 but got ", f.dtype(), ".");
+    if (f.dtype() != uint32) {
+      fail(
+          "key_shift_freqs must be uint32 (turns of 2^-24 per key) but got ",
+          f.dtype(),
+          ".");
     }
     int P = f.shape(1);
     if (w.ndim() != 4 || (w.shape(0) != 1 && w.shape(0) != B) ||

@@ -57,6 +57,10 @@ constexpr int kFusedMaxQueries = 8;
 // At most this many frequencies in a position-dependent key shift
 // (key_shift_freqs / key_shift_waves, docs/format.md section 7).
 constexpr int kMaxKeyWaves = 32;
+// Its angles are whole fractions of a turn: frequency k (uint32) turns cached
+// key n by 2 pi ((k n) mod 2^kKeyWaveBits) / 2^kKeyWaveBits, computed exactly
+// with a wrapping 32-bit multiply on every backend.
+constexpr int kKeyWaveBits = 24;
 
 inline bool is_turbo(QuantizationMode mode) {
   return mode == QuantizationMode::Turbo3 || mode == QuantizationMode::Turbo4;
@@ -189,10 +193,11 @@ array per_query_head(const array& t, int gqa, StreamOrDevice s = {});
 
 // The position-dependent key shift (docs/format.md section 7): the cached
 // key at index n holds its key minus
-//   sum_j cos(f_j n) waves[j] + sin(f_j n) waves[P + j],
-// with freqs (Hkv, P) float32 and waves (B or 1, Hkv, 2P, D); the angle is
-// the float32 product f_j * n, as in the kernels.
-// The phases [cos(f n), sin(f n)] of keys n0 .. n0 + kL - 1: (1, Hkv, kL, 2P).
+//   sum_j cos(a_j(n)) waves[j] + sin(a_j(n)) waves[P + j],
+//   a_j(n) = 2 pi ((freqs_j n) mod 2^24) / 2^24,
+// with freqs (Hkv, P) uint32 and waves (B or 1, Hkv, 2P, D).
+// The phases [cos a(n), sin a(n)] of keys n0 .. n0 + kL - 1 (n0 >= -1;
+// -1 wraps like the uint32 it is): (1, Hkv, kL, 2P), float32.
 array key_wave_phases(
     const array& freqs,
     int n0,
