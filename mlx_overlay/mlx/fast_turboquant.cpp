@@ -562,7 +562,8 @@ array dequantized_attention(
 }
 
 // What the primitive's inputs hold: (q, k, k_scales, v, v_scales), then, in
-// this order, [mask] [sinks] [sink_values] [key_shift] [first_key].
+// this order, [mask] [sinks] [sink_values] [key_shift] [first_key]
+// [key_shift_waves key_shift_freqs].
 struct PrimitiveInputs {
   float scale;
   bool do_causal;
@@ -571,6 +572,7 @@ struct PrimitiveInputs {
   bool has_sink_values;
   bool has_key_shift;
   bool has_first_key;
+  bool has_key_waves;
   QuantizationMode kmode;
   QuantizationMode vmode;
   bool fused_rotation;
@@ -586,17 +588,25 @@ std::vector<array> composed_attention(
     const PrimitiveInputs& a,
     const std::vector<array>& inputs) {
   const auto& stream = a.stream;
-  auto [mask, sinks, sink_value, key_shift, first_key] =
+  auto [mask, sinks, sink_value, key_shift, first_key, waves, freqs] =
       turbo::attention_extras(
           inputs,
           a.has_sinks,
           a.has_sink_values,
           a.has_key_shift,
-          a.has_first_key);
+          a.has_first_key,
+          a.has_key_waves);
   // A raw key bias comes with fused_rotation: the queries are as given.
   if (key_shift || first_key) {
     fold_key_bias(
         inputs[0], key_shift, first_key, a.scale, mask, sinks, stream);
+  }
+  if (waves) {
+    add_to_mask(
+        mask,
+        turbo::key_wave_bias(
+            inputs[0], *freqs, *waves, a.scale, inputs[1].shape(2), stream),
+        stream);
   }
   auto q =
       a.fused_rotation ? turbo::rotate(inputs[0], false, stream) : inputs[0];
@@ -779,8 +789,12 @@ array quantized_scaled_dot_product_attention(
     fold_key_bias(
         queries, key_shift, first_key, scale, mask, sink_logits, stream);
   }
-  // The position-dependent key shift: a bias per query row and cached key.
-  if (key_shift_freqs) {
+  // The position-dependent key shift: a bias per query row and cached key,
+  // computed by the CPU kernels from the queries as given, else folded into
+  // the mask here.
+  const bool kernel_waves = key_shift_freqs && fused_rotation &&
+      stream.device == Device::cpu && !key_channel_scales;
+  if (key_shift_freqs && !kernel_waves) {
     add_to_mask(
         mask,
         turbo::key_wave_bias(
@@ -807,6 +821,7 @@ array quantized_scaled_dot_product_attention(
       sink_values.has_value(),
       kernel_bias && key_shift.has_value(),
       kernel_bias && first_key.has_value(),
+      kernel_waves,
       kmode,
       vmode,
       fused_rotation,
@@ -827,6 +842,10 @@ array quantized_scaled_dot_product_attention(
   if (layout.has_first_key) {
     inputs.push_back(astype(*first_key, queries.dtype(), stream));
   }
+  if (layout.has_key_waves) {
+    inputs.push_back(astype(*key_shift_waves, float32, stream));
+    inputs.push_back(*key_shift_freqs);
+  }
 
   auto fallback = [layout](const std::vector<array>& inputs) {
     return composed_attention(layout, inputs);
@@ -844,6 +863,7 @@ array quantized_scaled_dot_product_attention(
                 layout.has_sink_values,
                 layout.has_key_shift,
                 layout.has_first_key,
+                layout.has_key_waves,
                 kmode,
                 vmode,
                 queries.dtype() != float32,
@@ -862,7 +882,8 @@ bool QuantizedScaledDotProductAttention::is_equivalent(
   return scale_ == o.scale_ && do_causal_ == o.do_causal_ &&
       has_sinks_ == o.has_sinks_ && has_sink_values_ == o.has_sink_values_ &&
       has_key_shift_ == o.has_key_shift_ &&
-      has_first_key_ == o.has_first_key_ && key_mode_ == o.key_mode_ &&
+      has_first_key_ == o.has_first_key_ &&
+      has_key_waves_ == o.has_key_waves_ && key_mode_ == o.key_mode_ &&
       value_mode_ == o.value_mode_ && low_precision_ == o.low_precision_ &&
       fused_rotation_ == o.fused_rotation_;
 }

@@ -209,9 +209,12 @@ AttentionExtras attention_extras(
     bool has_sinks,
     bool has_sink_values,
     bool has_key_shift,
-    bool has_first_key) {
+    bool has_first_key,
+    bool has_key_waves) {
   const bool has_mask = inputs.size() >
-      size_t(5 + has_sinks + has_sink_values + has_key_shift + has_first_key);
+      size_t(
+          5 + has_sinks + has_sink_values + has_key_shift + has_first_key +
+          2 * has_key_waves);
   size_t next = 5;
   auto take = [&](bool present) {
     return present ? std::optional<array>(inputs[next++]) : std::nullopt;
@@ -222,6 +225,8 @@ AttentionExtras attention_extras(
   x.sink_values = take(has_sink_values);
   x.key_shift = take(has_key_shift);
   x.first_key = take(has_first_key);
+  x.key_waves = take(has_key_waves);
+  x.key_freqs = take(has_key_waves);
   return x;
 }
 

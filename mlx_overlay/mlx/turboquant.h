@@ -231,13 +231,16 @@ struct AttentionExtras {
   std::optional<array> sink_values;
   std::optional<array> key_shift;
   std::optional<array> first_key;
+  std::optional<array> key_waves; // key_shift_waves
+  std::optional<array> key_freqs; // key_shift_freqs
 };
 AttentionExtras attention_extras(
     const std::vector<array>& inputs,
     bool has_sinks,
     bool has_sink_values,
     bool has_key_shift,
-    bool has_first_key);
+    bool has_first_key,
+    bool has_key_waves = false);
 
 // Attention with a sink that has a value, for MLX's own attention: a zero key
 // (score 0) and the sink value (B or 1, Hkv, 1, Dv) before the cache, and an

@@ -76,10 +76,57 @@ struct AttnArgs {
   const float* sink_values;
   int64_t sv_b_str; // 0 when shared by the batch
   float* out; // [B, Hq, qL, Dv]
+  // The position-dependent key shift (docs/format.md section 7): per row
+  // scale * q . waves[j] (B, Hq, qL, 2P) and the frequencies (Hkv, P), or
+  // nullptr.
+  const float* wave_coef;
+  const uint32_t* wave_freqs;
+  int P;
   int B, Hq, Hkv, qL, kL, Dk, Dv;
   float scale;
   bool causal;
 };
+
+// cos and sin of 2 pi t / 2^24 for t < 2^24 from two 4096-entry tables
+// (t = hi * 2^12 + lo, angle addition), float32 accurate.
+struct TurnTables {
+  float ch[4096], sh[4096], cl[4096], sl[4096];
+};
+
+const TurnTables& turn_tables() {
+  static const TurnTables tables = [] {
+    TurnTables t;
+    const double two_pi = 6.283185307179586;
+    for (int i = 0; i < 4096; ++i) {
+      double hi = two_pi * i / 4096.0;
+      double lo = two_pi * i / double(1 << turbo::kKeyWaveBits);
+      t.ch[i] = static_cast<float>(std::cos(hi));
+      t.sh[i] = static_cast<float>(std::sin(hi));
+      t.cl[i] = static_cast<float>(std::cos(lo));
+      t.sl[i] = static_cast<float>(std::sin(lo));
+    }
+    return t;
+  }();
+  return tables;
+}
+
+// phases[p] = cos a_p, phases[P + p] = sin a_p of cached key n,
+// a_p = 2 pi ((freqs[p] n) mod 2^24) / 2^24 (the uint32 product wraps
+// modulo 2^32, a multiple of 2^24).
+inline void key_wave_phases(
+    const uint32_t* freqs,
+    int P,
+    uint32_t n,
+    const TurnTables& t,
+    float* phases) {
+  static_assert(turbo::kKeyWaveBits == 24, "two 12-bit tables");
+  for (int p = 0; p < P; ++p) {
+    uint32_t turns = (freqs[p] * n) & ((1u << 24) - 1);
+    uint32_t hi = turns >> 12, lo = turns & 4095u;
+    phases[p] = t.ch[hi] * t.cl[lo] - t.sh[hi] * t.sl[lo];
+    phases[P + p] = t.sh[hi] * t.cl[lo] + t.ch[hi] * t.sl[lo];
+  }
+}
 
 template <typename S>
 inline float load_scale(const void* p, int64_t off) {
@@ -105,6 +152,9 @@ void attention_task(
   int rows = G * nq;
   std::vector<float> kbuf(a.Dk), vbuf(a.Dv);
   std::vector<float> m(rows, -INFINITY), l(rows, 0.0f), score(rows);
+  std::vector<float> phases(2 * a.P);
+  const TurnTables& tables = turn_tables();
+  const uint32_t* freqs = a.wave_freqs ? a.wave_freqs + kvh * a.P : nullptr;
   std::fill(acc_out, acc_out + int64_t(rows) * a.Dv, 0.0f);
 
   // Causal: keys past the last visible one contribute exactly zero when every
@@ -120,6 +170,9 @@ void attention_task(
   for (int j = j0; j < j1; ++j) {
     decode_centroids<KBITS>(kbase + j * a.k_str[2], kbuf.data(), a.Dk);
     float ks = load_scale<S>(a.ks, ks_base + j * a.ks_str[2]) * a.scale;
+    if (freqs) {
+      key_wave_phases(freqs, a.P, uint32_t(j), tables, phases.data());
+    }
     for (int g = 0; g < G; ++g) {
       int h = kvh * G + g;
       for (int qi = q0; qi < q1; ++qi) {
@@ -130,6 +183,13 @@ void attention_task(
         } else {
           const float* q = a.q + ((int64_t(b) * a.Hq + h) * a.qL + qi) * a.Dk;
           s = dot(q, kbuf.data(), a.Dk) * ks;
+          if (freqs) {
+            const float* c = a.wave_coef +
+                ((int64_t(b) * a.Hq + h) * a.qL + qi) * 2 * a.P;
+            for (int p = 0; p < 2 * a.P; ++p) {
+              s += c[p] * phases[p];
+            }
+          }
           if (a.mask) {
             int64_t mo = b * a.m_str[0] + h * a.m_str[1] + qi * a.m_str[2] +
                 j * a.m_str[3];
@@ -303,6 +363,34 @@ void rotate_rows(const TI* x, TO* y, int64_t rows, int dim, bool inverse) {
 // transforms: sinks[h] (0 without sinks) - scale * q . (key_shift -
 // first_key), q as given (unrotated), key_shift / first_key (B or 1, Hkv, D)
 // contiguous in the queries' dtype T, either may be absent.
+// scale * q . waves[j] for every query row (B, Hq, qL, 2P): q as given
+// (unrotated, dtype T), waves (B or 1, Hkv, 2P, Dk) float32 contiguous.
+template <typename T>
+void key_wave_coefficients(
+    const T* q,
+    const float* waves,
+    int64_t w_b_str,
+    const AttnArgs& a,
+    float* out) {
+  const int G = a.Hq / a.Hkv;
+  for (int b = 0; b < a.B; ++b) {
+    for (int h = 0; h < a.Hq; ++h) {
+      const float* w = waves + b * w_b_str + int64_t(h / G) * 2 * a.P * a.Dk;
+      for (int qi = 0; qi < a.qL; ++qi) {
+        const int64_t row = (int64_t(b) * a.Hq + h) * a.qL + qi;
+        const T* qr = q + row * a.Dk;
+        for (int p = 0; p < 2 * a.P; ++p) {
+          float d = 0.0f;
+          for (int i = 0; i < a.Dk; ++i) {
+            d += static_cast<float>(qr[i]) * w[p * a.Dk + i];
+          }
+          out[row * 2 * a.P + p] = a.scale * d;
+        }
+      }
+    }
+  }
+}
+
 template <typename T>
 void row_sink_logits(
     const T* q,
@@ -363,8 +451,14 @@ void QuantizedScaledDotProductAttention::eval_cpu(
   auto ks = inputs[2];
   auto v = last_dense(inputs[3]);
   auto vs = inputs[4];
-  auto [mask, sinks, sv, key_shift, first_key] = turbo::attention_extras(
-      inputs, has_sinks_, has_sink_values_, has_key_shift_, has_first_key_);
+  auto [mask, sinks, sv, key_shift, first_key, waves, freqs] =
+      turbo::attention_extras(
+          inputs,
+          has_sinks_,
+          has_sink_values_,
+          has_key_shift_,
+          has_first_key_,
+          has_key_waves_);
   auto contiguous = [&](std::optional<array>& x) {
     if (x) {
       x = ensure_contiguous(*x, encoder, stream());
@@ -373,6 +467,8 @@ void QuantizedScaledDotProductAttention::eval_cpu(
   contiguous(sv);
   contiguous(key_shift);
   contiguous(first_key);
+  contiguous(waves);
+  contiguous(freqs);
   auto& out = outputs[0];
   out.set_data(allocator::malloc(out.nbytes()));
   // fused_rotation: q (in its dtype) is rotated into a float32 temporary and
@@ -450,6 +546,15 @@ void QuantizedScaledDotProductAttention::eval_cpu(
   if (sv) {
     args.sv_b_str = sv->shape(0) == 1 ? 0 : int64_t(args.Hkv) * args.Dv;
   }
+  // The key shift that follows the position: per-row coefficients.
+  std::optional<array> wave_coef;
+  if (waves) {
+    args.P = freqs->shape(1);
+    wave_coef =
+        array({args.B, args.Hq, args.qL, 2 * args.P}, float32, nullptr, {});
+    wave_coef->set_data(allocator::malloc(wave_coef->nbytes()));
+    encoder.add_temporary(*wave_coef);
+  }
   int kbits = turbo::bits(key_mode_);
   int vbits = turbo::bits(value_mode_);
   encoder.dispatch(
@@ -481,6 +586,13 @@ void QuantizedScaledDotProductAttention::eval_cpu(
            : std::nullopt,
        sv_rot = sv_rot ? std::optional<array>(array::unsafe_weak_copy(*sv_rot))
                        : std::nullopt,
+       waves = waves ? std::optional<array>(array::unsafe_weak_copy(*waves))
+                     : std::nullopt,
+       freqs = freqs ? std::optional<array>(array::unsafe_weak_copy(*freqs))
+                     : std::nullopt,
+       wave_coef = wave_coef
+           ? std::optional<array>(array::unsafe_weak_copy(*wave_coef))
+           : std::nullopt,
        kbits,
        vbits]() mutable {
         if (q_rot) {
@@ -532,6 +644,19 @@ void QuantizedScaledDotProductAttention::eval_cpu(
         }
         args.sink_values =
             sv ? (sv_rot ? *sv_rot : *sv).data<float>() : nullptr;
+        if (wave_coef) {
+          dispatch_float(q.dtype(), [&](auto t) {
+            using T = decltype(t);
+            key_wave_coefficients<T>(
+                q.data<T>(),
+                waves->data<float>(),
+                waves->shape(0) == 1 ? 0 : int64_t(args.Hkv) * 2 * args.P * args.Dk,
+                args,
+                wave_coef->data<float>());
+          });
+          args.wave_coef = wave_coef->data<float>();
+          args.wave_freqs = freqs->data<uint32_t>();
+        }
         args.out = (o_rot ? *o_rot : out).data<float>();
         dispatch_float(args.scale_type, [&](auto t) {
           attention_dispatch_bits<decltype(t)>(args, kbits, vbits);
