@@ -66,7 +66,14 @@ void QuantizedScaledDotProductAttention::eval_gpu(
   auto& s = stream();
   auto& enc = cu::get_command_encoder(s);
 
-  auto [mask, sinks, sink_values, key_shift, first_key] =
+  // The position-dependent key shift comes folded into the mask (the op only
+  // gives its inputs to the CPU kernels).
+  if (has_key_waves_) {
+    throw std::invalid_argument(
+        "[quantized_scaled_dot_product_attention] the CUDA kernels take the "
+        "moving key shift folded into the mask.");
+  }
+  auto [mask, sinks, sink_values, key_shift, first_key, waves, freqs] =
       turbo::attention_extras(
           inputs, has_sinks_, has_sink_values_, has_key_shift_, has_first_key_);
   if (mask && mask->dtype() != bool_ && mask->dtype() != float32) {
