@@ -11,6 +11,8 @@ weights (normal, std 0.02; RMSNorm gains 1) and a random prompt of
            turbo4-turbo3   keys turbo4, values turbo3
            kv4             mlx-lm's ``--kv-bits 4`` (``QuantizedKVCache``,
                            group 64, from the first prompt chunk on)
+           <turbo>:center  the turbo cache with a constant key shift only (no
+                           moving shift; what it costs)
 
 Per cell: one warm-up run per (weights, cache) at the smallest context, then
 ``--runs`` runs; median, min and max are reported. Prefill s is the time
@@ -117,7 +119,12 @@ def one_run(model, prompt, cache_kind, args):
     if cache_kind in ("bf16", "kv4"):
         cache = make_prompt_cache(model)
     else:
-        cache = make_prompt_cache(model, kv_cache_type=cache_kind)
+        # "<type>:center": the transforms with a constant key shift only.
+        kind, _, variant = cache_kind.partition(":")
+        cache = make_prompt_cache(model, kv_cache_type=kind)
+        if variant == "center":
+            for c in cache:
+                c.rope = None
     kw = dict(max_tokens=args.gen_tokens, prompt_cache=cache, prefill_step_size=args.prefill_step)
     if cache_kind == "kv4":
         kw.update(kv_bits=4, kv_group_size=64, quantized_kv_start=0)
@@ -369,7 +376,8 @@ def main():
         return
     contexts = sorted(int(c) for c in csv(args.contexts))
     caches, weights = csv(args.caches), csv(args.weights)
-    bad = set(caches) - set(CACHES) | set(weights) - set(WEIGHTS)
+    known = set(CACHES) | {c + ":center" for c in CACHES if c.startswith("turbo")}
+    bad = set(caches) - known | set(weights) - set(WEIGHTS)
     if bad or args.gen_tokens < 2 or args.runs < 1:
         ap.error(f"bad --caches/--weights {sorted(bad)}, or --gen-tokens < 2, or --runs < 1")
     config = dict(TINY if args.tiny else QWEN25_7B)
