@@ -14,10 +14,10 @@ from test_attention import attention_rtol, random_mask
 def wave_shift(freqs, waves, n):
     """shift(n) in float64: angles 2 pi ((k n) mod 2^24) / 2^24 of the uint32
     frequencies k (whole fractions of a turn): (B or 1, Hkv, len(n), D)."""
-    turns = (freqs[:, None, :].astype(np.int64) * np.asarray(n, np.int64)[None, :, None]) % (1 << 24)
+    turns = (freqs[:, :, None, :].astype(np.int64) * np.asarray(n, np.int64)[:, None]) % (1 << 24)
     ang = 2 * np.pi * turns / (1 << 24)
-    phases = np.concatenate([np.cos(ang), np.sin(ang)], axis=-1)  # (Hkv, kL, 2P)
-    return phases[None] @ waves.astype(np.float64)
+    phases = np.concatenate([np.cos(ang), np.sin(ang)], axis=-1)  # (Bf, Hkv, kL, 2P)
+    return phases @ waves.astype(np.float64)
 
 
 def to_turns(theta):
@@ -29,8 +29,8 @@ def rope_like_case(rng, B, Hkv, kL, D, P, per_batch, n0=0):
     """Keys whose mean rotates with the position like a rotary embedding's:
     mu + sum_j cos(f_j n) a_j + sin(f_j n) b_j + noise, with frequencies up to
     1 rad per token and large amplitudes."""
-    freqs = to_turns(np.exp(rng.uniform(np.log(1e-3), 0.0, (Hkv, P))))
     tB = B if per_batch else 1
+    freqs = to_turns(np.exp(rng.uniform(np.log(1e-3), 0.0, (tB, Hkv, P))))
     waves = (rng.standard_normal((tB, Hkv, 2 * P, D)) * 3.0).astype(np.float32)
     mu = (rng.standard_normal((tB, Hkv, 1, D)) * 2.0).astype(np.float32)
     shift = wave_shift(freqs, waves, np.arange(n0, n0 + kL))
@@ -146,18 +146,20 @@ def test_position_shift_errors(rng):
     q = mx.zeros((B, Hq, 1, D))
     k, ks = mx.quantize(mx.zeros((B, Hkv, kL, D)), mode="turbo4")
     op = mx.fast.quantized_scaled_dot_product_attention
-    f = mx.zeros((Hkv, 3), mx.uint32)
+    f = mx.zeros((1, Hkv, 3), mx.uint32)
     w = mx.zeros((1, Hkv, 6, D))
     op(q, k, ks, k, ks, scale=0.1, mode="turbo4", key_shift_freqs=f, key_shift_waves=w)
     name = "quantized_scaled_dot_product_attention"
     bad = [
         (dict(key_shift_freqs=f), "together"),
         (dict(key_shift_waves=w), "together"),
-        (dict(key_shift_freqs=mx.zeros((Hkv + 1, 3), mx.uint32), key_shift_waves=w), "key_shift_freqs with shape"),
-        (dict(key_shift_freqs=mx.zeros((Hkv, 33), mx.uint32), key_shift_waves=mx.zeros((1, Hkv, 66, D))), "P <= 32"),
+        (dict(key_shift_freqs=mx.zeros((1, Hkv + 1, 3), mx.uint32), key_shift_waves=w), "key_shift_freqs with shape"),
+        (dict(key_shift_freqs=mx.zeros((1, Hkv, 33), mx.uint32), key_shift_waves=mx.zeros((1, Hkv, 66, D))), "P <= 32"),
         (dict(key_shift_freqs=f.astype(mx.float32), key_shift_waves=w), "must be uint32"),
         (dict(key_shift_freqs=f, key_shift_waves=mx.zeros((1, Hkv, 3, D))), "key_shift_waves with shape"),
         (dict(key_shift_freqs=f, key_shift_waves=mx.zeros((2, Hkv, 6, D))), "key_shift_waves with shape"),
+        (dict(key_shift_freqs=mx.zeros((2, Hkv, 3), mx.uint32), key_shift_waves=w), "key_shift_freqs with shape"),
+        (dict(key_shift_freqs=mx.zeros((Hkv, 3), mx.uint32), key_shift_waves=w), "key_shift_freqs with shape"),
         (dict(key_shift_freqs=f, key_shift_waves=mx.zeros((1, Hkv, 6, D), mx.int32)), "float32, float16"),
     ]
     for kw, msg in bad:

@@ -263,19 +263,22 @@ AttentionShape validate_inputs(
         "token takes the sink's place in the kernels).");
   }
   // A key shift that moves with the position (docs/format.md, section 7):
-  // frequencies (N_kv, P) and amplitudes (B or 1, N_kv, 2P, D).
+  // frequencies (B or 1, N_kv, P) and amplitudes (B or 1, N_kv, 2P, D).
   if (key_shift_freqs.has_value() != key_shift_waves.has_value()) {
     fail("key_shift_freqs and key_shift_waves must be given together.");
   }
   if (key_shift_freqs) {
     const auto& f = *key_shift_freqs;
     const auto& w = *key_shift_waves;
-    if (f.ndim() != 2 || f.shape(0) != n_kv_heads || f.shape(1) < 1 ||
-        f.shape(1) > turbo::kMaxKeyWaves) {
+    if (f.ndim() != 3 || (f.shape(0) != 1 && f.shape(0) != B) ||
+        f.shape(1) != n_kv_heads || f.shape(2) < 1 ||
+        f.shape(2) > turbo::kMaxKeyWaves) {
       fail(
           "key_shift_freqs with shape ",
           f.shape(),
           " expected shape (",
+          B,
+          " or 1, ",
           n_kv_heads,
           ", P) with 1 <= P <= ",
           turbo::kMaxKeyWaves,
@@ -287,7 +290,7 @@ AttentionShape validate_inputs(
           f.dtype(),
           ".");
     }
-    int P = f.shape(1);
+    int P = f.shape(2);
     if (w.ndim() != 4 || (w.shape(0) != 1 && w.shape(0) != B) ||
         w.shape(1) != n_kv_heads || w.shape(2) != 2 * P || w.shape(3) != dk) {
       fail(

@@ -143,13 +143,15 @@ array per_query_head(const array& t, int gqa, StreamOrDevice s) {
 constexpr double kTwoPi = 6.283185307179586;
 
 array key_wave_phases(const array& freqs, int n0, int kL, StreamOrDevice s) {
-  int Hkv = freqs.shape(0);
-  int P = freqs.shape(1);
+  int Bf = freqs.shape(0);
+  int Hkv = freqs.shape(1);
+  int P = freqs.shape(2);
   // Whole fractions of a turn: (k n) mod 2^24 exactly (uint32 products
   // wrap modulo 2^32, a multiple of 2^24), then one float32 rounding.
   auto n = astype(arange(n0, n0 + kL, int32, s), uint32, s);
   auto turns = bitwise_and(
-      multiply(reshape(freqs, {1, Hkv, 1, P}, s), reshape(n, {1, 1, kL, 1}, s), s),
+      multiply(
+          reshape(freqs, {Bf, Hkv, 1, P}, s), reshape(n, {1, 1, kL, 1}, s), s),
       array((1u << kKeyWaveBits) - 1, uint32),
       s);
   auto angle = multiply(

@@ -195,9 +195,9 @@ array per_query_head(const array& t, int gqa, StreamOrDevice s = {});
 // key at index n holds its key minus
 //   sum_j cos(a_j(n)) waves[j] + sin(a_j(n)) waves[P + j],
 //   a_j(n) = 2 pi ((freqs_j n) mod 2^24) / 2^24,
-// with freqs (Hkv, P) uint32 and waves (B or 1, Hkv, 2P, D).
+// with freqs (B or 1, Hkv, P) uint32 and waves (B or 1, Hkv, 2P, D).
 // The phases [cos a(n), sin a(n)] of keys n0 .. n0 + kL - 1 (n0 >= -1;
-// -1 wraps like the uint32 it is): (1, Hkv, kL, 2P), float32.
+// -1 wraps like the uint32 it is): (B or 1, Hkv, kL, 2P), float32.
 array key_wave_phases(
     const array& freqs,
     int n0,

@@ -78,7 +78,7 @@ def test_shift_lowers_the_key_error_and_reconstructs():
     assert err["rotary"] < 0.5 * err["constant"], err
     c = TurboQuantKVCache("turbo3", rope=rope)
     c.update_and_fetch(k, v)
-    assert c.key_shift_freqs.shape == (2, 8) and c.key_shift_waves.shape == (1, 2, 16, 64)
+    assert c.key_shift_freqs.shape == (1, 2, 8) and c.key_shift_waves.shape == (1, 2, 16, 64)
 
 
 @pytest.mark.parametrize("qL", [1, 20])
@@ -126,22 +126,29 @@ def test_state_file_trim_and_legacy_state(tmp_path):
     assert c.key_shift_waves is None and c.key_shift is None
 
 
-def test_merge_into_a_batch_re_encodes():
-    """Batched caches keep a constant shift: a single cache with the moving
-    shift is re-encoded with it added back (the same keys, one more rounding)."""
+def test_batch_keeps_the_moving_shift_through_merge_filter_extract():
+    """A batch keeps each sequence's moving shift in buffer positions: merge
+    (left padding), filter (padding dropped) and extract turn the waves
+    along, so every sequence reconstructs the same keys as alone."""
     rope, k, v = rotary_keys(90, seed=2)
     c = TurboQuantKVCache("turbo4", rope=rope)
     c.update_and_fetch(k, v)
-    plain = TurboQuantKVCache("turbo4")
     _, k2, v2 = rotary_keys(40, seed=3)
+    short = TurboQuantKVCache("turbo4", rope=rope)
+    short.update_and_fetch(k2, v2)
+    plain = TurboQuantKVCache("turbo4")
     plain.update_and_fetch(k2, v2)
-    batch = BatchTurboQuantKVCache.merge([c, plain])
-    row = batch.extract(0)
-    assert row.key_shift_waves is None
-    want = c.to_kv_cache().keys[..., :90, :]
-    got = row.to_kv_cache().keys[..., :90, :]
-    rel = mx.sum((got - want) ** 2).item() / mx.sum(want**2).item()
-    assert rel < 0.02, rel
+    batch = BatchTurboQuantKVCache.merge([c, short, plain])
+    assert batch.key_shift_waves.shape[0] == 3
+    def close(a, b):
+        ka, kb = a.to_kv_cache().keys[..., : a.offset, :], b.to_kv_cache().keys[..., : b.offset, :]
+        rel = mx.sum((ka - kb) ** 2).item() / mx.sum(kb**2).item()
+        assert ka.shape == kb.shape and rel < 1e-10, rel
+    for i, alone in enumerate([c, short, plain]):
+        close(batch.extract(i), alone)
+    batch.filter([1, 2])  # drops the longest: the padding in front goes
+    close(batch.extract(0), short)
+    close(batch.extract(1), plain)
 
 
 def test_make_prompt_cache_attaches_the_model_ropes():

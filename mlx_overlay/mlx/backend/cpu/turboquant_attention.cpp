@@ -77,10 +77,11 @@ struct AttnArgs {
   int64_t sv_b_str; // 0 when shared by the batch
   float* out; // [B, Hq, qL, Dv]
   // The position-dependent key shift (docs/format.md section 7): per row
-  // scale * q . waves[j] (B, Hq, qL, 2P) and the frequencies (Hkv, P), or
-  // nullptr.
+  // scale * q . waves[j] (B, Hq, qL, 2P) and the frequencies (B or 1, Hkv,
+  // P), or nullptr.
   const float* wave_coef;
   const uint32_t* wave_freqs;
+  int64_t wf_b_str; // 0 when shared by the batch
   int P;
   int B, Hq, Hkv, qL, kL, Dk, Dv;
   float scale;
@@ -154,7 +155,8 @@ void attention_task(
   std::vector<float> m(rows, -INFINITY), l(rows, 0.0f), score(rows);
   std::vector<float> phases(2 * a.P);
   const TurnTables& tables = turn_tables();
-  const uint32_t* freqs = a.wave_freqs ? a.wave_freqs + kvh * a.P : nullptr;
+  const uint32_t* freqs =
+      a.wave_freqs ? a.wave_freqs + b * a.wf_b_str + kvh * a.P : nullptr;
   std::fill(acc_out, acc_out + int64_t(rows) * a.Dv, 0.0f);
 
   // Causal: keys past the last visible one contribute exactly zero when every
@@ -549,7 +551,8 @@ void QuantizedScaledDotProductAttention::eval_cpu(
   // The key shift that follows the position: per-row coefficients.
   std::optional<array> wave_coef;
   if (waves) {
-    args.P = freqs->shape(1);
+    args.P = freqs->shape(2);
+    args.wf_b_str = freqs->shape(0) == 1 ? 0 : int64_t(args.Hkv) * args.P;
     wave_coef =
         array({args.B, args.Hq, args.qL, 2 * args.P}, float32, nullptr, {});
     wave_coef->set_data(allocator::malloc(wave_coef->nbytes()));
