@@ -375,6 +375,10 @@ def test_exact_first_token(rng, qL, kL, mask, shift, shared):
     )
     expected = ref.attention(np.array(q), kd, vd, D**-0.5, mref)
     tol = attention_rtol("float32", qL)
+    if mask == "causal" and qL > kL + 1:
+        # Rows before the first token take the dequantized route (MLX's own
+        # attention: TF32 matmuls on CUDA).
+        tol = max(tol, mlx_float32_matmul_rtol())
     err = rel_err(np.array(out), expected)
     assert err < 10 * tol, f"relative error {err:.2e}"
     if qL <= 8:

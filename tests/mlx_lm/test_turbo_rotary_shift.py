@@ -157,3 +157,15 @@ def test_make_prompt_cache_attaches_the_model_ropes():
     assert all(c.rope is model.layers[i].self_attn.rope for i, c in enumerate(cache))
     plain = make_prompt_cache(model)
     assert all(type(c) is KVCache for c in plain)
+
+
+def test_constant_shift_where_the_kernels_do_not_compute_it(monkeypatch):
+    """Where the op would fold the moving shift into a mask (GPU backends),
+    the cache keeps a constant shift."""
+    import mlx_lm.models.cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "turbo_moving_shift_native", lambda: False)
+    rope, k, v = rotary_keys(100)
+    c = TurboQuantKVCache("turbo3", rope=rope)
+    c.update_and_fetch(k, v)
+    assert c.key_shift_waves is None and c.key_shift is not None
