@@ -57,7 +57,7 @@ def main():
             key_shift=mx.random.normal((B, Hkv, 1, D)).astype(mx.float16),
             first_key=k16[:, :, :1],
             first_value=v16[:, :, :1],
-            key_shift_freqs=mx.random.randint(0, 1 << 22, (Hkv, 8)).astype(mx.uint32),
+            key_shift_freqs=mx.random.randint(0, 1 << 22, (1, Hkv, 8)).astype(mx.uint32),
             key_shift_waves=mx.random.normal((B, Hkv, 16, D)),
         )
         mx.eval(q32, k32, v32, q16, k16, v16, *t3k, *t3v, *t4k, *t4v, *tf.values())

@@ -129,6 +129,10 @@ inline void key_wave_phases(
   }
 }
 
+// Keys between two phases read from the tables; the turned phases drift by
+// about a float32 rounding per key.
+constexpr int kPhaseReseed = 32;
+
 template <typename S>
 inline float load_scale(const void* p, int64_t off) {
   return static_cast<float>(static_cast<const S*>(p)[off]);
@@ -153,10 +157,15 @@ void attention_task(
   int rows = G * nq;
   std::vector<float> kbuf(a.Dk), vbuf(a.Dv);
   std::vector<float> m(rows, -INFINITY), l(rows, 0.0f), score(rows);
-  std::vector<float> phases(2 * a.P);
+  // The moving key shift's phases: from the tables every kPhaseReseed keys,
+  // in between turned by one key's angle (step), float32 accurate.
+  std::vector<float> phases(2 * a.P), step(2 * a.P);
   const TurnTables& tables = turn_tables();
   const uint32_t* freqs =
       a.wave_freqs ? a.wave_freqs + b * a.wf_b_str + kvh * a.P : nullptr;
+  if (freqs) {
+    key_wave_phases(freqs, a.P, 1u, tables, step.data());
+  }
   std::fill(acc_out, acc_out + int64_t(rows) * a.Dv, 0.0f);
 
   // Causal: keys past the last visible one contribute exactly zero when every
@@ -173,7 +182,15 @@ void attention_task(
     decode_centroids<KBITS>(kbase + j * a.k_str[2], kbuf.data(), a.Dk);
     float ks = load_scale<S>(a.ks, ks_base + j * a.ks_str[2]) * a.scale;
     if (freqs) {
-      key_wave_phases(freqs, a.P, uint32_t(j), tables, phases.data());
+      if ((j - j0) % kPhaseReseed == 0) {
+        key_wave_phases(freqs, a.P, uint32_t(j), tables, phases.data());
+      } else {
+        for (int p = 0; p < a.P; ++p) {
+          float c = phases[p], sn = phases[a.P + p];
+          phases[p] = c * step[p] - sn * step[a.P + p];
+          phases[a.P + p] = sn * step[p] + c * step[a.P + p];
+        }
+      }
     }
     for (int g = 0; g < G; ++g) {
       int h = kvh * G + g;
