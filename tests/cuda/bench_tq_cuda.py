@@ -1,19 +1,18 @@
-"""Decode / prefill benchmarks of the TurboQuant CUDA kernels vs PyTorch SDPA.
+"""Decode benchmarks of the TurboQuant CUDA kernels vs PyTorch SDPA.
 
-    python3 tests/cuda/bench_tq_cuda.py [--out DIR] [--quick] [--prefill]
+    python3 tests/cuda/bench_tq_cuda.py [--out DIR] [--quick]
 
 Decode: B in (1, 8), Hq=32, Hkv=8, D=128, qL=1, context 1K..128K.
   * sdpa_bf16   torch.nn.functional.scaled_dot_product_attention, bf16 K/V
   * deq+sdpa    our dequantize kernel (codes -> bf16 K and V, original
                 domain) followed by the same SDPA call (turbo4 cache)
-  * turbo3/4    our fused kernel on the packed cache (fp16 scales); the
-                query rotation and output inverse rotation (two 128-point
-                Hadamard transforms per head) are not included
-  * tc3/tc4     the tensor-core decode kernel (turbo_sdpa_vector_tc, fp16
-                operands) on the same inputs, same plan
-Prefill (--prefill): B=1, Hq=32, Hkv=8, D=128, causal qL = kL; bf16 SDPA vs
-  the SIMT kernel (turbo3/4), the TF32 one (<= 4K) and the fp16 mma.sync one
-  (turbo_sdpa_full_mma, columns turbo3_mma / turbo4_mma).
+  * turbo3/4    the fused decode kernel on the packed cache (fp16 scales)
+                as MLX runs it for float32 queries (SIMT); the query
+                rotation and output inverse rotation (two 128-point Hadamard
+                transforms per head) are not included
+  * tc3/tc4     the same call as MLX runs it for fp16/bf16 queries (the
+                tensor-core decode kernel, turbo_sdpa_vector_tc)
+Both are planned and launched through MLX's plan (tq_lib.Attention).
 Bandwidth = bytes the kernel must read/write at least (K/V codes + scales,
 q, out) / time, next to a measured device-to-device copy (read + write).
 Inputs rotate among several copies so that the L2 cache (50-60 MB) does not
@@ -36,8 +35,6 @@ import tq_lib
 p = argparse.ArgumentParser()
 p.add_argument("--out", default=".")
 p.add_argument("--quick", action="store_true")
-p.add_argument("--prefill", action="store_true")
-p.add_argument("--no-decode", action="store_true")
 args = p.parse_args()
 
 dev = torch.device("cuda")
@@ -184,7 +181,9 @@ def decode_case(B, kL, results, Hq=32, Hkv=8, D=128):
         row[f"turbo{bits}_us"] = t
         row[f"turbo{bits}_GBs"] = tq_bytes / (t * 1e-6) / 1e9
         row[f"turbo{bits}_splits"] = att.splits
-        att_tc = tq_lib.Attention(B, Hq, Hkv, 1, kL, D, bits, bits, scale, tc=True)
+        att_tc = tq_lib.Attention(
+            B, Hq, Hkv, 1, kL, D, bits, bits, scale, low_precision=True
+        )
         t_tc = bench(
             lambda i: att_tc(
                 qf[i % nc2],
@@ -198,19 +197,6 @@ def decode_case(B, kL, results, Hq=32, Hkv=8, D=128):
         )
         row[f"turbo{bits}_tc_us"] = t_tc
         row[f"turbo{bits}_tc_GBs"] = tq_bytes / (t_tc * 1e-6) / 1e9
-        if B == 1:  # alternative mapping: 8 coordinates per thread
-            att8 = tq_lib.Attention(B, Hq, Hkv, 1, kL, D, bits, bits, scale, cpt=8)
-            row[f"turbo{bits}_cpt8_us"] = bench(
-                lambda i: att8(
-                    qf[i % nc2],
-                    kc[i % nc2],
-                    ksc[i % nc2],
-                    vc[i % nc2],
-                    vsc[i % nc2],
-                    out=out,
-                ),
-                20,
-            )
         if bits == 4:
             # dequantize (to bf16, original domain) then SDPA
             kd = torch.empty(B, Hkv, kL, D, dtype=torch.bfloat16, device=dev)
@@ -236,55 +222,6 @@ def decode_case(B, kL, results, Hq=32, Hkv=8, D=128):
     print(json.dumps(row), flush=True)
 
 
-def prefill_case(L, results, Hq=32, Hkv=8, D=128, B=1):
-    row = {"B": B, "L": L}
-    scale = 1.0 / math.sqrt(D)
-    q = torch.randn(B, Hq, L, D, dtype=torch.bfloat16, device=dev)
-    k = torch.randn(B, Hkv, L, D, dtype=torch.bfloat16, device=dev)
-    v = torch.randn(B, Hkv, L, D, dtype=torch.bfloat16, device=dev)
-    t, row["sdpa_backend"] = best_sdpa(
-        lambda i: F.scaled_dot_product_attention(
-            q, k, v, scale=scale, is_causal=True, enable_gqa=True
-        ),
-        3,
-        reps=3,
-    )
-    flops = 4 * B * Hq * L * L * D / 2  # causal
-    row["sdpa_bf16_ms"] = t / 1e3
-    row["sdpa_bf16_TFLOPs"] = flops / (t * 1e-6) / 1e12
-    for bits in (3, 4):
-        w = tq_lib.words(bits, D)
-        kc = torch.randint(
-            -(2**31), 2**31 - 1, (B, Hkv, L, w), dtype=torch.int32, device=dev
-        )
-        vc = torch.randint(
-            -(2**31), 2**31 - 1, (B, Hkv, L, w), dtype=torch.int32, device=dev
-        )
-        ksc = torch.rand(B, Hkv, L, 1, device=dev).half()
-        vsc = torch.rand(B, Hkv, L, 1, device=dev).half()
-        qf = q.float()
-        out = torch.empty(B, Hq, L, D, device=dev)
-        att = tq_lib.Attention(B, Hq, Hkv, L, L, D, bits, bits, scale, causal=True)
-        t = bench(lambda i: att(qf, kc, ksc, vc, vsc, out=out), 1, reps=3)
-        row[f"turbo{bits}_ms"] = t / 1e3
-        row[f"turbo{bits}_TFLOPs"] = flops / (t * 1e-6) / 1e12
-        if L <= 4096:  # the TF32 tensor-core kernel, for comparison
-            att1 = tq_lib.Attention(
-                B, Hq, Hkv, L, L, D, bits, bits, scale, causal=True, force_path=2
-            )
-            t1 = bench(lambda i: att1(qf, kc, ksc, vc, vsc, out=out), 1, reps=3)
-            row[f"turbo{bits}_tf32_ms"] = t1 / 1e3
-        # the fp16 tensor-core prefill (turbo_sdpa_full_mma), same inputs
-        att2 = tq_lib.Attention(
-            B, Hq, Hkv, L, L, D, bits, bits, scale, causal=True, mma=True
-        )
-        t2 = bench(lambda i: att2(qf, kc, ksc, vc, vsc, out=out), 1, reps=3)
-        row[f"turbo{bits}_mma_ms"] = t2 / 1e3
-        row[f"turbo{bits}_mma_TFLOPs"] = flops / (t2 * 1e-6) / 1e12
-    results.append(row)
-    print(json.dumps(row), flush=True)
-
-
 def main():
     t0 = time.time()
     info = {
@@ -298,19 +235,10 @@ def main():
     ctxs = [1024, 4096, 16384, 32768, 65536, 131072]
     if args.quick:
         ctxs = [4096, 131072]
-    for B in (1, 8) if not args.no_decode else ():
+    for B in (1, 8):
         for kL in ctxs:
             decode_case(B, kL, decode)
-    prefill = []
-    if args.prefill:
-        for L in (4096, 16384, 32768):
-            prefill_case(L, prefill)
-    res = {
-        "info": info,
-        "decode": decode,
-        "prefill": prefill,
-        "seconds": time.time() - t0,
-    }
+    res = {"info": info, "decode": decode, "seconds": time.time() - t0}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_cuda.json"), "w") as f:
         json.dump(res, f, indent=1)
@@ -330,19 +258,6 @@ def main():
             f"{r['turbo4_us']:>8.1f} {r['turbo4_GBs']:>6.0f} {r['sdpa_bf16_us'] / r['turbo4_us']:>5.2f} | "
             f"{r['turbo3_tc_us']:>7.1f} {r['turbo3_tc_GBs']:>6.0f} | "
             f"{r['turbo4_tc_us']:>7.1f} {r['turbo4_tc_GBs']:>6.0f}"
-        )
-    for r in prefill:
-        print(
-            f"prefill L={r['L']}: sdpa bf16 {r['sdpa_bf16_ms']:.2f} ms "
-            f"({r['sdpa_bf16_TFLOPs']:.0f} TFLOP/s), turbo3 {r['turbo3_ms']:.2f} ms "
-            f"({r['turbo3_TFLOPs']:.1f}), turbo4 {r['turbo4_ms']:.2f} ms ({r['turbo4_TFLOPs']:.1f})"
-            f"; TF32 tensor-core kernel: turbo3 {r.get('turbo3_tf32_ms', float('nan')):.2f} ms, "
-            f"turbo4 {r.get('turbo4_tf32_ms', float('nan')):.2f} ms"
-            f"; fp16 mma kernel: turbo3 {r['turbo3_mma_ms']:.2f} ms "
-            f"({r['turbo3_mma_TFLOPs']:.1f}), turbo4 {r['turbo4_mma_ms']:.2f} ms "
-            f"({r['turbo4_mma_TFLOPs']:.1f}), x vs sdpa bf16: "
-            f"{r['sdpa_bf16_ms'] / r['turbo3_mma_ms']:.2f} / "
-            f"{r['sdpa_bf16_ms'] / r['turbo4_mma_ms']:.2f}"
         )
     try:
         if decode:

@@ -21,7 +21,7 @@ for B, tc in ((1, True), (8, True), (1, False)):
         vs = torch.rand(B, Hkv, kL, 1, device="cuda").half()
         q = torch.randn(B, Hq, 1, D, device="cuda")
         att = tq_lib.Attention(
-            B, Hq, Hkv, 1, kL, D, bits, bits, 1 / math.sqrt(D), tc=tc
+            B, Hq, Hkv, 1, kL, D, bits, bits, 1 / math.sqrt(D), low_precision=tc
         )
         att(q, kc, ks, vc, vs)
         torch.cuda.synchronize()

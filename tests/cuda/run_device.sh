@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: build the harness, run the correctness tests, benchmark.
-#   bash tests/cuda/run_device.sh [--no-bench] [--no-test] [--ncu] [--quick] [--prefill]
+#   bash tests/cuda/run_device.sh [--no-bench] [--no-test] [--ncu] [--quick]
 # --ncu: Nsight Compute sections of the decode kernels (prof_one.py).
 # Writes logs, bench_cuda.json and cuda_decode.png to $OUT (or tests/cuda/out).
 set -uo pipefail

@@ -3,9 +3,9 @@
     python3 tests/cuda/sweep_decode.py [--out DIR] [--quick]
 
 For B in (1, 8), (Hq, Hkv) in ((28, 4), (32, 8)), D = 128, contexts 8K..128K
-and turbo4 / turbo3 (bf16 scales, tensor-core decode): the harness's plan and
-forced split counts, each timed as a CUDA graph of 20 calls (median of 7
-replays, inputs rotated so the L2 does not hold the cache); the kernels of
+and turbo4 / turbo3 (bf16 scales, tensor-core decode): the split count MLX
+plans (plan_decode) and forced ones, each timed as a CUDA graph of 20 calls
+(median of 7 replays, inputs rotated so the L2 does not hold the cache); the kernels of
 one call are also recorded with CUPTI (torch.profiler) so the decode kernel
 and the split-K combine are timed apart. Each row also says how far its output
 is from the first plan's (rel_err_vs_first: float32 reassociation only). Next to them: PyTorch's bf16 SDPA
@@ -66,7 +66,10 @@ def case(B, Hq, Hkv, kL, bits, splits_list, D=128):
     rows = []
     ref = None
     for fs in splits_list:
-        att = tq_lib.Attention(B, Hq, Hkv, 1, kL, D, bits, bits, scale, tc=True, force_splits=fs)
+        att = tq_lib.Attention(
+            B, Hq, Hkv, 1, kL, D, bits, bits, scale, force_splits=fs,
+            low_precision=True, sdtype=torch.bfloat16,
+        )
 
         def fn(i):
             att(qf[i % nc], kc[i % nc], ksc[i % nc], vc[i % nc], vsc[i % nc], out=out)

@@ -15,16 +15,9 @@ _i = ctypes.c_int
 _ll = ctypes.c_longlong
 _lib.tq_encode.argtypes = [_vp, _vp, _vp, _ll, _i, _i, _i, _vp]
 _lib.tq_decode.argtypes = [_vp, _vp, _vp, _ll, _i, _i, _i, _i, _vp]
-_lib.tq_workspace_floats.argtypes = [_i] * 8
-_lib.tq_workspace_floats.restype = _ll
-_lib.tq_num_splits.argtypes = [_i] * 8
-_lib.tq_attention.argtypes = [_vp] * 10 + [_i] * 9 + [ctypes.c_float] + [_i] * 5 + [_vp]
-_lib.tq_attention_tc.argtypes = (
-    [_vp] * 10 + [_i] * 9 + [ctypes.c_float] + [_i] * 3 + [_vp]
-)
-_lib.tq_attention_prefill_mma.argtypes = (
-    [_vp] * 9 + [_i] * 9 + [ctypes.c_float] + [_i] * 2 + [_vp]
-)
+_lib.tq_plan.argtypes = [_i] * 9 + [ctypes.POINTER(_i)]
+_lib.tq_plan.restype = _ll
+_lib.tq_attention.argtypes = [_vp] * 10 + [_i] * 9 + [ctypes.c_float] + [_i] * 4 + [_vp]
 
 DT = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 
@@ -89,15 +82,14 @@ def decode(packed, scales, bits, d, out_dtype=None, out=None):
 
 
 class Attention:
-    """Plans once (workspace allocated up front) and launches many times.
+    """Decode attention (qL <= 8) planned and launched as MLX does it
+    (plan_decode and launch_decode of device/turboquant_plan.cuh): plans once
+    (workspace allocated up front) and launches many times.
 
-    tc=True: the tensor-core decode kernel (turbo_sdpa_vector_tc: fp16/bf16
-    scales, D = 64, 128, 256) with the vector path's plan (force_splits
-    applies; force_path and cpt do not).
-
-    mma=True: the tensor-core prefill kernel (turbo_sdpa_full_mma: fp16/bf16
-    scales, D = 64, 128, 256, any qL) with the full path's plan (force_path,
-    force_splits and cpt do not apply)."""
+    low_precision: the queries were fp16/bf16 (MLX's flag); with fp16/bf16
+    scales MLX then runs the tensor-core kernel (turbo_sdpa_vector_tc) where
+    it has the head dim (64, 128, 256), else the SIMT one (self.tc says
+    which). force_splits > 0 replaces the planned split count."""
 
     def __init__(
         self,
@@ -113,27 +105,23 @@ class Attention:
         causal=False,
         mask=None,
         sinks=None,
-        force_path=-1,
         force_splits=0,
-        cpt=0,
         device="cuda",
-        tc=False,
-        mma=False,
+        low_precision=False,
+        sdtype=torch.float16,
     ):
         self.args = (B, Hq, Hkv, qL, kL, D)
         self.kbits, self.vbits, self.scale, self.causal = kbits, vbits, scale, causal
-        self.tc = tc
-        self.mma = mma
-        if tc:
-            force_path = 0  # the vector path's plan
-        if mma:
-            force_path = 1  # the full path's plan (no workspace)
-        self.force_path, self.force_splits, self.cpt = force_path, force_splits, cpt
-        nw = _lib.tq_workspace_floats(B, Hq, Hkv, qL, kL, D, force_path, force_splits)
-        self.work = torch.empty(max(nw, 1), dtype=torch.float32, device=device)
-        self.splits = _lib.tq_num_splits(
-            B, Hq, Hkv, qL, kL, D, force_path, force_splits
+        self.low_precision, self.force_splits = low_precision, force_splits
+        self.sdtype = sdtype
+        plan = (_i * 3)()
+        nw = _lib.tq_plan(
+            B, Hq, Hkv, qL, kL, D, DT[sdtype], int(low_precision), force_splits, plan
         )
+        if nw < 0:
+            raise ValueError(f"qL = {qL}: the decode kernels take at most 8 queries")
+        self.splits, self.tc, self.nq = plan[0], bool(plan[1]), plan[2]
+        self.work = torch.empty(max(nw, 1), dtype=torch.float32, device=device)
         self.mask = mask
         self.sinks = sinks
         if mask is not None:
@@ -148,11 +136,11 @@ class Attention:
 
     def __call__(self, q, kc, ks, vc, vs, out=None):
         B, Hq, Hkv, qL, kL, D = self.args
+        if ks.dtype != self.sdtype:
+            raise ValueError(f"planned for {self.sdtype} scales, got {ks.dtype}")
         if out is None:
             out = torch.empty((B, Hq, qL, D), dtype=torch.float32, device=q.device)
-        # The three entry points share the inputs and the shape arguments;
-        # they differ in the workspace and the planning overrides.
-        inputs = (
+        rc = _lib.tq_attention(
             _ptr(q),
             _ptr(kc),
             _ptr(ks),
@@ -162,8 +150,7 @@ class Attention:
             ctypes.cast(self.mstr, ctypes.c_void_p) if self.mstr is not None else None,
             _ptr(self.sinks),
             _ptr(out),
-        )
-        shape = (
+            _ptr(self.work),
             B,
             Hq,
             Hkv,
@@ -176,25 +163,9 @@ class Attention:
             ctypes.c_float(self.scale),
             int(self.causal),
             self.mask_kind,
+            int(self.low_precision),
+            self.force_splits,
+            _stream(),
         )
-        if self.mma:
-            rc = _lib.tq_attention_prefill_mma(*inputs, *shape, _stream())
-            what = "attention (tensor-core prefill)"
-        elif self.tc:
-            rc = _lib.tq_attention_tc(
-                *inputs, _ptr(self.work), *shape, self.force_splits, _stream()
-            )
-            what = "attention (tensor cores)"
-        else:
-            rc = _lib.tq_attention(
-                *inputs,
-                _ptr(self.work),
-                *shape,
-                self.force_path,
-                self.force_splits,
-                self.cpt,
-                _stream(),
-            )
-            what = "attention"
-        _check(rc, what)
+        _check(rc, "attention")
         return out

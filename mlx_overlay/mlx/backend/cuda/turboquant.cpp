@@ -5,6 +5,7 @@
 // turboquant.cu and turboquant_attn_d*.cu.
 
 #include <stdexcept>
+#include <string>
 
 #include "mlx/backend/cuda/device.h"
 #include "mlx/backend/cuda/turboquant.h"
@@ -56,7 +57,8 @@ bool QuantizedScaledDotProductAttention::use_fallback(
   if (key_dim != value_dim || !turbo_cuda_supported_dim(key_dim)) {
     return true;
   }
-  return q.ndim() != 4;
+  // Decode kernels only: longer calls dequantize in the op.
+  return q.ndim() != 4 || q.shape(2) > turbo::kFusedMaxQueries;
 }
 
 void QuantizedScaledDotProductAttention::eval_gpu(
@@ -66,6 +68,16 @@ void QuantizedScaledDotProductAttention::eval_gpu(
   auto& s = stream();
   auto& enc = cu::get_command_encoder(s);
 
+  // Decode kernels only: the op sends longer calls (prefill) through the
+  // dequantized route (use_fallback).
+  const array& q_in = inputs[0];
+  if (q_in.ndim() != 4 || q_in.shape(2) > turbo::kFusedMaxQueries) {
+    throw std::invalid_argument(
+        "[quantized_scaled_dot_product_attention] The CUDA kernels take 4-D "
+        "queries with at most " +
+        std::to_string(turbo::kFusedMaxQueries) +
+        " queries per call; longer calls dequantize the cache in the op.");
+  }
   // The position-dependent key shift comes folded into the mask (the op only
   // gives its inputs to the CPU kernels).
   if (has_key_waves_) {

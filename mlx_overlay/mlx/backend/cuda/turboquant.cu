@@ -1,8 +1,9 @@
 // Copyright © 2026 TurboQuant-MLX contributors.
 //
-// Launches of the TurboQuant quantize / dequantize kernels and planning of
-// the attention kernels (the attention launches themselves are instantiated
-// per head dimension in turboquant_attn_d*.cu).
+// Launches of the TurboQuant quantize / dequantize kernels and the
+// parameters of the decode attention (planned by device/turboquant_plan.cuh;
+// the launches themselves are instantiated per head dimension in
+// turboquant_attn_d*.cu).
 
 #include "mlx/backend/cuda/device.h"
 #include "mlx/backend/cuda/device/turboquant.cuh"
@@ -10,11 +11,15 @@
 #include "mlx/backend/cuda/turboquant.h"
 #include "mlx/backend/cuda/turboquant_attn.cuh"
 #include "mlx/dtype_utils.h"
+#include "mlx/turboquant.h"
 
 #include <sstream>
 #include <stdexcept>
 
 namespace mlx::core {
+
+// The primitive reaches the decode kernels only (eval_gpu, use_fallback).
+static_assert(cu::turbo::kVectorMaxQL == turbo::kFusedMaxQueries);
 
 namespace {
 
@@ -297,8 +302,6 @@ void turbo_sdpa_gpu(
   const int kL = k.shape(2);
 
   turbo_detail::AttnLaunch L{};
-  const bool tensor_cores =
-      turbo_detail::use_tensor_cores(low_precision, ks.dtype());
   auto& p = L.params;
   p.B = B;
   p.Hq = Hq;
@@ -340,11 +343,6 @@ void turbo_sdpa_gpu(
   p.sk_str[1] = row_sinks ? qL : 1;
   p.sk_str[2] = row_sinks ? 1 : 0;
   if (sink_values) {
-    if (qL > tb::kVectorMaxQL) {
-      throw std::invalid_argument(
-          "[quantized_scaled_dot_product_attention] sink values are only "
-          "supported by the decode kernels.");
-    }
     p.sink_values = gpu_ptr<float>(*sink_values);
     p.sv_b_str = sink_values->shape(0) == 1 ? 0 : int64_t(Hkv) * D;
   }
@@ -364,47 +362,27 @@ void turbo_sdpa_gpu(
     enc.set_input_array(*sink_values);
   }
 
+  L.plan = tb::plan_decode(
+      p,
+      D,
+      low_precision,
+      ks.dtype() == float16 || ks.dtype() == bfloat16,
+      num_sms(enc));
   // Split-K partials (float32 o, and m, l per row and split).
   std::optional<array> part_o;
   std::optional<array> part_ml;
-  if (qL <= tb::kVectorMaxQL) {
-    L.path = 0;
-    int rows = p.gqa * qL;
-    L.tc = tensor_cores && tb::vector_tc_supported(D);
-    L.nq = L.tc ? 8 : tb::vector_rows_per_block(rows);
-    p.row_groups = (rows + L.nq - 1) / L.nq;
-    int splits =
-        tb::vector_num_splits(B * Hkv * p.row_groups, kL, num_sms(enc));
-    int per = (kL + splits - 1) / splits;
-    p.keys_per_split = per;
-    p.num_splits = (kL + per - 1) / per;
-    if (p.num_splits > 1) {
-      int64_t prow = int64_t(p.num_splits) * B * Hq * qL;
-      part_o = array({static_cast<int>(prow * D)}, float32, nullptr, {});
-      part_ml = array({static_cast<int>(prow * 2)}, float32, nullptr, {});
-      part_o->set_data(cu::malloc_async(part_o->nbytes(), enc));
-      part_ml->set_data(cu::malloc_async(part_ml->nbytes(), enc));
-      enc.add_temporary(*part_o);
-      enc.add_temporary(*part_ml);
-      enc.set_output_array(*part_o);
-      enc.set_output_array(*part_ml);
-      L.part_o = &*part_o;
-      L.part_ml = &*part_ml;
-    }
-  } else {
-    // float16 stays on the SIMT kernel for now: one float16 case of the
-    // harness (D = 64, turbo3, bool mask + causal) measured 3.5e-3 relative
-    // error against a 3e-3 bound on the H100 (docs/cuda.md); every bfloat16
-    // case passed.
-    if (tensor_cores && ks.dtype() == bfloat16 && tb::full_mma_supported(D)) {
-      L.path = 3;
-    } else {
-      L.path = (tb::kUseTcPrefill && D <= tb::kTcMaxDim) ? 2 : 1;
-    }
-    L.nq = 0;
-    p.num_splits = 1;
-    p.keys_per_split = kL;
-    p.row_groups = 1;
+  if (p.num_splits > 1) {
+    int64_t prow = int64_t(p.num_splits) * B * Hq * qL;
+    part_o = array({static_cast<int>(prow * D)}, float32, nullptr, {});
+    part_ml = array({static_cast<int>(prow * 2)}, float32, nullptr, {});
+    part_o->set_data(cu::malloc_async(part_o->nbytes(), enc));
+    part_ml->set_data(cu::malloc_async(part_ml->nbytes(), enc));
+    enc.add_temporary(*part_o);
+    enc.add_temporary(*part_ml);
+    enc.set_output_array(*part_o);
+    enc.set_output_array(*part_ml);
+    L.part_o = &*part_o;
+    L.part_ml = &*part_ml;
   }
   enc.set_output_array(out);
   // The split-K combine rotates back in place of a separate launch.

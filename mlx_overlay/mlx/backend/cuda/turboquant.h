@@ -60,10 +60,11 @@ void turbo_attention_prep_gpu(
     float scale,
     cu::CommandEncoder& enc);
 
-// Attention on the packed cache; inputs as in the kernel contract of
-// docs/format.md, already laid out with contiguous last dimensions. With
-// final_out (fused_rotation; out is then a row-contiguous float32
-// temporary), the output is also rotated back into *final_out in its dtype.
+// Decode attention on the packed cache (qL <= turbo::kFusedMaxQueries);
+// inputs as in the kernel contract of docs/format.md, already laid out with
+// contiguous last dimensions. With final_out (fused_rotation; out is then a
+// row-contiguous float32 temporary), the output is also rotated back into
+// *final_out in its dtype.
 // sinks: float32 logits per head (Hq) or per row (B, Hq, qL), contiguous.
 // sink_values (decode only): float32 (B or 1, Hkv, 1, D), row contiguous, in
 // the rotated domain: the sinks' values (none: value 0).

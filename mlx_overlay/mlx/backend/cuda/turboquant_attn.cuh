@@ -1,6 +1,7 @@
 // Copyright © 2026 TurboQuant-MLX contributors.
 //
-// Launch of the TurboQuant attention kernels for one head dimension. Each
+// Launch of the TurboQuant decode attention kernels for one head dimension
+// (the kernel comes from the plan, device/turboquant_plan.cuh). Each
 // turboquant_attn_d<D>.cu instantiates it once so the kernels of different
 // head dimensions compile in parallel.
 
@@ -15,8 +16,7 @@ namespace mlx::core::turbo_detail {
 
 struct AttnLaunch {
   cu::turbo::AttnParams params;
-  int path; // 0 vector, 1 full SIMT float32, 2 full TF32, 3 full fp16/bf16 MMA
-  int nq; // rows per vector block
+  cu::turbo::DecodePlan plan;
   const void* mask; // nullptr if none
   const float* sinks; // nullptr if none
   // Split-K partials (nullptr without splits). Arrays rather than pointers:
@@ -26,19 +26,7 @@ struct AttnLaunch {
   // fused_rotation with splits: the combine kernel rotates each row back and
   // writes it here in the queries' dtype (nullptr: it writes out, float32).
   array* final_out;
-  // Decode on tensor cores (turbo_sdpa_vector_tc, nq == 8): set by
-  // turbo_sdpa_gpu for float16/bfloat16 queries and scales and the head dims
-  // that kernel supports.
-  bool tc;
 };
-
-// Whether a call may use the kernels with float16/bfloat16 tensor-core
-// operands and float32 accumulation: float16/bfloat16 queries (the
-// primitive's low_precision flag; their rounding is below the output's) and
-// scales. Float32 queries keep the float32 kernels.
-inline bool use_tensor_cores(bool low_precision, Dtype scale_dtype) {
-  return low_precision && (scale_dtype == float16 || scale_dtype == bfloat16);
-}
 
 template <int KB, int VB, int D, typename T>
 void launch_attention_typed(
@@ -63,69 +51,10 @@ void launch_attention_typed(
   const uint32_t* vp = gpu_ptr<uint32_t>(v);
   const T* vsp = gpu_ptr<T>(vs);
   float* op = gpu_ptr<float>(out);
-  constexpr bool tc_type =
-      std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
-  // The prefill kernels take the same arguments; grid (query tiles, Hq, B).
-  auto add_full = [&](auto kernel, int rows_per_block, int threads, int smem) {
-    if (smem > 48 * 1024) {
-      CHECK_CUDA_ERROR(cudaFuncSetAttribute(
-          reinterpret_cast<const void*>(kernel),
-          cudaFuncAttributeMaxDynamicSharedMemorySize,
-          smem));
-    }
-    dim3 grid((p.qL + rows_per_block - 1) / rows_per_block, p.Hq, p.B);
+  auto add_decode = [&](auto kernel, int threads, int smem) {
     enc.add_kernel_node_ex(
         kernel,
-        grid,
-        dim3(threads),
-        {},
-        smem,
-        qp,
-        kp,
-        ksp,
-        vp,
-        vsp,
-        mask,
-        sinks,
-        op,
-        p);
-  };
-  if constexpr (tc_type && tb::full_mma_supported(D)) {
-    if (L.path == 3) {
-      add_full(
-          tb::turbo_sdpa_full_mma<KB, VB, D, T>,
-          tb::kMmaBQ,
-          tb::kMmaThreads,
-          tb::full_mma_smem_bytes(KB, VB, D));
-      return;
-    }
-  }
-  if constexpr (tb::kUseTcPrefill && D <= tb::kTcMaxDim) {
-    if (L.path == 2) {
-      add_full(
-          tb::turbo_sdpa_full_tc<KB, VB, D, T>,
-          tb::kTcBQ,
-          tb::kTcThreads,
-          tb::tc_smem_bytes(D));
-      return;
-    }
-  }
-  if (L.path != 0) {
-    add_full(
-        tb::turbo_sdpa_full<KB, VB, D, T>,
-        tb::kFullBQ,
-        tb::kFullThreads,
-        tb::full_smem_bytes(D));
-    return;
-  }
-  dim3 grid(p.num_splits, p.Hkv * p.row_groups, p.B);
-  // Without an array mask, causality only matters for qL > 1.
-  const bool masked = p.mask_kind != tb::kMaskNone || (p.causal && p.qL > 1);
-  // Both decode kernels take the same arguments.
-  auto add_vector = [&](auto kernel, int threads, int smem) {
-    enc.add_kernel_node_ex(
-        kernel,
-        grid,
+        tb::decode_grid(p),
         dim3(threads),
         {},
         smem,
@@ -141,89 +70,37 @@ void launch_attention_typed(
         part_ml,
         p);
   };
-  auto combine = [&]() {
-    if (p.num_splits > 1) {
-      const float* const_part_o = part_o;
-      const float* const_part_ml = part_ml;
-      enc.set_input_array(*L.part_o);
-      enc.set_input_array(*L.part_ml);
-      auto add_combine = [&](auto kernel, auto* dst) {
-        enc.add_kernel_node(
-            kernel,
-            dim3(p.B * p.Hq * p.qL),
-            dim3(128),
-            const_part_o,
-            const_part_ml,
-            dst,
-            p);
-      };
-      if (L.final_out) {
-        enc.set_output_array(*L.final_out);
-        dispatch_float_types(L.final_out->dtype(), "turbo_sdpa", [&](auto tt) {
-          using TO = cuda_type_t<MLX_GET_TYPE(tt)>;
-          add_combine(
-              tb::turbo_sdpa_combine<D, TO, true>, gpu_ptr<TO>(*L.final_out));
-        });
-      } else {
-        enc.set_output_array(out);
-        add_combine(tb::turbo_sdpa_combine<D, float, false>, op);
-      }
-    }
-  };
-  if constexpr (tc_type && tb::vector_tc_supported(D)) {
-    if (L.tc) {
-      auto launch_tc = [&](auto masked_tag) {
-        auto kernel =
-            tb::turbo_sdpa_vector_tc<KB, VB, D, 8, masked_tag.value, T>;
-        constexpr int smem = tb::vec_tc_smem_bytes(KB, VB, D);
-        CHECK_CUDA_ERROR(cudaFuncSetAttribute(
-            reinterpret_cast<const void*>(kernel),
-            cudaFuncAttributeMaxDynamicSharedMemorySize,
-            smem));
-        add_vector(kernel, tb::kVecTcThreads, smem);
-      };
-      if (masked) {
-        launch_tc(std::true_type{});
-      } else {
-        launch_tc(std::false_type{});
-      }
-      combine();
-      return;
-    }
+  cudaError_t err = tb::launch_decode<KB, VB, D, T>(L.plan, add_decode);
+  CHECK_CUDA_ERROR(err);
+  if (p.num_splits <= 1) {
+    return;
   }
-  auto launch = [&](auto nq, auto masked_tag) {
-    auto kernel = tb::turbo_sdpa_vector<
-        KB,
-        VB,
-        D,
-        nq.value,
-        tb::vec_cpt(D, nq.value),
-        masked_tag.value,
-        T>;
-    add_vector(kernel, tb::kVecThreads, 0);
+  // The split-K combine.
+  const float* const_part_o = part_o;
+  const float* const_part_ml = part_ml;
+  enc.set_input_array(*L.part_o);
+  enc.set_input_array(*L.part_ml);
+  auto add_combine = [&](auto kernel, auto* dst) {
+    enc.add_kernel_node(
+        kernel,
+        dim3(p.B * p.Hq * p.qL),
+        dim3(128),
+        const_part_o,
+        const_part_ml,
+        dst,
+        p);
   };
-  auto by_mask = [&](auto nq) {
-    if (masked) {
-      launch(nq, std::true_type{});
-    } else {
-      launch(nq, std::false_type{});
-    }
-  };
-  switch (L.nq) {
-    case 1:
-      by_mask(std::integral_constant<int, 1>{});
-      break;
-    case 2:
-      by_mask(std::integral_constant<int, 2>{});
-      break;
-    case 4:
-      by_mask(std::integral_constant<int, 4>{});
-      break;
-    default:
-      by_mask(std::integral_constant<int, 8>{});
-      break;
+  if (L.final_out) {
+    enc.set_output_array(*L.final_out);
+    dispatch_float_types(L.final_out->dtype(), "turbo_sdpa", [&](auto tt) {
+      using TO = cuda_type_t<MLX_GET_TYPE(tt)>;
+      add_combine(
+          tb::turbo_sdpa_combine<D, TO, true>, gpu_ptr<TO>(*L.final_out));
+    });
+  } else {
+    enc.set_output_array(out);
+    add_combine(tb::turbo_sdpa_combine<D, float, false>, op);
   }
-  combine();
 }
 
 template <int D>

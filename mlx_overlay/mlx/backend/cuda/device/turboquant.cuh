@@ -6,10 +6,11 @@
 //   turboquant_codec.cuh      turbo_encode, turbo_decode, turbo_rotate,
 //                             turbo_attention_prep
 //   turboquant_decode.cuh     AttnParams, mask / sink helpers,
-//                             turbo_sdpa_vector (SIMT decode), turbo_sdpa_combine
+//                             turbo_sdpa_vector (SIMT decode),
+//                             turbo_sdpa_combine
 //   turboquant_decode_tc.cuh  turbo_sdpa_vector_tc (tensor-core decode)
-//   turboquant_prefill.cuh    fused prefill kernels (harness only)
-//   turboquant_plan.cuh       host-side launch planning
+//   turboquant_plan.cuh       host-side decode launch plan, shared by MLX
+//                             and the standalone harness
 // This header includes them all.
 
 #pragma once
@@ -18,4 +19,3 @@
 #include "mlx/backend/cuda/device/turboquant_decode.cuh"
 #include "mlx/backend/cuda/device/turboquant_decode_tc.cuh"
 #include "mlx/backend/cuda/device/turboquant_plan.cuh"
-#include "mlx/backend/cuda/device/turboquant_prefill.cuh"

@@ -74,17 +74,6 @@ __device__ inline float sink_value_term(
   return exp2f(kLog2e * sink_logit(p, sinks, b, h, qi) - mb) * sv[d];
 }
 
-// Keys a prefill tile of queries [q0, q0 + bq) must visit: with a causal
-// mask, up to the last key any row of the tile sees, unless some row sees no
-// key at all (then it averages all keys, so all are visited).
-__device__ inline int causal_key_stop(const AttnParams& p, int q0, int bq) {
-  if (!p.causal || q0 + p.causal_offset < 0) {
-    return p.kL;
-  }
-  int last_lim = min(q0 + bq - 1, p.qL - 1) + p.causal_offset;
-  return min(p.kL, last_lim + 1);
-}
-
 // Applies mask / causality to a log2-domain score.
 __device__ inline float apply_mask(
     float s,

@@ -1,19 +1,28 @@
 // Copyright © 2026 TurboQuant-MLX contributors.
 //
-// Host-side planning of the attention launches (rows per block, split
-// count, query-length limit), shared by MLX and the standalone harness.
+// Host-side plan of a decode attention launch (kernel, rows per block, split
+// count) and the choice of the kernel instantiation, shared by MLX
+// (turboquant.cu, turboquant_attn.cuh) and the standalone harness
+// (tests/cuda), so that the harness tests and times what MLX runs.
 
 #pragma once
 
-#include "mlx/backend/cuda/device/turboquant_decode.cuh"
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+#include <type_traits>
+
+#include "mlx/backend/cuda/device/turboquant_decode_tc.cuh"
 
 namespace mlx::core::cu::turbo {
 
-// ---------------------------------------------------------------------------
-// Host-side planning shared by MLX and the harness.
-// ---------------------------------------------------------------------------
+// The decode kernels take at most this many queries per call (MLX's
+// turbo::kFusedMaxQueries: longer calls dequantize the cache for MLX's own
+// attention).
+constexpr int kVectorMaxQL = 8;
 
-// Rows (query heads x positions) per vector block.
+// Rows (query heads x positions) per SIMT decode block.
 inline int vector_rows_per_block(int rows) {
   return rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : 8;
 }
@@ -42,14 +51,116 @@ inline int vector_num_splits(int base_blocks, int kL, int num_sms) {
   return splits < 1 ? 1 : splits;
 }
 
-// Queries longer than this use the tiled prefill kernel.
-constexpr int kVectorMaxQL = 8;
+// The decode launch of one call.
+struct DecodePlan {
+  bool tc; // turbo_sdpa_vector_tc, else turbo_sdpa_vector
+  int nq; // rows per block
+  bool masked; // the MASKED instantiation
+};
 
-// The TF32 tensor-core prefill (turbo_sdpa_full_tc, head dims <= 128) is
-// not yet faster than the SIMT float32 one (H100: 6.7 vs 6.7-6.9 ms at 4K,
-// see docs/cuda.md) and rounds operands to TF32, so MLX uses the SIMT kernel;
-// the harness tests and times the tensor-core one on request.
-constexpr int kTcMaxDim = 128;
-constexpr bool kUseTcPrefill = false;
+// Plans a decode call (qL <= kVectorMaxQL) whose shape, mask_kind and causal
+// are set in p; sets p.row_groups, p.keys_per_split and p.num_splits.
+// low_precision: the queries were float16/bfloat16 (the primitive's flag);
+// with float16/bfloat16 scales too, the tensor-core kernel runs where it has
+// the head dim (fp16/bf16 operands, float32 accumulation). force_splits > 0
+// replaces the planned split count (the harness's sweeps).
+inline DecodePlan plan_decode(
+    AttnParams& p,
+    int d,
+    bool low_precision,
+    bool half_scales,
+    int num_sms,
+    int force_splits = 0) {
+  DecodePlan plan;
+  const int rows = p.gqa * p.qL;
+  plan.tc = low_precision && half_scales && vector_tc_supported(d);
+  plan.nq = plan.tc ? 8 : vector_rows_per_block(rows);
+  // Without an array mask, causality only matters for qL > 1.
+  plan.masked = p.mask_kind != kMaskNone || (p.causal && p.qL > 1);
+  p.row_groups = (rows + plan.nq - 1) / plan.nq;
+  const int splits = force_splits > 0
+      ? force_splits
+      : vector_num_splits(p.B * p.Hkv * p.row_groups, p.kL, num_sms);
+  p.keys_per_split = (p.kL + splits - 1) / splits;
+  p.num_splits = (p.kL + p.keys_per_split - 1) / p.keys_per_split;
+  return plan;
+}
+
+inline dim3 decode_grid(const AttnParams& p) {
+  return dim3(p.num_splits, p.Hkv * p.row_groups, p.B);
+}
+
+// Raises Kernel's dynamic shared memory limit on the current device, once
+// per kernel and device (a cudaFuncSetAttribute call on every launch costs
+// host time on every decode step).
+template <auto Kernel>
+cudaError_t raise_smem_limit(int smem) {
+  static std::atomic<uint64_t> done{0}; // one bit per device
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  const uint64_t bit = (e == cudaSuccess && dev < 64) ? 1ull << dev : 0;
+  if (bit & done.load(std::memory_order_relaxed)) {
+    return cudaSuccess;
+  }
+  e = cudaFuncSetAttribute(
+      reinterpret_cast<const void*>(Kernel),
+      cudaFuncAttributeMaxDynamicSharedMemorySize,
+      smem);
+  if (e == cudaSuccess) {
+    done.fetch_or(bit, std::memory_order_relaxed);
+  }
+  return e;
+}
+
+// Calls launch(kernel, threads, smem) with the decode kernel of the plan; the
+// decode kernels take the same arguments and grid (decode_grid). Returns the
+// error of raising the tensor-core kernel's shared memory limit.
+template <int KB, int VB, int D, typename T, typename F>
+cudaError_t launch_decode(const DecodePlan& plan, F&& launch) {
+  constexpr bool half =
+      std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
+  if constexpr (half && vector_tc_supported(D)) {
+    if (plan.tc) {
+      auto run = [&](auto masked) {
+        constexpr auto kernel =
+            turbo_sdpa_vector_tc<KB, VB, D, 8, masked.value, T>;
+        constexpr int smem = vec_tc_smem_bytes(KB, VB, D);
+        cudaError_t e = raise_smem_limit<kernel>(smem);
+        if (e == cudaSuccess) {
+          launch(kernel, kVecTcThreads, smem);
+        }
+        return e;
+      };
+      return plan.masked ? run(std::true_type{}) : run(std::false_type{});
+    }
+  }
+  auto run = [&](auto nq) {
+    constexpr int cpt = vec_cpt(D, nq.value);
+    if (plan.masked) {
+      launch(
+          turbo_sdpa_vector<KB, VB, D, nq.value, cpt, true, T>, kVecThreads, 0);
+    } else {
+      launch(
+          turbo_sdpa_vector<KB, VB, D, nq.value, cpt, false, T>,
+          kVecThreads,
+          0);
+    }
+  };
+  switch (plan.nq) {
+    case 1:
+      run(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      run(std::integral_constant<int, 2>{});
+      break;
+    case 4:
+      run(std::integral_constant<int, 4>{});
+      break;
+    default:
+      run(std::integral_constant<int, 8>{});
+      break;
+  }
+  return cudaSuccess;
+}
 
 } // namespace mlx::core::cu::turbo
