@@ -22,7 +22,10 @@ def wave_shift(freqs, waves, n):
 
 def to_turns(theta):
     """Radians per key as uint32 turns of 2^-24."""
-    return (np.round(np.asarray(theta, np.float64) * (1 << 24) / (2 * np.pi)).astype(np.int64) % (1 << 24)).astype(np.uint32)
+    return (
+        np.round(np.asarray(theta, np.float64) * (1 << 24) / (2 * np.pi)).astype(np.int64)
+        % (1 << 24)
+    ).astype(np.uint32)
 
 
 def rope_like_case(rng, B, Hkv, kL, D, P, per_batch, n0=0):
@@ -48,9 +51,15 @@ def test_position_shift_is_exact(rng, qL, mask, extra):
     sequence; the shift indexes the cache), channel scales."""
     B, Hq, Hkv, kL, D, P = 2, 6, 2, 90, 64, 5
     freqs, waves, mu, shift, kx = rope_like_case(rng, B, Hkv, kL, D, P, per_batch=qL != 5)
-    s = np.exp(rng.uniform(-1.0, 1.0, (1, Hkv, 1, D))) if extra == "balance" else np.ones((1, Hkv, 1, D))
+    s = (
+        np.exp(rng.uniform(-1.0, 1.0, (1, Hkv, 1, D)))
+        if extra == "balance"
+        else np.ones((1, Hkv, 1, D))
+    )
     k, ks = mx.quantize(mx.array(((kx - mu - shift) / s).astype(np.float32)), mode="turbo3")
-    v, vs = mx.quantize(mx.array(rng.standard_normal((B, Hkv, kL, D)).astype(np.float32)), mode="turbo4")
+    v, vs = mx.quantize(
+        mx.array(rng.standard_normal((B, Hkv, kL, D)).astype(np.float32)), mode="turbo4"
+    )
     kd = ref.decode(np.array(k), to_np(ks), "turbo3") * s + mu + shift
     vd = ref.decode(np.array(v), to_np(vs), "turbo4")
     q = mx.array(rng.standard_normal((B, Hq, qL, D)).astype(np.float32))
@@ -69,7 +78,9 @@ def test_position_shift_is_exact(rng, qL, mask, extra):
     elif extra == "first":
         k0 = rng.standard_normal((B, Hkv, 1, D)) * 4.0
         v0 = rng.standard_normal((B, Hkv, 1, D)) * 4.0
-        kw.update(first_key=mx.array(k0.astype(np.float32)), first_value=mx.array(v0.astype(np.float32)))
+        kw.update(
+            first_key=mx.array(k0.astype(np.float32)), first_value=mx.array(v0.astype(np.float32))
+        )
         kd = np.concatenate([k0, kd], axis=2)
         vd = np.concatenate([v0, vd], axis=2)
         if mask == "bool":
@@ -79,7 +90,9 @@ def test_position_shift_is_exact(rng, qL, mask, extra):
     out = mx.fast.quantized_scaled_dot_product_attention(
         q, k, ks, v, vs, scale=D**-0.5, mask=m, sinks=sk, mode=("turbo3", "turbo4"), **kw
     )
-    expected = ref.attention(np.array(q), kd, vd, D**-0.5, mref, None if sk is None else np.array(sk))
+    expected = ref.attention(
+        np.array(q), kd, vd, D**-0.5, mref, None if sk is None else np.array(sk)
+    )
     # The reconstruction adds float32 terms of size |waves| * P to keys of unit
     # noise: a few times the float32 bound, as for key_shift.
     tol = 10 * attention_rtol("float32", qL)
@@ -110,14 +123,25 @@ def test_position_shift_long_cache_half_precision(rng, dtype_name):
     B, Hq, Hkv, kL, D, P = 1, 8, 2, 3000, 128, 8
     freqs, waves, mu, shift, kx = rope_like_case(rng, B, Hkv, kL, D, P, per_batch=False)
     k, ks = mx.quantize(mx.array((kx - mu - shift).astype(np.float32)).astype(dtype), mode="turbo4")
-    v, vs = mx.quantize(mx.array(rng.standard_normal((B, Hkv, kL, D)).astype(np.float32)).astype(dtype), mode="turbo4")
+    v, vs = mx.quantize(
+        mx.array(rng.standard_normal((B, Hkv, kL, D)).astype(np.float32)).astype(dtype),
+        mode="turbo4",
+    )
     kd = ref.decode(np.array(k), to_np(ks), "turbo4") + mu + shift
     vd = ref.decode(np.array(v), to_np(vs), "turbo4")
     for qL in (1, 12):
         q = mx.array(rng.standard_normal((B, Hq, qL, D)).astype(np.float32)).astype(dtype)
         out = mx.fast.quantized_scaled_dot_product_attention(
-            q, k, ks, v, vs, scale=D**-0.5, mask="causal", mode="turbo4",
-            key_shift=mx.array(mu), key_shift_freqs=mx.array(freqs),
+            q,
+            k,
+            ks,
+            v,
+            vs,
+            scale=D**-0.5,
+            mask="causal",
+            mode="turbo4",
+            key_shift=mx.array(mu),
+            key_shift_freqs=mx.array(freqs),
             key_shift_waves=mx.array(waves).astype(dtype),
         )
         # waves were rounded to dtype for the call: the reference uses them too.
@@ -153,14 +177,38 @@ def test_position_shift_errors(rng):
     bad = [
         (dict(key_shift_freqs=f), "together"),
         (dict(key_shift_waves=w), "together"),
-        (dict(key_shift_freqs=mx.zeros((1, Hkv + 1, 3), mx.uint32), key_shift_waves=w), "key_shift_freqs with shape"),
-        (dict(key_shift_freqs=mx.zeros((1, Hkv, 33), mx.uint32), key_shift_waves=mx.zeros((1, Hkv, 66, D))), "P <= 32"),
+        (
+            dict(key_shift_freqs=mx.zeros((1, Hkv + 1, 3), mx.uint32), key_shift_waves=w),
+            "key_shift_freqs with shape",
+        ),
+        (
+            dict(
+                key_shift_freqs=mx.zeros((1, Hkv, 33), mx.uint32),
+                key_shift_waves=mx.zeros((1, Hkv, 66, D)),
+            ),
+            "P <= 32",
+        ),
         (dict(key_shift_freqs=f.astype(mx.float32), key_shift_waves=w), "must be uint32"),
-        (dict(key_shift_freqs=f, key_shift_waves=mx.zeros((1, Hkv, 3, D))), "key_shift_waves with shape"),
-        (dict(key_shift_freqs=f, key_shift_waves=mx.zeros((2, Hkv, 6, D))), "key_shift_waves with shape"),
-        (dict(key_shift_freqs=mx.zeros((2, Hkv, 3), mx.uint32), key_shift_waves=w), "key_shift_freqs with shape"),
-        (dict(key_shift_freqs=mx.zeros((Hkv, 3), mx.uint32), key_shift_waves=w), "key_shift_freqs with shape"),
-        (dict(key_shift_freqs=f, key_shift_waves=mx.zeros((1, Hkv, 6, D), mx.int32)), "float32, float16"),
+        (
+            dict(key_shift_freqs=f, key_shift_waves=mx.zeros((1, Hkv, 3, D))),
+            "key_shift_waves with shape",
+        ),
+        (
+            dict(key_shift_freqs=f, key_shift_waves=mx.zeros((2, Hkv, 6, D))),
+            "key_shift_waves with shape",
+        ),
+        (
+            dict(key_shift_freqs=mx.zeros((2, Hkv, 3), mx.uint32), key_shift_waves=w),
+            "key_shift_freqs with shape",
+        ),
+        (
+            dict(key_shift_freqs=mx.zeros((Hkv, 3), mx.uint32), key_shift_waves=w),
+            "key_shift_freqs with shape",
+        ),
+        (
+            dict(key_shift_freqs=f, key_shift_waves=mx.zeros((1, Hkv, 6, D), mx.int32)),
+            "float32, float16",
+        ),
     ]
     for kw, msg in bad:
         with pytest.raises(ValueError, match=f"{name}.*{msg}"):

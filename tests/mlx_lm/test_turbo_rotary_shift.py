@@ -140,10 +140,12 @@ def test_batch_keeps_the_moving_shift_through_merge_filter_extract():
     plain.update_and_fetch(k2, v2)
     batch = BatchTurboQuantKVCache.merge([c, short, plain])
     assert batch.key_shift_waves.shape[0] == 3
+
     def close(a, b):
         ka, kb = a.to_kv_cache().keys[..., : a.offset, :], b.to_kv_cache().keys[..., : b.offset, :]
         rel = mx.sum((ka - kb) ** 2).item() / mx.sum(kb**2).item()
         assert ka.shape == kb.shape and rel < 1e-10, rel
+
     for i, alone in enumerate([c, short, plain]):
         close(batch.extract(i), alone)
     batch.filter([1, 2])  # drops the longest: the padding in front goes
