@@ -220,6 +220,15 @@ AttentionShape validate_inputs(
   // Exact cache transforms (docs/format.md, section 7): one vector per
   // (batch or 1, kv head). Values are not transformed: centering them was
   // measured to raise the error (docs/format.md).
+  auto check_float = [&](const array& t, const char* name) {
+    if (!issubdtype(t.dtype(), floating) || t.dtype() == float64) {
+      fail(
+          name,
+          " must be float32, float16 or bfloat16 but got ",
+          t.dtype(),
+          ".");
+    }
+  };
   auto check_transform = [&](const std::optional<array>& t,
                              const char* name,
                              int dim) {
@@ -240,13 +249,7 @@ AttentionShape validate_inputs(
           dim,
           ").");
     }
-    if (!issubdtype(t->dtype(), floating) || t->dtype() == float64) {
-      fail(
-          name,
-          " must be float32, float16 or bfloat16 but got ",
-          t->dtype(),
-          ".");
-    }
+    check_float(*t, name);
   };
   check_transform(key_shift, "key_shift", dk);
   check_transform(key_channel_scales, "key_channel_scales", dk);
@@ -308,12 +311,7 @@ AttentionShape validate_inputs(
           P,
           " frequencies.");
     }
-    if (!issubdtype(w.dtype(), floating) || w.dtype() == float64) {
-      fail(
-          "key_shift_waves must be float32, float16 or bfloat16 but got ",
-          w.dtype(),
-          ".");
-    }
+    check_float(w, "key_shift_waves");
   }
 
   if (mask_mode != "" && mask_mode != "causal" && mask_mode != "array") {
