@@ -152,6 +152,61 @@ def test_position_shift_long_cache_half_precision(rng, dtype_name):
         assert err < 10 * attention_rtol(dtype_name, qL), f"qL {qL}: relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("dtype_name", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("D,P", [(64, 3), (96, 8), (128, 8), (128, 13), (256, 32)])
+def test_position_shift_decode_kernels(rng, dtype_name, D, P):
+    """The decode kernels' own bias for the shapes they specialize: plane
+    counts below, at and above one group of 8 (the CUDA tensor-core kernel
+    takes the bias as float16 products of 8 planes) up to the op's limit,
+    head dims with and without that kernel, GQA 4, per-sequence frequencies,
+    one query with learned sinks, four causal ones with the exact first
+    token."""
+    dtype = getattr(mx, dtype_name)
+    B, Hq, Hkv, kL = 2, 8, 2, 700
+    freqs, waves, mu, shift, kx = rope_like_case(rng, B, Hkv, kL, D, P, per_batch=True)
+    k, ks = mx.quantize(mx.array((kx - mu - shift).astype(np.float32)).astype(dtype), mode="turbo3")
+    v, vs = mx.quantize(
+        mx.array(rng.standard_normal((B, Hkv, kL, D)).astype(np.float32)).astype(dtype),
+        mode="turbo4",
+    )
+    w = mx.array(waves).astype(dtype)
+    kd = (
+        ref.decode(np.array(k), to_np(ks), "turbo3")
+        + mu
+        + wave_shift(freqs, to_np(w), np.arange(kL))
+    )
+    vd = ref.decode(np.array(v), to_np(vs), "turbo4")
+    op = mx.fast.quantized_scaled_dot_product_attention
+    kw = dict(
+        scale=D**-0.5,
+        mode=("turbo3", "turbo4"),
+        key_shift=mx.array(mu),
+        key_shift_freqs=mx.array(freqs),
+        key_shift_waves=w,
+    )
+    # One query with learned sinks.
+    q = mx.array(rng.standard_normal((B, Hq, 1, D)).astype(np.float32)).astype(dtype)
+    sk = mx.array(rng.standard_normal(Hq).astype(np.float32) + 1.0)
+    out = op(q, k, ks, v, vs, sinks=sk, **kw)
+    expected = ref.attention(to_np(q), kd, vd, D**-0.5, None, to_np(sk))
+    err = rel_err(to_np(out), expected)
+    assert err < 10 * attention_rtol(dtype_name, 1), f"sinks: relative error {err:.2e}"
+    # Four causal queries with the exact first token.
+    k0 = mx.array(rng.standard_normal((B, Hkv, 1, D)).astype(np.float32) * 4.0).astype(dtype)
+    v0 = mx.array(rng.standard_normal((B, Hkv, 1, D)).astype(np.float32)).astype(dtype)
+    q = mx.array(rng.standard_normal((B, Hq, 4, D)).astype(np.float32)).astype(dtype)
+    out = op(q, k, ks, v, vs, mask="causal", first_key=k0, first_value=v0, **kw)
+    expected = ref.attention(
+        to_np(q),
+        np.concatenate([to_np(k0), kd], axis=2),
+        np.concatenate([to_np(v0), vd], axis=2),
+        D**-0.5,
+        "causal",
+    )
+    err = rel_err(to_np(out), expected)
+    assert err < 10 * attention_rtol(dtype_name, 4), f"first token: relative error {err:.2e}"
+
+
 def test_position_shift_reduces_reconstruction_error(rng):
     """On keys whose mean rotates with the position, removing the rotating part
     (not only the mean) cuts the quantization error of the keys."""

@@ -791,10 +791,10 @@ array quantized_scaled_dot_product_attention(
         queries, key_shift, first_key, scale, mask, sink_logits, stream);
   }
   // The position-dependent key shift: a bias per query row and cached key,
-  // computed by the CPU kernels from the queries as given, else folded into
-  // the mask here.
-  const bool kernel_waves = key_shift_freqs && fused_rotation &&
-      stream.device == Device::cpu && !key_channel_scales;
+  // computed by the kernels from the queries as given (fused_rotation: CPU
+  // and CUDA), else folded into the mask here.
+  const bool kernel_waves =
+      key_shift_freqs && fused_rotation && !key_channel_scales;
   if (key_shift_freqs && !kernel_waves) {
     add_to_mask(
         mask,

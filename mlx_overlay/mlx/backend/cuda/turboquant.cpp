@@ -78,16 +78,21 @@ void QuantizedScaledDotProductAttention::eval_gpu(
         std::to_string(turbo::kFusedMaxQueries) +
         " queries per call; longer calls dequantize the cache in the op.");
   }
-  // The position-dependent key shift comes folded into the mask (the op only
-  // gives its inputs to the CPU kernels).
-  if (has_key_waves_) {
+  // The moving key shift's inputs come with fused_rotation (the kernels
+  // compute its bias from the queries as given).
+  if (has_key_waves_ && !fused_rotation_) {
     throw std::invalid_argument(
-        "[quantized_scaled_dot_product_attention] the CUDA kernels take the "
-        "moving key shift folded into the mask.");
+        "[quantized_scaled_dot_product_attention] the moving key shift needs "
+        "fused_rotation on CUDA.");
   }
   auto [mask, sinks, sink_values, key_shift, first_key, waves, freqs] =
       turbo::attention_extras(
-          inputs, has_sinks_, has_sink_values_, has_key_shift_, has_first_key_);
+          inputs,
+          has_sinks_,
+          has_sink_values_,
+          has_key_shift_,
+          has_first_key_,
+          has_key_waves_);
   if (mask && mask->dtype() != bool_ && mask->dtype() != float32) {
     throw std::invalid_argument(
         "[quantized_scaled_dot_product_attention] The mask must be bool or "
@@ -103,6 +108,8 @@ void QuantizedScaledDotProductAttention::eval_gpu(
   row_contiguous(sink_values);
   row_contiguous(key_shift);
   row_contiguous(first_key);
+  row_contiguous(waves);
+  row_contiguous(freqs);
   auto temporary = [&](const Shape& shape) {
     array t(shape, float32, nullptr, {});
     t.set_data(cu::malloc_async(t.nbytes(), enc));
@@ -117,6 +124,7 @@ void QuantizedScaledDotProductAttention::eval_gpu(
   // transforms, writes per-row sink logits; otherwise the sink values come
   // float32 and rotated.
   array q = last_dense(inputs[0], enc, s);
+  std::optional<array> wave_coef;
   if (fused_rotation_) {
     if (!q.flags().row_contiguous) {
       q = contiguous_copy_gpu(q, s);
@@ -131,6 +139,10 @@ void QuantizedScaledDotProductAttention::eval_gpu(
     if (key_shift || first_key) {
       row_sinks = temporary({q.shape(0), q.shape(1), q.shape(2)});
     }
+    if (waves) {
+      wave_coef =
+          temporary({q.shape(0), q.shape(1), q.shape(2), waves->shape(2)});
+    }
     turbo_attention_prep_gpu(
         q,
         q_rot,
@@ -140,6 +152,8 @@ void QuantizedScaledDotProductAttention::eval_gpu(
         key_shift,
         first_key,
         row_sinks ? &*row_sinks : nullptr,
+        waves,
+        wave_coef ? &*wave_coef : nullptr,
         scale_,
         enc);
     q = q_rot;
@@ -173,6 +187,8 @@ void QuantizedScaledDotProductAttention::eval_gpu(
       mask,
       sinks,
       sink_values,
+      wave_coef,
+      freqs,
       out_rot ? *out_rot : out,
       scale_,
       do_causal_,

@@ -208,6 +208,8 @@ void turbo_attention_prep_gpu(
     const std::optional<array>& key_shift,
     const std::optional<array>& first_key,
     array* row_sinks,
+    const std::optional<array>& waves,
+    array* wave_coef,
     float scale,
     cu::CommandEncoder& enc) {
   const int Hq = q.shape(1);
@@ -236,6 +238,10 @@ void turbo_attention_prep_gpu(
   if (row_sinks) {
     enc.set_output_array(*row_sinks);
   }
+  if (waves) {
+    enc.set_input_array(*waves);
+    enc.set_output_array(*wave_coef);
+  }
   dim3 grid(
       (n_q + n_sv + cu::turbo::kEncodeWarps - 1) / cu::turbo::kEncodeWarps);
   dim3 block(32 * cu::turbo::kEncodeWarps);
@@ -247,21 +253,29 @@ void turbo_attention_prep_gpu(
     auto b_str = [&](const std::optional<array>& x) -> int64_t {
       return x && x->shape(0) != 1 ? x->size() / x->shape(0) : 0;
     };
+    int Hkv = Hq;
+    for (auto* x : {&key_shift, &first_key, &waves}) {
+      if (*x) {
+        Hkv = (*x)->shape(1);
+      }
+    }
     cu::turbo::PrepArgs<T> a{
         n_q,
         n_sv,
         Hq,
         qL,
-        Hq /
-            (key_shift ? key_shift->shape(1)
-                       : (first_key ? first_key->shape(1) : Hq)),
+        Hq / Hkv,
         scale,
         sinks ? gpu_ptr<float>(*sinks) : nullptr,
         ptr(key_shift),
         ptr(first_key),
         b_str(key_shift),
         b_str(first_key),
-        row_sinks ? gpu_ptr<float>(*row_sinks) : nullptr};
+        row_sinks ? gpu_ptr<float>(*row_sinks) : nullptr,
+        waves ? gpu_ptr<float>(*waves) : nullptr,
+        waves && waves->shape(0) != 1 ? waves->size() / waves->shape(0) : 0,
+        waves ? waves->shape(2) / 2 : 0,
+        wave_coef ? gpu_ptr<float>(*wave_coef) : nullptr};
     dispatch_turbo_dim(d, [&](auto dim) {
       enc.add_kernel_node(
           cu::turbo::turbo_attention_prep<T, dim.value>,
@@ -285,6 +299,8 @@ void turbo_sdpa_gpu(
     const std::optional<array>& mask,
     const std::optional<array>& sinks,
     const std::optional<array>& sink_values,
+    const std::optional<array>& wave_coef,
+    const std::optional<array>& wave_freqs,
     array& out,
     float scale,
     bool do_causal,
@@ -360,6 +376,14 @@ void turbo_sdpa_gpu(
   }
   if (sink_values) {
     enc.set_input_array(*sink_values);
+  }
+  if (wave_freqs) {
+    p.waves = wave_freqs->shape(2);
+    p.wave_coef = gpu_ptr<float>(*wave_coef);
+    p.wave_freqs = gpu_ptr<uint32_t>(*wave_freqs);
+    p.wf_b_str = wave_freqs->shape(0) == 1 ? 0 : int64_t(Hkv) * p.waves;
+    enc.set_input_array(*wave_coef);
+    enc.set_input_array(*wave_freqs);
   }
 
   L.plan = tb::plan_decode(

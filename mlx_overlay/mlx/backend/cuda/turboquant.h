@@ -47,7 +47,10 @@ void turbo_rotate_gpu(
 // the sink values sv ((B or 1), Hkv, 1, D), both in T and row contiguous,
 // rotated into float32 q_rot / sv_rot; with row_sinks (B, Hq, qL) float32,
 // each query row's sink logit sinks[h] (0 without) - scale * q . (key_shift
-// - first_key) (each (B or 1, Hkv, 1, D) in T, row contiguous, optional).
+// - first_key) (each (B or 1, Hkv, 1, D) in T, row contiguous, optional);
+// with waves (the moving key shift's (B or 1, Hkv, 2P, D), float32, row
+// contiguous), each query row's 2P coefficients scale log2(e) q . waves[i]
+// into wave_coef (B, Hq, qL, 2P) float32.
 void turbo_attention_prep_gpu(
     const array& q,
     array& q_rot,
@@ -57,6 +60,8 @@ void turbo_attention_prep_gpu(
     const std::optional<array>& key_shift,
     const std::optional<array>& first_key,
     array* row_sinks,
+    const std::optional<array>& waves,
+    array* wave_coef,
     float scale,
     cu::CommandEncoder& enc);
 
@@ -68,6 +73,9 @@ void turbo_attention_prep_gpu(
 // sinks: float32 logits per head (Hq) or per row (B, Hq, qL), contiguous.
 // sink_values (decode only): float32 (B or 1, Hkv, 1, D), row contiguous, in
 // the rotated domain: the sinks' values (none: value 0).
+// wave_coef / wave_freqs: the moving key shift, the coefficients of
+// turbo_attention_prep_gpu and the frequencies (B or 1, Hkv, P) uint32, row
+// contiguous (both or neither).
 void turbo_sdpa_gpu(
     const array& q,
     const array& k,
@@ -77,6 +85,8 @@ void turbo_sdpa_gpu(
     const std::optional<array>& mask,
     const std::optional<array>& sinks,
     const std::optional<array>& sink_values,
+    const std::optional<array>& wave_coef,
+    const std::optional<array>& wave_freqs,
     array& out,
     float scale,
     bool do_causal,

@@ -197,7 +197,9 @@ __global__ void __launch_bounds__(32 * kEncodeWarps)
 // warp per row rotates the n_q query rows (B, Hq, qL) and then the n_sv sink
 // value rows (B or 1, Hkv) from T into float32 (y = R x), and with a key bias
 // writes each query row's sink logit, sinks[h] (0 without sinks) - scale * q
-// . (key_shift - first_key) with q as given, to row_sinks (B, Hq, qL).
+// . (key_shift - first_key) with q as given, to row_sinks (B, Hq, qL); with
+// the moving key shift, each query row's 2P coefficients scale log2(e) q .
+// waves[i] (the decode kernels' AttnParams::wave_coef).
 template <typename T>
 struct PrepArgs {
   int64_t n_q;
@@ -212,6 +214,10 @@ struct PrepArgs {
   int64_t ksh_b_str; // 0 when shared by the batch
   int64_t fk_b_str;
   float* row_sinks; // nullptr: no key bias
+  const float* waves; // (B or 1, Hkv, 2P, D) float32, or nullptr
+  int64_t wv_b_str; // 0 when shared by the batch
+  int P;
+  float* wave_coef; // (B, Hq, qL, 2P)
 };
 
 template <typename T, int D>
@@ -251,6 +257,25 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_attention_prep(
     }
     if (lane == 0) {
       a.row_sinks[v] = (a.sinks ? a.sinks[h] : 0.0f) - a.scale * dot;
+    }
+  }
+  if (is_q && a.wave_coef) {
+    const int h = (v / a.qL) % a.Hq;
+    const int64_t b = v / (int64_t(a.Hq) * a.qL);
+    const float* w =
+        a.waves + b * a.wv_b_str + int64_t(h / a.gqa) * 2 * a.P * D;
+    for (int i = 0; i < 2 * a.P; i++) {
+      float c = 0.0f;
+      for (int k = lane; k < D; k += 32) {
+        c += to_float(in[k]) * w[i * D + k];
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) {
+        c += __shfl_xor_sync(0xffffffff, c, off);
+      }
+      if (lane == 0) {
+        a.wave_coef[v * 2 * a.P + i] = a.scale * kLog2e * c;
+      }
     }
   }
   for (int i = lane; i < D; i += 32) {

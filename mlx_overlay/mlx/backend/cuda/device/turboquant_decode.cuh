@@ -46,7 +46,33 @@ struct AttnParams {
   // domain, or nullptr (a sink of value 0). sv_b_str is 0 when shared.
   const float* sink_values;
   int64_t sv_b_str;
+  // The moving key shift (docs/format.md section 7), waves = P planes (0:
+  // none): per query row (B, Hq, qL) the 2P log2-domain coefficients
+  // scale log2(e) q . waves[i] (cos planes, then sin planes; written by
+  // turbo_attention_prep), and the frequencies (B or 1, Hkv, P) in turns of
+  // 2^-24 per key; wf_b_str is 0 when shared by the batch.
+  int waves;
+  const float* wave_coef;
+  const uint32_t* wave_freqs;
+  int64_t wf_b_str;
 };
+
+constexpr int kMaxKeyWaves = 32;
+
+// cos and sin of the angle of plane frequency f at cached key j,
+// 2 pi ((f j) mod 2^24) / 2^24: exact integer turns (the uint32 product wraps
+// modulo a multiple of 2^24), centered to [-pi, pi) for __sincosf (absolute
+// error below 2^-21 there).
+__device__ inline void key_wave_sincos(uint32_t f, int j, float& sn, float& cs) {
+  const int turns = int((f * uint32_t(j)) << 8) >> 8;
+  __sincosf(float(turns) * (6.283185307179586f / 16777216.0f), &sn, &cs);
+}
+
+// Row r's coefficient i of the moving key shift, as the kernels index them.
+__device__ inline const float*
+wave_coef_row(const AttnParams& p, int b, int h, int qi) {
+  return p.wave_coef + ((int64_t(b) * p.Hq + h) * p.qL + qi) * 2 * p.waves;
+}
 
 // The sink logit of query row (b, h, qi).
 __device__ inline float
@@ -229,6 +255,8 @@ __global__ void __launch_bounds__(kVecThreads) turbo_sdpa_vector(
   __shared__ float s_m[NSG][NQ];
   __shared__ float s_l[NSG][NQ];
   __shared__ float s_o[NSG][NQ][D];
+  __shared__ float s_wc[NQ][2 * kMaxKeyWaves]; // moving key shift
+  __shared__ uint32_t s_wf[kMaxKeyWaves];
 
   const int tid = threadIdx.x;
   const int sg = tid / TPK;
@@ -281,6 +309,19 @@ __global__ void __launch_bounds__(kVecThreads) turbo_sdpa_vector(
       m[r] = kLog2e * sink_logit(p, sinks, b, row_h[r], row_q[r]);
       l[r] = 1.0f;
     }
+  }
+  // The moving key shift: thread t of a subgroup adds planes t, t + NT, ...
+  // of each key's bias to its share of the score.
+  const int P = p.waves;
+  for (int e = tid; e < NQ * 2 * P; e += kVecThreads) {
+    const int r = e / (2 * P);
+    const int row = rg * NQ + r;
+    s_wc[r][e % (2 * P)] = row < nrows
+        ? wave_coef_row(p, b, hk * p.gqa + row / p.qL, row % p.qL)[e % (2 * P)]
+        : 0.0f;
+  }
+  if (tid < P) {
+    s_wf[tid] = p.wave_freqs[b * p.wf_b_str + hk * P + tid];
   }
   __syncthreads();
 
@@ -347,13 +388,30 @@ __global__ void __launch_bounds__(kVecThreads) turbo_sdpa_vector(
           d[r] += qr[r][c] * kv;
         }
       }
+      // The key scale is uniform over the subgroup: scaling each share
+      // before the sum lets the shift's bias join the same reduction.
+#pragma unroll
+      for (int r = 0; r < NQ; r++) {
+        d[r] *= ksc[u];
+      }
+      if (active) {
+        const int j = jb + sg + u * NSG;
+        for (int i = t; i < P; i += NT) {
+          float sn, cs;
+          key_wave_sincos(s_wf[i], j, sn, cs);
+#pragma unroll
+          for (int r = 0; r < NQ; r++) {
+            d[r] += cs * s_wc[r][i] + sn * s_wc[r][P + i];
+          }
+        }
+      }
 #pragma unroll
       for (int r = 0; r < NQ; r++) {
 #pragma unroll
         for (int off = TPK / 2; off > 0; off >>= 1) {
           d[r] += __shfl_xor_sync(0xffffffffu, d[r], off);
         }
-        s[u][r] = d[r] * ksc[u];
+        s[u][r] = d[r];
       }
     }
     // Online softmax; s becomes p * value scale.

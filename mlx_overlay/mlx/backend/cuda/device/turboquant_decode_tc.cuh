@@ -317,6 +317,10 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   __shared__ float s_cb[2][16];
   __shared__ float s_m[kVecTcWarps][8];
   __shared__ float s_l[kVecTcWarps][8];
+  // The moving key shift: the coefficients as float16 A fragments (k-step w
+  // = planes 8 w .. 8 w + 7, row g, lane t) and the frequencies.
+  __shared__ uint2 s_wa[kMaxKeyWaves / 8][8][4];
+  __shared__ uint32_t s_wf[kMaxKeyWaves];
   uint32_t* ktab = tq_vtc_smem;
   uint32_t* vtab = kShareLut ? ktab : ktab + 32 * KE;
   float* s_o = reinterpret_cast<float*>(tq_vtc_smem); // after the loop
@@ -388,6 +392,49 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
       const int d1 = tc_kdim(KB, 2 * s + 1);
       qa[s][0] = tc_pack2<T>(qf[d0] * qs, qf[d0 + 1] * qs);
       qa[s][1] = tc_pack2<T>(qf[d1] * qs, qf[d1 + 1] * qs);
+    }
+  }
+
+  // The moving key shift's bias is one more m16n8k16 product per S n-tile
+  // and 8 planes, in float16 (phases in [-1, 1]; the coefficients scaled by
+  // a power of two per row as the queries are): k = 2t, 2t+1 are the cos
+  // planes 8 w + 2t, 8 w + 2t + 1 and k = 2t+8, 2t+9 their sin planes.
+  const int P = p.waves;
+  const int nw = (P + 7) / 8;
+  float c_unscale = 0.0f;
+  if (P > 0) {
+    const float* cr = wave_coef_row(p, b, row_h, row_q);
+    float cmax = 0.0f;
+    for (int w = 0; w < nw; w++) {
+#pragma unroll
+      for (int x = 0; x < 4; x++) {
+        const int i = 8 * w + 2 * t + (x & 1);
+        const float c = row_ok && i < P ? cr[(x >> 1) * P + i] : 0.0f;
+        cmax = fmaxf(cmax, fabsf(c));
+      }
+    }
+    cmax = fmaxf(cmax, __shfl_xor_sync(0xffffffffu, cmax, 1));
+    cmax = fmaxf(cmax, __shfl_xor_sync(0xffffffffu, cmax, 2));
+    int ec = 0;
+    if (cmax > 0.0f && cmax <= FLT_MAX) {
+      ec = min(120, max(-120, 13 - tc_exponent(cmax)));
+    }
+    const float cs = tc_pow2(ec);
+    c_unscale = tc_pow2(-ec);
+    if (warp == 0) {
+      for (int w = 0; w < nw; w++) {
+        float c[4];
+#pragma unroll
+        for (int x = 0; x < 4; x++) {
+          const int i = 8 * w + 2 * t + (x & 1);
+          c[x] = row_ok && i < P ? cr[(x >> 1) * P + i] * cs : 0.0f;
+        }
+        s_wa[w][g][t] =
+            make_uint2(tc_pack2<__half>(c[0], c[1]), tc_pack2<__half>(c[2], c[3]));
+      }
+    }
+    if (tid < 8 * nw) {
+      s_wf[tid] = tid < P ? p.wave_freqs[b * p.wf_b_str + hk * P + tid] : 0u;
     }
   }
 
@@ -514,6 +561,32 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
       }
     }
 
+    // The moving key shift's bias of the same scores.
+    float sb[NT][2];
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+      sb[j][0] = 0.0f;
+      sb[j][1] = 0.0f;
+    }
+    for (int w = 0; w < nw; w++) {
+      const uint2 a = s_wa[w][g][t];
+      const uint32_t f0 = s_wf[8 * w + 2 * t];
+      const uint32_t f1 = s_wf[8 * w + 2 * t + 1];
+#pragma unroll
+      for (int j = 0; j < NT; j++) {
+        float s0, c0, s1, c1;
+        key_wave_sincos(f0, jb + 8 * j + g, s0, c0);
+        key_wave_sincos(f1, jb + 8 * j + g, s1, c1);
+        tc_mma_top<__half>(
+            sb[j][0],
+            sb[j][1],
+            a.x,
+            a.y,
+            tc_pack2<__half>(c0, c1),
+            tc_pack2<__half>(s0, s1));
+      }
+    }
+
     // Scores of row g, keys jb + 8 j + 2 t + h; online softmax.
     float mx = m_r;
 #pragma unroll
@@ -521,7 +594,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
 #pragma unroll
       for (int h = 0; h < 2; h++) {
         int jj = jb + 8 * j + 2 * t + h;
-        float sc = s[j][h] * q_unscale * ksc[j][h];
+        float sc = s[j][h] * q_unscale * ksc[j][h] + sb[j][h] * c_unscale;
         if (jj < k_end) {
           if constexpr (MASKED) {
             sc = apply_mask(sc, p, mask, b, row_h, row_q, jj);
