@@ -564,7 +564,9 @@ array dequantized_attention(
 
 // What the primitive's inputs hold: (q, k, k_scales, v, v_scales), then, in
 // this order, [mask] [sinks] [sink_values] [key_shift] [first_key]
-// [key_shift_waves key_shift_freqs].
+// [key_shift_waves key_shift_freqs]; without fused_rotation (the queries come
+// rotated) the moving key shift comes as its per-row coefficients
+// (turbo::key_wave_coefficients) in place of key_shift_waves.
 struct PrimitiveInputs {
   float scale;
   bool do_causal;
@@ -603,10 +605,12 @@ std::vector<array> composed_attention(
         inputs[0], key_shift, first_key, a.scale, mask, sinks, stream);
   }
   if (waves) {
+    auto coef = a.fused_rotation
+        ? turbo::key_wave_coefficients(inputs[0], *waves, a.scale, stream)
+        : *waves;
     add_to_mask(
         mask,
-        turbo::key_wave_bias(
-            inputs[0], *freqs, *waves, a.scale, inputs[1].shape(2), stream),
+        turbo::key_wave_bias(coef, *freqs, inputs[1].shape(2), stream),
         stream);
   }
   auto q =
@@ -791,15 +795,19 @@ array quantized_scaled_dot_product_attention(
         queries, key_shift, first_key, scale, mask, sink_logits, stream);
   }
   // The position-dependent key shift: a bias per query row and cached key,
-  // computed by the kernels from the queries as given (fused_rotation: CPU
-  // and CUDA), else folded into the mask here.
-  const bool kernel_waves =
-      key_shift_freqs && fused_rotation && !key_channel_scales;
+  // computed by the kernels (from the queries as given with fused_rotation,
+  // else from per-row coefficients made here), folded into the mask here for
+  // balanced keys (the kernels see q * s).
+  const bool kernel_waves = key_shift_freqs && !key_channel_scales;
   if (key_shift_freqs && !kernel_waves) {
     add_to_mask(
         mask,
         turbo::key_wave_bias(
-            queries, *key_shift_freqs, *key_shift_waves, scale, kL, stream),
+            turbo::key_wave_coefficients(
+                queries, *key_shift_waves, scale, stream),
+            *key_shift_freqs,
+            kL,
+            stream),
         stream);
   }
   // The first token's value is the sink's value, in the domain of the
@@ -844,7 +852,11 @@ array quantized_scaled_dot_product_attention(
     inputs.push_back(astype(*first_key, queries.dtype(), stream));
   }
   if (layout.has_key_waves) {
-    inputs.push_back(astype(*key_shift_waves, float32, stream));
+    inputs.push_back(
+        fused_rotation
+            ? astype(*key_shift_waves, float32, stream)
+            : turbo::key_wave_coefficients(
+                  queries, *key_shift_waves, scale, stream));
     inputs.push_back(*key_shift_freqs);
   }
 

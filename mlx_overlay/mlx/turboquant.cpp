@@ -171,24 +171,33 @@ array key_wave_shift(
       key_wave_phases(freqs, n0, kL, s), astype(waves, float32, s), s);
 }
 
-array key_wave_bias(
+array key_wave_coefficients(
     const array& q,
-    const array& freqs,
     const array& waves,
     float scale,
-    int kL,
     StreamOrDevice s) {
   int B = q.shape(0), Hq = q.shape(1), qL = q.shape(2), D = q.shape(3);
   int Hkv = waves.shape(1);
   int rows = Hq / Hkv * qL;
-  // Per row: scale * q . waves[j] (B, Hkv, rows, 2P), then times the phases.
   auto qg = reshape(astype(q, float32, s), {B, Hkv, rows, D}, s);
   auto coef = matmul(
       multiply(qg, array(scale, float32), s),
       swapaxes(astype(waves, float32, s), 2, 3, s),
       s);
+  return reshape(coef, {B, Hq, qL, waves.shape(2)}, s);
+}
+
+array key_wave_bias(
+    const array& coef,
+    const array& freqs,
+    int kL,
+    StreamOrDevice s) {
+  int B = coef.shape(0), Hq = coef.shape(1), qL = coef.shape(2);
+  int Hkv = freqs.shape(1);
+  // (B, Hkv, rows, 2P) times the phases (B or 1, Hkv, 2P, kL).
+  auto cg = reshape(coef, {B, Hkv, Hq / Hkv * qL, coef.shape(3)}, s);
   auto bias =
-      matmul(coef, swapaxes(key_wave_phases(freqs, 0, kL, s), 2, 3, s), s);
+      matmul(cg, swapaxes(key_wave_phases(freqs, 0, kL, s), 2, 3, s), s);
   return reshape(bias, {B, Hq, qL, kL}, s);
 }
 

@@ -210,13 +210,18 @@ array key_wave_shift(
     int n0,
     int kL,
     StreamOrDevice s = {});
-// Its score bias scale * q . shift(n) for every query row and cached key n
-// = 0 .. kL - 1: (B, Hq, qL, kL), float32, queries as given (unrotated).
-array key_wave_bias(
+// Per query row the coefficients scale * q . waves[i] (queries as given,
+// unrotated): (B, Hq, qL, 2P), float32.
+array key_wave_coefficients(
     const array& q,
-    const array& freqs,
     const array& waves,
     float scale,
+    StreamOrDevice s = {});
+// The score bias scale * q . shift(n) for every query row and cached key n
+// = 0 .. kL - 1 from those coefficients: (B, Hq, qL, kL), float32.
+array key_wave_bias(
+    const array& coef,
+    const array& freqs,
     int kL,
     StreamOrDevice s = {});
 

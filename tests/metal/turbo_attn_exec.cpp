@@ -51,14 +51,15 @@ struct Case {
   bool mask_bcast; // mask (1, 1, qL, kL) with zero batch/head strides
   bool dead_row;   // one query row with every key masked (bool masks)
   bool sink_values = false; // the sinks carry a value (B, Hkv, Dv)
+  int waves = 0; // the moving key shift's planes P (decode kernels)
 };
 
 template <typename S>
 static S to_s(float x) { return S(x); }
 
 struct Buffers {
-  std::vector<float> q, out, partials, sums, maxs, fmask, sinks, sv;
-  std::vector<uint32_t> k, v;
+  std::vector<float> q, out, partials, sums, maxs, fmask, sinks, sv, wcoef;
+  std::vector<uint32_t> k, v, wfreq;
   std::vector<unsigned char> ks, vs; // raw scale bytes
   std::vector<bool> dummy;
   bool* bmask = nullptr;
@@ -78,19 +79,22 @@ static void launch(const Case& c, Buffers& b, const rt::LaunchOptions& opt) {
   mshim::set_fc(TURBO_FC_FLOAT_MASK, c.mask == M_FLOAT);
   mshim::set_fc(TURBO_FC_HAS_SINKS, c.sinks);
   mshim::set_fc(TURBO_FC_SINK_VALUES, c.sinks && c.sink_values);
+  mshim::set_fc(TURBO_FC_KEY_WAVES, c.waves > 0);
   const S* ks = (const S*)b.ks.data();
   const S* vs = (const S*)b.vs.data();
   const bool* bm = b.bmask;
   const float* fm = c.mask == M_FLOAT ? b.fmask.data() : nullptr;
   const float* sk = c.sinks ? b.sinks.data() : nullptr;
   const float* sv = c.sinks && c.sink_values ? b.sv.data() : nullptr;
+  const float* wc = c.waves ? b.wcoef.data() : nullptr;
+  const uint32_t* wf = c.waves ? b.wfreq.data() : nullptr;
   auto D3 = [](const unsigned* a) { return rt::Dim3{a[0], a[1], a[2]}; };
   if (c.pass == 1) {
     auto d = tb::attn_1pass_dims(c.B, c.Hq, c.qL);
     auto body = [&](const rt::ThreadCtx& t) {
       sdpa_vector_turbo<S, D, V, KB, VB>(
           cdev(b.q.data()), cdev(b.k.data()), cdev(ks), cdev(b.v.data()), cdev(vs),
-          dev(b.out.data()), cst(b.p), cdev(bm), cdev(fm), cdev(sk), cdev(sv),
+          dev(b.out.data()), cst(b.p), cdev(bm), cdev(fm), cdev(sk), cdev(sv), cdev(wc), cdev(wf),
           u3(t.threadgroup_position_in_grid), t.simdgroup_index_in_threadgroup,
           t.thread_index_in_simdgroup);
     };
@@ -110,8 +114,8 @@ static void launch(const Case& c, Buffers& b, const rt::LaunchOptions& opt) {
     auto body1 = [&](const rt::ThreadCtx& t) {
       sdpa_vector_turbo_2pass_1<S, D, V, KB, VB>(
           cdev(b.q.data()), cdev(b.k.data()), cdev(ks), cdev(b.v.data()), cdev(vs),
-          dev(b.partials.data()), cst(b.p), cdev(bm), cdev(fm), cdev(sk), cdev(sv),
-          dev(b.sums.data()), dev(b.maxs.data()), u3(t.thread_position_in_threadgroup),
+          dev(b.partials.data()), cst(b.p), cdev(bm), cdev(fm), cdev(sk), cdev(sv), cdev(wc),
+          cdev(wf), dev(b.sums.data()), dev(b.maxs.data()), u3(t.thread_position_in_threadgroup),
           u3(t.threadgroup_position_in_grid), t.thread_index_in_simdgroup);
     };
     rt::dispatch_threadgroups(D3(d.grid), D3(d.group), body1, opt);
@@ -187,6 +191,18 @@ static void setup(const Case& c, Buffers& b, unsigned seed) {
   for (auto& x : b.sinks) x = 2.0f * U(rng) + (with_sv ? 12.0f : 0.0f);
   b.sv.resize(size_t(c.B) * c.Hkv * c.Dv);
   for (auto& x : b.sv) x = 3.0f * U(rng);
+  // The moving key shift: coefficients of a size that moves scores by a
+  // few units, per-sequence frequencies over the whole uint32 range (the
+  // products wrap), 2 sequences sharing them when B = 1.
+  if (c.waves) {
+    std::uniform_int_distribution<uint32_t> Uf;
+    b.wcoef.resize(size_t(c.B) * c.Hq * c.qL * 2 * c.waves);
+    for (auto& x : b.wcoef) x = 1.5f * U(rng);
+    b.wfreq.resize(size_t(c.B) * c.Hkv * c.waves);
+    for (auto& x : b.wfreq) x = Uf(rng);
+    p.waves = c.waves;
+    p.wf_b_stride = int64_t(c.Hkv) * c.waves;
+  }
   const size_t no = size_t(c.B) * c.Hq * c.qL * c.Dv;
   b.out.assign(no, NAN);
   if (c.pass == 2) {
@@ -220,6 +236,14 @@ static void setup(const Case& c, Buffers& b, unsigned seed) {
             for (int d = 0; d < c.Dk; d++) acc += double(qq[d]) * kcb[ref::code(kw, c.kb, c.Dk, d)];
             s[j] = double(p.scale) * ksd[kv] * acc;
             if (c.mask == M_FLOAT) s[j] += double(b.fmask[mo]);
+            if (c.waves) {
+              const float* cf = &b.wcoef[((size_t(bb) * c.Hq + h) * c.qL + i) * 2 * c.waves];
+              for (int l = 0; l < c.waves; l++) {
+                uint32_t f = b.wfreq[(size_t(bb) * c.Hkv + kvh) * c.waves + l];
+                double a = 2.0 * M_PI * double((f * uint32_t(j)) & 0xFFFFFFu) / 16777216.0;
+                s[j] += std::cos(a) * cf[l] + std::sin(a) * cf[c.waves + l];
+              }
+            }
           }
           m = std::max(m, s[j]);
         }
@@ -306,15 +330,17 @@ static void run_case(const Case& c, unsigned seed) {
   bool ok = bad == 0 && max_err <= tol && !order_dependent;
   g_cases++;
   if (!ok) g_failures++;
-  printf("%-4s %s/%s %-8s Dk=%d Dv=%d B=%d Hq=%d Hkv=%d qL=%d kL=%d cap+%d %s mask=%s%s%s sinks=%d %s err=%.2g (tol %.1g) nonfinite=%zu %.0f ms\n",
+  printf("%-4s %s/%s %-8s Dk=%d Dv=%d B=%d Hq=%d Hkv=%d qL=%d kL=%d cap+%d %s mask=%s%s%s sinks=%d waves=%d %s err=%.2g (tol %.1g) nonfinite=%zu %.0f ms\n",
          ok ? "OK" : "FAIL", tb::mode_name(c.kb), tb::mode_name(c.vb), stype_name[c.st], c.Dk, c.Dv, c.B,
          c.Hq, c.Hkv, c.qL, c.kL, c.cap_extra, c.seq_major ? "BLHW" : "BHLW", mask_name[c.mask],
-         c.mask_bcast ? "(bcast)" : "", c.dead_row ? "(dead row)" : "", int(c.sinks) + int(c.sinks && c.sink_values),
+         c.mask_bcast ? "(bcast)" : "", c.dead_row ? "(dead row)" : "", int(c.sinks) + int(c.sinks && c.sink_values), c.waves,
          c.pass == 1 ? "1pass" : c.pass == 3 ? "prefill" : ("2pass/" + std::to_string(c.blocks)).c_str(), max_err, tol, bad, ms);
   if (order_dependent) printf("     ^ result depends on the lane schedule: data race / missing barrier\n");
   fflush(stdout);
-  // The wheel comparison has no sink values (the op derives them from first_value).
-  if (const char* dir = getenv("TURBO_EXEC_DUMP"); dir && !c.sink_values) dump_case(dir, c, b, seed - 1000);
+  // The wheel comparison has no sink values (the op derives them from first_value)
+  // and no moving key shift (the op derives its coefficients from the queries).
+  if (const char* dir = getenv("TURBO_EXEC_DUMP"); dir && !c.sink_values && !c.waves)
+    dump_case(dir, c, b, seed - 1000);
   if (!ok && getenv("TURBO_EXEC_FAILFAST")) exit(1);
   delete[] b.bmask;
 }
@@ -422,6 +448,19 @@ int main(int argc, char** argv) {
     Case c = C(3, 4, 1, 128, 128, 2, 6, 2, 1, 300, pass == 1 ? M_BOOL : M_NONE, true, pass, 32);
     c.sink_values = true;
     cases.push_back(c);
+  }
+  // The moving key shift (decode kernels): P below, at and above 32 lanes' worth of
+  // planes' halves, 1- and 2-pass, masks, sinks with values, GQA, every scale type.
+  {
+    const int wp[6][4] = {{1, 1, 0, 3}, {2, 4, 1, 8}, {1, 0, 2, 13}, {2, 2, 1, 32}, {1, 3, 0, 5}, {2, 1, 2, 8}};
+    for (int i = 0; i < 6; i++) {
+      Case c = C(3 + (i & 1), 4 - (i % 3 == 2), wp[i][2], i < 3 ? 128 : 64, i < 3 ? 128 : 64, 1 + (i % 2),
+                 8, 2, 1 + 3 * (i == 3), 300 + 37 * i, wp[i][1], i % 2 == 1, wp[i][0], 32);
+      if (c.pass == 2 && !tb::attn_2pass_fits(c.Hq / c.Hkv, c.qL)) c.pass = 1;
+      c.sink_values = c.sinks && i == 3;
+      c.waves = wp[i][3];
+      cases.push_back(c);
+    }
   }
   // 3. prefill (tiled) kernel
   cases.push_back(C(3, 4, 1, 128, 128, 1, 4, 2, 40, 200, M_CAUSAL, false, 3, 0));     // GQA, causal, causal early stop

@@ -161,13 +161,20 @@ def test_make_prompt_cache_attaches_the_model_ropes():
     assert all(type(c) is KVCache for c in plain)
 
 
-def test_constant_shift_where_the_kernels_do_not_compute_it(monkeypatch):
-    """Where the op would fold the moving shift into a mask (GPU backends),
-    the cache keeps a constant shift."""
-    import mlx_lm.models.cache as cache_mod
-
-    monkeypatch.setattr(cache_mod, "turbo_moving_shift_native", lambda: False)
-    rope, k, v = rotary_keys(100)
-    c = TurboQuantKVCache("turbo3", rope=rope)
-    c.update_and_fetch(k, v)
-    assert c.key_shift_waves is None and c.key_shift is not None
+def test_decode_steps_take_the_shift_from_the_table():
+    """One key at a time (rows from the 128-row table, across its blocks) stores
+    the same keys as one long append (the shift computed for the chunk)."""
+    rope, k, v = rotary_keys(400)
+    steps = TurboQuantKVCache("turbo4", rope=rope)
+    chunk = TurboQuantKVCache("turbo4", rope=rope)
+    for c in (steps, chunk):
+        c.update_and_fetch(k[:, :, :100], v[:, :, :100])
+    for t in range(100, 400):
+        steps.update_and_fetch(k[:, :, t : t + 1], v[:, :, t : t + 1])
+    chunk.update_and_fetch(k[:, :, 100:], v[:, :, 100:])
+    a = steps.to_kv_cache().keys[..., :400, :]
+    b = chunk.to_kv_cache().keys[..., :400, :]
+    err = mx.max(mx.abs(a - b)).item() / mx.max(mx.abs(b)).item()
+    assert err < 1e-5, err
+    whole = mx.sum((b - k) ** 2).item() / mx.sum(k**2).item()
+    assert whole < 0.05, whole

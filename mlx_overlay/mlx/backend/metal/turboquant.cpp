@@ -176,8 +176,16 @@ void QuantizedScaledDotProductAttention::eval_gpu(
   auto& enc = metal::get_command_encoder(s);
   Copies copies{s, {}};
 
-  const bool has_arr_mask =
-      inputs.size() > size_t(5 + has_sinks_ + has_sink_values_);
+  // Without fused_rotation the op folds key_shift / first_key itself; the
+  // moving key shift comes as per-row coefficients and the frequencies.
+  auto extras = turbo::attention_extras(
+      inputs,
+      has_sinks_,
+      has_sink_values_,
+      has_key_shift_,
+      has_first_key_,
+      has_key_waves_);
+  const bool has_arr_mask = extras.mask.has_value();
   const array& q = copies.row_contiguous(copies.as_type(inputs[0], float32));
   const array& k = copies.last_contiguous(inputs[1]);
   const array& v = copies.last_contiguous(inputs[3]);
@@ -214,7 +222,7 @@ void QuantizedScaledDotProductAttention::eval_gpu(
   std::optional<array> mask;
   bool bool_mask = false, float_mask = false;
   if (has_arr_mask) {
-    const array& m0 = inputs[5];
+    const array& m0 = *extras.mask;
     mask = m0.dtype() == bool_ ? m0 : copies.as_type(m0, float32);
     bool_mask = mask->dtype() == bool_;
     float_mask = !bool_mask;
@@ -228,9 +236,9 @@ void QuantizedScaledDotProductAttention::eval_gpu(
   bool has_mask = has_arr_mask;
   bool do_causal = do_causal_;
   bool has_sinks = has_sinks_;
-  const array* sinks = has_sinks ? &copies.row_contiguous(copies.as_type(
-                                       inputs[5 + has_arr_mask], float32))
-                                 : nullptr;
+  const array* sinks = has_sinks
+      ? &copies.row_contiguous(copies.as_type(*extras.sinks, float32))
+      : nullptr;
   // The sinks' values, rotated and broadcast to (B, Hkv, 1, Dv) by the op:
   // dense float32 for the decode kernels.
   bool has_sink_values = has_sink_values_;
@@ -241,13 +249,30 @@ void QuantizedScaledDotProductAttention::eval_gpu(
           "[quantized_scaled_dot_product_attention] sink values are only "
           "supported by the decode kernels.");
     }
-    if (inputs.back().shape(0) != B) {
+    if (extras.sink_values->shape(0) != B) {
       throw std::invalid_argument(
           "[quantized_scaled_dot_product_attention] sink values must have "
           "the queries' batch size on this backend.");
     }
-    sink_values =
-        &copies.row_contiguous(copies.as_type(inputs.back(), float32));
+    sink_values = &copies.row_contiguous(
+        copies.as_type(*extras.sink_values, float32));
+  }
+  // The moving key shift: coefficients (B, Hq, qL, 2P) float32 and the
+  // frequencies (B or 1, Hkv, P), dense.
+  bool has_key_waves = has_key_waves_;
+  const array* wave_coef = nullptr;
+  const array* wave_freqs = nullptr;
+  if (has_key_waves) {
+    if (tb::attn_use_prefill(qL)) {
+      throw std::invalid_argument(
+          "[quantized_scaled_dot_product_attention] the moving key shift is "
+          "only supported by the decode kernels.");
+    }
+    wave_coef =
+        &copies.row_contiguous(copies.as_type(*extras.key_waves, float32));
+    wave_freqs = &copies.row_contiguous(*extras.key_freqs);
+    p.waves = wave_freqs->shape(2);
+    p.wf_b_stride = wave_freqs->shape(0) == 1 ? 0 : int64_t(Hkv) * p.waves;
   }
 
   metal::MTLFCList func_consts = {
@@ -257,12 +282,14 @@ void QuantizedScaledDotProductAttention::eval_gpu(
       {&float_mask, MTL::DataType::DataTypeBool, TURBO_FC_FLOAT_MASK},
       {&has_sinks, MTL::DataType::DataTypeBool, TURBO_FC_HAS_SINKS},
       {&has_sink_values, MTL::DataType::DataTypeBool, TURBO_FC_SINK_VALUES},
+      {&has_key_waves, MTL::DataType::DataTypeBool, TURBO_FC_KEY_WAVES},
   };
   std::string fc_suffix;
   fc_suffix += has_mask ? (bool_mask ? "_boolmask" : "_floatmask") : "_nomask";
   fc_suffix += do_causal ? "_c" : "_nc";
   fc_suffix += has_sinks ? "_sinks" : "_nosinks";
   fc_suffix += has_sink_values ? "_sv" : "";
+  fc_suffix += has_key_waves ? "_waves" : "";
 
   const std::string stype = type_to_name(ks.dtype());
   char devc = d.get_architecture().back();
@@ -287,6 +314,10 @@ void QuantizedScaledDotProductAttention::eval_gpu(
     }
     if (has_sink_values) {
       enc.set_input_array(*sink_values, TURBO_ATTN_BUF_SINK_VALUES);
+    }
+    if (has_key_waves) {
+      enc.set_input_array(*wave_coef, TURBO_ATTN_BUF_WAVE_COEF);
+      enc.set_input_array(*wave_freqs, TURBO_ATTN_BUF_WAVE_FREQS);
     }
   };
 

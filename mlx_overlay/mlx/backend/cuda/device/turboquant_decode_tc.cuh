@@ -429,8 +429,8 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
           const int i = 8 * w + 2 * t + (x & 1);
           c[x] = row_ok && i < P ? cr[(x >> 1) * P + i] * cs : 0.0f;
         }
-        s_wa[w][g][t] =
-            make_uint2(tc_pack2<__half>(c[0], c[1]), tc_pack2<__half>(c[2], c[3]));
+        s_wa[w][g][t] = make_uint2(
+            tc_pack2<__half>(c[0], c[1]), tc_pack2<__half>(c[2], c[3]));
       }
     }
     if (tid < 8 * nw) {

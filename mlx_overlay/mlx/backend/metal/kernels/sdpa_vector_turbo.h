@@ -20,6 +20,7 @@ constant bool turbo_bool_mask [[function_constant(TURBO_FC_BOOL_MASK)]];
 constant bool turbo_float_mask [[function_constant(TURBO_FC_FLOAT_MASK)]];
 constant bool turbo_has_sinks [[function_constant(TURBO_FC_HAS_SINKS)]];
 constant bool turbo_sink_values [[function_constant(TURBO_FC_SINK_VALUES)]];
+constant bool turbo_key_waves [[function_constant(TURBO_FC_KEY_WAVES)]];
 
 // Online-softmax state of one SIMD-group for one query. Lane l owns key
 // coordinates [l * EK, (l + 1) * EK) and value coordinates
@@ -62,6 +63,7 @@ struct TurboVectorState {
   // One key. `masked` and `madd` must be uniform over the SIMD-group. A masked
   // key has score -FLT_MAX (docs/format.md): once a real score (or a sink) has
   // been seen its weight is exactly 0 and it is skipped without reading K/V.
+  // `wave`: the lane's share of the moving key shift's bias (turbo_key_waves).
   METAL_FUNC void update(
       const device uint32_t* kw,
       const device S* ks,
@@ -69,6 +71,7 @@ struct TurboVectorState {
       const device S* vs,
       bool masked,
       float madd,
+      float wave,
       uint lane) {
     if (masked && max_score > Limits<float>::finite_min) {
       return;
@@ -82,7 +85,13 @@ struct TurboVectorState {
           dot += q[e] * turbo_centroid<KB>(turbo_code<KB, D>(kw, i));
         }
       }
-      score = simd_sum(dot) * static_cast<float>(ks[0]) + madd;
+      if (turbo_key_waves) {
+        // The key scale is uniform: scaling each lane's share lets the
+        // bias join the same sum.
+        score = simd_sum(dot * static_cast<float>(ks[0]) + wave) + madd;
+      } else {
+        score = simd_sum(dot) * static_cast<float>(ks[0]) + madd;
+      }
     }
     float new_max = max(max_score, score);
     float factor = fast::exp(max_score - new_max);
@@ -96,6 +105,37 @@ struct TurboVectorState {
         o[e] = o[e] * factor + w * turbo_centroid<VB>(turbo_code<VB, V>(vw, i));
       }
     }
+  }
+};
+
+// The moving key shift (docs/format.md section 7): lane l < P holds plane l's
+// frequency and the row's coefficients of cos and sin; its share of the bias
+// of key i, whose angle is 2 pi ((f i) mod 2^24) / 2^24 (exact integer
+// turns, centered to [-pi, pi)).
+struct TurboKeyWave {
+  uint freq;
+  float c_cos;
+  float c_sin;
+
+  METAL_FUNC void init(
+      const device float* coef,
+      const device uint32_t* freqs,
+      int P,
+      uint lane) {
+    freq = 0;
+    c_cos = 0.0f;
+    c_sin = 0.0f;
+    if (lane < uint(P)) {
+      freq = freqs[lane];
+      c_cos = coef[lane];
+      c_sin = coef[P + int(lane)];
+    }
+  }
+
+  METAL_FUNC float at(int i) const {
+    int turns = int((freq * uint(i)) << 8) >> 8;
+    float a = float(turns) * (6.283185307179586f / 16777216.0f);
+    return precise::cos(a) * c_cos + precise::sin(a) * c_sin;
   }
 };
 
@@ -139,6 +179,10 @@ template <typename S, int D, int V, int KB, int VB>
     const device float* sink_values
     [[buffer(TURBO_ATTN_BUF_SINK_VALUES),
       function_constant(turbo_sink_values)]],
+    const device float* wave_coef
+    [[buffer(TURBO_ATTN_BUF_WAVE_COEF), function_constant(turbo_key_waves)]],
+    const device uint32_t* wave_freqs
+    [[buffer(TURBO_ATTN_BUF_WAVE_FREQS), function_constant(turbo_key_waves)]],
     uint3 tid [[threadgroup_position_in_grid]],
     uint simd_gid [[simdgroup_index_in_threadgroup]],
     uint simd_lid [[thread_index_in_simdgroup]]) {
@@ -163,6 +207,14 @@ template <typename S, int D, int V, int KB, int VB>
     st.init_sink(
         sinks[h],
         turbo_sink_values ? sink_values + (b * p.Hkv + kvh) * V : nullptr,
+        simd_lid);
+  }
+  TurboKeyWave wave;
+  if (turbo_key_waves) {
+    wave.init(
+        wave_coef + row * 2 * p.waves,
+        wave_freqs + b * p.wf_b_stride + kvh * p.waves,
+        p.waves,
         simd_lid);
   }
 
@@ -191,6 +243,7 @@ template <typename S, int D, int V, int KB, int VB>
         value_scales + i * p.vs_strides[2],
         masked,
         madd,
+        turbo_key_waves ? wave.at(i) : 0.0f,
         simd_lid);
   }
 
@@ -238,6 +291,10 @@ template <typename S, int D, int V, int KB, int VB>
     const device float* sink_values
     [[buffer(TURBO_ATTN_BUF_SINK_VALUES),
       function_constant(turbo_sink_values)]],
+    const device float* wave_coef
+    [[buffer(TURBO_ATTN_BUF_WAVE_COEF), function_constant(turbo_key_waves)]],
+    const device uint32_t* wave_freqs
+    [[buffer(TURBO_ATTN_BUF_WAVE_FREQS), function_constant(turbo_key_waves)]],
     device float* sums [[buffer(TURBO_ATTN_BUF_SUMS)]],
     device float* maxs [[buffer(TURBO_ATTN_BUF_MAXS)]],
     uint3 tidtg [[thread_position_in_threadgroup]],
@@ -260,6 +317,14 @@ template <typename S, int D, int V, int KB, int VB>
     st.init_sink(
         sinks[h],
         turbo_sink_values ? sink_values + (b * p.Hkv + kvh) * V : nullptr,
+        simd_lid);
+  }
+  TurboKeyWave wave;
+  if (turbo_key_waves) {
+    wave.init(
+        wave_coef + row * 2 * p.waves,
+        wave_freqs + b * p.wf_b_stride + kvh * p.waves,
+        p.waves,
         simd_lid);
   }
 
@@ -288,6 +353,7 @@ template <typename S, int D, int V, int KB, int VB>
         value_scales + i * p.vs_strides[2],
         masked,
         madd,
+        turbo_key_waves ? wave.at(i) : 0.0f,
         simd_lid);
   }
 

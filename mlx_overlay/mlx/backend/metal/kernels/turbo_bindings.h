@@ -30,6 +30,11 @@
 #define TURBO_ATTN_BUF_SUMS 10 // 2-pass, first pass only
 #define TURBO_ATTN_BUF_MAXS 11 // 2-pass, first pass only
 #define TURBO_ATTN_BUF_SINK_VALUES 12 // (B, Hkv, V) float32, rotated
+// The moving key shift (decode): per query row the 2P coefficients
+// scale * q . waves[i] (B, Hq, qL, 2P) float32 (cos planes, then sin), and
+// the frequencies (B or 1, Hkv, P) uint32 in turns of 2^-24 per key.
+#define TURBO_ATTN_BUF_WAVE_COEF 13
+#define TURBO_ATTN_BUF_WAVE_FREQS 14
 
 // 2-pass aggregation (sdpa_vector_turbo_2pass_2)
 #define TURBO_AGG_BUF_PARTIALS 0
@@ -45,6 +50,7 @@
 #define TURBO_FC_FLOAT_MASK 43
 #define TURBO_FC_HAS_SINKS 44
 #define TURBO_FC_SINK_VALUES 45
+#define TURBO_FC_KEY_WAVES 46
 
 // Quantize: x -> (packed, scales); dequantize: (packed, scales) -> x
 #define TURBO_Q_BUF_IN 0
@@ -79,6 +85,8 @@ struct TurboAttnParams {
   int64_t v_strides[3];
   int64_t vs_strides[3];
   int64_t m_strides[4];
+  int64_t wf_b_stride; // moving key shift: frequencies' batch stride, or 0
+  int waves; // moving key shift: planes P (0: none)
 };
 
 // ---------------------------------------------------------------------------
