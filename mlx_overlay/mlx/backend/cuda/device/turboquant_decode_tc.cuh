@@ -116,6 +116,18 @@ __device__ inline int tc_exponent(float x) {
   return int((__float_as_uint(x) >> 23) & 255u) - 127;
 }
 
+// The fp16 range guard of a row of A operands: the power of two 2^e that
+// brings the row's largest |entry| (amax of the 4 lanes of the group) into
+// [2^13, 2^14); 0 for an all-zero or non-finite row.
+__device__ inline int tc_row_exponent(float amax) {
+  amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+  amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+  if (amax > 0.0f && amax <= FLT_MAX) {
+    return min(120, max(-120, 13 - tc_exponent(amax)));
+  }
+  return 0;
+}
+
 template <typename T>
 __device__ inline uint32_t tc_pack2(float lo, float hi) {
   if constexpr (std::is_same_v<T, __half>) {
@@ -378,12 +390,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
       qf[c] = row_ok ? qp[c] * p.scale_log2 : 0.0f;
       qmax = fmaxf(qmax, fabsf(qf[c]));
     }
-    qmax = fmaxf(qmax, __shfl_xor_sync(0xffffffffu, qmax, 1));
-    qmax = fmaxf(qmax, __shfl_xor_sync(0xffffffffu, qmax, 2));
-    int eq = 0;
-    if (qmax > 0.0f && qmax <= FLT_MAX) {
-      eq = min(120, max(-120, 13 - tc_exponent(qmax)));
-    }
+    const int eq = tc_row_exponent(qmax);
     const float qs = tc_pow2(eq);
     q_unscale = tc_pow2(-eq);
 #pragma unroll
@@ -403,22 +410,21 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   const int nw = (P + 7) / 8;
   float c_unscale = 0.0f;
   if (P > 0) {
+    // Entry x of k-step w of the lane's A fragment: cos (x < 2) or sin
+    // coefficient of plane 8 w + 2 t + x % 2.
     const float* cr = wave_coef_row(p, b, row_h, row_q);
+    auto coef = [&](int w, int x) {
+      const int i = 8 * w + 2 * t + (x & 1);
+      return row_ok && i < P ? cr[(x >> 1) * P + i] : 0.0f;
+    };
     float cmax = 0.0f;
     for (int w = 0; w < nw; w++) {
 #pragma unroll
       for (int x = 0; x < 4; x++) {
-        const int i = 8 * w + 2 * t + (x & 1);
-        const float c = row_ok && i < P ? cr[(x >> 1) * P + i] : 0.0f;
-        cmax = fmaxf(cmax, fabsf(c));
+        cmax = fmaxf(cmax, fabsf(coef(w, x)));
       }
     }
-    cmax = fmaxf(cmax, __shfl_xor_sync(0xffffffffu, cmax, 1));
-    cmax = fmaxf(cmax, __shfl_xor_sync(0xffffffffu, cmax, 2));
-    int ec = 0;
-    if (cmax > 0.0f && cmax <= FLT_MAX) {
-      ec = min(120, max(-120, 13 - tc_exponent(cmax)));
-    }
+    const int ec = tc_row_exponent(cmax);
     const float cs = tc_pow2(ec);
     c_unscale = tc_pow2(-ec);
     if (warp == 0) {
@@ -426,8 +432,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
         float c[4];
 #pragma unroll
         for (int x = 0; x < 4; x++) {
-          const int i = 8 * w + 2 * t + (x & 1);
-          c[x] = row_ok && i < P ? cr[(x >> 1) * P + i] * cs : 0.0f;
+          c[x] = coef(w, x) * cs;
         }
         s_wa[w][g][t] = make_uint2(
             tc_pack2<__half>(c[0], c[1]), tc_pack2<__half>(c[2], c[3]));
