@@ -238,10 +238,11 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_attention_prep(
   const T* in = is_q ? q + v * D : sv + (v - a.n_q) * D;
   float* o = is_q ? q_rot + v * D : sv_rot + (v - a.n_q) * D;
   float* buf = sbuf[warp];
+  // A query row's head and batch index.
+  const int h = (v / a.qL) % a.Hq;
+  const int64_t b = v / (int64_t(a.Hq) * a.qL);
   float dot = 0.0f;
   if (is_q && a.row_sinks) {
-    const int h = (v / a.qL) % a.Hq;
-    const int64_t b = v / (int64_t(a.Hq) * a.qL);
     const int64_t kv_row = int64_t(h / a.gqa) * D;
     const T* mu =
         a.key_shift ? a.key_shift + b * a.ksh_b_str + kv_row : nullptr;
@@ -260,8 +261,6 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_attention_prep(
     }
   }
   if (is_q && a.wave_coef) {
-    const int h = (v / a.qL) % a.Hq;
-    const int64_t b = v / (int64_t(a.Hq) * a.qL);
     const float* w =
         a.waves + b * a.wv_b_str + int64_t(h / a.gqa) * 2 * a.P * D;
     for (int i = 0; i < 2 * a.P; i++) {
