@@ -43,7 +43,10 @@ extern "C" int TQ_FN(tq_encode_d)(
     using T = decltype(tt);
     by_bits(bits, [&](auto bb) {
       turbo_encode<T, D, bb.value><<<blocks, 32 * kEncodeWarps, 0, st>>>(
-          (const T*)x, (uint32_t*)packed, (T*)scales, n);
+          (const T*)x,
+          (uint32_t*)packed,
+          (T*)scales,
+          EncodeRows::contiguous(n, D));
     });
   });
   return (int)cudaGetLastError();

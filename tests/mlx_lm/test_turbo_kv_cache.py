@@ -87,6 +87,29 @@ def test_update_and_fetch_matches_quantize(modes):
     assert c.nbytes < 512 * 2 * 2 * 64 * 2  # well below the fp16 buffers
 
 
+def test_decode_steps_write_in_place():
+    """A decode step quantizes its token into the cache's buffers in place (one
+    op per buffer pair): the step's peak memory stays far below the size of
+    the buffers, and the rows hold what mx.quantize gives."""
+    c = TurboQuantKVCache("turbo4", "turbo3")
+    k, v = kv(2000, H=8, D=128, dtype=mx.bfloat16)
+    c.update_and_fetch(k[:, :, :1990], v[:, :, :1990])
+    mx.eval(c.keys, c.values)
+    buffer_bytes = sum(x.nbytes for x in c.keys + c.values)
+    mx.reset_peak_memory()
+    before = mx.get_active_memory()
+    for i in range(1990, 2000):
+        # Nothing else holds the buffers, as after a model's forward pass.
+        c.update_and_fetch(k[:, :, i : i + 1], v[:, :, i : i + 1])
+        mx.eval(c.keys, c.values)
+    assert mx.get_peak_memory() - before < buffer_bytes / 4
+    (kq, ks), (vq, vs) = c.keys_and_values()
+    rk = mx.quantize(k[:, :, 1990:] - c.key_shift, mode="turbo4")
+    rv = mx.quantize(v[:, :, 1990:], mode="turbo3")
+    for got, want in zip((kq, ks, vq, vs), rk + rv):
+        assert_equal(got[:, :, 1989:], want)
+
+
 def test_growth_is_stepwise():
     c = TurboQuantKVCache("turbo3")
     k, v = kv(1)

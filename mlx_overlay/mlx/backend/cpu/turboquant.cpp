@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "mlx/backend/cpu/turboquant.h"
 #include "mlx/turboquant.h"
@@ -16,6 +17,75 @@ namespace {
 
 using namespace turbo_cpu;
 
+// Encodes one vector: the float32 values in y (dim of them, overwritten)
+// into the packed words w and the scale.
+class VectorEncoder {
+ public:
+  VectorEncoder(int dim, int bits)
+      : dim_(dim),
+        bits_(bits),
+        levels_(1 << bits),
+        width_(turbo::packed_width(dim, bits)),
+        sqrt_dim_(std::sqrt(static_cast<float>(dim))),
+        c_(turbo::codebook(bits)) {
+    for (int j = 0; j < levels_ - 1; ++j) {
+      bounds_[j] = (c_[j] + c_[j + 1]) * 0.5f;
+    }
+  }
+
+  int width() const {
+    return width_;
+  }
+
+  template <typename T>
+  void operator()(float* y, uint32_t* w, T* scale) const {
+    uint32_t codes[turbo::kMaxDim];
+    float n2 = 0.0f;
+    for (int i = 0; i < dim_; ++i) {
+      // Separate product and sum: no fused multiply-add, so every
+      // backend rounds the norm the same way (docs/format.md).
+      float sq = y[i] * y[i];
+      n2 += sq;
+    }
+    float n = std::sqrt(n2);
+    for (int i = 0; i < dim_; ++i) {
+      y[i] = n > 0.0f ? y[i] / n : 0.0f;
+    }
+    turbo::rotate(y, dim_, false);
+    float rho2 = 0.0f;
+    for (int i = 0; i < dim_; ++i) {
+      float z = y[i] * sqrt_dim_;
+      uint32_t code = 0;
+      for (int j = 0; j < levels_ - 1; ++j) {
+        code += z > bounds_[j];
+      }
+      codes[i] = code;
+      float c2 = c_[code] * c_[code];
+      rho2 += c2;
+    }
+    // A NaN or Inf anywhere makes n non-finite: keep it visible.
+    *scale = static_cast<T>(std::isfinite(n) ? n / std::sqrt(rho2) : NAN);
+    std::fill(w, w + width_, 0u);
+    for (int i = 0; i < dim_; ++i) {
+      if (bits_ == 4) {
+        w[i / 8] |= codes[i] << (4 * (i % 8));
+      } else {
+        w[i / 16] |= (codes[i] & 3u) << (2 * (i % 16));
+        w[dim_ / 16 + i / 32] |= (codes[i] >> 2) << (i % 32);
+      }
+    }
+  }
+
+ private:
+  int dim_;
+  int bits_;
+  int levels_;
+  int width_;
+  float sqrt_dim_;
+  const float* c_;
+  float bounds_[15];
+};
+
 template <typename T>
 void encode_rows(
     const T* x,
@@ -24,57 +94,58 @@ void encode_rows(
     int64_t rows,
     int dim,
     int bits) {
-  const float* c = turbo::codebook(bits);
-  int levels = 1 << bits;
-  float bounds[15];
-  for (int j = 0; j < levels - 1; ++j) {
-    bounds[j] = (c[j] + c[j + 1]) * 0.5f;
-  }
-  int width = turbo::packed_width(dim, bits);
-  float sqrt_dim = std::sqrt(static_cast<float>(dim));
+  VectorEncoder encode(dim, bits);
   parallel_for(rows, dim * 16, [&](int64_t r0, int64_t r1) {
     float y[turbo::kMaxDim];
-    uint32_t codes[turbo::kMaxDim];
     for (int64_t r = r0; r < r1; ++r) {
-      const T* xr = x + r * dim;
-      float n2 = 0.0f;
       for (int i = 0; i < dim; ++i) {
-        float v = static_cast<float>(xr[i]);
-        y[i] = v;
-        // Separate product and sum: no fused multiply-add, so every
-        // backend rounds the norm the same way (docs/format.md).
-        float sq = v * v;
-        n2 += sq;
+        y[i] = static_cast<float>(x[r * dim + i]);
       }
-      float n = std::sqrt(n2);
+      encode(y, packed + r * encode.width(), scales + r);
+    }
+  });
+}
+
+// quantized_cache_update: x (B, H, L, D) with any strides, an optional
+// float32 shift with its own strides, into rows offset .. offset + L - 1 of
+// row-contiguous packed (B, H, N, W) and scales (B, H, N, 1).
+template <typename T>
+void encode_into_rows(
+    const array& x,
+    const array* shift,
+    uint32_t* packed,
+    T* scales,
+    int64_t rows,
+    int offset,
+    int bits) {
+  int H = x.shape(1);
+  int L = x.shape(2);
+  int dim = x.shape(3);
+  VectorEncoder encode(dim, bits);
+  const T* xp = x.data<T>();
+  const float* sp = shift ? shift->data<float>() : nullptr;
+  auto xs = x.strides();
+  auto ss = shift ? shift->strides() : Strides(4, 0);
+  int64_t nvec = int64_t(x.shape(0)) * H * L;
+  parallel_for(nvec, dim * 16, [&](int64_t v0, int64_t v1) {
+    float y[turbo::kMaxDim];
+    for (int64_t v = v0; v < v1; ++v) {
+      int64_t l = v % L;
+      int64_t bh = v / L;
+      int64_t h = bh % H;
+      int64_t b = bh / H;
+      const T* xr = xp + b * xs[0] + h * xs[1] + l * xs[2];
       for (int i = 0; i < dim; ++i) {
-        y[i] = n > 0.0f ? y[i] / n : 0.0f;
+        y[i] = static_cast<float>(xr[i * xs[3]]);
       }
-      turbo::rotate(y, dim, false);
-      float rho2 = 0.0f;
-      for (int i = 0; i < dim; ++i) {
-        float z = y[i] * sqrt_dim;
-        uint32_t code = 0;
-        for (int j = 0; j < levels - 1; ++j) {
-          code += z > bounds[j];
+      if (sp) {
+        const float* sr = sp + b * ss[0] + h * ss[1] + l * ss[2];
+        for (int i = 0; i < dim; ++i) {
+          y[i] = static_cast<float>(static_cast<T>(y[i] - sr[i * ss[3]]));
         }
-        codes[i] = code;
-        float c2 = c[code] * c[code];
-        rho2 += c2;
       }
-      // A NaN or Inf anywhere makes n non-finite: keep it visible.
-      float scale = std::isfinite(n) ? n / std::sqrt(rho2) : NAN;
-      scales[r] = static_cast<T>(scale);
-      uint32_t* w = packed + r * width;
-      std::fill(w, w + width, 0u);
-      for (int i = 0; i < dim; ++i) {
-        if (bits == 4) {
-          w[i / 8] |= codes[i] << (4 * (i % 8));
-        } else {
-          w[i / 16] |= (codes[i] & 3u) << (2 * (i % 16));
-          w[dim / 16 + i / 32] |= (codes[i] >> 2) << (i % 32);
-        }
-      }
+      int64_t r = bh * rows + offset + l;
+      encode(y, packed + r * encode.width(), scales + r);
     }
   });
 }
@@ -137,6 +208,53 @@ void quantize_cpu(
           scales.data<T>(),
           rows,
           dim,
+          nbits);
+    });
+  });
+}
+
+void quantize_update_cpu(
+    const std::vector<array>& inputs,
+    std::vector<array>& outputs,
+    QuantizationMode mode,
+    int offset,
+    Stream s) {
+  auto& encoder = cpu::get_command_encoder(s);
+  // The outputs take the cache buffers when they can be donated (as
+  // SliceUpdate does); the kernel then writes the new rows only.
+  for (int i = 0; i < 2; ++i) {
+    auto& in = inputs[i];
+    auto ctype = in.flags().row_contiguous ? CopyType::Vector
+                                           : CopyType::General;
+    copy_cpu(in, outputs[i], ctype, s);
+  }
+  const array& x = inputs[2];
+  std::optional<array> shift;
+  if (inputs.size() > 3) {
+    shift = inputs[3];
+    encoder.set_input_array(*shift);
+  }
+  encoder.set_input_array(x);
+  encoder.set_output_array(outputs[0]);
+  encoder.set_output_array(outputs[1]);
+  int nbits = bits(mode);
+  encoder.dispatch([x = array::unsafe_weak_copy(x),
+                    shift = shift ? std::optional<array>(
+                                        array::unsafe_weak_copy(*shift))
+                                  : std::nullopt,
+                    packed = array::unsafe_weak_copy(outputs[0]),
+                    scales = array::unsafe_weak_copy(outputs[1]),
+                    offset,
+                    nbits]() mutable {
+    dispatch_float(x.dtype(), [&](auto t) {
+      using T = decltype(t);
+      encode_into_rows<T>(
+          x,
+          shift ? &*shift : nullptr,
+          packed.data<uint32_t>(),
+          scales.data<T>(),
+          packed.shape(2),
+          offset,
           nbits);
     });
   });

@@ -6,6 +6,7 @@
 // turboquant_attn_d*.cu).
 
 #include "mlx/backend/cuda/device.h"
+#include "mlx/backend/gpu/copy.h"
 #include "mlx/backend/cuda/device/turboquant.cuh"
 #include "mlx/backend/cuda/kernel_utils.cuh"
 #include "mlx/backend/cuda/turboquant.h"
@@ -13,6 +14,7 @@
 #include "mlx/dtype_utils.h"
 #include "mlx/turboquant.h"
 
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 
@@ -83,21 +85,21 @@ bool turbo_cuda_supported_dim(int d) {
   return d == 64 || d == 80 || d == 96 || d == 128 || d == 192 || d == 256;
 }
 
-void turbo_quantize_gpu(
+namespace {
+
+void launch_encode(
     const array& x,
     array& packed,
     array& scales,
     int bits,
+    cu::turbo::EncodeRows rows, // by value: add_kernel_node takes its address
     cu::CommandEncoder& enc) {
-  int d = x.shape(-1);
-  int64_t n = x.size() / d;
-  if (n == 0) {
+  if (rows.n_vec == 0) {
     return;
   }
-  enc.set_input_array(x);
-  enc.set_output_array(packed);
-  enc.set_output_array(scales);
-  dim3 grid((n + cu::turbo::kEncodeWarps - 1) / cu::turbo::kEncodeWarps);
+  int d = x.shape(-1);
+  dim3 grid(
+      (rows.n_vec + cu::turbo::kEncodeWarps - 1) / cu::turbo::kEncodeWarps);
   dim3 block(32 * cu::turbo::kEncodeWarps);
   dispatch_float_types(x.dtype(), "turbo_quantize", [&](auto type_tag) {
     using T = cuda_type_t<MLX_GET_TYPE(type_tag)>;
@@ -110,10 +112,79 @@ void turbo_quantize_gpu(
             gpu_ptr<T>(x),
             gpu_ptr<uint32_t>(packed),
             gpu_ptr<T>(scales),
-            n);
+            rows);
       });
     });
   });
+}
+
+} // namespace
+
+void turbo_quantize_gpu(
+    const array& x,
+    array& packed,
+    array& scales,
+    int bits,
+    cu::CommandEncoder& enc) {
+  int d = x.shape(-1);
+  enc.set_input_array(x);
+  enc.set_output_array(packed);
+  enc.set_output_array(scales);
+  launch_encode(
+      x,
+      packed,
+      scales,
+      bits,
+      cu::turbo::EncodeRows::contiguous(x.size() / d, d),
+      enc);
+}
+
+void turbo_quantize_update_gpu(
+    const std::vector<array>& inputs,
+    std::vector<array>& outputs,
+    int bits,
+    int offset,
+    cu::CommandEncoder& enc,
+    const Stream& s) {
+  // The outputs take the cache buffers when they can be donated (as
+  // SliceUpdate does); the kernel then writes the new rows only.
+  for (int i = 0; i < 2; ++i) {
+    auto ctype =
+        inputs[i].flags().row_contiguous ? CopyType::Vector : CopyType::General;
+    copy_gpu(inputs[i], outputs[i], ctype, s);
+  }
+  auto last_contiguous = [&](const array& a) {
+    if (a.strides(-1) == 1) {
+      return a;
+    }
+    array c = contiguous_copy_gpu(a, s);
+    enc.add_temporary(c);
+    return c;
+  };
+  array x = last_contiguous(inputs[2]);
+  std::optional<array> shift;
+  if (inputs.size() > 3) {
+    shift = last_contiguous(inputs[3]);
+    enc.set_input_array(*shift);
+  }
+  enc.set_input_array(x);
+  enc.set_output_array(outputs[0]);
+  enc.set_output_array(outputs[1]);
+  cu::turbo::EncodeRows rows{
+      x.size() / x.shape(3),
+      x.shape(2),
+      x.shape(1),
+      {x.strides(0), x.strides(1), x.strides(2)},
+      shift ? gpu_ptr<float>(*shift) : nullptr,
+      {0, 0, 0},
+      outputs[0].shape(2),
+      offset};
+  if (shift) {
+    for (int i = 0; i < 3; ++i) {
+      rows.s_str[i] = shift->strides(i);
+    }
+  }
+  launch_encode(x, outputs[0], outputs[1], bits, rows, enc);
 }
 
 void turbo_dequantize_gpu(

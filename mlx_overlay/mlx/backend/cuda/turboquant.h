@@ -25,6 +25,16 @@ void turbo_quantize_gpu(
     int bits,
     cu::CommandEncoder& enc);
 
+// fast::QuantizedCacheUpdate: inputs packed, scales, x[, shift], outputs
+// the updated packed and scales (the input buffers when donatable).
+void turbo_quantize_update_gpu(
+    const std::vector<array>& inputs,
+    std::vector<array>& outputs,
+    int bits,
+    int offset,
+    cu::CommandEncoder& enc,
+    const Stream& s);
+
 // packed (..., W), scales (..., 1) -> x (..., D) in x.dtype() (original
 // domain). All arrays row contiguous, output allocated.
 void turbo_dequantize_gpu(

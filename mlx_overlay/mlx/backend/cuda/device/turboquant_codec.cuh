@@ -11,17 +11,39 @@
 namespace mlx::core::cu::turbo {
 
 // ---------------------------------------------------------------------------
-// Encode: x (N, D) in T -> packed (N, W) uint32, scales (N) in T
+// Encode: x (N, D) in T -> packed (N, W) uint32, scales (N) in T; or, for
+// quantized_cache_update, x (B, H, L, D) with strides (and an optional
+// float32 shift subtracted first, rounded to T) into rows offset .. offset +
+// L - 1 of packed (B, H, rows, W) and scales (B, H, rows).
 // ---------------------------------------------------------------------------
 
 constexpr int kEncodeWarps = 4;
+
+// Vector v = (b * H + h) * L + l reads x[b, h, l, :] (element strides x_str,
+// the last axis contiguous) and shift[b, h, l, :] (s_str; none when shift is
+// null) and writes code row (b * H + h) * rows + offset + l.
+struct EncodeRows {
+  int64_t n_vec;
+  int64_t L;
+  int64_t H;
+  int64_t x_str[3];
+  const float* shift;
+  int64_t s_str[3];
+  int64_t rows;
+  int64_t offset;
+
+  // n row-contiguous vectors of length D into rows 0 .. n - 1.
+  static EncodeRows contiguous(int64_t n, int D) {
+    return {n, n > 0 ? n : 1, 1, {0, 0, D}, nullptr, {0, 0, 0}, n, 0};
+  }
+};
 
 template <typename T, int D, int BITS>
 __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_encode(
     const T* __restrict__ x,
     uint32_t* __restrict__ packed,
     T* __restrict__ scales,
-    int64_t n_vec) {
+    const EncodeRows rows) {
   constexpr int W = packed_words(BITS, D);
   constexpr int NL = 1 << BITS;
   __shared__ float sbuf[kEncodeWarps][D];
@@ -30,18 +52,34 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_encode(
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int64_t v = int64_t(blockIdx.x) * kEncodeWarps + warp;
-  if (v >= n_vec) {
+  if (v >= rows.n_vec) {
     return;
   }
   float* buf = sbuf[warp];
   uint8_t* idx = sidx[warp];
-  const T* xv = x + v * D;
+  const int64_t vl = v % rows.L;
+  const int64_t vbh = v / rows.L;
+  const int64_t vh = vbh % rows.H;
+  const int64_t vb = vbh / rows.H;
+  const T* xv =
+      x + vb * rows.x_str[0] + vh * rows.x_str[1] + vl * rows.x_str[2];
+  const int64_t row = vbh * rows.rows + rows.offset + vl;
 
-  // 1. norm
-  for (int i = lane; i < D; i += 32) {
-    buf[i] = to_float(xv[i]);
+  // 0. load (x - shift, rounded to T, for the cache's key shift)
+  if (rows.shift) {
+    const float* sv = rows.shift + vb * rows.s_str[0] +
+        vh * rows.s_str[1] + vl * rows.s_str[2];
+    for (int i = lane; i < D; i += 32) {
+      buf[i] = to_float(from_float<T>(__fsub_rn(to_float(xv[i]), sv[i])));
+    }
+  } else {
+    for (int i = lane; i < D; i += 32) {
+      buf[i] = to_float(xv[i]);
+    }
   }
   __syncwarp();
+
+  // 1. norm
   const float n = __fsqrt_rn(seq_sum_squares<D>(buf));
   __syncwarp();
 
@@ -77,11 +115,11 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_encode(
     scale = __int_as_float(0x7fc00000); // NaN or Inf in the input: NaN scale
   }
   if (lane == 0) {
-    scales[v] = from_float<T>(scale);
+    scales[row] = from_float<T>(scale);
   }
 
   // 6. pack
-  uint32_t* out = packed + v * W;
+  uint32_t* out = packed + row * W;
   if constexpr (BITS == 4) {
     for (int w = lane; w < W; w += 32) {
       uint32_t word = 0;

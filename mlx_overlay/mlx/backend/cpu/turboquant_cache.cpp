@@ -1,0 +1,15 @@
+// Copyright © 2026 TurboQuant-MLX contributors.
+
+#include "mlx/fast_primitives.h"
+#include "mlx/turboquant.h"
+
+namespace mlx::core::fast {
+
+void QuantizedCacheUpdate::eval_cpu(
+    const std::vector<array>& inputs,
+    std::vector<array>& outputs) {
+  turbo::release_sibling_inputs(inputs, outputs);
+  turbo::quantize_update_cpu(inputs, outputs, mode_, offset_, stream());
+}
+
+} // namespace mlx::core::fast

@@ -1,0 +1,171 @@
+"""mx.fast.quantized_cache_update: a cache append in one node, against
+mx.quantize + slice updates (bit for bit) and the float64 spec encoder."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import reference as ref
+from helpers import DTYPES, to_np
+
+MODES = ["turbo3", "turbo4"]
+SAFE_MARGIN = 1e-4
+
+
+def make_cache(rng, B, H, N, D, mode, dtype):
+    base = mx.array(rng.standard_normal((B, H, N, D)).astype(np.float32)).astype(dtype)
+    return mx.quantize(base, mode=mode)
+
+
+def composed(packed, scales, x, offset, mode, shift=None):
+    """What the op replaces: quantize, then two slice updates."""
+    if shift is not None:
+        x = (x.astype(mx.float32) - shift.astype(mx.float32)).astype(x.dtype)
+    q, s = mx.quantize(x, mode=mode)
+    packed, scales = mx.array(packed), mx.array(scales)
+    L = x.shape[2]
+    packed[..., offset : offset + L, :] = q
+    scales[..., offset : offset + L, :] = s
+    return packed, scales
+
+
+def new_rows(rng, B, H, L, D, dtype, layout):
+    """(B, H, L, D) vectors, contiguous or as the transposed view a model makes."""
+    x = rng.standard_normal((B, L, H, D)) * rng.uniform(0.1, 20.0, (B, L, H, 1))
+    x = mx.array(x.astype(np.float32)).astype(dtype)
+    x = x.transpose(0, 2, 1, 3)
+    return mx.contiguous(x) if layout == "contiguous" else x
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("dim", ref.SUPPORTED_DIMS)
+def test_matches_quantize_and_slice_update(rng, mode, dtype, dim):
+    B, H, N = 2, 3, 40
+    packed, scales = make_cache(rng, B, H, N, dim, mode, DTYPES[dtype])
+    for L, offset, layout in [(1, 0, "strided"), (1, 17, "contiguous"), (5, N - 5, "strided")]:
+        x = new_rows(rng, B, H, L, dim, DTYPES[dtype], layout)
+        out = mx.fast.quantized_cache_update(packed, scales, x, offset, mode=mode)
+        want = composed(packed, scales, x, offset, mode)
+        assert out[0].dtype == mx.uint32 and out[1].dtype == DTYPES[dtype]
+        assert mx.array_equal(out[0], want[0]).item(), (L, offset, layout)
+        assert mx.array_equal(out[1], want[1]).item(), (L, offset, layout)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize(
+    "shift_shape", ["rows", "per_head", "per_channel", "scalar", "strided_rows"]
+)
+def test_shift(rng, mode, dtype, shift_shape):
+    B, H, N, D, L, offset = 2, 4, 24, 128, 3, 9
+    packed, scales = make_cache(rng, B, H, N, D, mode, DTYPES[dtype])
+    x = new_rows(rng, B, H, L, D, DTYPES[dtype], "strided")
+    shapes = {
+        "rows": (B, H, L, D),
+        "per_head": (B, H, 1, D),
+        "per_channel": (D,),
+        "scalar": (1, 1, 1, 1),
+        "strided_rows": (B, H, 2 * L, D),
+    }
+    shift = mx.array(rng.standard_normal(shapes[shift_shape]).astype(np.float32))
+    if shift_shape == "strided_rows":
+        shift = shift[:, :, ::2]  # a view with a row stride, like a table slice
+    out = mx.fast.quantized_cache_update(packed, scales, x, offset, mode=mode, shift=shift)
+    want = composed(packed, scales, x, offset, mode, shift)
+    assert mx.array_equal(out[0], want[0]).item()
+    assert mx.array_equal(out[1], want[1]).item()
+    # A shift in the keys' dtype is taken as float32 the same way.
+    half = shift.astype(DTYPES[dtype])
+    out = mx.fast.quantized_cache_update(packed, scales, x, offset, mode=mode, shift=half)
+    want = composed(packed, scales, x, offset, mode, half)
+    assert mx.array_equal(out[0], want[0]).item()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rows_against_spec_encoder(rng, mode):
+    """Independent of mx.quantize: the new rows hold the float64 spec
+    encoder's codes and scales; every other row is untouched."""
+    B, H, N, D, L, offset = 1, 2, 12, 96, 4, 6
+    bits = ref.MODE_BITS[mode]
+    packed, scales = make_cache(rng, B, H, N, D, mode, mx.float32)
+    x = new_rows(rng, B, H, L, D, mx.float32, "strided")
+    shift = mx.array(rng.standard_normal((B, H, 1, D)).astype(np.float32))
+    p2, s2 = mx.fast.quantized_cache_update(packed, scales, x, offset, mode=mode, shift=shift)
+    y = to_np(x).astype(np.float64) - to_np(shift)
+    codes_ref, _, scales_ref, margin = ref.encode(y.astype(np.float32), mode)
+    codes = ref.unpack(np.array(p2), bits, D)[:, :, offset : offset + L]
+    safe = margin > SAFE_MARGIN
+    assert safe.mean() > 0.99
+    np.testing.assert_array_equal(codes[safe], codes_ref[safe])
+    row_safe = safe.all(-1, keepdims=True)
+    got = np.array(s2)[:, :, offset : offset + L]
+    np.testing.assert_allclose(got[row_safe], scales_ref[row_safe], rtol=1e-5)
+    keep = np.ones(N, bool)
+    keep[offset : offset + L] = False
+    np.testing.assert_array_equal(np.array(p2)[:, :, keep], np.array(packed)[:, :, keep])
+    np.testing.assert_array_equal(np.array(s2)[:, :, keep], np.array(scales)[:, :, keep])
+
+
+def test_updates_in_place(rng):
+    """A cache nothing else refers to is updated in its own buffers: the peak
+    memory of an append is far below the cache's size."""
+    B, H, N, D = 1, 8, 8192, 128
+    packed, scales = make_cache(rng, B, H, N, D, "turbo4", mx.bfloat16)
+    mx.eval(packed, scales)
+    cache_bytes = packed.nbytes + scales.nbytes
+    x = new_rows(rng, B, H, 1, D, mx.bfloat16, "strided")
+    mx.eval(x)
+    mx.reset_peak_memory()
+    before = mx.get_active_memory()
+    for offset in range(4):
+        packed, scales = mx.fast.quantized_cache_update(packed, scales, x, offset, mode="turbo4")
+        mx.eval(packed, scales)
+    grown = mx.get_peak_memory() - before
+    assert grown < cache_bytes / 4, (grown, cache_bytes)
+
+
+def test_shared_cache_is_copied(rng):
+    """A cache still referred to elsewhere keeps its contents."""
+    packed, scales = make_cache(rng, 1, 2, 16, 64, "turbo3", mx.float16)
+    mx.eval(packed, scales)
+    old_p, old_s = np.array(packed), np.array(scales)
+    x = new_rows(rng, 1, 2, 2, 64, mx.float16, "contiguous")
+    p2, s2 = mx.fast.quantized_cache_update(packed, scales, x, 3, mode="turbo3")
+    mx.eval(p2, s2)
+    np.testing.assert_array_equal(np.array(packed), old_p)
+    np.testing.assert_array_equal(np.array(scales), old_s)
+    assert not np.array_equal(np.array(p2)[:, :, 3:5], old_p[:, :, 3:5])
+
+
+def test_no_new_rows(rng):
+    packed, scales = make_cache(rng, 1, 2, 8, 64, "turbo4", mx.float32)
+    x = mx.zeros((1, 2, 0, 64))
+    p2, s2 = mx.fast.quantized_cache_update(packed, scales, x, 8, mode="turbo4")
+    assert mx.array_equal(p2, packed).item() and mx.array_equal(s2, scales).item()
+
+
+def test_errors(rng):
+    packed, scales = make_cache(rng, 1, 2, 8, 64, "turbo4", mx.float32)
+    x = mx.zeros((1, 2, 2, 64))
+    update = mx.fast.quantized_cache_update
+    cases = [
+        (lambda: update(packed, scales, x, 7, mode="turbo4"), "does not fit"),
+        (lambda: update(packed, scales, x, -1, mode="turbo4"), "does not fit"),
+        (lambda: update(packed, scales, x, 0, mode="turbo3"), "packed must have shape"),
+        (lambda: update(packed, scales, x, 0, mode="affine"), "Unsupported mode"),
+        (lambda: update(packed, scales, x[0], 0, mode="turbo4"), "must be 4D"),
+        (lambda: update(packed, scales.astype(mx.float16), x, 0, mode="turbo4"), "dtype of x"),
+        (lambda: update(packed.astype(mx.int32), scales, x, 0, mode="turbo4"), "uint32"),
+        (lambda: update(packed, scales[:, :1], x, 0, mode="turbo4"), "scales must have shape"),
+        (lambda: update(packed, scales[..., :4, :], x, 0, mode="turbo4"), "scales must have shape"),
+        (lambda: update(packed, scales, x.astype(mx.int32), 0, mode="turbo4"), "float32"),
+        (lambda: update(packed, scales, mx.zeros((1, 2, 2, 48)), 0, mode="turbo4"), "head dim"),
+        (
+            lambda: update(packed, scales, x, 0, mode="turbo4", shift=mx.zeros((3, 64))),
+            "does not broadcast",
+        ),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=f"quantized_cache_update.*{message}"):
+            call()
