@@ -103,42 +103,53 @@ std::vector<array> quantized_cache_update(
     return {packed, scales};
   }
 
-  auto fallback = [qmode, offset, s](const std::vector<array>& in) {
-    auto y = in[2];
-    if (in.size() > 3) {
-      y = astype(subtract(astype(y, float32, s), in[3], s), y.dtype(), s);
-    }
-    auto q = turbo::quantize(y, qmode, s);
-    auto rows = [&](const array& buf, const array& upd) {
-      Shape start = {0, 0, offset, 0};
-      Shape stop = buf.shape();
-      stop[2] = offset + upd.shape(2);
-      return slice_update(buf, upd, std::move(start), std::move(stop), s);
-    };
-    return std::vector<array>{rows(in[0], q[0]), rows(in[1], q[1])};
-  };
-  if (s.device != Device::cpu && !turbo::gpu_quantize_supported()) {
-    return fallback(inputs);
-  }
+  // One node per buffer, each with a single output: MLX donates an input
+  // buffer to the output of a single-output primitive (as SliceUpdate's),
+  // while the outputs of a multi-output one keep each other alive until the
+  // kernels finish, which would copy a cache buffer on every pipelined step.
+  // Both nodes encode the vectors; a decode step has a few of them.
   bool has_shift = inputs.size() > 3;
-  auto shapes = std::vector<Shape>{packed.shape(), scales.shape()};
-  return array::make_arrays(
-      std::move(shapes),
-      {uint32, x.dtype()},
-      std::make_shared<QuantizedCacheUpdate>(
-          s, fallback, qmode, offset, has_shift),
-      std::move(inputs));
+  auto update = [&](int part) {
+    auto fallback = [qmode, offset, part, s](const std::vector<array>& in) {
+      auto y = in[1];
+      if (in.size() > 2) {
+        y = astype(subtract(astype(y, float32, s), in[2], s), y.dtype(), s);
+      }
+      auto q = turbo::quantize(y, qmode, s)[part];
+      Shape start = {0, 0, offset, 0};
+      Shape stop = in[0].shape();
+      stop[2] = offset + q.shape(2);
+      return std::vector<array>{
+          slice_update(in[0], q, std::move(start), std::move(stop), s)};
+    };
+    std::vector<array> in = {inputs[part], inputs[2]};
+    if (has_shift) {
+      in.push_back(inputs[3]);
+    }
+    if (s.device != Device::cpu && !turbo::gpu_quantize_supported()) {
+      return fallback(in)[0];
+    }
+    auto shape = in[0].shape();
+    auto dtype = in[0].dtype();
+    return array(
+        std::move(shape),
+        dtype,
+        std::make_shared<QuantizedCacheUpdate>(
+            s, fallback, qmode, offset, has_shift, part == 1),
+        std::move(in));
+  };
+  return {update(0), update(1)};
 }
 
 bool QuantizedCacheUpdate::is_equivalent(const Primitive& other) const {
   const auto& o = static_cast<const QuantizedCacheUpdate&>(other);
   return mode_ == o.mode_ && offset_ == o.offset_ &&
-      has_shift_ == o.has_shift_;
+      has_shift_ == o.has_shift_ && scales_ == o.scales_;
 }
 
 std::vector<Shape> QuantizedCacheUpdate::output_shapes(
     const std::vector<array>& inputs) {
-  return {inputs[0].shape(), inputs[1].shape()};
+  return {inputs[0].shape()};
 }
 
 } // namespace mlx::core::fast

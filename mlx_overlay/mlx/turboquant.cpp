@@ -135,16 +135,6 @@ void check_dim(std::string_view tag, int dim) {
   }
 }
 
-void release_sibling_inputs(
-    const std::vector<array>& inputs,
-    std::vector<array>& outputs) {
-  for (auto& o : outputs) {
-    if (!o.is_tracer() && &o.inputs() != &inputs) {
-      o.inputs().clear();
-    }
-  }
-}
-
 array per_query_head(const array& t, int gqa, StreamOrDevice s) {
   auto f = astype(t, float32, s);
   return gqa == 1 ? f : repeat(f, gqa, 1, s);

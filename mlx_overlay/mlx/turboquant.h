@@ -295,24 +295,15 @@ void quantize_cpu(
     array& scales,
     QuantizationMode mode,
     Stream s);
-// Called by the evals of fast::QuantizedCacheUpdate before they take the
-// cache buffers: each output of a multi-output primitive holds its own copy
-// of the inputs, so an input referred to by nothing else still counts two
-// references and is never donatable. Drops the references held by the
-// outputs other than the one being evaluated (the one `inputs` belongs to);
-// MLX detaches all of them after the eval anyway. Tracers keep theirs.
-void release_sibling_inputs(
-    const std::vector<array>& inputs,
-    std::vector<array>& outputs);
-
-// fast::QuantizedCacheUpdate on the CPU: inputs packed, scales, x[, shift],
-// outputs the updated packed and scales (they take the input buffers when
-// donatable).
+// fast::QuantizedCacheUpdate on the CPU: inputs the buffer (packed codes,
+// or the scales when `scales`), x[, shift]; out is the updated buffer (it
+// takes the input's buffer when donatable).
 void quantize_update_cpu(
     const std::vector<array>& inputs,
-    std::vector<array>& outputs,
+    array& out,
     QuantizationMode mode,
     int offset,
+    bool scales,
     Stream s);
 void dequantize_cpu(
     const array& packed,

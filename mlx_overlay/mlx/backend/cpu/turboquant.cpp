@@ -37,8 +37,8 @@ class VectorEncoder {
     return width_;
   }
 
-  template <typename T>
-  void operator()(float* y, uint32_t* w, T* scale) const {
+  // Returns the scale (float32, before rounding to the storage dtype).
+  float operator()(float* y, uint32_t* w) const {
     uint32_t codes[turbo::kMaxDim];
     float n2 = 0.0f;
     for (int i = 0; i < dim_; ++i) {
@@ -63,8 +63,6 @@ class VectorEncoder {
       float c2 = c_[code] * c_[code];
       rho2 += c2;
     }
-    // A NaN or Inf anywhere makes n non-finite: keep it visible.
-    *scale = static_cast<T>(std::isfinite(n) ? n / std::sqrt(rho2) : NAN);
     std::fill(w, w + width_, 0u);
     for (int i = 0; i < dim_; ++i) {
       if (bits_ == 4) {
@@ -74,6 +72,8 @@ class VectorEncoder {
         w[dim_ / 16 + i / 32] |= (codes[i] >> 2) << (i % 32);
       }
     }
+    // A NaN or Inf anywhere makes n non-finite: keep it visible.
+    return std::isfinite(n) ? n / std::sqrt(rho2) : NAN;
   }
 
  private:
@@ -101,26 +101,27 @@ void encode_rows(
       for (int i = 0; i < dim; ++i) {
         y[i] = static_cast<float>(x[r * dim + i]);
       }
-      encode(y, packed + r * encode.width(), scales + r);
+      scales[r] = static_cast<T>(encode(y, packed + r * encode.width()));
     }
   });
 }
 
 // quantized_cache_update: x (B, H, L, D) with any strides, an optional
 // float32 shift with its own strides, into rows offset .. offset + L - 1 of
-// row-contiguous packed (B, H, N, W) and scales (B, H, N, 1).
+// the row-contiguous packed codes (B, H, N, W) or, with scales, of the
+// scales (B, H, N, 1).
 template <typename T>
 void encode_into_rows(
     const array& x,
     const array* shift,
-    uint32_t* packed,
-    T* scales,
-    int64_t rows,
+    array& out,
     int offset,
+    bool scales,
     int bits) {
   int H = x.shape(1);
   int L = x.shape(2);
   int dim = x.shape(3);
+  int64_t rows = out.shape(2);
   VectorEncoder encode(dim, bits);
   const T* xp = x.data<T>();
   const float* sp = shift ? shift->data<float>() : nullptr;
@@ -129,6 +130,7 @@ void encode_into_rows(
   int64_t nvec = int64_t(x.shape(0)) * H * L;
   parallel_for(nvec, dim * 16, [&](int64_t v0, int64_t v1) {
     float y[turbo::kMaxDim];
+    uint32_t words[turbo::kMaxDim];
     for (int64_t v = v0; v < v1; ++v) {
       int64_t l = v % L;
       int64_t bh = v / L;
@@ -145,7 +147,11 @@ void encode_into_rows(
         }
       }
       int64_t r = bh * rows + offset + l;
-      encode(y, packed + r * encode.width(), scales + r);
+      if (scales) {
+        out.data<T>()[r] = static_cast<T>(encode(y, words));
+      } else {
+        encode(y, out.data<uint32_t>() + r * encode.width());
+      }
     }
   });
 }
@@ -215,47 +221,41 @@ void quantize_cpu(
 
 void quantize_update_cpu(
     const std::vector<array>& inputs,
-    std::vector<array>& outputs,
+    array& out,
     QuantizationMode mode,
     int offset,
+    bool scales,
     Stream s) {
   auto& encoder = cpu::get_command_encoder(s);
-  // The outputs take the cache buffers when they can be donated (as
+  // The output takes the cache buffer when it can be donated (as
   // SliceUpdate does); the kernel then writes the new rows only.
-  for (int i = 0; i < 2; ++i) {
-    auto& in = inputs[i];
-    auto ctype = in.flags().row_contiguous ? CopyType::Vector
-                                           : CopyType::General;
-    copy_cpu(in, outputs[i], ctype, s);
-  }
-  const array& x = inputs[2];
+  auto& buf = inputs[0];
+  copy_cpu(
+      buf,
+      out,
+      buf.flags().row_contiguous ? CopyType::Vector : CopyType::General,
+      s);
+  const array& x = inputs[1];
   std::optional<array> shift;
-  if (inputs.size() > 3) {
-    shift = inputs[3];
+  if (inputs.size() > 2) {
+    shift = inputs[2];
     encoder.set_input_array(*shift);
   }
   encoder.set_input_array(x);
-  encoder.set_output_array(outputs[0]);
-  encoder.set_output_array(outputs[1]);
+  encoder.set_output_array(out);
   int nbits = bits(mode);
   encoder.dispatch([x = array::unsafe_weak_copy(x),
                     shift = shift ? std::optional<array>(
                                         array::unsafe_weak_copy(*shift))
                                   : std::nullopt,
-                    packed = array::unsafe_weak_copy(outputs[0]),
-                    scales = array::unsafe_weak_copy(outputs[1]),
+                    out = array::unsafe_weak_copy(out),
                     offset,
+                    scales,
                     nbits]() mutable {
     dispatch_float(x.dtype(), [&](auto t) {
       using T = decltype(t);
       encode_into_rows<T>(
-          x,
-          shift ? &*shift : nullptr,
-          packed.data<uint32_t>(),
-          scales.data<T>(),
-          packed.shape(2),
-          offset,
-          nbits);
+          x, shift ? &*shift : nullptr, out, offset, scales, nbits);
     });
   });
 }

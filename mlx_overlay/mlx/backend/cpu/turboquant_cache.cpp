@@ -8,8 +8,8 @@ namespace mlx::core::fast {
 void QuantizedCacheUpdate::eval_cpu(
     const std::vector<array>& inputs,
     std::vector<array>& outputs) {
-  turbo::release_sibling_inputs(inputs, outputs);
-  turbo::quantize_update_cpu(inputs, outputs, mode_, offset_, stream());
+  turbo::quantize_update_cpu(
+      inputs, outputs[0], mode_, offset_, scales_, stream());
 }
 
 } // namespace mlx::core::fast

@@ -87,33 +87,32 @@ bool turbo_cuda_supported_dim(int d) {
 
 namespace {
 
+// x's dtype is T; packed or scales may be null (not written).
+template <typename T>
 void launch_encode(
-    const array& x,
-    array& packed,
-    array& scales,
+    const T* x,
+    uint32_t* packed,
+    T* scales,
+    int d,
     int bits,
     cu::turbo::EncodeRows rows, // by value: add_kernel_node takes its address
     cu::CommandEncoder& enc) {
   if (rows.n_vec == 0) {
     return;
   }
-  int d = x.shape(-1);
   dim3 grid(
       (rows.n_vec + cu::turbo::kEncodeWarps - 1) / cu::turbo::kEncodeWarps);
   dim3 block(32 * cu::turbo::kEncodeWarps);
-  dispatch_float_types(x.dtype(), "turbo_quantize", [&](auto type_tag) {
-    using T = cuda_type_t<MLX_GET_TYPE(type_tag)>;
-    dispatch_turbo_dim(d, [&](auto dim) {
-      dispatch_turbo_bits(bits, [&](auto b) {
-        enc.add_kernel_node(
-            cu::turbo::turbo_encode<T, dim.value, b.value>,
-            grid,
-            block,
-            gpu_ptr<T>(x),
-            gpu_ptr<uint32_t>(packed),
-            gpu_ptr<T>(scales),
-            rows);
-      });
+  dispatch_turbo_dim(d, [&](auto dim) {
+    dispatch_turbo_bits(bits, [&](auto b) {
+      enc.add_kernel_node(
+          cu::turbo::turbo_encode<T, dim.value, b.value>,
+          grid,
+          block,
+          x,
+          packed,
+          scales,
+          rows);
     });
   });
 }
@@ -130,29 +129,35 @@ void turbo_quantize_gpu(
   enc.set_input_array(x);
   enc.set_output_array(packed);
   enc.set_output_array(scales);
-  launch_encode(
-      x,
-      packed,
-      scales,
-      bits,
-      cu::turbo::EncodeRows::contiguous(x.size() / d, d),
-      enc);
+  dispatch_float_types(x.dtype(), "turbo_quantize", [&](auto type_tag) {
+    using T = cuda_type_t<MLX_GET_TYPE(type_tag)>;
+    launch_encode(
+        gpu_ptr<T>(x),
+        gpu_ptr<uint32_t>(packed),
+        gpu_ptr<T>(scales),
+        d,
+        bits,
+        cu::turbo::EncodeRows::contiguous(x.size() / d, d),
+        enc);
+  });
 }
 
 void turbo_quantize_update_gpu(
     const std::vector<array>& inputs,
-    std::vector<array>& outputs,
+    array& out,
     int bits,
     int offset,
+    bool scales,
     cu::CommandEncoder& enc,
     const Stream& s) {
-  // The outputs take the cache buffers when they can be donated (as
+  // The output takes the cache buffer when it can be donated (as
   // SliceUpdate does); the kernel then writes the new rows only.
-  for (int i = 0; i < 2; ++i) {
-    auto ctype =
-        inputs[i].flags().row_contiguous ? CopyType::Vector : CopyType::General;
-    copy_gpu(inputs[i], outputs[i], ctype, s);
-  }
+  auto& buf = inputs[0];
+  copy_gpu(
+      buf,
+      out,
+      buf.flags().row_contiguous ? CopyType::Vector : CopyType::General,
+      s);
   auto last_contiguous = [&](const array& a) {
     if (a.strides(-1) == 1) {
       return a;
@@ -161,15 +166,14 @@ void turbo_quantize_update_gpu(
     enc.add_temporary(c);
     return c;
   };
-  array x = last_contiguous(inputs[2]);
+  array x = last_contiguous(inputs[1]);
   std::optional<array> shift;
-  if (inputs.size() > 3) {
-    shift = last_contiguous(inputs[3]);
+  if (inputs.size() > 2) {
+    shift = last_contiguous(inputs[2]);
     enc.set_input_array(*shift);
   }
   enc.set_input_array(x);
-  enc.set_output_array(outputs[0]);
-  enc.set_output_array(outputs[1]);
+  enc.set_output_array(out);
   cu::turbo::EncodeRows rows{
       x.size() / x.shape(3),
       x.shape(2),
@@ -177,14 +181,24 @@ void turbo_quantize_update_gpu(
       {x.strides(0), x.strides(1), x.strides(2)},
       shift ? gpu_ptr<float>(*shift) : nullptr,
       {0, 0, 0},
-      outputs[0].shape(2),
+      out.shape(2),
       offset};
   if (shift) {
     for (int i = 0; i < 3; ++i) {
       rows.s_str[i] = shift->strides(i);
     }
   }
-  launch_encode(x, outputs[0], outputs[1], bits, rows, enc);
+  dispatch_float_types(x.dtype(), "quantized_cache_update", [&](auto tag) {
+    using T = cuda_type_t<MLX_GET_TYPE(tag)>;
+    launch_encode(
+        gpu_ptr<T>(x),
+        scales ? nullptr : gpu_ptr<uint32_t>(out),
+        scales ? gpu_ptr<T>(out) : nullptr,
+        x.shape(3),
+        bits,
+        rows,
+        enc);
+  });
 }
 
 void turbo_dequantize_gpu(

@@ -25,13 +25,15 @@ void turbo_quantize_gpu(
     int bits,
     cu::CommandEncoder& enc);
 
-// fast::QuantizedCacheUpdate: inputs packed, scales, x[, shift], outputs
-// the updated packed and scales (the input buffers when donatable).
+// fast::QuantizedCacheUpdate: inputs the buffer (packed codes, or the
+// scales when `scales`), x[, shift]; out is the updated buffer (the input's
+// buffer when donatable).
 void turbo_quantize_update_gpu(
     const std::vector<array>& inputs,
-    std::vector<array>& outputs,
+    array& out,
     int bits,
     int offset,
+    bool scales,
     cu::CommandEncoder& enc,
     const Stream& s);
 

@@ -13,11 +13,10 @@ void QuantizedCacheUpdate::eval_gpu(
     const std::vector<array>& inputs,
     std::vector<array>& outputs) {
   nvtx3::scoped_range r("QuantizedCacheUpdate::eval_gpu");
-  turbo::release_sibling_inputs(inputs, outputs);
   auto& s = stream();
   auto& enc = cu::get_command_encoder(s);
   turbo_quantize_update_gpu(
-      inputs, outputs, turbo::bits(mode_), offset_, enc, s);
+      inputs, outputs[0], turbo::bits(mode_), offset_, scales_, enc, s);
 }
 
 } // namespace mlx::core::fast

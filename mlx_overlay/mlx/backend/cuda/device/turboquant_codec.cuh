@@ -14,7 +14,8 @@ namespace mlx::core::cu::turbo {
 // Encode: x (N, D) in T -> packed (N, W) uint32, scales (N) in T; or, for
 // quantized_cache_update, x (B, H, L, D) with strides (and an optional
 // float32 shift subtracted first, rounded to T) into rows offset .. offset +
-// L - 1 of packed (B, H, rows, W) and scales (B, H, rows).
+// L - 1 of packed (B, H, rows, W) or scales (B, H, rows): a null packed or
+// scales pointer is not written.
 // ---------------------------------------------------------------------------
 
 constexpr int kEncodeWarps = 4;
@@ -114,8 +115,11 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_encode(
   if (!isfinite(n)) {
     scale = __int_as_float(0x7fc00000); // NaN or Inf in the input: NaN scale
   }
-  if (lane == 0) {
+  if (scales != nullptr && lane == 0) {
     scales[row] = from_float<T>(scale);
+  }
+  if (packed == nullptr) {
+    return;
   }
 
   // 6. pack
