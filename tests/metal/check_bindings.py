@@ -7,7 +7,12 @@ turbo_bindings.h:
  2. every [[buffer(...)]] / [[function_constant(...)]] index in the TurboQuant
     kernels and every buffer index / function constant passed by
     turboquant.cpp is a TURBO_* macro from turbo_bindings.h (no literals);
- 3. each kernel binds each buffer index at most once.
+ 3. each kernel binds each buffer index at most once; the TURBO_FC_* indices
+    are distinct;
+ 4. an argument's [[function_constant(c)]] names a declared function constant
+    (`constant bool c [[function_constant(TURBO_FC_...)]]`); in turbo_quantize.h (the cache update, which binds only the
+    buffer it writes) every use of such an argument lies in an
+    `if (...) {` block whose condition names c.
 usage: check_bindings.py KERNEL_ROOT PP_DIR OVERLAY_OR_TREE_ROOT BUILD_DIR"""
 import os, re, subprocess, sys
 
@@ -59,6 +64,58 @@ for f in ("sdpa_vector_turbo.h", "sdpa_prefill_turbo.h", "turbo_quantize.h"):
             v = defs.get(i)
             if v in vals: fail(f"{km.group(1)}: {i} and {vals[v]} have the same index {v}")
             vals[v] = i
+fc_defs = re.findall(r"#define (TURBO_FC_\w+) (\d+)", open(os.path.join(kdir, "turbo_bindings.h")).read())
+fc_vals = [v for _, v in fc_defs]
+for n, v in fc_defs:
+    if fc_vals.count(v) > 1:
+        fail(f"turbo_bindings.h: function constant index {v} of {n} is used twice")
+
+# 4. function-constant gates of kernel arguments
+def guarded_uses(body, name):
+    """For each use of `name` in body: the conditions of the enclosing
+    `if (...) {` blocks (None for other blocks)."""
+    out, stack = [], []
+    for m in re.finditer(r"[{}]|\b%s\b" % re.escape(name), body):
+        t = m.group(0)
+        if t == "{":
+            head = re.split(r"[;{}]", body[:m.start()])[-1]
+            c = re.match(r"\s*if\s*\((.*)\)\s*$", head, re.S)
+            stack.append(c.group(1) if c else None)
+        elif t == "}":
+            if stack: stack.pop()
+        else:
+            out.append([c for c in stack if c])
+    return out
+
+n_gated, fails_before = 0, fails
+KFILES = ("sdpa_vector_turbo.h", "sdpa_prefill_turbo.h", "turbo_quantize.h")
+declared = set()
+for f in KFILES:
+    declared |= set(re.findall(r"constant\s+bool\s+(\w+)\s*\[\[\s*function_constant\s*\(\s*TURBO_FC_\w+\s*\)\s*\]\]",
+                               open(os.path.join(kdir, f)).read()))
+for f in KFILES:
+    src = re.sub(r"//[^\n]*", "", open(os.path.join(kdir, f)).read())
+    for km in re.finditer(r"\[\[kernel\]\] void (\w+)\((.*?)\)\s*\{", src, re.S):
+        gates = re.findall(r"(\w+)\s*\[\[\s*buffer\s*\([^)]*\)\s*,\s*function_constant\s*\(\s*(\w+)\s*\)", km.group(2))
+        # the kernel body: up to the matching brace
+        depth, i = 1, km.end()
+        while depth and i < len(src):
+            depth += {"{": 1, "}": -1}.get(src[i], 0); i += 1
+        body = src[km.end():i - 1]
+        for arg, c in gates:
+            if c not in declared:
+                fail(f"{f}:{km.group(1)}: argument {arg} gated by {c}, not a declared TURBO_FC_ function constant")
+            if f != "turbo_quantize.h":
+                continue
+            for conds in guarded_uses(body, arg):
+                if not any(re.search(r"\b%s\b" % c, cd) for cd in conds):
+                    fail(f"{f}:{km.group(1)}: {arg} (bound only with {c}) used outside an if ({c}) block")
+                    break
+                n_gated += 1
+if fails == fails_before:
+    print(f"  ok  function-constant gates: declared constants, distinct TURBO_FC_ indices; "
+          f"{n_gated} gated update-kernel uses all under if (gate)")
+
 cpp = os.path.join(host_root, "mlx/backend/metal/turboquant.cpp")
 if os.path.exists(cpp):
     src = open(cpp).read()

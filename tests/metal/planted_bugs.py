@@ -17,6 +17,7 @@ K = "mlx/backend/metal/kernels/"
 SVT, TQ, TC = K + "sdpa_vector_turbo.h", K + "turbo_quantize.h", K + "turbo_common.h"
 SVM = K + "sdpa_vector_turbo.metal"
 SVP = K + "sdpa_prefill_turbo.h"
+TQM = K + "turbo_quantize.metal"
 
 # (name, kind, file, old, new[, asan])   kind: compile | clcpp | bindings | lint | attn | quant
 MUT = [
@@ -132,6 +133,28 @@ MUT = [
    "    idx += z > b ? 1u : 0u;", "    idx += z >= b ? 1u : 0u;"),
   ("quantize writes one word past the vector", "quant", TQ,
    "  for (int k = 0; k < W; k++) {\n    packed[k] = w[k];", "  for (int k = 0; k <= W; k++) {\n    packed[k] = k < W ? w[k] : 0u;", True),
+  # ---- cache update (turbo_quantize_update)
+  ("cache update: output row strided by L instead of the cache length N", "quant", TQ,
+   "  const int64_t row = bh * p.N + p.offset + l;", "  const int64_t row = bh * p.L + p.offset + l;"),
+  ("cache update: x - shift not rounded to T before encoding", "quant", TQ,
+   "      y[i] = static_cast<float>(static_cast<T>(d));", "      y[i] = d;"),
+  ("cache update: shift row read with x's strides", "quant", TQ,
+   "    shift += b * p.shift_strides[0] + h * p.shift_strides[1] +\n        l * p.shift_strides[2];",
+   "    shift += b * p.x_strides[0] + h * p.x_strides[1] +\n        l * p.x_strides[2];", True),
+  ("cache update: x read as a contiguous (B, H, L, D) array", "quant", TQ,
+   "  x += b * p.x_strides[0] + h * p.x_strides[1] + l * p.x_strides[2];", "  x += v * D;"),
+  ("missing cache update instantiations (bfloat16)", "bindings", TQM,
+   "  instantiate_turbo_quantize_update(mode, bits, bfloat16_t, bfloat16, d)   \\\n", ""),
+  # one node per buffer: each writes only the buffer it binds
+  ("cache update: codes stored under turbo_update_scales (the scales node writes the codes)", "quant", TQ,
+   "  if (turbo_update_codes) {\n    packed += row * W;", "  if (turbo_update_scales) {\n    packed += row * W;"),
+  ("cache update: scales stored unconditionally (the codes node writes the scales)", "quant", TQ,
+   "  if (turbo_update_scales) {\n    scales[row] = static_cast<T>(scale);", "  {\n    scales[row] = static_cast<T>(scale);"),
+  ("cache update: codes argument gated by turbo_update_scales (wrong function constant)", "bindings", TQ,
+   "[[buffer(TURBO_QU_BUF_PACKED), function_constant(turbo_update_codes)]]",
+   "[[buffer(TURBO_QU_BUF_PACKED), function_constant(turbo_update_scales)]]"),
+  ("cache update: TURBO_FC_UPDATE_CODES with the index of TURBO_FC_UPDATE_SCALES", "bindings", K + "turbo_bindings.h",
+   "#define TURBO_FC_UPDATE_CODES 52", "#define TURBO_FC_UPDATE_CODES 51"),
 ]
 
 def sh(cmd, env=None, timeout=900):

@@ -20,6 +20,7 @@ int main() {
       if (!tb::quant_dim_supported(d)) continue;
       for (auto t : types) {
         printf("%s\n", tb::quantize_kernel_name(b, t, d).c_str());
+        printf("%s\n", tb::quantize_update_kernel_name(b, t, d).c_str());
         for (auto o : types) printf("%s\n", tb::dequantize_kernel_name(b, t, o, d).c_str());
       }
     }

@@ -1,7 +1,11 @@
-// Execute the TurboQuant quantize / dequantize kernels on the CPU through
-// mshim. Quantize must be bit-identical (codes and scales) to the float32
-// reference encoder of turbo_reference.h; dequantize is compared with a
-// float64 decoder. Every case runs under the 4 lane schedules.
+// Execute the TurboQuant quantize / dequantize / cache update kernels on the
+// CPU through mshim. Quantize must be bit-identical (codes and scales) to the
+// float32 reference encoder of turbo_reference.h; the cache update (one run
+// per node: codes, scales) to the quantize kernel and the reference on the
+// same (shifted) vectors, with every other row of its buffer and the whole
+// other (unbound) buffer unchanged; dequantize is compared with a float64
+// decoder.
+// Every case runs under the 4 lane schedules.
 //
 // Build: tests/metal/build_exec.sh.  Usage: turbo_quant_exec [all|fwd|rev|rand|lockstep]
 #include "mlx/backend/metal/kernels/turbo_bindings.h"
@@ -10,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -119,6 +124,196 @@ static void quant_case(unsigned seed) {
          nan_ok ? "" : " (zero/NaN/Inf vector scale wrong)", order_dep ? " (schedule-dependent)" : "");
 }
 
+// Cache update (turbo_quantize_update), one node: vectors (b, h, l) of a
+// strided x, optionally minus a broadcast float32 shift rounded to T, encoded
+// into rows offset + l of the codes (B, H, N, W) (codes node) or of the scales
+// (B, H, N, 1) (scales node, function constant TURBO_FC_UPDATE_SCALES). The
+// written rows must equal, bit for bit, what turbo_quantize produces for the
+// same (shifted, rounded) vectors and the reference encoder; every other row
+// of that buffer, a sentinel after it, and all of the other buffer (not bound
+// on a GPU) must be unchanged.
+//   layout 0: x contiguous (B, H, L, D), no shift, offset 0
+//   layout 1: x (B, L, H, D + 16) transposed and padded, shift (1, H, 1, D)
+//             broadcast over b and l, offset 5
+//   layout 2: x a view of a (B, H, L + 7, D) buffer from position 3, shift
+//             (B, 1, L, D) broadcast over h, offset N - L
+template <typename T, int D, int BITS>
+static void update_case(unsigned seed, int layout, bool scales_node) {
+  constexpr int W = TurboLayout<BITS, D>::words;
+  const int B = 2, H = 3, L = 12, N = 24; // 72 vectors: two threadgroups
+  const int offset = layout == 0 ? 0 : layout == 1 ? 5 : N - L;
+  const int64_t nvec = int64_t(B) * H * L;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> N01(0.f, 1.f);
+  std::uniform_int_distribution<uint32_t> Uw;
+  // dense x (B, H, L, D), vector v = (b * H + h) * L + l
+  std::vector<T> xd(nvec * D);
+  for (int64_t v = 0; v < nvec; v++) {
+    float mag = v % 5 == 0 ? 1e-3f : v % 5 == 1 ? 30.f : 1.f;
+    for (int i = 0; i < D; i++) xd[v * D + i] = T(mag * N01(rng));
+  }
+  for (int i = 0; i < D; i++) xd[2 * D + i] = T(0.0f);                 // zero vector
+  xd[13 * D + 5] = T(NAN);                                             // NaN
+  xd[40 * D + 7] = T(INFINITY);                                        // Inf
+  for (int i = 0; i < D; i++) xd[6 * D + i] = T(i == 3 ? 1.0f : 0.0f); // one-hot
+  for (int i = 0; i < D; i++) xd[71 * D + i] = T(1.0f);                // constant
+  // x as the kernel reads it
+  TurboQuantUpdateParams p{};
+  p.H = H; p.L = L; p.N = N; p.offset = offset; p.nvec = nvec;
+  std::vector<T> xs;
+  int64_t x0 = 0;
+  if (layout == 0) {
+    xs = xd;
+    p.x_strides[0] = int64_t(H) * L * D; p.x_strides[1] = int64_t(L) * D; p.x_strides[2] = D;
+  } else if (layout == 1) {
+    const int Dp = D + 16;
+    xs.assign(int64_t(B) * L * H * Dp, T(NAN));
+    p.x_strides[0] = int64_t(L) * H * Dp; p.x_strides[1] = Dp; p.x_strides[2] = int64_t(H) * Dp;
+  } else {
+    const int Lc = L + 7;
+    x0 = 3 * D;
+    xs.assign(int64_t(B) * H * Lc * D, T(NAN));
+    p.x_strides[0] = int64_t(H) * Lc * D; p.x_strides[1] = int64_t(Lc) * D; p.x_strides[2] = D;
+  }
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < H; h++)
+      for (int l = 0; l < L; l++) {
+        int64_t v = (int64_t(b) * H + h) * L + l;
+        int64_t o = x0 + b * p.x_strides[0] + h * p.x_strides[1] + l * p.x_strides[2];
+        for (int i = 0; i < D; i++) xs[o + i] = xd[v * D + i];
+      }
+  // shift, only as large as its broadcast extent (out-of-range reads show
+  // under ASan)
+  const bool has_shift = layout != 0;
+  std::vector<float> sh;
+  if (layout == 1) {
+    sh.resize(int64_t(H) * D);
+    p.shift_strides[0] = 0; p.shift_strides[1] = D; p.shift_strides[2] = 0;
+  } else if (layout == 2) {
+    sh.resize(int64_t(B) * L * D);
+    p.shift_strides[0] = int64_t(L) * D; p.shift_strides[1] = 0; p.shift_strides[2] = D;
+  }
+  for (auto& a : sh) a = 0.5f * N01(rng);
+  // the vectors the update encodes: T(float(x) - shift) (round to nearest even)
+  std::vector<T> yd(nvec * D);
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < H; h++)
+      for (int l = 0; l < L; l++) {
+        int64_t v = (int64_t(b) * H + h) * L + l;
+        int64_t so = b * p.shift_strides[0] + h * p.shift_strides[1] + l * p.shift_strides[2];
+        for (int i = 0; i < D; i++)
+          yd[v * D + i] = has_shift ? T(float(xd[v * D + i]) - sh[so + i]) : xd[v * D + i];
+      }
+  // the quantize kernel and the reference encoder on the same vectors
+  std::vector<uint32_t> qw(nvec * W), rw(nvec * W);
+  std::vector<T> qs(nvec), rs(nvec);
+  {
+    auto d = tb::quantize_dims(nvec);
+    rt::LaunchOptions opt;
+    rt::dispatch_threadgroups({d.grid[0], d.grid[1], d.grid[2]}, {d.group[0], d.group[1], d.group[2]},
+                              [&](const rt::ThreadCtx& t) {
+      turbo_quantize<T, D, BITS>(cdev(yd.data()), dev(qw.data()), dev(qs.data()), cst(nvec),
+                                 u3(t.thread_position_in_grid));
+    }, opt);
+  }
+  for (int64_t v = 0; v < nvec; v++) {
+    float yf[256];
+    for (int i = 0; i < D; i++) yf[i] = float(yd[v * D + i]);
+    rs[v] = T(ref::encode(yf, D, BITS, &rw[v * W]));
+  }
+  // the cache before the update, codes and scales (+1 sentinel each). The
+  // node writes one of them; the other stands for the buffer the host does
+  // not bind and must stay untouched. (Writes are found by comparison: ASan
+  // does not instrument accesses through the shim's address-space pointers.)
+  const int64_t rows = int64_t(B) * H * N;
+  std::vector<uint32_t> w0(rows * W + 1);
+  std::vector<T> s0(rows + 1);
+  for (auto& a : w0) a = Uw(rng);
+  for (auto& a : s0) a = T(float(Uw(rng) % 1000) * 0.01f + 0.5f);
+  std::vector<uint32_t> kw, first_w;
+  std::vector<T> ks, first_s;
+  bool order_dep = false;
+  for_orders([&](const rt::LaunchOptions& opt, int r) {
+    kw = w0;
+    ks = s0;
+    rt::clear_function_constants();
+    mshim::set_fc(TURBO_FC_UPDATE_SHIFT, has_shift);
+    mshim::set_fc(TURBO_FC_UPDATE_SCALES, scales_node);
+    mshim::set_fc(TURBO_FC_UPDATE_CODES, !scales_node);
+    auto d = tb::quantize_dims(nvec);
+    const float* shp = has_shift ? sh.data() : nullptr;
+    auto body = [&](const rt::ThreadCtx& t) {
+      turbo_quantize_update<T, D, BITS>(cdev(xs.data() + x0), dev(kw.data()), dev(ks.data()), cst(p),
+                                        cdev(shp), u3(t.thread_position_in_grid));
+    };
+    rt::dispatch_threadgroups({d.grid[0], d.grid[1], d.grid[2]}, {d.group[0], d.group[1], d.group[2]}, body, opt);
+    if (r == 0) {
+      first_w = kw;
+      first_s = ks;
+    } else if (first_w != kw || std::memcmp(first_s.data(), ks.data(), ks.size() * sizeof(T))) {
+      order_dep = true;
+    }
+  });
+  // the written buffer: its rows offset..offset+L-1 as turbo_quantize and the
+  // reference, every other row and the sentinel unchanged; the other buffer
+  // unchanged everywhere
+  size_t bad_kernel = 0, bad_ref = 0, touched = 0, unbound_changed = 0;
+  for (int64_t row = 0; row < rows; row++) {
+    int64_t bh = row / N, n = row % N;
+    if (n >= offset && n < offset + L) {
+      int64_t v = bh * L + (n - offset);
+      bool kok = scales_node ? same_bits_or_both_nan(float(ks[row]), float(qs[v]))
+                             : std::memcmp(&kw[row * W], &qw[v * W], W * 4) == 0;
+      bool rok = scales_node ? same_bits_or_both_nan(float(ks[row]), float(rs[v]))
+                             : std::memcmp(&kw[row * W], &rw[v * W], W * 4) == 0;
+      bad_kernel += !kok;
+      bad_ref += !rok;
+    } else {
+      touched += scales_node ? std::memcmp(&ks[row], &s0[row], sizeof(T)) != 0
+                             : std::memcmp(&kw[row * W], &w0[row * W], W * 4) != 0;
+    }
+  }
+  touched += scales_node ? std::memcmp(&ks[rows], &s0[rows], sizeof(T)) != 0 : kw[rows * W] != w0[rows * W];
+  if (scales_node) {
+    for (size_t i = 0; i < kw.size(); i++) unbound_changed += kw[i] != w0[i];
+  } else {
+    for (size_t i = 0; i < ks.size(); i++) unbound_changed += std::memcmp(&ks[i], &s0[i], sizeof(T)) != 0;
+  }
+  bool ok = !order_dep && bad_kernel == 0 && bad_ref == 0 && touched == 0 && unbound_changed == 0;
+  g_cases++;
+  if (!ok) g_failures++;
+  printf("%-4s %s_quantize_update_%s_%d %s node, layout %d (%s, offset %d): rows differing from turbo_quantize: %zu, "
+         "from the reference: %zu, other rows changed: %zu, %s (not bound) changed: %zu%s\n",
+         ok ? "OK" : "FAIL", tb::mode_name(BITS), tn<T>(), D, scales_node ? "scales" : "codes", layout,
+         layout == 0 ? "contiguous, no shift" : layout == 1 ? "transposed, shift per head" : "view, shift per (b, l)",
+         offset, bad_kernel, bad_ref, touched, scales_node ? "codes" : "scales", unbound_changed,
+         order_dep ? " (schedule-dependent)" : "");
+}
+
+// Pipeline cache keys of the update kernel: the 4 (shift, scales) variants of
+// every kernel name are distinct and start with the name.
+static void update_hash_names_case() {
+  std::set<std::string> seen;
+  size_t bad = 0, n = 0;
+  for (int bits : {3, 4})
+    for (int D : {64, 80, 96, 128, 192, 256})
+      for (const char* t : {"float32", "float16", "bfloat16"}) {
+        auto kname = tb::quantize_update_kernel_name(bits, t, D);
+        for (bool shift : {false, true})
+          for (bool scales : {false, true}) {
+            auto h = tb::quantize_update_hash_name(kname, shift, scales);
+            n++;
+            bad += h.rfind(kname, 0) != 0;
+            seen.insert(h);
+          }
+      }
+  bool ok = bad == 0 && seen.size() == n;
+  g_cases++;
+  if (!ok) g_failures++;
+  printf("%-4s quantize_update pipeline hash names: %zu distinct of %zu, %zu not prefixed by the kernel name\n",
+         ok ? "OK" : "FAIL", seen.size(), n, bad);
+}
+
 template <typename S, typename O, int D, int BITS>
 static void dequant_case(unsigned seed) {
   constexpr int W = TurboLayout<BITS, D>::words;
@@ -216,6 +411,12 @@ static void all_for(unsigned seed) {
   dequant_case<bfloat, half, D, BITS>(seed + 10);
   dequant_case<bfloat, bfloat, D, BITS>(seed + 11);
   roundtrip_case<D, BITS>(seed + 12);
+  for (int layout = 0; layout < 3; layout++)
+    for (bool scales_node : {false, true}) { // the codes node, the scales node
+      update_case<float, D, BITS>(seed + 13 + layout, layout, scales_node);
+      update_case<half, D, BITS>(seed + 16 + layout, layout, scales_node);
+      update_case<bfloat, D, BITS>(seed + 19 + layout, layout, scales_node);
+    }
 }
 
 int main(int argc, char** argv) {
@@ -224,6 +425,7 @@ int main(int argc, char** argv) {
   g_order = mode == "rev" ? rt::Order::Reverse : mode == "rand" ? rt::Order::Random
           : mode == "lockstep" ? rt::Order::Lockstep : rt::Order::Forward;
   printf("lane order: %s\n", mode.c_str());
+  update_hash_names_case();
 #ifdef TURBO_EXEC_SMALL // reduced build for the planted-bug runs
   all_for<80, 3>(300); all_for<80, 4>(400);
   all_for<128, 3>(700); all_for<128, 4>(800);

@@ -1,10 +1,12 @@
 // Copyright © 2026 TurboQuant-MLX authors.
 //
 // Metal dispatch of the TurboQuant ops: attention on the packed cache
-// (fast::QuantizedScaledDotProductAttention) and the turbo modes of
-// fast::Quantize. Buffer indices, function constants, kernel names and launch
-// geometry come from kernels/turbo_bindings.h, which the Linux harness in
-// tests/metal uses as well.
+// (fast::QuantizedScaledDotProductAttention), the turbo modes of
+// fast::Quantize and the cache update (turbo::quantize_update_gpu, called by
+// fast::QuantizedCacheUpdate::eval_gpu in turboquant_cache.cpp). Buffer
+// indices, function constants, kernel names and launch geometry come from
+// kernels/turbo_bindings.h, which the Linux harness in tests/metal uses as
+// well.
 
 #include <list>
 #include <optional>
@@ -144,6 +146,102 @@ void quantize_gpu(
   }
   if (nvec > 0) {
     auto dims = tb::quantize_dims(nvec);
+    enc.dispatch_threadgroups(to_size(dims.grid), to_size(dims.group));
+  }
+  copies.finish(enc);
+}
+
+void quantize_update_gpu(
+    const std::vector<array>& inputs,
+    array& out,
+    QuantizationMode mode,
+    int offset,
+    bool scales,
+    const Stream& s) {
+  const int bits = mode_bits(mode);
+  // (checked before any copy is encoded)
+  auto supported = [&] {
+    if (inputs.size() != 2 && inputs.size() != 3) {
+      return false;
+    }
+    const array& buf = inputs[0];
+    const array& x = inputs[1];
+    if (x.ndim() != 4 || buf.ndim() != 4 ||
+        (x.dtype() != float32 && x.dtype() != float16 &&
+         x.dtype() != bfloat16) ||
+        !tb::quant_dim_supported(x.shape(3)) || buf.shape(0) != x.shape(0) ||
+        buf.shape(1) != x.shape(1) || offset < 0 ||
+        offset > buf.shape(2) - x.shape(2) || out.shape() != buf.shape() ||
+        out.dtype() != buf.dtype()) {
+      return false;
+    }
+    const bool buf_ok = scales ? (buf.shape(3) == 1 && buf.dtype() == x.dtype())
+                               : (buf.shape(3) == tb::words(bits, x.shape(3)) &&
+                                  buf.dtype() == uint32);
+    if (!buf_ok) {
+      return false;
+    }
+    return inputs.size() == 2 ||
+        (inputs[2].dtype() == float32 && inputs[2].shape() == x.shape());
+  };
+  if (!supported()) {
+    throw std::invalid_argument(
+        scales ? "[quantized_cache_update] unsupported shapes or dtypes "
+                 "(scales node)."
+               : "[quantized_cache_update] unsupported shapes or dtypes "
+                 "(codes node).");
+  }
+  auto& d = metal::device(s.device);
+  auto& enc = metal::get_command_encoder(s);
+  Copies copies{s, {}};
+  const bool has_shift = inputs.size() > 2;
+  const bool codes = !scales;
+  const array& x = copies.last_contiguous(inputs[1]);
+  const array* shift = has_shift ? &copies.last_contiguous(inputs[2]) : nullptr;
+
+  // The output takes the input buffer when it can be donated (as
+  // SliceUpdate), else a row-contiguous copy; the kernel writes the new rows
+  // of this one buffer only (the other node writes the other buffer).
+  const array& buf = inputs[0];
+  copy_gpu(
+      buf,
+      out,
+      buf.flags().row_contiguous ? CopyType::Vector : CopyType::General,
+      s);
+
+  TurboQuantUpdateParams p{};
+  p.H = x.shape(1);
+  p.L = x.shape(2);
+  p.N = out.shape(2);
+  p.offset = offset;
+  p.nvec = int64_t(x.shape(0)) * x.shape(1) * x.shape(2);
+  bhl_strides(x, p.x_strides);
+  if (has_shift) {
+    bhl_strides(*shift, p.shift_strides);
+  }
+  if (p.nvec > 0) {
+    const int D = x.shape(3);
+    auto kname =
+        tb::quantize_update_kernel_name(bits, type_to_name(x.dtype()), D);
+    auto hash_name = tb::quantize_update_hash_name(kname, has_shift, scales);
+    metal::MTLFCList func_consts = {
+        {&has_shift, MTL::DataType::DataTypeBool, TURBO_FC_UPDATE_SHIFT},
+        {&scales, MTL::DataType::DataTypeBool, TURBO_FC_UPDATE_SCALES},
+        {&codes, MTL::DataType::DataTypeBool, TURBO_FC_UPDATE_CODES},
+    };
+    auto kernel = d.get_kernel(kname, hash_name, func_consts);
+    enc.set_compute_pipeline_state(kernel);
+    enc.set_input_array(x, TURBO_QU_BUF_X);
+    if (scales) {
+      enc.set_output_array(out, TURBO_QU_BUF_SCALES);
+    } else {
+      enc.set_output_array(out, TURBO_QU_BUF_PACKED);
+    }
+    enc.set_bytes(p, TURBO_QU_BUF_PARAMS);
+    if (has_shift) {
+      enc.set_input_array(*shift, TURBO_QU_BUF_SHIFT);
+    }
+    auto dims = tb::quantize_dims(p.nvec);
     enc.dispatch_threadgroups(to_size(dims.grid), to_size(dims.group));
   }
   copies.finish(enc);

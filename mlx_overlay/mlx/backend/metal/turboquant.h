@@ -20,4 +20,18 @@ void quantize_gpu(
     bool dequantize,
     const Stream& s);
 
+// fast::QuantizedCacheUpdate::eval_gpu (turboquant_cache.cpp), one node per
+// buffer: inputs {buffer, x (B, H, L, D) [, shift float32 broadcast to x's
+// shape]}, the buffer being the codes (B, H, N, W) uint32 (scales false) or
+// the scales (B, H, N, 1) in x's dtype (scales true). The output takes the
+// buffer when donatable, with rows offset..offset+L-1 replaced by that part
+// of quantize(x) (with a shift: quantize((x - shift) rounded to x's dtype)).
+void quantize_update_gpu(
+    const std::vector<array>& inputs,
+    array& out,
+    QuantizationMode mode,
+    int offset,
+    bool scales,
+    const Stream& s);
+
 } // namespace mlx::core::turbo

@@ -61,6 +61,21 @@
 #define TURBO_DQ_BUF_SCALES 1
 #define TURBO_DQ_BUF_OUT 2
 #define TURBO_DQ_BUF_NVEC 3
+// Cache update: rows offset..offset+L-1 of the codes or of the scales <-
+// quantize(x - shift); one of the two buffers is bound (the one written)
+#define TURBO_QU_BUF_X 0
+#define TURBO_QU_BUF_PACKED 1 // only with TURBO_FC_UPDATE_CODES
+#define TURBO_QU_BUF_SCALES 2 // only with TURBO_FC_UPDATE_SCALES
+#define TURBO_QU_BUF_PARAMS 3
+#define TURBO_QU_BUF_SHIFT 4 // float32, only with TURBO_FC_UPDATE_SHIFT
+// Function constants of the cache update kernel: a shift is subtracted; the
+// node writes the scales (fast::QuantizedCacheUpdate's scales_) or the codes.
+// The host always sets UPDATE_CODES = !UPDATE_SCALES: each gates the buffer
+// argument it writes (a declared constant, not a derived one, so that the
+// argument attribute names a function constant).
+#define TURBO_FC_UPDATE_SHIFT 50
+#define TURBO_FC_UPDATE_SCALES 51
+#define TURBO_FC_UPDATE_CODES 52
 
 // Threads per threadgroup
 #define TURBO_ATTN_SIMDS 32 // 1-pass: 32 SIMD-groups of 32 lanes
@@ -87,6 +102,21 @@ struct TurboAttnParams {
   int64_t m_strides[4];
   int64_t wf_b_stride; // moving key shift: frequencies' batch stride, or 0
   int waves; // moving key shift: planes P (0: none)
+};
+
+// Cache update: vector v < nvec = B * H * L is (b, h, l) with
+// v = (b * H + h) * L + l; x (B, H, L, D) and the shift are read with their
+// (b, h, l) strides in elements (last axis contiguous, 0 for broadcast axes);
+// the output is the row-contiguous codes (B, H, N, W) or scales (B, H, N, 1),
+// row (b * H + h) * N + offset + l.
+struct TurboQuantUpdateParams {
+  int H;
+  int L;
+  int N;
+  int offset;
+  int64_t nvec;
+  int64_t x_strides[3];
+  int64_t shift_strides[3];
 };
 
 // ---------------------------------------------------------------------------
@@ -142,6 +172,18 @@ inline std::string quantize_kernel_name(
     int D) {
   return std::string(mode_name(bits)) + "_quantize_" + type + "_" +
       std::to_string(D);
+}
+inline std::string
+quantize_update_kernel_name(int bits, const std::string& type, int D) {
+  return std::string(mode_name(bits)) + "_quantize_update_" + type + "_" +
+      std::to_string(D);
+}
+// Pipeline cache key of the update kernel: its name and both function
+// constants (UPDATE_CODES is !UPDATE_SCALES).
+inline std::string
+quantize_update_hash_name(const std::string& kname, bool shift, bool scales) {
+  return kname + (shift ? "_shift" : "_noshift") +
+      (scales ? "_scales" : "_codes");
 }
 inline std::string dequantize_kernel_name(
     int bits,

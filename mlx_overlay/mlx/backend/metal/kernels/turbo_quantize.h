@@ -13,6 +13,12 @@
 //   4. z_i = fl32(sqrt(D)) * y_i, idx_i = #{j : z_i > b_j},
 //   5. rho = sqrt(sum_i c[idx_i]^2) (index order, no FMA), scale = n / rho,
 //      NaN when n is not finite.
+// Steps 1-5 are turbo_encode, the one body of both encoders (turbo_quantize
+// and turbo_quantize_update, which store its words and scale). The update
+// kernel's input with a shift is
+// x_i = float(T(float(x_i) - shift_i)) (the difference in float32, rounded to
+// the input dtype T as static_cast does: to nearest even), as
+// quantize((x - shift).astype(T)) computes it.
 
 #pragma once
 
@@ -29,27 +35,18 @@ METAL_FUNC uint turbo_boundary_count(float z) {
   return idx;
 }
 
-template <typename T, int D, int BITS>
-[[kernel]] void turbo_quantize(
-    const device T* in [[buffer(TURBO_Q_BUF_IN)]],
-    device uint32_t* packed [[buffer(TURBO_Q_BUF_PACKED)]],
-    device T* scales [[buffer(TURBO_Q_BUF_SCALES)]],
-    const constant int64_t& nvec [[buffer(TURBO_Q_BUF_NVEC)]],
-    uint3 gid [[thread_position_in_grid]]) {
+// Steps 1-5 on one vector, shared by turbo_quantize and
+// turbo_quantize_update (bit-identical by construction): y holds the vector
+// as float32 on entry and is overwritten; the W packed words are written to
+// w[0..W) (thread memory; the callers store them) and the float32 scale
+// (before rounding to the storage dtype) is returned.
+template <int D, int BITS>
+METAL_FUNC float turbo_encode(thread float* y, thread uint32_t* w) {
   constexpr int P = TurboPow2<D>::P;
   constexpr int W = TurboLayout<BITS, D>::words;
-  const int64_t v = int64_t(gid.x);
-  if (v >= nvec) {
-    return;
-  }
-  in += v * D;
-  packed += v * W;
-
-  thread float y[D];
   float ss = 0.0f;
   for (int i = 0; i < D; i++) {
-    float xi = static_cast<float>(in[i]);
-    y[i] = xi;
+    float xi = y[i];
     float sq = xi * xi;
     ss = ss + sq;
   }
@@ -76,7 +73,6 @@ template <typename T, int D, int BITS>
   }
 
   const float sqrt_d = TurboConsts<D>::sqrt_d;
-  thread uint32_t w[W];
   for (int k = 0; k < W; k++) {
     w[k] = 0u;
   }
@@ -96,10 +92,94 @@ template <typename T, int D, int BITS>
   }
   const float rho = precise::sqrt(rr);
   const float scale = finite_n ? n / rho : NAN;
+  return scale;
+}
+
+template <typename T, int D, int BITS>
+[[kernel]] void turbo_quantize(
+    const device T* in [[buffer(TURBO_Q_BUF_IN)]],
+    device uint32_t* packed [[buffer(TURBO_Q_BUF_PACKED)]],
+    device T* scales [[buffer(TURBO_Q_BUF_SCALES)]],
+    const constant int64_t& nvec [[buffer(TURBO_Q_BUF_NVEC)]],
+    uint3 gid [[thread_position_in_grid]]) {
+  constexpr int W = TurboLayout<BITS, D>::words;
+  const int64_t v = int64_t(gid.x);
+  if (v >= nvec) {
+    return;
+  }
+  in += v * D;
+  thread float y[D];
+  for (int i = 0; i < D; i++) {
+    y[i] = static_cast<float>(in[i]);
+  }
+  thread uint32_t w[W];
+  const float scale = turbo_encode<D, BITS>(y, w);
+  packed += v * W;
   for (int k = 0; k < W; k++) {
     packed[k] = w[k];
   }
   scales[v] = static_cast<T>(scale);
+}
+
+// Cache update (fast::QuantizedCacheUpdate, one node per buffer): vector
+// v = (b, h, l) of x (B, H, L, D), read with p.x_strides (last axis
+// contiguous), minus the float32 shift row (p.shift_strides, last axis
+// contiguous) rounded to T when turbo_update_shift, encoded as turbo_quantize
+// does; its W words go to row (b * H + h) * N + offset + l of the
+// row-contiguous codes (B, H, N, W) when turbo_update_codes, its scale to that
+// row of the scales (B, H, N, 1) when turbo_update_scales. The host sets
+// turbo_update_codes = !turbo_update_scales; the buffer not written is not
+// bound (each store is guarded by the constant that declares its argument).
+constant bool turbo_update_shift [[function_constant(TURBO_FC_UPDATE_SHIFT)]];
+constant bool turbo_update_scales [[function_constant(TURBO_FC_UPDATE_SCALES)]];
+constant bool turbo_update_codes [[function_constant(TURBO_FC_UPDATE_CODES)]];
+
+template <typename T, int D, int BITS>
+[[kernel]] void turbo_quantize_update(
+    const device T* x [[buffer(TURBO_QU_BUF_X)]],
+    device uint32_t* packed
+    [[buffer(TURBO_QU_BUF_PACKED), function_constant(turbo_update_codes)]],
+    device T* scales
+    [[buffer(TURBO_QU_BUF_SCALES), function_constant(turbo_update_scales)]],
+    const constant TurboQuantUpdateParams& p [[buffer(TURBO_QU_BUF_PARAMS)]],
+    const device float* shift
+    [[buffer(TURBO_QU_BUF_SHIFT), function_constant(turbo_update_shift)]],
+    uint3 gid [[thread_position_in_grid]]) {
+  constexpr int W = TurboLayout<BITS, D>::words;
+  const int64_t v = int64_t(gid.x);
+  if (v >= p.nvec) {
+    return;
+  }
+  const int64_t l = v % p.L;
+  const int64_t bh = v / p.L;
+  const int64_t b = bh / p.H;
+  const int64_t h = bh % p.H;
+  x += b * p.x_strides[0] + h * p.x_strides[1] + l * p.x_strides[2];
+  thread float y[D];
+  if (turbo_update_shift) {
+    shift += b * p.shift_strides[0] + h * p.shift_strides[1] +
+        l * p.shift_strides[2];
+    for (int i = 0; i < D; i++) {
+      float d = static_cast<float>(x[i]) - shift[i];
+      y[i] = static_cast<float>(static_cast<T>(d));
+    }
+  } else {
+    for (int i = 0; i < D; i++) {
+      y[i] = static_cast<float>(x[i]);
+    }
+  }
+  thread uint32_t w[W];
+  const float scale = turbo_encode<D, BITS>(y, w);
+  const int64_t row = bh * p.N + p.offset + l;
+  if (turbo_update_codes) {
+    packed += row * W;
+    for (int k = 0; k < W; k++) {
+      packed[k] = w[k];
+    }
+  }
+  if (turbo_update_scales) {
+    scales[row] = static_cast<T>(scale);
+  }
 }
 
 template <typename S, typename O, int D, int BITS>

@@ -5,9 +5,14 @@
 #include "mlx/backend/metal/kernels/turbo_quantize.h"
 
 // Kernel names must equal turbo_bindings::quantize_kernel_name /
-// dequantize_kernel_name.
+// quantize_update_kernel_name / dequantize_kernel_name.
 #define instantiate_turbo_quantize(mode, bits, type, tname, d) \
   instantiate_kernel(#mode "_quantize_" #tname "_" #d, turbo_quantize, type, d, bits)
+
+#define instantiate_turbo_quantize_update(mode, bits, type, tname, d) \
+  instantiate_kernel(                                                \
+      #mode "_quantize_update_" #tname "_" #d,                       \
+      turbo_quantize_update, type, d, bits)
 
 #define instantiate_turbo_dequantize(mode, bits, stype, sname, otype, oname, d) \
   instantiate_kernel(                                                          \
@@ -23,6 +28,9 @@
   instantiate_turbo_quantize(mode, bits, float, float32, d)                \
   instantiate_turbo_quantize(mode, bits, float16_t, float16, d)            \
   instantiate_turbo_quantize(mode, bits, bfloat16_t, bfloat16, d)          \
+  instantiate_turbo_quantize_update(mode, bits, float, float32, d)         \
+  instantiate_turbo_quantize_update(mode, bits, float16_t, float16, d)     \
+  instantiate_turbo_quantize_update(mode, bits, bfloat16_t, bfloat16, d)   \
   instantiate_turbo_dequantize_out(mode, bits, float, float32, d)          \
   instantiate_turbo_dequantize_out(mode, bits, float16_t, float16, d)      \
   instantiate_turbo_dequantize_out(mode, bits, bfloat16_t, bfloat16, d)
