@@ -126,7 +126,11 @@ def test_updates_in_place(rng):
     grows far less than the cache's size, and queued steps (a decode loop)
     copy no more than slice assignment does on the same backend."""
     B, H, N, D = 1, 8, 8192, 128
-    cache = list(make_cache(rng, B, H, N, D, "turbo4", mx.bfloat16))
+    packed, scales = make_cache(rng, B, H, N, D, "turbo4", mx.bfloat16)
+    # Buffers made by single-output ops, as a cache makes them (mx.zeros,
+    # concatenate): the two outputs of mx.quantize keep each other alive
+    # until their kernel has run on GPU backends.
+    cache = [mx.array(np.array(packed)), mx.array(to_np(scales)).astype(mx.bfloat16)]
     x = new_rows(rng, B, H, 1, D, mx.bfloat16, "strided")
     mx.eval(cache, x)
     cache_bytes = cache[0].nbytes + cache[1].nbytes

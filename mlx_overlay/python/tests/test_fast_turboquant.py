@@ -99,5 +99,28 @@ class TestTurboQuant(mlx_tests.MLXTestCase):
             mx.quantized_matmul(mx.zeros((1, 128)), *k[0:2], mode="turbo3")
 
 
+    def test_quantized_cache_update(self):
+        for mode in ("turbo3", "turbo4"):
+            packed, scales = quantized_cache((2, 4, 32, 128), mode, mx.float16)
+            # A transposed view, as a model's keys and values are.
+            x = mx.random.normal((2, 3, 4, 128)).astype(mx.float16)
+            x = x.transpose(0, 2, 1, 3)
+            shift = mx.random.normal((2, 4, 1, 128))
+            out = mx.fast.quantized_cache_update(
+                packed, scales, x, 7, mode=mode, shift=shift
+            )
+            y = (x.astype(mx.float32) - shift).astype(mx.float16)
+            q, s = mx.quantize(y, mode=mode)
+            expected_packed = mx.array(packed)
+            expected_scales = mx.array(scales)
+            expected_packed[..., 7:10, :] = q
+            expected_scales[..., 7:10, :] = s
+            self.assertTrue(mx.array_equal(out[0], expected_packed))
+            self.assertTrue(mx.array_equal(out[1], expected_scales))
+        with self.assertRaises(ValueError):
+            mx.fast.quantized_cache_update(packed, scales, x, 30, mode="turbo4")
+        with self.assertRaises(ValueError):
+            mx.fast.quantized_cache_update(packed, scales, x, 0, mode="turbo3")
+
 if __name__ == "__main__":
     mlx_tests.MLXTestRunner()
