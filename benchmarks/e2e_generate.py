@@ -13,6 +13,10 @@ weights (normal, std 0.02; RMSNorm gains 1) and a random prompt of
                            group 64, from the first prompt chunk on)
            <turbo>:center  the turbo cache with a constant key shift only (no
                            moving shift; what it costs)
+           <turbo>:slices  the turbo cache appending as before
+                           ``mx.fast.quantized_cache_update``: the shift
+                           subtracted with ops, ``mx.quantize``, slice
+                           assignment (what the fused append saves)
 
 Per cell: one warm-up run per (weights, cache) at the smallest context, then
 ``--runs`` runs; median, min and max are reported. Prefill s is the time
@@ -47,6 +51,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.generate import generate_step
 from mlx_lm.models import qwen2
+from mlx_lm.models import cache as cache_module
 from mlx_lm.models.cache import make_prompt_cache
 
 QWEN25_7B = dict(
@@ -114,7 +119,29 @@ def build_model(config, weights):
     return model
 
 
+def composed_append(key_bufs, value_bufs, keys, values, start, modes, shift=None):
+    """``turbo_append`` as ops (the ``:slices`` variant): the same rows."""
+    if shift is not None:
+        keys = (keys.astype(mx.float32) - shift.astype(mx.float32)).astype(keys.dtype)
+    n = keys.shape[2]
+    for bufs, x, mode in ((key_bufs, keys, modes[0]), (value_bufs, values, modes[1])):
+        for buf, new in zip(bufs, mx.quantize(x, mode=mode)):
+            buf[..., start : start + n, :] = new
+    return key_bufs, value_bufs
+
+
 def one_run(model, prompt, cache_kind, args):
+    variant = cache_kind.partition(":")[2]
+    fused = cache_module.turbo_append
+    if variant == "slices":
+        cache_module.turbo_append = composed_append
+    try:
+        return measure_run(model, prompt, cache_kind, args)
+    finally:
+        cache_module.turbo_append = fused
+
+
+def measure_run(model, prompt, cache_kind, args):
     """(prefill s, decode tok/s, peak bytes, cache bytes) of one generation."""
     if cache_kind in ("bf16", "kv4"):
         cache = make_prompt_cache(model)
@@ -376,7 +403,9 @@ def main():
         return
     contexts = sorted(int(c) for c in csv(args.contexts))
     caches, weights = csv(args.caches), csv(args.weights)
-    known = set(CACHES) | {c + ":center" for c in CACHES if c.startswith("turbo")}
+    known = set(CACHES) | {
+        c + v for c in CACHES if c.startswith("turbo") for v in (":center", ":slices")
+    }
     bad = set(caches) - known | set(weights) - set(WEIGHTS)
     if bad or args.gen_tokens < 2 or args.runs < 1:
         ap.error(f"bad --caches/--weights {sorted(bad)}, or --gen-tokens < 2, or --runs < 1")
