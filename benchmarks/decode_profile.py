@@ -234,6 +234,12 @@ def add_profile_args(ap, contexts, steps, steps_help):
     ap.add_argument("--steps", type=int, default=steps, help=steps_help)
     ap.add_argument("--prefill-step", type=int, default=2048)
     ap.add_argument("--tiny", action="store_true", help="tiny model (CPU smoke test)")
+    ap.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="override the layer count (host work grows with it)",
+    )
     add_output_args(ap)
 
 
@@ -241,6 +247,8 @@ def setup(args, name, describe):
     """(model, output base path, header): the model of e2e_generate.py with bf16
     weights, and a header naming the device, the shape and describe(config)."""
     config = dict(TINY if args.tiny else QWEN25_7B)
+    if args.layers:
+        config["num_hidden_layers"] = args.layers
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, f"{name}_{args.machine or machine_name()}")
     header = (
