@@ -38,12 +38,7 @@ std::vector<array> quantized_cache_update(
     const std::string& mode,
     const std::optional<array>& shift,
     StreamOrDevice s_) {
-  if (mode != "turbo3" && mode != "turbo4") {
-    fail(
-        "Unsupported mode '" + mode +
-        "'. Supported modes are 'turbo3' and 'turbo4'.");
-  }
-  auto qmode = string_to_quantization_mode(mode, kTag);
+  auto qmode = turbo::parse_mode(kTag, mode);
   int nbits = turbo::bits(qmode);
   if (x.ndim() != 4 || packed.ndim() != 4 || scales.ndim() != 4) {
     fail(

@@ -19,17 +19,6 @@ namespace fast {
 
 namespace {
 
-QuantizationMode parse_turbo_mode(const std::string& mode) {
-  constexpr std::string_view tag = "quantized_scaled_dot_product_attention";
-  if (mode != "turbo3" && mode != "turbo4") {
-    std::ostringstream msg;
-    msg << "[" << tag << "] Unsupported mode '" << mode
-        << "'. Supported modes are 'turbo3' and 'turbo4'.";
-    throw std::invalid_argument(msg.str());
-  }
-  return string_to_quantization_mode(mode, tag);
-}
-
 // MLX's own attention with the stream last, on MLX versions with and
 // without the force_fused argument before it (main added it after v0.32.1):
 // the call goes through F, the function's type, so only the matching branch
@@ -686,8 +675,10 @@ array quantized_scaled_dot_product_attention(
     const std::optional<array>& key_shift_freqs /* = {} */,
     const std::optional<array>& key_shift_waves /* = {} */,
     StreamOrDevice s /* = {} */) {
-  auto kmode = parse_turbo_mode(key_mode);
-  auto vmode = parse_turbo_mode(value_mode.empty() ? key_mode : value_mode);
+  constexpr std::string_view tag = "quantized_scaled_dot_product_attention";
+  auto kmode = turbo::parse_mode(tag, key_mode);
+  auto vmode =
+      turbo::parse_mode(tag, value_mode.empty() ? key_mode : value_mode);
   const auto [B, n_q_heads, n_kv_heads, qL, kL, dk, dv] = validate_inputs(
       queries,
       keys,

@@ -135,6 +135,16 @@ void check_dim(std::string_view tag, int dim) {
   }
 }
 
+QuantizationMode parse_mode(std::string_view tag, const std::string& mode) {
+  if (mode != "turbo3" && mode != "turbo4") {
+    std::ostringstream msg;
+    msg << "[" << tag << "] Unsupported mode '" << mode
+        << "'. Supported modes are 'turbo3' and 'turbo4'.";
+    throw std::invalid_argument(msg.str());
+  }
+  return string_to_quantization_mode(mode, tag);
+}
+
 array per_query_head(const array& t, int gqa, StreamOrDevice s) {
   auto f = astype(t, float32, s);
   return gqa == 1 ? f : repeat(f, gqa, 1, s);

@@ -185,6 +185,9 @@ inline void rotate(float* x, int dim, bool inverse) {
 
 // Validation shared by the ops.
 void check_dim(std::string_view tag, int dim);
+// "turbo3" or "turbo4" as a QuantizationMode; anything else is an
+// std::invalid_argument naming the op.
+QuantizationMode parse_mode(std::string_view tag, const std::string& mode);
 
 // A per-(batch or 1, kv head) transform vector of shape (B, Hkv, 1, D)
 // repeated for the gqa query heads of each kv head: (B, Hkv * gqa, 1, D),
