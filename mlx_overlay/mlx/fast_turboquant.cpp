@@ -19,38 +19,6 @@ namespace fast {
 
 namespace {
 
-// MLX's own attention with the stream last, on MLX versions with and
-// without the force_fused argument before it (main added it after v0.32.1):
-// the call goes through F, the function's type, so only the matching branch
-// is compiled.
-template <typename F>
-array mlx_attention(
-    F sdpa,
-    const array& q,
-    const array& k,
-    const array& v,
-    float scale,
-    const std::string& mask_mode,
-    const std::optional<array>& mask,
-    const std::optional<array>& sinks,
-    const Stream& s) {
-  if constexpr (std::is_invocable_v<
-                    F,
-                    const array&,
-                    const array&,
-                    const array&,
-                    const float,
-                    const std::string&,
-                    std::optional<array>,
-                    const std::optional<array>&,
-                    bool,
-                    StreamOrDevice>) {
-    return sdpa(q, k, v, scale, mask_mode, mask, sinks, false, s);
-  } else {
-    return sdpa(q, k, v, scale, mask_mode, mask, sinks, s);
-  }
-}
-
 // Shapes of a validated call.
 struct AttentionShape {
   int B;
@@ -423,134 +391,6 @@ void fold_key_bias(
   }
 }
 
-// Many queries (prefill) are compute bound: dequantizing the cache is
-// O(kL * D) next to the O(qL * kL * D) of attention, so the cache is
-// dequantized into a transient copy in the queries' dtype (at most the fp16
-// size of this call's K/V, freed after it) and MLX's own attention runs on it
-// (cuDNN on CUDA, steel on Metal). One rule for every backend.
-array dequantized_attention(
-    const array& queries,
-    const array& keys,
-    const array& key_scales,
-    const array& values,
-    const array& value_scales,
-    const float scale,
-    const std::string& mask_mode,
-    std::optional<array> mask_arr,
-    const std::optional<array>& sinks,
-    QuantizationMode kmode,
-    QuantizationMode vmode,
-    const std::optional<array>& key_shift,
-    const std::optional<array>& key_channel_scales,
-    const std::optional<array>& first_key,
-    const std::optional<array>& first_value,
-    const std::optional<array>& key_shift_freqs,
-    const std::optional<array>& key_shift_waves,
-    const Stream& stream) {
-  const int B = queries.shape(0);
-  const int qL = queries.shape(2);
-  const int n_kv_heads = keys.shape(1);
-  const int kL = keys.shape(2);
-  const bool has_sinks = sinks.has_value();
-  auto dtype = queries.dtype();
-  // With the exact first token, the cache is dequantized with one more row
-  // in front: a zero row of codes and scales goes before the packed cache (a
-  // copy of the packed data, no larger than the contiguous copy a cache
-  // slice needs anyway), and the first token's key and value then replace
-  // row 0 in place. No second copy of the dequantized cache is made.
-  auto dequantize_rows = [&](const array& w,
-                             const array& sc,
-                             QuantizationMode mode) {
-    if (!first_key) {
-      return turbo::dequantize(w, sc, mode, dtype, stream);
-    }
-    auto zero_row = [&](const array& x) {
-      return zeros({B, n_kv_heads, 1, x.shape(3)}, x.dtype(), stream);
-    };
-    return turbo::dequantize(
-        concatenate({zero_row(w), w}, 2, stream),
-        concatenate({zero_row(sc), sc}, 2, stream),
-        mode,
-        dtype,
-        stream);
-  };
-  auto set_row0 = [&](const array& x, const array& first) {
-    auto row = broadcast_to(
-        astype(first, dtype, stream), {B, n_kv_heads, 1, x.shape(3)}, stream);
-    return slice_update(
-        x, row, Shape{0, 0, 0, 0}, Shape{B, n_kv_heads, 1, x.shape(3)}, stream);
-  };
-  auto k = dequantize_rows(keys, key_scales, kmode);
-  if (key_channel_scales) {
-    k = multiply(k, astype(*key_channel_scales, dtype, stream), stream);
-  }
-  // Without sinks the key shift moves every score of a row equally, so it
-  // changes nothing; the exact first token then takes key 0 as
-  // first_key - key_shift (the same scores up to that common shift) instead
-  // of a pass over every cached key. With sinks the absolute scores matter.
-  if (key_shift && has_sinks) {
-    k = add(k, astype(*key_shift, dtype, stream), stream);
-  }
-  // The shift that moves with the position differs per key: always added
-  // back (with the exact first token, row 0 is overwritten below, so the
-  // cached keys are rows 1.. and their positions start at -1 here).
-  if (key_shift_freqs) {
-    k = add(
-        k,
-        astype(
-            turbo::key_wave_shift(
-                *key_shift_freqs,
-                *key_shift_waves,
-                first_key ? -1 : 0,
-                k.shape(2),
-                stream),
-            dtype,
-            stream),
-        stream);
-  }
-  auto v = dequantize_rows(values, value_scales, vmode);
-  if (first_key) {
-    auto k0 = *first_key;
-    if (key_shift && !has_sinks) {
-      k0 = subtract(
-          astype(k0, float32, stream),
-          astype(*key_shift, float32, stream),
-          stream);
-    }
-    // The first token, exact, as key 0; a mask covers the cached keys only
-    // (key 0 is always visible).
-    k = set_row0(k, k0);
-    v = set_row0(v, *first_value);
-    if (mask_arr) {
-      auto m = *mask_arr;
-      while (m.ndim() < 4) {
-        m = expand_dims(m, 0, stream);
-      }
-      Shape shape{B, m.shape(1), qL, kL};
-      m = broadcast_to(m, shape, stream);
-      shape.back() = 1;
-      auto visible = m.dtype() == bool_ ? full(shape, true, stream)
-                                        : zeros(shape, m.dtype(), stream);
-      mask_arr = concatenate({visible, m}, 3, stream);
-    }
-  }
-  // MLX's attention takes sinks in the output's dtype.
-  std::optional<array> sinks_q;
-  if (sinks) {
-    sinks_q = astype(*sinks, dtype, stream);
-  }
-  return mlx_attention(
-      &scaled_dot_product_attention,
-      queries,
-      k,
-      v,
-      scale,
-      mask_mode,
-      mask_arr,
-      sinks_q,
-      stream);
-}
-
 // What the primitive's inputs hold: (q, k, k_scales, v, v_scales), then, in
 // this order, [mask] [sinks] [sink_values] [key_shift] [first_key]
 // [key_shift_waves key_shift_freqs]; without fused_rotation (the queries come
@@ -638,7 +478,7 @@ std::vector<array> composed_attention(
     sinks = std::nullopt;
   }
   auto mask_mode = a.do_causal && !mask ? "causal" : "";
-  auto out = mlx_attention(
+  auto out = turbo::mlx_attention(
       &scaled_dot_product_attention,
       q,
       k,
@@ -719,7 +559,7 @@ array quantized_scaled_dot_product_attention(
   // dequantized route, which has it as key 0 under the causal mask.
   const bool rows_before_first = first_key && do_causal && qL > kL + 1;
   if (qL > turbo::kFusedMaxQueries || rows_before_first) {
-    return dequantized_attention(
+    return turbo::dequantized_attention(
         queries,
         keys,
         key_scales,

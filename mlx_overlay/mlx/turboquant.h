@@ -11,7 +11,9 @@
 #include <cstdint>
 #include <optional>
 #include <string_view>
+#include <string>
 #include <tuple>
+#include <type_traits>
 
 #include "mlx/array.h"
 #include "mlx/primitives.h"
@@ -263,6 +265,62 @@ std::tuple<array, array, array> sink_as_key(
     const array& sink_values,
     StreamOrDevice s = {});
 
+// MLX's own attention with the stream last, on MLX versions with and
+// without the force_fused argument before it (main added it after v0.32.1):
+// the call goes through F, the function's type, so only the matching branch
+// is compiled.
+template <typename F>
+array mlx_attention(
+    F sdpa,
+    const array& q,
+    const array& k,
+    const array& v,
+    float scale,
+    const std::string& mask_mode,
+    const std::optional<array>& mask,
+    const std::optional<array>& sinks,
+    const Stream& s) {
+  if constexpr (std::is_invocable_v<
+                    F,
+                    const array&,
+                    const array&,
+                    const array&,
+                    const float,
+                    const std::string&,
+                    std::optional<array>,
+                    const std::optional<array>&,
+                    bool,
+                    StreamOrDevice>) {
+    return sdpa(q, k, v, scale, mask_mode, mask, sinks, false, s);
+  } else {
+    return sdpa(q, k, v, scale, mask_mode, mask, sinks, s);
+  }
+}
+
+// The route of quantized_scaled_dot_product_attention for many queries
+// (fast_turbo_prefill.cpp): the cache dequantized into a transient copy in
+// the queries' dtype (fast::QuantizedKVDequantize) and MLX's own attention
+// on it. The arguments are those of the op, validated.
+array dequantized_attention(
+    const array& queries,
+    const array& keys,
+    const array& key_scales,
+    const array& values,
+    const array& value_scales,
+    const float scale,
+    const std::string& mask_mode,
+    std::optional<array> mask_arr,
+    const std::optional<array>& sinks,
+    QuantizationMode kmode,
+    QuantizationMode vmode,
+    const std::optional<array>& key_shift,
+    const std::optional<array>& key_channel_scales,
+    const std::optional<array>& first_key,
+    const std::optional<array>& first_value,
+    const std::optional<array>& key_shift_freqs,
+    const std::optional<array>& key_shift_waves,
+    const Stream& stream);
+
 // quantize / dequantize with a turbo mode (called by mlx::core::quantize and
 // mlx::core::dequantize after mode parsing).
 std::vector<array> quantize(const array& w, QuantizationMode mode, Stream s);
@@ -313,6 +371,29 @@ void dequantize_cpu(
     const array& scales,
     array& out,
     QuantizationMode mode,
+    Stream s);
+
+// fast::QuantizedKVDequantize (the attention's route for many queries): a
+// quantized cache dequantized for MLX's own attention. Inputs: packed (B, H,
+// L, W) (the last axis contiguous, the others any strides), scales (B, H, L,
+// 1) in the output dtype (any strides), then in this order [first (B, H, 1,
+// D) in the output dtype] [shift (B, H, 1, D) float32] [freqs (B, H, P)
+// uint32, waves (B, H, 2P, D) float32], each row contiguous. Output (B, H,
+// F + L, D), F = 1 with first: row 0 is first; row F + i is the dequantized
+// vector i (as mx.dequantize computes it, in float32) plus shift plus the
+// moving shift of row i, sum_j cos(a_j) waves[j] + sin(a_j) waves[P + j]
+// with a_j = 2 pi ((freqs[j] i) mod 2^24) / 2^24 (docs/format.md, section
+// 7), added in float32 and rounded once to the output dtype.
+struct KVDequantizeLayout {
+  bool has_first;
+  bool has_shift;
+  bool has_waves;
+};
+void dequantize_kv_cpu(
+    const std::vector<array>& inputs,
+    array& out,
+    QuantizationMode mode,
+    KVDequantizeLayout layout,
     Stream s);
 
 } // namespace mlx::core::turbo

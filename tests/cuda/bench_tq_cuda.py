@@ -13,6 +13,9 @@ Decode: B in (1, 8), Hq=32, Hkv=8, D=128, qL=1, context 1K..128K.
   * tc3/tc4     the same call as MLX runs it for fp16/bf16 queries (the
                 tensor-core decode kernel, turbo_sdpa_vector_tc)
 Both are planned and launched through MLX's plan (tq_lib.Attention).
+Dequantize (the attention's route for many queries): turbo_decode of a
+(1, 4, L) cache slice to bf16, alone and with the exact first row and the
+moving key shift (8 planes), L = 32K and 128K.
 Bandwidth = bytes the kernel must read/write at least (K/V codes + scales,
 q, out) / time, next to a measured device-to-device copy (read + write).
 Inputs rotate among several copies so that the L2 cache (50-60 MB) does not
@@ -35,6 +38,7 @@ import tq_lib
 p = argparse.ArgumentParser()
 p.add_argument("--out", default=".")
 p.add_argument("--quick", action="store_true")
+p.add_argument("--dequant-only", action="store_true", help="only the dequantize table")
 args = p.parse_args()
 
 dev = torch.device("cuda")
@@ -199,7 +203,7 @@ def decode_case(B, kL, results, Hq=32, Hkv=8, D=128):
         row[f"turbo{bits}_tc_GBs"] = tq_bytes / (t_tc * 1e-6) / 1e9
         if bits == 4:
             # dequantize (to bf16, original domain) then SDPA
-            kd = torch.empty(B, Hkv, kL, D, dtype=torch.bfloat16, device=dev)
+            kd = torch.empty(B, Hkv, kL, D, dtype=torch.float16, device=dev)
             vd = torch.empty_like(kd)
             qb = qs[0]
 
@@ -222,6 +226,48 @@ def decode_case(B, kL, results, Hq=32, Hkv=8, D=128):
     print(json.dumps(row), flush=True)
 
 
+def dequant_case(L, results, H=4, D=128, P=8):
+    """turbo_decode of the (1, H, L) rows of a cache buffer with 256 rows
+    more (a slice, as mlx-lm passes it) to bf16."""
+    nc = max(2, min(8, L2_DEFEAT // (H * L * D * 2) + 1))
+    for bits in (3, 4):
+        W = tq_lib.words(bits, D)
+        bufs = [
+            torch.randint(-(2**31), 2**31 - 1, (1, H, L + 256, W), dtype=torch.int32, device=dev)
+            for _ in range(nc)
+        ]
+        scs = [torch.rand(1, H, L + 256, 1, device=dev).bfloat16() for _ in range(nc)]
+        outs = [torch.empty(1, H, L + 1, D, dtype=torch.bfloat16, device=dev) for _ in range(nc)]
+        first = torch.randn(1, H, 1, D, device=dev).bfloat16()
+        freqs = torch.randint(0, 2**24, (1, H, P), dtype=torch.int32, device=dev)
+        waves = torch.randn(1, H, 2 * P, D, device=dev)
+        nbytes = H * L * (W * 4 + 2 + D * 2)
+        for variant in ("plain", "first+waves"):
+            kv = variant != "plain"
+
+            def fn(i):
+                j = i % nc
+                tq_lib.decode(
+                    bufs[j][:, :, :L],
+                    scs[j][:, :, :L],
+                    bits,
+                    D,
+                    out=outs[j] if kv else outs[j][:, :, :L],
+                    first=first if kv else None,
+                    freqs=freqs if kv else None,
+                    waves=waves if kv else None,
+                )
+
+            t = bench(fn, 20)
+            results.append(
+                {"bits": bits, "L": L, "H": H, "D": D, "variant": variant, "us": t,
+                 "GBs": nbytes / (t * 1e-6) / 1e9}
+            )
+            print(json.dumps(results[-1]), flush=True)
+        del bufs, scs, outs
+        torch.cuda.empty_cache()
+
+
 def main():
     t0 = time.time()
     info = {
@@ -231,19 +277,28 @@ def main():
     }
     info["copy_GBs"] = copy_bw()
     print(json.dumps(info), flush=True)
+    dequant = []
+    for L in (32768, 131072):
+        dequant_case(L, dequant)
     decode = []
     ctxs = [1024, 4096, 16384, 32768, 65536, 131072]
     if args.quick:
         ctxs = [4096, 131072]
     for B in (1, 8):
-        for kL in ctxs:
+        for kL in [] if args.dequant_only else ctxs:
             decode_case(B, kL, decode)
-    res = {"info": info, "decode": decode, "seconds": time.time() - t0}
+    res = {"info": info, "dequant": dequant, "decode": decode, "seconds": time.time() - t0}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_cuda.json"), "w") as f:
         json.dump(res, f, indent=1)
-    # table
+    # tables
     print(f"\n{info['device']}  copy {info['copy_GBs']:.0f} GB/s (read+write)")
+    print("dequantize to bf16 (turbo_decode), B=1 H=4 D=128; us, GB/s on bytes moved")
+    for r in dequant:
+        print(
+            f"turbo{r['bits']} L={r['L']:>7} {r['variant']:>12}: {r['us']:>8.1f} us "
+            f"{r['GBs']:>6.0f} GB/s ({r['GBs'] / info['copy_GBs']:.0%} of copy)"
+        )
     print("decode, Hq=32 Hkv=8 D=128 qL=1; times in us; GB/s on bytes moved")
     print(
         f"{'B':>2} {'ctx':>7} | {'sdpa bf16':>10} {'GB/s':>6} | {'deq+sdpa':>9} | "

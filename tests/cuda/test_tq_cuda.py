@@ -143,8 +143,9 @@ def check_encode_vs_spec():
 def check_decode():
     for d in ref.SUPPORTED_D:
         for bits in (3, 4):
+            # The op casts the scales to the output dtype first.
             for sdt, odt in (
-                (torch.float16, torch.float32),
+                (torch.float16, torch.float16),
                 (torch.float32, torch.float32),
                 (torch.bfloat16, torch.bfloat16),
             ):
@@ -167,6 +168,57 @@ def check_decode():
                     np.isfinite(o).all() and err < tol,
                     f"rel err {err:.2e}",
                 )
+
+
+def check_decode_kv():
+    """fast::QuantizedKVDequantize rows: a slice of a larger cache (strides),
+    the exact first row, the constant and moving key shifts, against float64."""
+    gen = torch.Generator().manual_seed(7)
+    for d in ref.SUPPORTED_D:
+        for bits in (3, 4):
+            for dt in (torch.float32, torch.bfloat16):
+                B, H, N, n, P = 2, 3, 100, 77, 5
+                W = tq_lib.words(bits, d)
+                w = torch.randint(-(2**31), 2**31 - 1, (B, H, N, W), dtype=torch.int32, generator=gen)
+                s = (torch.rand(B, H, N, 1, generator=gen) * 3 + 0.1).to(dt)
+                first = torch.randn(B, H, 1, d, generator=gen).to(dt)
+                shift = torch.randn(B, H, 1, d, generator=gen) * 2
+                freqs = torch.randint(0, 2**24, (B, H, P), dtype=torch.int32, generator=gen)
+                waves = torch.randn(B, H, 2 * P, d, generator=gen) * 3
+                for with_first, with_shift, with_waves in ((1, 1, 1), (0, 0, 0), (1, 0, 1), (0, 1, 0)):
+                    out = tq_lib.decode(
+                        w.cuda()[:, :, :n],
+                        s.cuda()[:, :, :n],
+                        bits,
+                        d,
+                        first=first.cuda() if with_first else None,
+                        shift=shift.cuda() if with_shift else None,
+                        freqs=freqs.cuda() if with_waves else None,
+                        waves=waves.cuda() if with_waves else None,
+                    )
+                    torch.cuda.synchronize()
+                    wn = w[:, :, :n].numpy().view(np.uint32).reshape(-1, W)
+                    r = ref.decode_f64(wn, s[:, :, :n].float().numpy().reshape(-1), bits, d)
+                    r = r.reshape(B, H, n, d)
+                    if with_shift:
+                        r = r + shift.double().numpy()
+                    if with_waves:
+                        f = freqs.numpy().view(np.uint32).astype(np.int64)
+                        turns = (f[:, :, None, :] * np.arange(n)[:, None]) % (1 << 24)
+                        ang = 2 * np.pi * turns / (1 << 24)
+                        ph = np.concatenate([np.cos(ang), np.sin(ang)], axis=-1)
+                        r = r + ph @ waves.double().numpy()
+                    if with_first:
+                        r = np.concatenate([first.double().numpy(), r], axis=2)
+                    o = out.double().cpu().numpy()
+                    err = np.linalg.norm(o - r) / np.linalg.norm(r)
+                    tol = 1e-5 if dt == torch.float32 else 8e-3
+                    report(
+                        f"decode_kv D={d} turbo{bits} {str(dt)[6:]} "
+                        f"first={with_first} shift={with_shift} waves={with_waves}",
+                        o.shape == r.shape and np.isfinite(o).all() and err < tol,
+                        f"rel err {err:.2e}",
+                    )
 
 
 # ------------------------------------------------------------------ attention
@@ -358,8 +410,8 @@ def check_roundtrip_attention():
         q = torch.randn(B, Hq, qL, d, device="cuda")
         kc, ks = tq_lib.encode(k, 3)
         vc, vs = tq_lib.encode(v, 4)
-        kd = tq_lib.decode(kc, ks, 3, d, out_dtype=torch.float32).double().cpu().numpy()
-        vd = tq_lib.decode(vc, vs, 4, d, out_dtype=torch.float32).double().cpu().numpy()
+        kd = tq_lib.decode(kc, ks.float(), 3, d).double().cpu().numpy()
+        vd = tq_lib.decode(vc, vs.float(), 4, d).double().cpu().numpy()
         R = ref.rotation_f64(d)
         qr = q.double().cpu().numpy() @ R.T
         scale = 1 / np.sqrt(d)
@@ -384,6 +436,7 @@ if __name__ == "__main__":
     check_encode()
     check_encode_vs_spec()
     check_decode()
+    check_decode_kv()
     check_attention()
     check_attention_tc()
     check_roundtrip_attention()

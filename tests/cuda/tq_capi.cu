@@ -11,9 +11,9 @@ using namespace mlx::core::cu::turbo;
   extern "C" int tq_decode_d##D(                                     \
       const void*,                                                   \
       const void*,                                                   \
+      const void*,                                                   \
       void*,                                                         \
-      long long,                                                     \
-      int,                                                           \
+      const DecodeRows*,                                             \
       int,                                                           \
       int,                                                           \
       cudaStream_t);                                                 \
@@ -73,18 +73,39 @@ extern "C" int tq_encode(
 #undef C
 }
 
+// Dequantize (B, H, L) code rows with strides (words / elements) into out
+// (B, H, F + L, D); first (B * H, D), shift (B * H, D) float32, freqs
+// (B * H, P) and waves (B * H, 2P, D) float32 may be null.
 extern "C" int tq_decode(
     const void* packed,
     const void* scales,
+    const void* first,
+    const float* shift,
+    const uint32_t* freqs,
+    const float* waves,
+    int P,
     void* out,
-    long long n,
+    long long B,
+    long long H,
+    long long L,
+    const long long* w_str,
+    const long long* s_str,
     int D,
     int bits,
-    int sdtype,
-    int odtype,
+    int dtype,
     void* st) {
+  DecodeRows r{
+      L,
+      B * H,
+      H,
+      {w_str[0], w_str[1], w_str[2]},
+      {s_str[0], s_str[1], s_str[2]},
+      shift,
+      freqs,
+      waves,
+      P};
 #define C(d) \
-  tq_decode_d##d(packed, scales, out, n, bits, sdtype, odtype, (cudaStream_t)st)
+  tq_decode_d##d(packed, scales, first, out, &r, bits, dtype, (cudaStream_t)st)
   SWITCH_D(D, C)
 #undef C
 }

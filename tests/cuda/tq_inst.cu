@@ -52,24 +52,32 @@ extern "C" int TQ_FN(tq_encode_d)(
   return (int)cudaGetLastError();
 }
 
+// Dequantize rows as MLX launches them (turbo_dequantize_gpu /
+// turbo_dequantize_kv_gpu): scales, first and out in one dtype.
 extern "C" int TQ_FN(tq_decode_d)(
     const void* packed,
     const void* scales,
+    const void* first,
     void* out,
-    long long n,
+    const DecodeRows* rows,
     int bits,
-    int sdtype,
-    int odtype,
+    int dtype,
     cudaStream_t st) {
-  int blocks = int((n + kEncodeWarps - 1) / kEncodeWarps);
-  by_dtype(sdtype, [&](auto tt) {
+  const DecodeRows r = *rows;
+  int64_t blocks = r.heads * decode_tiles(r.L);
+  if (blocks == 0) {
+    return 0;
+  }
+  by_dtype(dtype, [&](auto tt) {
     using T = decltype(tt);
-    by_dtype(odtype, [&](auto uu) {
-      using U = decltype(uu);
-      by_bits(bits, [&](auto bb) {
-        turbo_decode<T, U, D, bb.value><<<blocks, 32 * kEncodeWarps, 0, st>>>(
-            (const uint32_t*)packed, (const T*)scales, (U*)out, n);
-      });
+    by_bits(bits, [&](auto bb) {
+      turbo_decode<T, D, bb.value>
+          <<<unsigned(blocks), 32 * kDecodeWarps, 0, st>>>(
+              (const uint32_t*)packed,
+              (const T*)scales,
+              (const T*)first,
+              (T*)out,
+              r);
     });
   });
   return (int)cudaGetLastError();

@@ -14,7 +14,7 @@ _vp = ctypes.c_void_p
 _i = ctypes.c_int
 _ll = ctypes.c_longlong
 _lib.tq_encode.argtypes = [_vp, _vp, _vp, _ll, _i, _i, _i, _vp]
-_lib.tq_decode.argtypes = [_vp, _vp, _vp, _ll, _i, _i, _i, _i, _vp]
+_lib.tq_decode.argtypes = [_vp] * 6 + [_i, _vp] + [_ll] * 3 + [_vp] * 2 + [_i] * 4 + [_vp]
 _lib.tq_plan.argtypes = [_i] * 9 + [ctypes.POINTER(_i)]
 _lib.tq_plan.restype = _ll
 _lib.tq_attention.argtypes = [_vp] * 10 + [_i] * 9 + [ctypes.c_float] + [_i] * 4 + [_vp]
@@ -57,23 +57,52 @@ def encode(x, bits):
     return packed, scales
 
 
-def decode(packed, scales, bits, d, out_dtype=None, out=None):
-    out_dtype = out_dtype or scales.dtype
-    n = packed.numel() // packed.shape[-1]
-    if out is None:
-        out = torch.empty(
-            packed.shape[:-1] + (d,), dtype=out_dtype, device=packed.device
-        )
+def decode(packed, scales, bits, d, out=None, first=None, shift=None, freqs=None, waves=None):
+    """Dequantize code rows as MLX does (turbo_decode). packed (..., W) or a
+    (B, H, L, W) view with any strides but a contiguous last axis, scales the
+    same shape with a last axis of 1, in the output dtype. With first (B, H,
+    1, D) the output is (B, H, 1 + L, D), that row first; shift (B, H, 1, D)
+    float32 and freqs (B, H, P) int32 (uint32 bits) / waves (B, H, 2P, D)
+    float32 are added to every row (fast::QuantizedKVDequantize)."""
+    if packed.dim() != 4:
+        lead = packed.shape[:-1]
+        packed = packed.reshape(1, 1, -1, packed.shape[-1])
+        scales = scales.reshape(1, 1, -1, 1)
+        if out is None:
+            out = torch.empty(lead + (d,), dtype=scales.dtype, device=packed.device)
+        flat = out.view(1, 1, -1, d)
+    else:
+        B, H, L, _ = packed.shape
+        F = 1 if first is not None else 0
+        if out is None:
+            out = torch.empty((B, H, F + L, d), dtype=scales.dtype, device=packed.device)
+        flat = out
+    B, H, L, _ = packed.shape
+    assert packed.stride(-1) == 1 and flat.is_contiguous()
+    assert scales.dtype == flat.dtype
+    P = 0 if freqs is None else freqs.shape[-1]
+    c = lambda t: None if t is None else t.contiguous()
+    first, shift, freqs, waves = c(first), c(shift), c(freqs), c(waves)
+    ws = (ctypes.c_longlong * 3)(*packed.stride()[:3])
+    ss = (ctypes.c_longlong * 3)(*scales.stride()[:3])
     _check(
         _lib.tq_decode(
             _ptr(packed),
             _ptr(scales),
-            _ptr(out),
-            n,
+            _ptr(first),
+            _ptr(shift),
+            _ptr(freqs),
+            _ptr(waves),
+            P,
+            _ptr(flat),
+            B,
+            H,
+            L,
+            ws,
+            ss,
             d,
             bits,
-            DT[scales.dtype],
-            DT[out.dtype],
+            DT[flat.dtype],
             _stream(),
         ),
         "decode",

@@ -182,6 +182,72 @@ void decode_rows(
   });
 }
 
+// fast::QuantizedKVDequantize rows (mlx/turboquant.h, dequantize_kv_cpu):
+// each (b, h) block of F + L rows of out from packed / scales rows with
+// strides (elements; the packed words of a row contiguous).
+template <typename T>
+void decode_kv_rows(
+    const array& packed,
+    const array& scales,
+    const T* first,
+    const float* shift,
+    const uint32_t* freqs,
+    const float* waves,
+    int P,
+    T* out,
+    int bits) {
+  const int H = packed.shape(1);
+  const int64_t L = packed.shape(2);
+  const int F = first != nullptr;
+  const int dim = turbo::dim_from_packed_width(packed.shape(3), bits);
+  const float* c = turbo::codebook(bits);
+  const auto& ps = packed.strides();
+  const auto& ss = scales.strides();
+  const uint32_t* pw = packed.data<uint32_t>();
+  const T* sc = scales.data<T>();
+  const TurnTables& tables = turn_tables();
+  const int64_t heads = int64_t(packed.shape(0)) * H;
+  parallel_for(heads * L, dim * 16, [&](int64_t r0, int64_t r1) {
+    float y[turbo::kMaxDim];
+    float phases[2 * turbo::kMaxKeyWaves];
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t bh = r / L, i = r % L;
+      const int64_t b = bh / H, h = bh % H;
+      const uint32_t* w = pw + b * ps[0] + h * ps[1] + i * ps[2];
+      const float s = static_cast<float>(sc[b * ss[0] + h * ss[1] + i * ss[2]]);
+      for (int d = 0; d < dim; ++d) {
+        y[d] = s * c[turbo::unpack_code(w, d, dim, bits)];
+      }
+      turbo::rotate(y, dim, true);
+      if (shift) {
+        const float* m = shift + bh * dim;
+        for (int d = 0; d < dim; ++d) {
+          y[d] += m[d];
+        }
+      }
+      if (waves) {
+        key_wave_phases(freqs + bh * P, P, uint32_t(i), tables, phases);
+        const float* wv = waves + bh * 2 * P * dim;
+        for (int j = 0; j < 2 * P; ++j) {
+          for (int d = 0; d < dim; ++d) {
+            y[d] += phases[j] * wv[j * dim + d];
+          }
+        }
+      }
+      T* o = out + (bh * (F + L) + F + i) * dim;
+      for (int d = 0; d < dim; ++d) {
+        o[d] = static_cast<T>(y[d]);
+      }
+      if (F && i == 0) {
+        std::copy(first + bh * dim, first + (bh + 1) * dim, o - dim);
+      }
+    }
+  });
+  if (F && L == 0) {
+    std::copy(first, first + heads * dim, out);
+  }
+}
+
 } // namespace
 
 namespace turbo {
@@ -289,6 +355,59 @@ void dequantize_cpu(
           out.data<T>(),
           rows,
           dim,
+          nbits);
+    });
+  });
+}
+
+void dequantize_kv_cpu(
+    const std::vector<array>& inputs,
+    array& out,
+    QuantizationMode mode,
+    KVDequantizeLayout layout,
+    Stream s) {
+  auto& encoder = cpu::get_command_encoder(s);
+  // The cache is read in place (usually a slice of a larger buffer); only
+  // the words of a row must be contiguous.
+  auto packed = inputs[0];
+  if (packed.strides().back() != 1) {
+    packed = contiguous_copy_cpu(packed, s);
+    encoder.add_temporary(packed);
+  }
+  const array& scales = inputs[1];
+  out.set_data(allocator::malloc(out.nbytes()));
+  for (const auto& x : inputs) {
+    encoder.set_input_array(x);
+  }
+  encoder.set_output_array(out);
+  int i = 2;
+  auto next = [&](bool present) -> std::optional<array> {
+    return present ? std::optional<array>(array::unsafe_weak_copy(inputs[i++]))
+                   : std::nullopt;
+  };
+  auto first = next(layout.has_first);
+  auto shift = next(layout.has_shift);
+  auto freqs = next(layout.has_waves);
+  auto waves = next(layout.has_waves);
+  encoder.dispatch([packed = array::unsafe_weak_copy(packed),
+                    scales = array::unsafe_weak_copy(scales),
+                    first,
+                    shift,
+                    freqs,
+                    waves,
+                    out = array::unsafe_weak_copy(out),
+                    nbits = bits(mode)]() mutable {
+    dispatch_float(out.dtype(), [&](auto t) {
+      using T = decltype(t);
+      decode_kv_rows<T>(
+          packed,
+          scales,
+          first ? first->data<T>() : nullptr,
+          shift ? shift->data<float>() : nullptr,
+          freqs ? freqs->data<uint32_t>() : nullptr,
+          waves ? waves->data<float>() : nullptr,
+          freqs ? freqs->shape(-1) : 0,
+          out.data<T>(),
           nbits);
     });
   });

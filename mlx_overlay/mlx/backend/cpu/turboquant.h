@@ -5,11 +5,14 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <thread>
 #include <vector>
 
 #include "mlx/backend/cpu/copy.h"
 #include "mlx/backend/cpu/encoder.h"
+#include "mlx/turboquant.h"
 #include "mlx/types/half_types.h"
 
 namespace mlx::core::turbo_cpu {
@@ -67,6 +70,47 @@ inline void dispatch_float(Dtype t, F&& f) {
     default:
       throw std::invalid_argument(
           "[turboquant] Only float32, float16 and bfloat16 are supported.");
+  }
+}
+
+// cos and sin of 2 pi t / 2^24 for t < 2^24 from two 4096-entry tables
+// (t = hi * 2^12 + lo, angle addition), float32 accurate.
+struct TurnTables {
+  float ch[4096], sh[4096], cl[4096], sl[4096];
+};
+
+inline const TurnTables& turn_tables() {
+  static const TurnTables tables = [] {
+    TurnTables t;
+    const double two_pi = 6.283185307179586;
+    for (int i = 0; i < 4096; ++i) {
+      double hi = two_pi * i / 4096.0;
+      double lo = two_pi * i / double(1 << turbo::kKeyWaveBits);
+      t.ch[i] = static_cast<float>(std::cos(hi));
+      t.sh[i] = static_cast<float>(std::sin(hi));
+      t.cl[i] = static_cast<float>(std::cos(lo));
+      t.sl[i] = static_cast<float>(std::sin(lo));
+    }
+    return t;
+  }();
+  return tables;
+}
+
+// phases[p] = cos a_p, phases[P + p] = sin a_p of cached key n,
+// a_p = 2 pi ((freqs[p] n) mod 2^24) / 2^24 (the uint32 product wraps
+// modulo 2^32, a multiple of 2^24).
+inline void key_wave_phases(
+    const uint32_t* freqs,
+    int P,
+    uint32_t n,
+    const TurnTables& t,
+    float* phases) {
+  static_assert(turbo::kKeyWaveBits == 24, "two 12-bit tables");
+  for (int p = 0; p < P; ++p) {
+    uint32_t turns = (freqs[p] * n) & ((1u << 24) - 1);
+    uint32_t hi = turns >> 12, lo = turns & 4095u;
+    phases[p] = t.ch[hi] * t.cl[lo] - t.sh[hi] * t.sl[lo];
+    phases[P + p] = t.sh[hi] * t.cl[lo] + t.ch[hi] * t.sl[lo];
   }
 }
 

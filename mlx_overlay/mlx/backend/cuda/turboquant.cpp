@@ -199,6 +199,21 @@ void QuantizedScaledDotProductAttention::eval_gpu(
       enc);
 }
 
+void QuantizedKVDequantize::eval_gpu(
+    const std::vector<array>& inputs,
+    std::vector<array>& outputs) {
+  nvtx3::scoped_range r("QuantizedKVDequantize::eval_gpu");
+  auto& s = stream();
+  auto& enc = cu::get_command_encoder(s);
+  turbo_dequantize_kv_gpu(
+      inputs,
+      outputs[0],
+      turbo::bits(mode_),
+      {has_first_, has_shift_, has_waves_},
+      enc,
+      s);
+}
+
 } // namespace fast
 
 } // namespace mlx::core

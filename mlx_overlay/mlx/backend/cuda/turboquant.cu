@@ -201,6 +201,41 @@ void turbo_quantize_update_gpu(
   });
 }
 
+namespace {
+
+template <typename T>
+void launch_decode(
+    const array& packed,
+    const array& scales,
+    const array* first,
+    array& out,
+    int bits,
+    cu::turbo::DecodeRows rows, // by value: add_kernel_node takes its address
+    cu::CommandEncoder& enc) {
+  const int64_t blocks = rows.heads * cu::turbo::decode_tiles(rows.L);
+  if (blocks == 0 || out.size() == 0) {
+    return;
+  }
+  dim3 grid(blocks);
+  dim3 block(32 * cu::turbo::kDecodeWarps);
+  const T* first_ptr = first ? gpu_ptr<T>(*first) : nullptr;
+  dispatch_turbo_dim(out.shape(-1), [&](auto dim) {
+    dispatch_turbo_bits(bits, [&](auto b) {
+      enc.add_kernel_node(
+          cu::turbo::turbo_decode<T, dim.value, b.value>,
+          grid,
+          block,
+          gpu_ptr<uint32_t>(packed),
+          gpu_ptr<T>(scales),
+          first_ptr,
+          gpu_ptr<T>(out),
+          rows);
+    });
+  });
+}
+
+} // namespace
+
 void turbo_dequantize_gpu(
     const array& packed,
     const array& scales,
@@ -221,22 +256,54 @@ void turbo_dequantize_gpu(
   enc.set_input_array(packed);
   enc.set_input_array(scales);
   enc.set_output_array(x);
-  dim3 grid((n + cu::turbo::kEncodeWarps - 1) / cu::turbo::kEncodeWarps);
-  dim3 block(32 * cu::turbo::kEncodeWarps);
+  auto rows = cu::turbo::DecodeRows::contiguous(n, packed.shape(-1));
   dispatch_float_types(x.dtype(), "turbo_dequantize", [&](auto type_tag) {
     using T = cuda_type_t<MLX_GET_TYPE(type_tag)>;
-    dispatch_turbo_dim(d, [&](auto dim) {
-      dispatch_turbo_bits(bits, [&](auto b) {
-        enc.add_kernel_node(
-            cu::turbo::turbo_decode<T, T, dim.value, b.value>,
-            grid,
-            block,
-            gpu_ptr<uint32_t>(packed),
-            gpu_ptr<T>(scales),
-            gpu_ptr<T>(x),
-            n);
-      });
-    });
+    launch_decode<T>(packed, scales, nullptr, x, bits, rows, enc);
+  });
+}
+
+void turbo_dequantize_kv_gpu(
+    const std::vector<array>& inputs,
+    array& out,
+    int bits,
+    turbo::KVDequantizeLayout layout,
+    cu::CommandEncoder& enc,
+    const Stream& s) {
+  out.set_data(cu::malloc_async(out.nbytes(), enc));
+  // The cache is read in place (usually a slice of a larger buffer); only
+  // the words of a row must be contiguous.
+  array packed = inputs[0];
+  if (packed.strides().back() != 1) {
+    packed = contiguous_copy_gpu(packed, s);
+    enc.add_temporary(packed);
+  }
+  const array& scales = inputs[1];
+  for (const auto& x : inputs) {
+    enc.set_input_array(x);
+  }
+  enc.set_output_array(out);
+  int i = 2;
+  auto next = [&](bool present) { return present ? &inputs[i++] : nullptr; };
+  const array* first = next(layout.has_first);
+  const array* shift = next(layout.has_shift);
+  const array* freqs = next(layout.has_waves);
+  const array* waves = next(layout.has_waves);
+  const auto& ps = packed.strides();
+  const auto& ss = scales.strides();
+  cu::turbo::DecodeRows rows{
+      packed.shape(2),
+      int64_t(packed.shape(0)) * packed.shape(1),
+      packed.shape(1),
+      {ps[0], ps[1], ps[2]},
+      {ss[0], ss[1], ss[2]},
+      shift ? gpu_ptr<float>(*shift) : nullptr,
+      freqs ? gpu_ptr<uint32_t>(*freqs) : nullptr,
+      waves ? gpu_ptr<float>(*waves) : nullptr,
+      freqs ? freqs->shape(-1) : 0};
+  dispatch_float_types(out.dtype(), "turbo_dequantize_kv", [&](auto type_tag) {
+    using T = cuda_type_t<MLX_GET_TYPE(type_tag)>;
+    launch_decode<T>(packed, scales, first, out, bits, rows, enc);
   });
 }
 

@@ -8,6 +8,7 @@
 
 #include "mlx/array.h"
 #include "mlx/backend/cuda/device.h"
+#include "mlx/turboquant.h"
 
 #include <optional>
 
@@ -44,6 +45,16 @@ void turbo_dequantize_gpu(
     const array& scales,
     array& x,
     int bits,
+    cu::CommandEncoder& enc,
+    const Stream& s);
+
+// fast::QuantizedKVDequantize (inputs and output as turbo::dequantize_kv_cpu
+// in mlx/turboquant.h); allocates out.
+void turbo_dequantize_kv_gpu(
+    const std::vector<array>& inputs,
+    array& out,
+    int bits,
+    turbo::KVDequantizeLayout layout,
     cu::CommandEncoder& enc,
     const Stream& s);
 

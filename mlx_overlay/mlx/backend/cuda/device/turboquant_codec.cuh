@@ -154,44 +154,226 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_encode(
 }
 
 // ---------------------------------------------------------------------------
-// Decode (dequantize): packed (N, W), scales (N) in T -> x (N, D) in U,
-// original domain (R^T applied).
+// Decode: rows of packed codes and scales in T -> vectors in T, original
+// domain (R^T applied). For mx.dequantize (contiguous rows) and
+// fast::QuantizedKVDequantize (the attention's route for many queries: the
+// rows of a cache with strides, an optional exact first row per (b, h), the
+// key shifts added in float32 and rounded once). One warp per row, rows
+// loaded ahead. For D a power of two a row stays in registers: lane l holds
+// coordinates E l .. E l + E - 1 (E = D / 32) and the Walsh-Hadamard
+// butterflies across lanes are shuffles (the same float32 operations as the
+// shared-memory transform). Other D go through shared memory.
 // ---------------------------------------------------------------------------
 
-template <typename T, typename U, int D, int BITS>
-__global__ void __launch_bounds__(32 * kEncodeWarps) turbo_decode(
+// Block b * (F + L) + F + i of the output is code row i of (b, h) =
+// divmod(bh, H); with first, row 0 of each (b, h) is first[bh].
+struct DecodeRows {
+  int64_t L; // code rows per (b, h)
+  int64_t heads; // B * H
+  int64_t H;
+  int64_t w_str[3]; // packed strides of (b, h, row), in words
+  int64_t s_str[3]; // scales strides, elements
+  const float* shift; // (B * H, D) float32 or null
+  const uint32_t* freqs; // (B * H, P) or null: no moving shift
+  const float* waves; // (B * H, 2P, D) float32
+  int P;
+
+  // n contiguous rows of W words (mx.dequantize).
+  static DecodeRows contiguous(int64_t n, int W) {
+    return {n, 1, 1, {0, 0, W}, {0, 0, 1}, nullptr, nullptr, nullptr, 0};
+  }
+};
+
+constexpr int kDecodeWarps = 4;
+constexpr int kDecodeRowsPerWarp = 8;
+constexpr int kDecodeRowsPerBlock = kDecodeWarps * kDecodeRowsPerWarp;
+
+// Blocks per (b, h): one at least (it writes the first row).
+__host__ __device__ inline int64_t decode_tiles(int64_t L) {
+  return L > 0 ? (L + kDecodeRowsPerBlock - 1) / kDecodeRowsPerBlock : 1;
+}
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N <= 16 ? sizeof(T) * N : 16) DecodeVec {
+  T v[N];
+};
+
+// Butterflies of a register-resident Walsh-Hadamard transform of D = 32 E
+// coordinates (lane l holds E l ..), span ascending, then the
+// normalization, as warp_fwht<D>.
+template <int E>
+__device__ inline void reg_fwht(float (&x)[E], int lane) {
+  constexpr int D = 32 * E;
+#pragma unroll
+  for (int h = 1; h < D; h <<= 1) {
+    if (h < E) {
+#pragma unroll
+      for (int e = 0; e < E; e++) {
+        if ((e & h) == 0) {
+          float a = x[e];
+          float b = x[e + h];
+          x[e] = __fadd_rn(a, b);
+          x[e + h] = __fsub_rn(a, b);
+        }
+      }
+    } else {
+      const int m = h / E;
+      const bool upper = lane & m;
+#pragma unroll
+      for (int e = 0; e < E; e++) {
+        float y = __shfl_xor_sync(0xffffffff, x[e], m);
+        x[e] = upper ? __fsub_rn(y, x[e]) : __fadd_rn(x[e], y);
+      }
+    }
+  }
+  const float norm = __fdiv_rn(1.0f, __fsqrt_rn(float(D)));
+#pragma unroll
+  for (int e = 0; e < E; e++) {
+    x[e] = __fmul_rn(x[e], norm);
+  }
+}
+
+template <typename T, int D, int BITS>
+__global__ void __launch_bounds__(32 * kDecodeWarps) turbo_decode(
     const uint32_t* __restrict__ packed,
     const T* __restrict__ scales,
-    U* __restrict__ x,
-    int64_t n_vec) {
-  constexpr int W = packed_words(BITS, D);
-  __shared__ float sbuf[kEncodeWarps][D];
+    const T* __restrict__ first,
+    T* __restrict__ out,
+    const DecodeRows r) {
+  constexpr bool kRegs = D % 32 == 0 && pow2_floor(D) == D;
+  // Coordinates per lane: consecutive (registers) or strided by 32.
+  constexpr int E = (D + 31) / 32;
   __shared__ float lut[16];
+  __shared__ float sbuf[kRegs ? 1 : kDecodeWarps][kRegs ? 1 : D];
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   if (threadIdx.x < 16) {
     lut[threadIdx.x] = centroid(BITS, threadIdx.x & ((1 << BITS) - 1));
   }
   __syncthreads();
-  const int64_t v = int64_t(blockIdx.x) * kEncodeWarps + warp;
-  if (v >= n_vec) {
-    return;
-  }
-  float* buf = sbuf[warp];
-  const uint32_t* in = packed + v * W;
-  const float scale = to_float(scales[v]);
-  for (int s = lane; s < D / 8; s += 32) {
-    uint32_t a, b;
-    load_slot<BITS, D>(in, s, a, b);
-#pragma unroll
-    for (int c = 0; c < 8; c++) {
-      buf[8 * s + c] = scale * lut[slot_code<BITS>(a, b, c)];
+  const int64_t tiles = decode_tiles(r.L);
+  const int64_t bh = blockIdx.x / tiles;
+  const int64_t row0 = (blockIdx.x % tiles) * kDecodeRowsPerBlock;
+  const int64_t b = bh / r.H;
+  const int64_t h = bh % r.H;
+  const int F = first != nullptr;
+  T* o = out + bh * (F + r.L) * D;
+  if (F && row0 == 0 && warp == 0) {
+    for (int i = lane; i < D; i += 32) {
+      o[i] = first[bh * D + i];
     }
   }
-  __syncwarp();
-  warp_inverse_rotate_unsigned<D>(buf, lane);
-  for (int i = lane; i < D; i += 32) {
-    x[v * D + i] = from_float<U>(buf[i] * rot_sign(1, i));
+  o += F * D;
+  const uint32_t* pw = packed + b * r.w_str[0] + h * r.w_str[1];
+  const T* ps = scales + b * r.s_str[0] + h * r.s_str[1];
+  // The coordinates this lane finishes and their signs.
+  auto coord = [&](int e) { return kRegs ? lane * E + e : lane + 32 * e; };
+  float s1[E];
+#pragma unroll
+  for (int e = 0; e < E; e++) {
+    s1[e] = coord(e) < D ? rot_sign(1, coord(e)) : 0.0f;
+  }
+  // The rows of this warp, their words and scales loaded first. Lane l
+  // reads slot l E / 8 (registers) or slot l (shared memory).
+  constexpr int kSlot = kRegs ? 8 / E : 1;
+  const int slot = kRegs ? lane / kSlot : lane;
+  uint32_t wa[kDecodeRowsPerWarp], wb[kDecodeRowsPerWarp];
+  float sc[kDecodeRowsPerWarp];
+#pragma unroll
+  for (int k = 0; k < kDecodeRowsPerWarp; k++) {
+    const int64_t i = row0 + k * kDecodeWarps + warp;
+    wa[k] = wb[k] = 0;
+    sc[k] = 0.0f;
+    if (i < r.L && slot < D / 8) {
+      load_slot<BITS, D>(pw + i * r.w_str[2], slot, wa[k], wb[k]);
+    }
+    if (i < r.L) {
+      sc[k] = to_float(ps[i * r.s_str[2]]);
+    }
+  }
+  // Unrolled: the rows' words stay in registers.
+#pragma unroll
+  for (int k = 0; k < kDecodeRowsPerWarp; k++) {
+    const int64_t i = row0 + k * kDecodeWarps + warp;
+    if (i >= r.L) {
+      break;
+    }
+    float x[E];
+    if constexpr (kRegs) {
+      const int sub = (lane % kSlot) * E;
+#pragma unroll
+      for (int e = 0; e < E; e++) {
+        x[e] = sc[k] * lut[slot_code<BITS>(wa[k], wb[k], sub + e)];
+      }
+      reg_fwht<E>(x, lane);
+#pragma unroll
+      for (int e = 0; e < E; e++) {
+        x[e] = x[e] * rot_sign(2, coord(e));
+      }
+      reg_fwht<E>(x, lane);
+    } else {
+      float* buf = sbuf[kRegs ? 0 : warp];
+      if (slot < D / 8) {
+#pragma unroll
+        for (int c = 0; c < 8; c++) {
+          buf[8 * slot + c] = sc[k] * lut[slot_code<BITS>(wa[k], wb[k], c)];
+        }
+      }
+      __syncwarp();
+      warp_inverse_rotate_unsigned<D>(buf, lane);
+#pragma unroll
+      for (int e = 0; e < E; e++) {
+        x[e] = coord(e) < D ? buf[coord(e)] : 0.0f;
+      }
+      __syncwarp();
+    }
+#pragma unroll
+    for (int e = 0; e < E; e++) {
+      x[e] = x[e] * s1[e];
+    }
+    if (r.shift) {
+#pragma unroll
+      for (int e = 0; e < E; e++) {
+        if (coord(e) < D) {
+          x[e] += r.shift[bh * D + coord(e)];
+        }
+      }
+    }
+    if (r.freqs) {
+      // Lane j < P turns plane j; every lane adds all planes.
+      float sn = 0.0f, cs = 0.0f;
+      if (lane < r.P) {
+        key_wave_sincos(r.freqs[bh * r.P + lane], int(i), sn, cs);
+      }
+      const float* wv = r.waves + bh * 2 * r.P * D;
+      for (int j = 0; j < r.P; j++) {
+        const float c = __shfl_sync(0xffffffff, cs, j);
+        const float s = __shfl_sync(0xffffffff, sn, j);
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+          if (coord(e) < D) {
+            x[e] += c * __ldg(wv + j * D + coord(e)) +
+                s * __ldg(wv + (r.P + j) * D + coord(e));
+          }
+        }
+      }
+    }
+    T* orow = o + i * D;
+    if constexpr (kRegs) {
+      DecodeVec<T, E> v;
+#pragma unroll
+      for (int e = 0; e < E; e++) {
+        v.v[e] = from_float<T>(x[e]);
+      }
+      *reinterpret_cast<DecodeVec<T, E>*>(orow + lane * E) = v;
+    } else {
+#pragma unroll
+      for (int e = 0; e < E; e++) {
+        if (coord(e) < D) {
+          orow[coord(e)] = from_float<T>(x[e]);
+        }
+      }
+    }
   }
 }
 

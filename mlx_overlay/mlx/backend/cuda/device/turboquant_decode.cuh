@@ -59,16 +59,6 @@ struct AttnParams {
 
 constexpr int kMaxKeyWaves = 32;
 
-// cos and sin of the angle of plane frequency f at cached key j,
-// 2 pi ((f j) mod 2^24) / 2^24: exact integer turns (the uint32 product wraps
-// modulo a multiple of 2^24), centered to [-pi, pi) for __sincosf (absolute
-// error below 2^-21 there).
-__device__ inline void
-key_wave_sincos(uint32_t f, int j, float& sn, float& cs) {
-  const int turns = int((f * uint32_t(j)) << 8) >> 8;
-  __sincosf(float(turns) * (6.283185307179586f / 16777216.0f), &sn, &cs);
-}
-
 // Row r's coefficient i of the moving key shift, as the kernels index them.
 __device__ inline const float*
 wave_coef_row(const AttnParams& p, int b, int h, int qi) {
