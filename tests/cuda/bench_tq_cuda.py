@@ -252,7 +252,7 @@ def dequant_case(L, results, H=4, D=128, P=8):
                     scs[j][:, :, :L],
                     bits,
                     D,
-                    out=outs[j] if kv else outs[j][:, :, :L],
+                    out=outs[j] if kv else outs[j].view(-1)[: H * L * D].view(1, H, L, D),
                     first=first if kv else None,
                     freqs=freqs if kv else None,
                     waves=waves if kv else None,

@@ -199,8 +199,10 @@ struct alignas(sizeof(T) * N <= 16 ? sizeof(T) * N : 16) DecodeVec {
 };
 
 // Butterflies of a register-resident Walsh-Hadamard transform of D = 32 E
-// coordinates (lane l holds E l ..), span ascending, then the
-// normalization, as warp_fwht<D>.
+// coordinates (lane l holds E l ..), span ascending, as warp_fwht<D> without
+// its normalization (the caller multiplies by it). Across lanes the pair
+// (a, b) becomes a + b in the lower lane and b - a = fma(-1, a, b) in the
+// upper one: the same roundings as the shared-memory transform.
 template <int E>
 __device__ inline void reg_fwht(float (&x)[E], int lane) {
   constexpr int D = 32 * E;
@@ -218,18 +220,13 @@ __device__ inline void reg_fwht(float (&x)[E], int lane) {
       }
     } else {
       const int m = h / E;
-      const bool upper = lane & m;
+      const float sgn = (lane & m) ? -1.0f : 1.0f;
 #pragma unroll
       for (int e = 0; e < E; e++) {
         float y = __shfl_xor_sync(0xffffffff, x[e], m);
-        x[e] = upper ? __fsub_rn(y, x[e]) : __fadd_rn(x[e], y);
+        x[e] = __fmaf_rn(sgn, x[e], y);
       }
     }
-  }
-  const float norm = __fdiv_rn(1.0f, __fsqrt_rn(float(D)));
-#pragma unroll
-  for (int e = 0; e < E; e++) {
-    x[e] = __fmul_rn(x[e], norm);
   }
 }
 
@@ -241,6 +238,7 @@ __global__ void __launch_bounds__(32 * kDecodeWarps) turbo_decode(
     T* __restrict__ out,
     const DecodeRows r) {
   constexpr bool kRegs = D % 32 == 0 && pow2_floor(D) == D;
+  constexpr int R = kDecodeRowsPerWarp;
   // Coordinates per lane: consecutive (registers) or strided by 32.
   constexpr int E = (D + 31) / 32;
   __shared__ float lut[16];
@@ -253,12 +251,13 @@ __global__ void __launch_bounds__(32 * kDecodeWarps) turbo_decode(
   __syncthreads();
   const int64_t tiles = decode_tiles(r.L);
   const int64_t bh = blockIdx.x / tiles;
-  const int64_t row0 = (blockIdx.x % tiles) * kDecodeRowsPerBlock;
+  // This warp's R consecutive rows.
+  const int64_t row0 = (blockIdx.x % tiles) * kDecodeRowsPerBlock + warp * R;
   const int64_t b = bh / r.H;
   const int64_t h = bh % r.H;
   const int F = first != nullptr;
   T* o = out + bh * (F + r.L) * D;
-  if (F && row0 == 0 && warp == 0) {
+  if (F && row0 == 0) {
     for (int i = lane; i < D; i += 32) {
       o[i] = first[bh * D + i];
     }
@@ -266,22 +265,16 @@ __global__ void __launch_bounds__(32 * kDecodeWarps) turbo_decode(
   o += F * D;
   const uint32_t* pw = packed + b * r.w_str[0] + h * r.w_str[1];
   const T* ps = scales + b * r.s_str[0] + h * r.s_str[1];
-  // The coordinates this lane finishes and their signs.
+  // The coordinates this lane finishes.
   auto coord = [&](int e) { return kRegs ? lane * E + e : lane + 32 * e; };
-  float s1[E];
-#pragma unroll
-  for (int e = 0; e < E; e++) {
-    s1[e] = coord(e) < D ? rot_sign(1, coord(e)) : 0.0f;
-  }
-  // The rows of this warp, their words and scales loaded first. Lane l
-  // reads slot l E / 8 (registers) or slot l (shared memory).
+  // Lane l reads slot l E / 8 (registers) or slot l (shared memory).
   constexpr int kSlot = kRegs ? 8 / E : 1;
   const int slot = kRegs ? lane / kSlot : lane;
-  uint32_t wa[kDecodeRowsPerWarp], wb[kDecodeRowsPerWarp];
-  float sc[kDecodeRowsPerWarp];
+  uint32_t wa[R], wb[R];
+  float sc[R];
 #pragma unroll
-  for (int k = 0; k < kDecodeRowsPerWarp; k++) {
-    const int64_t i = row0 + k * kDecodeWarps + warp;
+  for (int k = 0; k < R; k++) {
+    const int64_t i = row0 + k;
     wa[k] = wb[k] = 0;
     sc[k] = 0.0f;
     if (i < r.L && slot < D / 8) {
@@ -291,28 +284,40 @@ __global__ void __launch_bounds__(32 * kDecodeWarps) turbo_decode(
       sc[k] = to_float(ps[i * r.s_str[2]]);
     }
   }
-  // Unrolled: the rows' words stay in registers.
+  // Decode and rotate every row (rows past L decode zeros, never stored).
+  float x[R][E];
+  if constexpr (kRegs) {
+    // The normalization with the stage's signs: (y * norm) * sign in one
+    // exact multiplication, sign = +-1.
+    const float norm = __fdiv_rn(1.0f, __fsqrt_rn(float(D)));
+    float n2[E], n1[E];
 #pragma unroll
-  for (int k = 0; k < kDecodeRowsPerWarp; k++) {
-    const int64_t i = row0 + k * kDecodeWarps + warp;
-    if (i >= r.L) {
-      break;
+    for (int e = 0; e < E; e++) {
+      n2[e] = norm * rot_sign(2, coord(e));
+      n1[e] = norm * rot_sign(1, coord(e));
     }
-    float x[E];
-    if constexpr (kRegs) {
-      const int sub = (lane % kSlot) * E;
+    const int sub = (lane % kSlot) * E;
+#pragma unroll
+    for (int k = 0; k < R; k++) {
 #pragma unroll
       for (int e = 0; e < E; e++) {
-        x[e] = sc[k] * lut[slot_code<BITS>(wa[k], wb[k], sub + e)];
+        x[k][e] = sc[k] * lut[slot_code<BITS>(wa[k], wb[k], sub + e)];
       }
-      reg_fwht<E>(x, lane);
+      reg_fwht<E>(x[k], lane);
 #pragma unroll
       for (int e = 0; e < E; e++) {
-        x[e] = x[e] * rot_sign(2, coord(e));
+        x[k][e] = __fmul_rn(x[k][e], n2[e]);
       }
-      reg_fwht<E>(x, lane);
-    } else {
-      float* buf = sbuf[kRegs ? 0 : warp];
+      reg_fwht<E>(x[k], lane);
+#pragma unroll
+      for (int e = 0; e < E; e++) {
+        x[k][e] = __fmul_rn(x[k][e], n1[e]);
+      }
+    }
+  } else {
+    float* buf = sbuf[kRegs ? 0 : warp];
+#pragma unroll
+    for (int k = 0; k < R; k++) {
       if (slot < D / 8) {
 #pragma unroll
         for (int c = 0; c < 8; c++) {
@@ -323,54 +328,68 @@ __global__ void __launch_bounds__(32 * kDecodeWarps) turbo_decode(
       warp_inverse_rotate_unsigned<D>(buf, lane);
 #pragma unroll
       for (int e = 0; e < E; e++) {
-        x[e] = coord(e) < D ? buf[coord(e)] : 0.0f;
+        x[k][e] = coord(e) < D ? buf[coord(e)] * rot_sign(1, coord(e)) : 0.0f;
       }
       __syncwarp();
     }
+  }
+  if (r.shift) {
 #pragma unroll
     for (int e = 0; e < E; e++) {
-      x[e] = x[e] * s1[e];
+      const float m = coord(e) < D ? r.shift[bh * D + coord(e)] : 0.0f;
+#pragma unroll
+      for (int k = 0; k < R; k++) {
+        x[k][e] += m;
+      }
     }
-    if (r.shift) {
+  }
+  if (r.freqs) {
+    // Plane by plane: its two rows of waves for this lane's coordinates,
+    // and its angle turned from row to row (one rotation by the angle of
+    // a single row: a few float32 roundings over the R rows).
+    const float* wv = r.waves + bh * 2 * r.P * D;
+    for (int j = 0; j < r.P; j++) {
+      const uint32_t f = r.freqs[bh * r.P + j];
+      float sn, cs, sd, cd;
+      key_wave_sincos(f, int(row0), sn, cs);
+      key_wave_sincos(f, 1, sd, cd);
+      float wc[E], ws[E];
 #pragma unroll
       for (int e = 0; e < E; e++) {
-        if (coord(e) < D) {
-          x[e] += r.shift[bh * D + coord(e)];
-        }
+        wc[e] = coord(e) < D ? __ldg(wv + j * D + coord(e)) : 0.0f;
+        ws[e] = coord(e) < D ? __ldg(wv + (r.P + j) * D + coord(e)) : 0.0f;
       }
-    }
-    if (r.freqs) {
-      // Lane j < P turns plane j; every lane adds all planes.
-      float sn = 0.0f, cs = 0.0f;
-      if (lane < r.P) {
-        key_wave_sincos(r.freqs[bh * r.P + lane], int(i), sn, cs);
-      }
-      const float* wv = r.waves + bh * 2 * r.P * D;
-      for (int j = 0; j < r.P; j++) {
-        const float c = __shfl_sync(0xffffffff, cs, j);
-        const float s = __shfl_sync(0xffffffff, sn, j);
+#pragma unroll
+      for (int k = 0; k < R; k++) {
 #pragma unroll
         for (int e = 0; e < E; e++) {
-          if (coord(e) < D) {
-            x[e] += c * __ldg(wv + j * D + coord(e)) +
-                s * __ldg(wv + (r.P + j) * D + coord(e));
-          }
+          x[k][e] += cs * wc[e] + sn * ws[e];
         }
+        const float c2 = cs * cd - sn * sd;
+        sn = sn * cd + cs * sd;
+        cs = c2;
       }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < R; k++) {
+    const int64_t i = row0 + k;
+    if (i >= r.L) {
+      break;
     }
     T* orow = o + i * D;
     if constexpr (kRegs) {
       DecodeVec<T, E> v;
 #pragma unroll
       for (int e = 0; e < E; e++) {
-        v.v[e] = from_float<T>(x[e]);
+        v.v[e] = from_float<T>(x[k][e]);
       }
       *reinterpret_cast<DecodeVec<T, E>*>(orow + lane * E) = v;
     } else {
 #pragma unroll
       for (int e = 0; e < E; e++) {
         if (coord(e) < D) {
-          orow[coord(e)] = from_float<T>(x[e]);
+          orow[coord(e)] = from_float<T>(x[k][e]);
         }
       }
     }
