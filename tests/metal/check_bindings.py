@@ -11,8 +11,10 @@ turbo_bindings.h:
     are distinct;
  4. an argument's [[function_constant(c)]] names a declared function constant
     (`constant bool c [[function_constant(TURBO_FC_...)]]`); in turbo_quantize.h (the cache update, which binds only the
-    buffer it writes) every use of such an argument lies in an
-    `if (...) {` block whose condition names c.
+    buffer it writes, and the cache dequantize, which binds first / shift /
+    freqs / waves only when used) every use of such an argument lies in an
+    `if (...) {` block whose condition names c;
+ 5. every TURBO_FC_ index a kernel declares is set by turboquant.cpp.
 usage: check_bindings.py KERNEL_ROOT PP_DIR OVERLAY_OR_TREE_ROOT BUILD_DIR"""
 import os, re, subprocess, sys
 
@@ -87,7 +89,7 @@ def guarded_uses(body, name):
             out.append([c for c in stack if c])
     return out
 
-n_gated, fails_before = 0, fails
+n_gated, fails_before = {}, fails
 KFILES = ("sdpa_vector_turbo.h", "sdpa_prefill_turbo.h", "turbo_quantize.h")
 declared = set()
 for f in KFILES:
@@ -111,10 +113,10 @@ for f in KFILES:
                 if not any(re.search(r"\b%s\b" % c, cd) for cd in conds):
                     fail(f"{f}:{km.group(1)}: {arg} (bound only with {c}) used outside an if ({c}) block")
                     break
-                n_gated += 1
+                n_gated[km.group(1)] = n_gated.get(km.group(1), 0) + 1
 if fails == fails_before:
-    print(f"  ok  function-constant gates: declared constants, distinct TURBO_FC_ indices; "
-          f"{n_gated} gated update-kernel uses all under if (gate)")
+    print(f"  ok  function-constant gates: declared constants, distinct TURBO_FC_ indices; gated argument uses "
+          f"all under if (gate): " + ", ".join(f"{k} {v}" for k, v in sorted(n_gated.items())))
 
 cpp = os.path.join(host_root, "mlx/backend/metal/turboquant.cpp")
 if os.path.exists(cpp):
@@ -126,6 +128,17 @@ if os.path.exists(cpp):
         if not m.group(1).strip().startswith("TURBO_FC_"):
             fail(f"turboquant.cpp: function constant index {m.group(1).strip()} is not a TURBO_FC_ macro")
     print("  ok  binding indices are TURBO_* macros (kernels and turboquant.cpp)" if not fails else "")
+    # 5. every function constant a kernel declares is set by the host
+    host_fc = set(re.findall(r"MTL::DataType::\w+,\s*(TURBO_FC_\w+)\s*\}", src))
+    kern_fc = set()
+    for f in KFILES:
+        kern_fc |= set(re.findall(r"\[\[\s*function_constant\s*\(\s*(TURBO_FC_\w+)\s*\)\s*\]\]",
+                                  open(os.path.join(kdir, f)).read()))
+    unset = sorted(kern_fc - host_fc)
+    if unset:
+        fail(f"turboquant.cpp never sets the function constants {unset}")
+    else:
+        print(f"  ok  the {len(kern_fc)} function constants the kernels declare are all set by turboquant.cpp")
 else:
     fail(f"{cpp} not found")
 sys.exit(1 if fails else 0)

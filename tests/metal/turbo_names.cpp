@@ -22,6 +22,7 @@ int main() {
         printf("%s\n", tb::quantize_kernel_name(b, t, d).c_str());
         printf("%s\n", tb::quantize_update_kernel_name(b, t, d).c_str());
         for (auto o : types) printf("%s\n", tb::dequantize_kernel_name(b, t, o, d).c_str());
+        printf("%s\n", tb::dequantize_kv_kernel_name(b, t, d).c_str());
       }
     }
   return 0;

@@ -3,7 +3,8 @@
 // float32 reference encoder of turbo_reference.h; the cache update (one run
 // per node: codes, scales) to the quantize kernel and the reference on the
 // same (shifted) vectors, with every other row of its buffer and the whole
-// other (unbound) buffer unchanged; dequantize is compared with a float64
+// other (unbound) buffer unchanged; dequantize and the cache dequantize
+// (first row, shifts, strided cache slices) are compared with a float64
 // decoder.
 // Every case runs under the 4 lane schedules.
 //
@@ -362,6 +363,192 @@ static void dequant_case(unsigned seed) {
          tb::mode_name(BITS), tn<S>(), tn<O>(), D, err, tol, bad, order_dep ? " (schedule-dependent)" : "");
 }
 
+// Cache dequantize (turbo_dequantize_kv, fast::QuantizedKVDequantize):
+// out (B, H, F + L, D) in T from packed codes and T scales read with (b, h, l)
+// strides, row 0 of each (b, h) the given first row (F = 1), row F + l the
+// decoded vector l plus the constant shift plus the moving shift of row l,
+// against a float64 reference: decode (ref::decode), + shift, + sum_j
+// cos(a_j) waves[j] + sin(a_j) waves[P + j] with a_j = 2 pi ((f_j l) mod
+// 2^24) / 2^24 computed from the integer product in double. First rows must
+// be bit-identical; the others within
+//   tol_d = eps(T)/2 |ref_d| + (1 + eps(T)/2) e_d,
+//   e_d = 2^-17 (max(1, max_k |dec_k|) + |shift_d|
+//                + sum_j (|waves[j]_d| + |waves[P + j]_d|)):
+// the one rounding to T (eps(T)/2 of the float32 value y, |y| <= |ref_d| +
+// e_d) plus the float32 error e_d (u = 2^-24) of the decode's 2 log2 P + 3
+// roundings on values bounded by the vector's largest coordinate, of the
+// 2P + 1 sequential additions and of the float32 phases (angle rounded once,
+// cos / sin within a few ulp), each a few u times the magnitude of its
+// terms: 2^-17 = 128 u leaves a factor of 2 over 2P + 2 = 66 additions at
+// P = 32. Every element
+// outside out (a sentinel row after it) must be unchanged; absent inputs are
+// passed as null pointers (not bound on a GPU).
+//   layout 0: packed (B, H, L, W) and scales (B, H, L, 1) contiguous
+//   layout 1: both the slice [:, :, 4:4 + L] of a (B, H, L + 9, .) buffer
+//             (head stride = capacity x row stride)
+//   layout 2: both the slice [:, 3:3 + L] of a (B, L + 5, H, .) buffer
+//             (sequence-major: the head stride is the row's)
+template <typename T, int D, int BITS>
+static void kv_case(unsigned seed, int layout, int L, bool has_first, bool has_shift, int P) {
+  constexpr int W = TurboLayout<BITS, D>::words;
+  const int B = 2, H = 3, F = has_first ? 1 : 0;
+  const bool has_waves = P > 0;
+  const int64_t R = F + L, nrows = int64_t(B) * H * R, bhn = int64_t(B) * H;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> N01(0.f, 1.f);
+  std::uniform_int_distribution<uint32_t> Uw;
+  std::uniform_real_distribution<float> Us(0.01f, 2.0f);
+  // storage of the cache (capacity cap rows from position off) and strides
+  const int cap = layout == 0 ? L : layout == 1 ? L + 9 : L + 5;
+  const int off = layout == 0 ? 0 : layout == 1 ? 4 : 3;
+  TurboKVDequantizeParams p{};
+  p.H = H; p.L = L; p.waves = P; p.nrows = nrows;
+  int64_t pbase, sbase;
+  if (layout != 2) {
+    p.packed_strides[0] = int64_t(H) * cap * W; p.packed_strides[1] = int64_t(cap) * W; p.packed_strides[2] = W;
+    p.scales_strides[0] = int64_t(H) * cap; p.scales_strides[1] = cap; p.scales_strides[2] = 1;
+    pbase = int64_t(off) * W; sbase = off;
+  } else {
+    p.packed_strides[0] = int64_t(cap) * H * W; p.packed_strides[1] = W; p.packed_strides[2] = int64_t(H) * W;
+    p.scales_strides[0] = int64_t(cap) * H; p.scales_strides[1] = 1; p.scales_strides[2] = H;
+    pbase = int64_t(off) * H * W; sbase = int64_t(off) * H;
+  }
+  std::vector<uint32_t> pk(size_t(B) * H * cap * W + 1);
+  for (auto& a : pk) a = Uw(rng);
+  if (BITS == 3 && D == 80) // unused bits are zero
+    for (size_t v = 0; v + W <= pk.size(); v += W) pk[v + W - 1] &= 0xFFFFu;
+  std::vector<T> sc(size_t(B) * H * cap + 1);
+  for (auto& a : sc) a = T(Us(rng));
+  if (L > 2) sc[sbase + 2 * p.scales_strides[2]] = T(0.0f); // (0, 0, 2): a zero vector
+  std::vector<T> first(has_first ? bhn * D : 0);
+  for (auto& a : first) a = T(2.0f * N01(rng));
+  std::vector<float> sh(has_shift ? bhn * D : 0);
+  for (auto& a : sh) a = 0.5f * N01(rng);
+  std::vector<uint32_t> fr(has_waves ? bhn * P : 0);
+  for (auto& a : fr) a = Uw(rng); // the whole uint32 range: the products wrap
+  if (has_waves) fr[0] = 0u; // a constant plane: cos 1, sin 0 on every row
+  std::vector<float> wv(has_waves ? bhn * 2 * P * D : 0);
+  for (auto& a : wv) a = 0.3f * N01(rng);
+
+  // float64 reference and the tolerance's magnitude per element
+  std::vector<double> ref(nrows * D, 0.0), mag(nrows * D, 0.0);
+  for (int64_t bh = 0; bh < bhn; bh++) {
+    const int64_t b = bh / H, h = bh % H;
+    for (int64_t r = 0; r < R; r++) {
+      double* x = &ref[(bh * R + r) * D];
+      double* m = &mag[(bh * R + r) * D];
+      if (r < F) {
+        for (int i = 0; i < D; i++) x[i] = double(float(first[bh * D + i]));
+        continue;
+      }
+      const int64_t l = r - F;
+      const uint32_t* w = &pk[pbase + b * p.packed_strides[0] + h * p.packed_strides[1] + l * p.packed_strides[2]];
+      const double s = double(float(sc[sbase + b * p.scales_strides[0] + h * p.scales_strides[1] + l * p.scales_strides[2]]));
+      ref::decode(w, s, D, BITS, x);
+      double dm = 1.0;
+      for (int i = 0; i < D; i++) dm = std::max(dm, std::fabs(x[i]));
+      for (int i = 0; i < D; i++) m[i] = dm;
+      if (has_shift)
+        for (int i = 0; i < D; i++) {
+          x[i] += sh[bh * D + i];
+          m[i] += std::fabs(sh[bh * D + i]);
+        }
+      if (has_waves)
+        for (int j = 0; j < P; j++) {
+          const uint32_t turns = (fr[bh * P + j] * uint32_t(l)) & 0xFFFFFFu;
+          const double a = 2.0 * M_PI * double(turns) / 16777216.0;
+          const float* wc = &wv[(bh * 2 * P + j) * D];
+          const float* ws = &wv[(bh * 2 * P + P + j) * D];
+          for (int i = 0; i < D; i++) {
+            x[i] += std::cos(a) * wc[i] + std::sin(a) * ws[i];
+            m[i] += std::fabs(wc[i]) + std::fabs(ws[i]);
+          }
+        }
+    }
+  }
+
+  // out and a sentinel row after it
+  const size_t n_out = size_t(nrows) * D;
+  std::vector<T> out, first_run;
+  const T sentinel = T(-1234.5f);
+  bool order_dep = false;
+  for_orders([&](const rt::LaunchOptions& opt, int r) {
+    out.assign(n_out + D, sentinel);
+    for (size_t i = 0; i < n_out; i++) out[i] = T(NAN);
+    rt::clear_function_constants();
+    mshim::set_fc(TURBO_FC_KVDQ_FIRST, has_first);
+    mshim::set_fc(TURBO_FC_KVDQ_SHIFT, has_shift);
+    mshim::set_fc(TURBO_FC_KVDQ_WAVES, has_waves);
+    const T* fp = has_first ? first.data() : nullptr;
+    const float* shp = has_shift ? sh.data() : nullptr;
+    const uint32_t* frp = has_waves ? fr.data() : nullptr;
+    const float* wvp = has_waves ? wv.data() : nullptr;
+    if (nrows > 0) { // as the host: no dispatch for an empty output
+      auto d = tb::quantize_dims(nrows);
+      auto body = [&](const rt::ThreadCtx& t) {
+        turbo_dequantize_kv<T, D, BITS>(cdev(pk.data() + pbase), cdev(sc.data() + sbase), dev(out.data()), cst(p),
+                                        cdev(fp), cdev(shp), cdev(frp), cdev(wvp), u3(t.thread_position_in_grid));
+      };
+      rt::dispatch_threadgroups({d.grid[0], d.grid[1], d.grid[2]}, {d.group[0], d.group[1], d.group[2]}, body, opt);
+    }
+    if (r == 0) first_run = out;
+    else if (std::memcmp(first_run.data(), out.data(), out.size() * sizeof(T))) order_dep = true;
+  });
+  double worst = 0, err_max = 0;
+  size_t bad_first = 0, nonfinite = 0, touched = 0;
+  for (int64_t v = 0; v < nrows; v++) {
+    const bool is_first = v % R < F;
+    for (int i = 0; i < D; i++) {
+      const size_t k = size_t(v) * D + i;
+      if (is_first) {
+        bad_first += std::memcmp(&out[k], &first[(v / R) * D + i], sizeof(T)) != 0;
+        continue;
+      }
+      const double o = double(float(out[k]));
+      if (!std::isfinite(o)) { nonfinite++; continue; }
+      const double e = std::fabs(o - ref[k]);
+      const double ek = std::ldexp(1.0, -17) * mag[k];
+      const double tol = 0.5 * eps<T>() * std::fabs(ref[k]) + (1.0 + 0.5 * eps<T>()) * ek;
+      err_max = std::max(err_max, e);
+      worst = std::max(worst, e / tol);
+    }
+  }
+  for (int i = 0; i < D; i++) touched += std::memcmp(&out[n_out + i], &sentinel, sizeof(T)) != 0;
+  const bool ok = !order_dep && bad_first == 0 && nonfinite == 0 && touched == 0 && worst <= 1.0;
+  g_cases++;
+  if (!ok) g_failures++;
+  char what[64];
+  snprintf(what, sizeof what, "%s%s%s", has_first ? "first " : "", has_shift ? "shift " : "",
+           has_waves ? "waves " : "");
+  printf("%-4s %s_dequantize_kv_%s_%d %s(P=%d) layout %d L=%d: max err=%.2g (max err/tol %.2f), first rows "
+         "differing: %zu, nonfinite=%zu, sentinel changed: %zu%s\n",
+         ok ? "OK" : "FAIL", tb::mode_name(BITS), tn<T>(), D, what[0] ? what : "plain ", P, layout, L, err_max, worst,
+         bad_first, nonfinite, touched, order_dep ? " (schedule-dependent)" : "");
+}
+
+// Pipeline cache keys of the cache dequantize kernel: the 8 function-constant
+// variants of every kernel name are distinct and start with the name.
+static void kv_hash_names_case() {
+  std::set<std::string> seen;
+  size_t bad = 0, n = 0;
+  for (int bits : {3, 4})
+    for (int D : {64, 80, 96, 128, 192, 256})
+      for (const char* t : {"float32", "float16", "bfloat16"}) {
+        auto kname = tb::dequantize_kv_kernel_name(bits, t, D);
+        for (int c = 0; c < 8; c++) {
+          auto h = tb::dequantize_kv_hash_name(kname, c & 1, c & 2, c & 4);
+          n++;
+          bad += h.rfind(kname, 0) != 0;
+          seen.insert(h);
+        }
+      }
+  bool ok = bad == 0 && seen.size() == n;
+  g_cases++;
+  if (!ok) g_failures++;
+  printf("%-4s dequantize_kv pipeline hash names: %zu distinct of %zu, %zu not prefixed by the kernel name\n",
+         ok ? "OK" : "FAIL", seen.size(), n, bad);
+}
+
 // round trip in float32: ||dequantize(quantize(x))|| == ||x||
 template <int D, int BITS>
 static void roundtrip_case(unsigned seed) {
@@ -417,6 +604,37 @@ static void all_for(unsigned seed) {
       update_case<half, D, BITS>(seed + 16 + layout, layout, scales_node);
       update_case<bfloat, D, BITS>(seed + 19 + layout, layout, scales_node);
     }
+  // the cache dequantize: every type with first, shift and waves on a slice
+  // of a larger buffer (P rotating over 1, 3, 8, 13, 32) and with none of
+  // them in the sequence-major layout; L = 1 (one code row, angle 0) and
+  // L = 0 (only the first rows, or nothing)
+  static const int Ps[5] = {1, 3, 8, 13, 32};
+  const int Pr = Ps[(D / 16 + BITS) % 5];
+  kv_case<float, D, BITS>(seed + 22, 1, 37, true, true, Pr);
+  kv_case<half, D, BITS>(seed + 23, 1, 37, true, true, Pr);
+  kv_case<bfloat, D, BITS>(seed + 24, 1, 37, true, true, Pr);
+  kv_case<float, D, BITS>(seed + 25, 2, 20, false, false, 0);
+  kv_case<half, D, BITS>(seed + 26, 2, 20, false, false, 0);
+  kv_case<bfloat, D, BITS>(seed + 27, 2, 20, false, false, 0);
+  kv_case<half, D, BITS>(seed + 28, 0, 1, true, true, 32);
+  kv_case<bfloat, D, BITS>(seed + 29, 1, 0, true, false, 0);
+  kv_case<float, D, BITS>(seed + 30, 2, 0, false, true, 5);
+  // all 8 (first, shift, waves) combinations at L = 0, 1, 29 (P = 32 at 29;
+  // layouts and types rotating) for a non-power-of-two and a power-of-two dim
+  if (D == 80 || D == 128) {
+    int k = 0;
+    for (int c = 0; c < 8; c++)
+      for (int L : {0, 1, 29}) {
+        const bool f = c & 1, s = c & 2;
+        const int P = c & 4 ? (L == 29 ? 32 : 7) : 0;
+        const int layout = (k / 3) % 3;
+        const unsigned sd = seed + 40 + k;
+        if (k % 3 == 0) kv_case<float, D, BITS>(sd, layout, L, f, s, P);
+        else if (k % 3 == 1) kv_case<half, D, BITS>(sd, layout, L, f, s, P);
+        else kv_case<bfloat, D, BITS>(sd, layout, L, f, s, P);
+        k++;
+      }
+  }
 }
 
 int main(int argc, char** argv) {
@@ -426,6 +644,7 @@ int main(int argc, char** argv) {
           : mode == "lockstep" ? rt::Order::Lockstep : rt::Order::Forward;
   printf("lane order: %s\n", mode.c_str());
   update_hash_names_case();
+  kv_hash_names_case();
 #ifdef TURBO_EXEC_SMALL // reduced build for the planted-bug runs
   all_for<80, 3>(300); all_for<80, 4>(400);
   all_for<128, 3>(700); all_for<128, 4>(800);

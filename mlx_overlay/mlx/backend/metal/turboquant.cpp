@@ -2,8 +2,10 @@
 //
 // Metal dispatch of the TurboQuant ops: attention on the packed cache
 // (fast::QuantizedScaledDotProductAttention), the turbo modes of
-// fast::Quantize and the cache update (turbo::quantize_update_gpu, called by
-// fast::QuantizedCacheUpdate::eval_gpu in turboquant_cache.cpp). Buffer
+// fast::Quantize, the cache update (turbo::quantize_update_gpu, called by
+// fast::QuantizedCacheUpdate::eval_gpu in turboquant_cache.cpp) and the cache
+// dequantize of the attention of many queries (fast::QuantizedKVDequantize,
+// turbo::dequantize_kv_gpu). Buffer
 // indices, function constants, kernel names and launch geometry come from
 // kernels/turbo_bindings.h, which the Linux harness in tests/metal uses as
 // well.
@@ -247,9 +249,142 @@ void quantize_update_gpu(
   copies.finish(enc);
 }
 
+static_assert(
+    TURBO_KVDQ_MAX_WAVES == kMaxKeyWaves,
+    "the cache dequantize kernel holds kMaxKeyWaves phases per row");
+
+void dequantize_kv_gpu(
+    const std::vector<array>& inputs,
+    array& out,
+    QuantizationMode mode,
+    KVDequantizeLayout layout,
+    const Stream& s) {
+  const int bits = mode_bits(mode);
+  const int F = layout.has_first ? 1 : 0;
+  const size_t n_inputs =
+      2 + size_t(F) + size_t(layout.has_shift) + 2 * size_t(layout.has_waves);
+  // (checked before any copy is encoded)
+  auto supported = [&] {
+    if (inputs.size() != n_inputs || out.ndim() != 4) {
+      return false;
+    }
+    const array& packed = inputs[0];
+    const array& scales = inputs[1];
+    const Dtype t = out.dtype();
+    if ((t != float32 && t != float16 && t != bfloat16) || packed.ndim() != 4 ||
+        packed.dtype() != uint32 || scales.dtype() != t) {
+      return false;
+    }
+    const int B = packed.shape(0), H = packed.shape(1), L = packed.shape(2);
+    const int D = out.shape(3);
+    if (!tb::quant_dim_supported(D) || packed.shape(3) != tb::words(bits, D) ||
+        scales.shape() != Shape{B, H, L, 1} ||
+        out.shape() != Shape{B, H, F + L, D}) {
+      return false;
+    }
+    int i = 2;
+    auto per_head = [&](const array& a, Dtype dt) {
+      return a.dtype() == dt && a.shape() == Shape{B, H, 1, D};
+    };
+    if (layout.has_first && !per_head(inputs[i++], t)) {
+      return false;
+    }
+    if (layout.has_shift && !per_head(inputs[i++], float32)) {
+      return false;
+    }
+    if (layout.has_waves) {
+      const array& freqs = inputs[i];
+      const array& waves = inputs[i + 1];
+      if (freqs.ndim() != 3 || freqs.dtype() != uint32) {
+        return false;
+      }
+      const int P = freqs.shape(2);
+      if (freqs.shape(0) != B || freqs.shape(1) != H || P < 1 ||
+          P > TURBO_KVDQ_MAX_WAVES || waves.dtype() != float32 ||
+          waves.shape() != Shape{B, H, 2 * P, D}) {
+        return false;
+      }
+    }
+    return true;
+  };
+  if (!supported()) {
+    throw std::invalid_argument(
+        "[QuantizedKVDequantize::eval_gpu] unsupported shapes or dtypes.");
+  }
+  auto& d = metal::device(s.device);
+  auto& enc = metal::get_command_encoder(s);
+  Copies copies{s, {}};
+  // The cache is read in place (usually a slice of a larger buffer) with its
+  // strides; only the words of a row must be contiguous.
+  const array& packed = copies.last_contiguous(inputs[0]);
+  const array& scales = inputs[1];
+  int i = 2;
+  auto next = [&](bool present) {
+    return present ? &copies.row_contiguous(inputs[i++]) : nullptr;
+  };
+  const array* first = next(layout.has_first);
+  const array* shift = next(layout.has_shift);
+  const array* freqs = next(layout.has_waves);
+  const array* waves = next(layout.has_waves);
+  out.set_data(allocator::malloc(out.nbytes()));
+
+  TurboKVDequantizeParams p{};
+  p.H = packed.shape(1);
+  p.L = packed.shape(2);
+  p.waves = layout.has_waves ? freqs->shape(2) : 0;
+  p.nrows = int64_t(packed.shape(0)) * p.H * (F + p.L);
+  bhl_strides(packed, p.packed_strides);
+  bhl_strides(scales, p.scales_strides);
+  if (p.nrows > 0) {
+    const int D = out.shape(3);
+    const bool has_first = layout.has_first;
+    const bool has_shift = layout.has_shift;
+    const bool has_waves = layout.has_waves;
+    auto kname =
+        tb::dequantize_kv_kernel_name(bits, type_to_name(out.dtype()), D);
+    auto hash_name =
+        tb::dequantize_kv_hash_name(kname, has_first, has_shift, has_waves);
+    metal::MTLFCList func_consts = {
+        {&has_first, MTL::DataType::DataTypeBool, TURBO_FC_KVDQ_FIRST},
+        {&has_shift, MTL::DataType::DataTypeBool, TURBO_FC_KVDQ_SHIFT},
+        {&has_waves, MTL::DataType::DataTypeBool, TURBO_FC_KVDQ_WAVES},
+    };
+    auto kernel = d.get_kernel(kname, hash_name, func_consts);
+    enc.set_compute_pipeline_state(kernel);
+    enc.set_input_array(packed, TURBO_KVDQ_BUF_PACKED);
+    enc.set_input_array(scales, TURBO_KVDQ_BUF_SCALES);
+    enc.set_output_array(out, TURBO_KVDQ_BUF_OUT);
+    enc.set_bytes(p, TURBO_KVDQ_BUF_PARAMS);
+    if (has_first) {
+      enc.set_input_array(*first, TURBO_KVDQ_BUF_FIRST);
+    }
+    if (has_shift) {
+      enc.set_input_array(*shift, TURBO_KVDQ_BUF_SHIFT);
+    }
+    if (has_waves) {
+      enc.set_input_array(*freqs, TURBO_KVDQ_BUF_FREQS);
+      enc.set_input_array(*waves, TURBO_KVDQ_BUF_WAVES);
+    }
+    auto dims = tb::quantize_dims(p.nrows);
+    enc.dispatch_threadgroups(to_size(dims.grid), to_size(dims.group));
+  }
+  copies.finish(enc);
+}
+
 } // namespace turbo
 
 namespace fast {
+
+void QuantizedKVDequantize::eval_gpu(
+    const std::vector<array>& inputs,
+    std::vector<array>& outputs) {
+  turbo::dequantize_kv_gpu(
+      inputs,
+      outputs[0],
+      mode_,
+      turbo::KVDequantizeLayout{has_first_, has_shift_, has_waves_},
+      stream());
+}
 
 bool QuantizedScaledDotProductAttention::use_fallback(
     const array& q,

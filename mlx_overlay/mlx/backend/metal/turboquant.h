@@ -7,6 +7,7 @@
 #include "mlx/array.h"
 #include "mlx/primitives.h"
 #include "mlx/stream.h"
+#include "mlx/turboquant.h"
 
 namespace mlx::core::turbo {
 
@@ -32,6 +33,19 @@ void quantize_update_gpu(
     QuantizationMode mode,
     int offset,
     bool scales,
+    const Stream& s);
+
+// fast::QuantizedKVDequantize::eval_gpu (turboquant.cpp): the cache rows
+// dequantized for MLX's own attention, with the optional exact first row and
+// the key shifts (inputs and output as turbo::dequantize_kv_cpu in
+// mlx/turboquant.h: packed (B, H, L, W) and scales (B, H, L, 1) in out's
+// dtype with any strides, then [first] [shift] [freqs, waves] row
+// contiguous; out (B, H, F + L, D)).
+void dequantize_kv_gpu(
+    const std::vector<array>& inputs,
+    array& out,
+    QuantizationMode mode,
+    KVDequantizeLayout layout,
     const Stream& s);
 
 } // namespace mlx::core::turbo

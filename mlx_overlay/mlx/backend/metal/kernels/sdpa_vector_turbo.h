@@ -110,8 +110,7 @@ struct TurboVectorState {
 
 // The moving key shift (docs/format.md section 7): lane l < P holds plane l's
 // frequency and the row's coefficients of cos and sin; its share of the bias
-// of key i, whose angle is 2 pi ((f i) mod 2^24) / 2^24 (exact integer
-// turns, centered to [-pi, pi)).
+// of key i, whose angle is 2 pi ((f i) mod 2^24) / 2^24 (turbo_wave_angle).
 struct TurboKeyWave {
   uint freq;
   float c_cos;
@@ -133,8 +132,7 @@ struct TurboKeyWave {
   }
 
   METAL_FUNC float at(int i) const {
-    int turns = int((freq * uint(i)) << 8) >> 8;
-    float a = float(turns) * (6.283185307179586f / 16777216.0f);
+    float a = turbo_wave_angle(freq, uint(i));
     return precise::cos(a) * c_cos + precise::sin(a) * c_sin;
   }
 };

@@ -77,6 +77,26 @@
 #define TURBO_FC_UPDATE_SCALES 51
 #define TURBO_FC_UPDATE_CODES 52
 
+// Cache dequantize for the attention of many queries
+// (fast::QuantizedKVDequantize): output (B, H, F + L, D) row contiguous in
+// the scales' dtype T, F = 1 with TURBO_FC_KVDQ_FIRST. Every input after the
+// scales is row contiguous, one block per (b, h).
+#define TURBO_KVDQ_BUF_PACKED 0 // (B, H, L, W) uint32, (b, h, l) strides
+#define TURBO_KVDQ_BUF_SCALES 1 // (B, H, L, 1) T, (b, h, l) strides
+#define TURBO_KVDQ_BUF_OUT 2
+#define TURBO_KVDQ_BUF_PARAMS 3
+#define TURBO_KVDQ_BUF_FIRST 4 // (B, H, 1, D) T, only with KVDQ_FIRST
+#define TURBO_KVDQ_BUF_SHIFT 5 // (B, H, 1, D) float32, only with KVDQ_SHIFT
+#define TURBO_KVDQ_BUF_FREQS 6 // (B, H, P) uint32, only with KVDQ_WAVES
+#define TURBO_KVDQ_BUF_WAVES 7 // (B, H, 2P, D) float32, only with KVDQ_WAVES
+// Function constants of the cache dequantize kernel: row 0 of each (b, h) is
+// first; the constant shift is added; the moving shift is added.
+#define TURBO_FC_KVDQ_FIRST 53
+#define TURBO_FC_KVDQ_SHIFT 54
+#define TURBO_FC_KVDQ_WAVES 55
+// Most planes P of the moving shift (turbo::kMaxKeyWaves).
+#define TURBO_KVDQ_MAX_WAVES 32
+
 // Threads per threadgroup
 #define TURBO_ATTN_SIMDS 32 // 1-pass: 32 SIMD-groups of 32 lanes
 #define TURBO_SIMD_WIDTH 32
@@ -117,6 +137,19 @@ struct TurboQuantUpdateParams {
   int64_t nvec;
   int64_t x_strides[3];
   int64_t shift_strides[3];
+};
+
+// Cache dequantize: output row v < nrows = B * H * (F + L) is row r = v %
+// (F + L) of block bh = v / (F + L) = b * H + h (F from the function
+// constant TURBO_FC_KVDQ_FIRST); the code row of r >= F is l = r - F, read
+// with the (b, h, l) strides in elements (uint32 words for the codes).
+struct TurboKVDequantizeParams {
+  int H;
+  int L;
+  int waves; // planes P of the moving shift (0 without it)
+  int64_t nrows;
+  int64_t packed_strides[3];
+  int64_t scales_strides[3];
 };
 
 // ---------------------------------------------------------------------------
@@ -192,6 +225,23 @@ inline std::string dequantize_kernel_name(
     int D) {
   return std::string(mode_name(bits)) + "_dequantize_" + scale_type + "_" +
       out_type + "_" + std::to_string(D);
+}
+
+// The cache dequantize kernel; its output and scales share the type.
+inline std::string
+dequantize_kv_kernel_name(int bits, const std::string& type, int D) {
+  return std::string(mode_name(bits)) + "_dequantize_kv_" + type + "_" +
+      std::to_string(D);
+}
+// Pipeline cache key of the cache dequantize kernel: its name and the three
+// function constants.
+inline std::string dequantize_kv_hash_name(
+    const std::string& kname,
+    bool first,
+    bool shift,
+    bool waves) {
+  return kname + (first ? "_first" : "_nofirst") +
+      (shift ? "_shift" : "_noshift") + (waves ? "_waves" : "_nowaves");
 }
 
 struct Dims {

@@ -104,3 +104,12 @@ METAL_FUNC void turbo_fwht(thread float* y) {
     }
   }
 }
+
+// Angle of a moving key shift's plane of frequency `freq` at cache row i
+// (docs/format.md section 7): 2 pi ((freq i) mod 2^24) / 2^24 from exact
+// integer turns (the uint32 product wraps modulo 2^32, a multiple of 2^24),
+// centered to [-pi, pi) before the one float32 rounding of the product.
+METAL_FUNC float turbo_wave_angle(uint freq, uint i) {
+  int turns = int((freq * i) << 8) >> 8;
+  return float(turns) * (6.283185307179586f / 16777216.0f);
+}

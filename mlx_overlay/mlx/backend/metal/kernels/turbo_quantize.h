@@ -182,24 +182,14 @@ template <typename T, int D, int BITS>
   }
 }
 
-template <typename S, typename O, int D, int BITS>
-[[kernel]] void turbo_dequantize(
-    const device uint32_t* packed [[buffer(TURBO_DQ_BUF_PACKED)]],
-    const device S* scales [[buffer(TURBO_DQ_BUF_SCALES)]],
-    device O* out [[buffer(TURBO_DQ_BUF_OUT)]],
-    const constant int64_t& nvec [[buffer(TURBO_DQ_BUF_NVEC)]],
-    uint3 gid [[thread_position_in_grid]]) {
+// Decode one vector (docs/format.md section 5): y[i] = s * c[idx_i], then
+// the inverse rotation (stage 2, then stage 1, each FWHT times 1.0f /
+// fl32(sqrt(P)), signs after the transform). The one body of
+// turbo_dequantize and turbo_dequantize_kv; y is float32 thread memory.
+template <int D, int BITS>
+METAL_FUNC void
+turbo_decode(const device uint32_t* packed, float s, thread float* y) {
   constexpr int P = TurboPow2<D>::P;
-  constexpr int W = TurboLayout<BITS, D>::words;
-  const int64_t v = int64_t(gid.x);
-  if (v >= nvec) {
-    return;
-  }
-  packed += v * W;
-  out += v * D;
-  const float s = static_cast<float>(scales[v]);
-
-  thread float y[D];
   for (int i = 0; i < D; i++) {
     y[i] = s * turbo_centroid<BITS>(turbo_code<BITS, D>(packed, i));
   }
@@ -216,6 +206,117 @@ template <typename S, typename O, int D, int BITS>
     y[i] = y[i] * norm;
   }
   for (int i = 0; i < D; i++) {
-    out[i] = static_cast<O>(y[i] * turbo_sign(1u, uint(i)));
+    y[i] = y[i] * turbo_sign(1u, uint(i));
+  }
+}
+
+template <typename S, typename O, int D, int BITS>
+[[kernel]] void turbo_dequantize(
+    const device uint32_t* packed [[buffer(TURBO_DQ_BUF_PACKED)]],
+    const device S* scales [[buffer(TURBO_DQ_BUF_SCALES)]],
+    device O* out [[buffer(TURBO_DQ_BUF_OUT)]],
+    const constant int64_t& nvec [[buffer(TURBO_DQ_BUF_NVEC)]],
+    uint3 gid [[thread_position_in_grid]]) {
+  constexpr int W = TurboLayout<BITS, D>::words;
+  const int64_t v = int64_t(gid.x);
+  if (v >= nvec) {
+    return;
+  }
+  thread float y[D];
+  turbo_decode<D, BITS>(packed + v * W, static_cast<float>(scales[v]), y);
+  out += v * D;
+  for (int i = 0; i < D; i++) {
+    out[i] = static_cast<O>(y[i]);
+  }
+}
+
+// Cache dequantize for the attention of many queries
+// (fast::QuantizedKVDequantize; mlx/turboquant.h, dequantize_kv_cpu), one
+// thread per output row of out (B, H, F + L, D), row contiguous in T (the
+// scales' dtype). F = 1 when turbo_kvdq_first: row 0 of block (b, h) is
+// first[b, h] as given. Row F + l is code row l of (b, h), read with
+// p.packed_strides / p.scales_strides, decoded as turbo_dequantize does
+// (float32), plus shift[b, h] when turbo_kvdq_shift, plus the moving shift
+//   sum_j cos(a_j) waves[b, h, j] + sin(a_j) waves[b, h, P + j],
+//   a_j = turbo_wave_angle(freqs[b, h, j], l)
+// when turbo_kvdq_waves (the sum over j per coordinate, then added), all in
+// float32 and rounded once to T. first, shift, freqs and waves are row
+// contiguous and bound only with their function constant.
+constant bool turbo_kvdq_first [[function_constant(TURBO_FC_KVDQ_FIRST)]];
+constant bool turbo_kvdq_shift [[function_constant(TURBO_FC_KVDQ_SHIFT)]];
+constant bool turbo_kvdq_waves [[function_constant(TURBO_FC_KVDQ_WAVES)]];
+
+template <typename T, int D, int BITS>
+[[kernel]] void turbo_dequantize_kv(
+    const device uint32_t* packed [[buffer(TURBO_KVDQ_BUF_PACKED)]],
+    const device T* scales [[buffer(TURBO_KVDQ_BUF_SCALES)]],
+    device T* out [[buffer(TURBO_KVDQ_BUF_OUT)]],
+    const constant TurboKVDequantizeParams& p [[buffer(TURBO_KVDQ_BUF_PARAMS)]],
+    const device T* first
+    [[buffer(TURBO_KVDQ_BUF_FIRST), function_constant(turbo_kvdq_first)]],
+    const device float* shift
+    [[buffer(TURBO_KVDQ_BUF_SHIFT), function_constant(turbo_kvdq_shift)]],
+    const device uint32_t* freqs
+    [[buffer(TURBO_KVDQ_BUF_FREQS), function_constant(turbo_kvdq_waves)]],
+    const device float* waves
+    [[buffer(TURBO_KVDQ_BUF_WAVES), function_constant(turbo_kvdq_waves)]],
+    uint3 gid [[thread_position_in_grid]]) {
+  const int64_t v = int64_t(gid.x);
+  if (v >= p.nrows) {
+    return;
+  }
+  const int F = turbo_kvdq_first ? 1 : 0;
+  const int64_t rows = int64_t(F + p.L);
+  const int64_t r = v % rows;
+  const int64_t bh = v / rows;
+  out += v * D;
+  if (turbo_kvdq_first) {
+    if (r == 0) {
+      first += bh * D;
+      for (int i = 0; i < D; i++) {
+        out[i] = first[i];
+      }
+      return;
+    }
+  }
+  const int64_t l = r - F;
+  const int64_t b = bh / p.H;
+  const int64_t h = bh % p.H;
+  packed += b * p.packed_strides[0] + h * p.packed_strides[1] +
+      l * p.packed_strides[2];
+  const float s = static_cast<float>(
+      scales
+          [b * p.scales_strides[0] + h * p.scales_strides[1] +
+           l * p.scales_strides[2]]);
+  thread float y[D];
+  turbo_decode<D, BITS>(packed, s, y);
+  if (turbo_kvdq_shift) {
+    shift += bh * D;
+    for (int i = 0; i < D; i++) {
+      y[i] = y[i] + shift[i];
+    }
+  }
+  if (turbo_kvdq_waves) {
+    const int P = p.waves;
+    freqs += bh * P;
+    waves += bh * 2 * P * D;
+    thread float c[TURBO_KVDQ_MAX_WAVES];
+    thread float sn[TURBO_KVDQ_MAX_WAVES];
+    for (int j = 0; j < P; j++) {
+      const float a = turbo_wave_angle(freqs[j], uint(l));
+      c[j] = precise::cos(a);
+      sn[j] = precise::sin(a);
+    }
+    for (int i = 0; i < D; i++) {
+      float m = 0.0f;
+      for (int j = 0; j < P; j++) {
+        m = m + c[j] * waves[j * D + i];
+        m = m + sn[j] * waves[(P + j) * D + i];
+      }
+      y[i] = y[i] + m;
+    }
+  }
+  for (int i = 0; i < D; i++) {
+    out[i] = static_cast<T>(y[i]);
   }
 }
