@@ -233,11 +233,16 @@ def dequant_case(L, results, H=4, D=128, P=8):
     for bits in (3, 4):
         W = tq_lib.words(bits, D)
         bufs = [
-            torch.randint(-(2**31), 2**31 - 1, (1, H, L + 256, W), dtype=torch.int32, device=dev)
+            torch.randint(
+                -(2**31), 2**31 - 1, (1, H, L + 256, W), dtype=torch.int32, device=dev
+            )
             for _ in range(nc)
         ]
         scs = [torch.rand(1, H, L + 256, 1, device=dev).bfloat16() for _ in range(nc)]
-        outs = [torch.empty(1, H, L + 1, D, dtype=torch.bfloat16, device=dev) for _ in range(nc)]
+        outs = [
+            torch.empty(1, H, L + 1, D, dtype=torch.bfloat16, device=dev)
+            for _ in range(nc)
+        ]
         first = torch.randn(1, H, 1, D, device=dev).bfloat16()
         freqs = torch.randint(0, 2**24, (1, H, P), dtype=torch.int32, device=dev)
         waves = torch.randn(1, H, 2 * P, D, device=dev)
@@ -252,7 +257,11 @@ def dequant_case(L, results, H=4, D=128, P=8):
                     scs[j][:, :, :L],
                     bits,
                     D,
-                    out=outs[j] if kv else outs[j].view(-1)[: H * L * D].view(1, H, L, D),
+                    out=(
+                        outs[j]
+                        if kv
+                        else outs[j].view(-1)[: H * L * D].view(1, H, L, D)
+                    ),
                     first=first if kv else None,
                     freqs=freqs if kv else None,
                     waves=waves if kv else None,
@@ -260,8 +269,15 @@ def dequant_case(L, results, H=4, D=128, P=8):
 
             t = bench(fn, 20)
             results.append(
-                {"bits": bits, "L": L, "H": H, "D": D, "variant": variant, "us": t,
-                 "GBs": nbytes / (t * 1e-6) / 1e9}
+                {
+                    "bits": bits,
+                    "L": L,
+                    "H": H,
+                    "D": D,
+                    "variant": variant,
+                    "us": t,
+                    "GBs": nbytes / (t * 1e-6) / 1e9,
+                }
             )
             print(json.dumps(results[-1]), flush=True)
         del bufs, scs, outs
@@ -287,7 +303,12 @@ def main():
     for B in (1, 8):
         for kL in [] if args.dequant_only else ctxs:
             decode_case(B, kL, decode)
-    res = {"info": info, "dequant": dequant, "decode": decode, "seconds": time.time() - t0}
+    res = {
+        "info": info,
+        "dequant": dequant,
+        "decode": decode,
+        "seconds": time.time() - t0,
+    }
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_cuda.json"), "w") as f:
         json.dump(res, f, indent=1)

@@ -179,13 +179,22 @@ def check_decode_kv():
             for dt in (torch.float32, torch.bfloat16):
                 B, H, N, n, P = 2, 3, 100, 77, 5
                 W = tq_lib.words(bits, d)
-                w = torch.randint(-(2**31), 2**31 - 1, (B, H, N, W), dtype=torch.int32, generator=gen)
+                w = torch.randint(
+                    -(2**31), 2**31 - 1, (B, H, N, W), dtype=torch.int32, generator=gen
+                )
                 s = (torch.rand(B, H, N, 1, generator=gen) * 3 + 0.1).to(dt)
                 first = torch.randn(B, H, 1, d, generator=gen).to(dt)
                 shift = torch.randn(B, H, 1, d, generator=gen) * 2
-                freqs = torch.randint(0, 2**24, (B, H, P), dtype=torch.int32, generator=gen)
+                freqs = torch.randint(
+                    0, 2**24, (B, H, P), dtype=torch.int32, generator=gen
+                )
                 waves = torch.randn(B, H, 2 * P, d, generator=gen) * 3
-                for with_first, with_shift, with_waves in ((1, 1, 1), (0, 0, 0), (1, 0, 1), (0, 1, 0)):
+                for with_first, with_shift, with_waves in (
+                    (1, 1, 1),
+                    (0, 0, 0),
+                    (1, 0, 1),
+                    (0, 1, 0),
+                ):
                     out = tq_lib.decode(
                         w.cuda()[:, :, :n],
                         s.cuda()[:, :, :n],
@@ -198,7 +207,9 @@ def check_decode_kv():
                     )
                     torch.cuda.synchronize()
                     wn = w[:, :, :n].numpy().view(np.uint32).reshape(-1, W)
-                    r = ref.decode_f64(wn, s[:, :, :n].float().numpy().reshape(-1), bits, d)
+                    r = ref.decode_f64(
+                        wn, s[:, :, :n].float().numpy().reshape(-1), bits, d
+                    )
                     r = r.reshape(B, H, n, d)
                     if with_shift:
                         r = r + shift.double().numpy()
@@ -309,7 +320,9 @@ def check_attn(
     ok = bool(np.isfinite(o).all()) and err < tol
     path = f"vec{'-tc' if att.tc else ''}/{att.splits}split"
     mags = "".join(
-        f" {n}*{v:g}" for n, v in (("q", q_mul), ("ks", ks_mul), ("vs", vs_mul)) if v != 1
+        f" {n}*{v:g}"
+        for n, v in (("q", q_mul), ("ks", ks_mul), ("vs", vs_mul))
+        if v != 1
     )
     report(
         f"attn {name} B={B} Hq={Hq} Hkv={Hkv} qL={qL} kL={kL} D={d} k{kb}v{vb} "
@@ -376,10 +389,35 @@ def check_attention_tc():
             check_attn(
                 "tc-mask", 2, 8, 2, 3, 900, 128, 4, 4, mask=mk, force_splits=sp, tc=True
             )
-        check_attn("tc-sinks", 2, 8, 2, 1, 1200, 128, 3, 3, sinks=True, force_splits=sp, tc=True)
         check_attn(
-            "tc-sinks", 1, 8, 1, 2, 300, 256, 4, 3, sinks=True, causal=True,
-            sdt=bf16, force_splits=sp, tc=True,
+            "tc-sinks",
+            2,
+            8,
+            2,
+            1,
+            1200,
+            128,
+            3,
+            3,
+            sinks=True,
+            force_splits=sp,
+            tc=True,
+        )
+        check_attn(
+            "tc-sinks",
+            1,
+            8,
+            1,
+            2,
+            300,
+            256,
+            4,
+            3,
+            sinks=True,
+            causal=True,
+            sdt=bf16,
+            force_splits=sp,
+            tc=True,
         )
     check_attn("tc-mask", 1, 4, 2, 2, 333, 256, 3, 4, mask="bool", sdt=bf16, tc=True)
     check_attn("tc-mask", 1, 8, 2, 1, 100, 64, 3, 3, mask="float", tc=True)

@@ -14,7 +14,9 @@ _vp = ctypes.c_void_p
 _i = ctypes.c_int
 _ll = ctypes.c_longlong
 _lib.tq_encode.argtypes = [_vp, _vp, _vp, _ll, _i, _i, _i, _vp]
-_lib.tq_decode.argtypes = [_vp] * 6 + [_i, _vp] + [_ll] * 3 + [_vp] * 2 + [_i] * 3 + [_vp]
+_lib.tq_decode.argtypes = (
+    [_vp] * 6 + [_i, _vp] + [_ll] * 3 + [_vp] * 2 + [_i] * 3 + [_vp]
+)
 _lib.tq_plan.argtypes = [_i] * 9 + [ctypes.POINTER(_i)]
 _lib.tq_plan.restype = _ll
 _lib.tq_attention.argtypes = [_vp] * 10 + [_i] * 9 + [ctypes.c_float] + [_i] * 4 + [_vp]
@@ -57,7 +59,9 @@ def encode(x, bits):
     return packed, scales
 
 
-def decode(packed, scales, bits, d, out=None, first=None, shift=None, freqs=None, waves=None):
+def decode(
+    packed, scales, bits, d, out=None, first=None, shift=None, freqs=None, waves=None
+):
     """Dequantize code rows as MLX does (turbo_decode). packed (..., W) or a
     (B, H, L, W) view with any strides but a contiguous last axis, scales the
     same shape with a last axis of 1, in the output dtype. With first (B, H,
@@ -75,7 +79,9 @@ def decode(packed, scales, bits, d, out=None, first=None, shift=None, freqs=None
         B, H, L, _ = packed.shape
         F = 1 if first is not None else 0
         if out is None:
-            out = torch.empty((B, H, F + L, d), dtype=scales.dtype, device=packed.device)
+            out = torch.empty(
+                (B, H, F + L, d), dtype=scales.dtype, device=packed.device
+            )
         flat = out
     B, H, L, _ = packed.shape
     assert packed.stride(-1) == 1 and flat.is_contiguous()
