@@ -292,9 +292,29 @@ def run_prefill(args, dtype):
             row[name + "_TFLOPs"] = flops / t / 1e12
         row["turbo4_vs_sdpa"] = row["turbo4_ms"] / row["sdpa_ms"]
         row["turbo3_vs_sdpa"] = row["turbo3_ms"] / row["sdpa_ms"]
+        row.update(prefill_transient(fns, q, caches[0]))
         del caches, q, fns
         record(rows, row)
     return rows
+
+
+def prefill_transient(fns, q, c):
+    """Memory one turbo4 prefill call takes beyond what is held before it and
+    its output (the dequantized copy of K and V for MLX's attention, and MLX's
+    own attention's temporaries), next to the fp16 size of that K and V and
+    to what bf16 SDPA takes beyond its inputs and output."""
+    row = {"fp16_kv_bytes": c["k"].size * 2 + c["v"].size * 2}
+    for name in ("sdpa", "turbo4"):
+        mx.synchronize()
+        mx.clear_cache()
+        before = mx.get_active_memory()
+        mx.reset_peak_memory()
+        out = fns[name](0)
+        mx.eval(out)
+        mx.synchronize()
+        row[name + "_transient_bytes"] = mx.get_peak_memory() - before - out.nbytes
+        del out
+    return row
 
 
 def peak_memory(dtype, L):
@@ -366,13 +386,16 @@ def markdown(res):
     if res.get("prefill"):
         lines += [
             "",
-            "| L (causal) | sdpa (ms) | deq+sdpa (ms) | turbo3 (ms) | turbo4 (ms) | turbo4 / sdpa |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "| L (causal) | sdpa (ms) | deq+sdpa (ms) | turbo3 (ms) | turbo4 (ms) | turbo4 / sdpa "
+            "| turbo4 transient MiB (sdpa's) | fp16 K/V MiB |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in res["prefill"]:
             lines.append(
                 f"| {r['L']:,} | {r['sdpa_ms']:.2f} | {r['deq+sdpa_ms']:.2f} | {r['turbo3_ms']:.2f} | "
-                f"{r['turbo4_ms']:.2f} | {r['turbo4_vs_sdpa']:.2f}x |"
+                f"{r['turbo4_ms']:.2f} | {r['turbo4_vs_sdpa']:.2f}x | "
+                f"{r['turbo4_transient_bytes'] / 2**20:.1f} ({r['sdpa_transient_bytes'] / 2**20:.1f}) | "
+                f"{r['fp16_kv_bytes'] / 2**20:.1f} |"
             )
     if res.get("peak"):
         p = res["peak"]
