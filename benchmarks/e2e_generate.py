@@ -19,13 +19,15 @@ weights (normal, std 0.02; RMSNorm gains 1) and a random prompt of
                            assignment (what the fused append saves)
 
 Per cell: one warm-up run per (weights, cache) at the smallest context, then
-``--runs`` runs; median, min and max are reported. Prefill s is the time
+``--runs`` runs, interleaved across the caches of a context (round r runs
+every cache once); median, min and max are reported, and every run's values
+(``prefill_s_runs``, ``decode_tok_s_runs``). Prefill s is the time
 until ``generate_step`` yields its first token (prefill in chunks of
 ``--prefill-step`` plus one token); decode tok/s is (N - 1) over the time from
 the first to the last of the N = ``--gen-tokens`` tokens. Peak memory is
 ``mx.get_peak_memory`` over a run (weights included; GB = 1e9 bytes), cache
 bytes the summed ``nbytes`` of the cache after it (allocated buffers). A cell
-that raises keeps its error (e.g. an op MLX's backend lacks); cells that would
+that raises keeps its error (e.g. an op MLX's backend lacks); contexts that would
 start after ``--time-budget`` seconds are recorded as skipped, and
 ``--resume`` measures only those (and missing cells) of an earlier run's JSON,
 so a grid can be split over several commands of limited time.
@@ -213,17 +215,45 @@ def empty_row(weights, context, cache, error):
     return row
 
 
-def measure_cell(model, prompts, weights, context, cache, warmed, args):
-    if cache not in warmed:
-        one_run(model, prompts[min(prompts)], cache, args)
-        warmed.add(cache)
-    runs = repeat(args.runs, one_run, model, prompts[context], cache, args)
-    row = empty_row(weights, context, cache, None)
-    row.update(summarize(runs, STATS))
-    row["peak_memory_gb"] = max(r[2] for r in runs) / 1e9
-    row["cache_bytes"] = runs[-1][3]
-    row["runs"] = len(runs)
-    return row
+def measure_context(model, prompts, weights, context, caches, warmed, args):
+    """The rows of one (weights, context) for CACHES. The runs interleave
+    the caches (round r runs each once), so a drift of the machine over the
+    minutes a context takes (clocks, host load) spreads over every cache
+    instead of biasing the ones measured last."""
+    runs, errors = {c: [] for c in caches}, {}
+    for c in caches:
+        if c not in warmed:
+            try:
+                one_run(model, prompts[min(prompts)], c, args)
+            except Exception as e:
+                errors[c] = f"{type(e).__name__}: {e}"
+            warmed.add(c)
+            mx.clear_cache()
+    for r in range(args.runs):
+        for c in caches:
+            if c in errors:
+                continue
+            try:
+                runs[c].append(one_run(model, prompts[context], c, args))
+                p, d = runs[c][-1][:2]
+                log(f"  run {r + 1} {c}: prefill {p:.3f} s, decode {d:.1f} tok/s")
+            except Exception as e:
+                errors[c] = f"{type(e).__name__}: {e}"
+            mx.clear_cache()
+    rows = []
+    for c in caches:
+        if c in errors:
+            rows.append(empty_row(weights, context, c, errors[c]))
+            continue
+        row = empty_row(weights, context, c, None)
+        row.update(summarize(runs[c], STATS))
+        row["prefill_s_runs"] = [x[0] for x in runs[c]]
+        row["decode_tok_s_runs"] = [x[1] for x in runs[c]]
+        row["peak_memory_gb"] = max(x[2] for x in runs[c]) / 1e9
+        row["cache_bytes"] = runs[c][-1][3]
+        row["runs"] = len(runs[c])
+        rows.append(row)
+    return rows
 
 
 def fmt_stat(r, s, digits, bare_single=False):
@@ -446,18 +476,20 @@ def main():
                 build_error = f"building the model: {type(e).__name__}: {e}"
         warmed = set()
         for L in contexts:
+            todo = [c for c in caches if (w, L, c) not in done]
+            skip = build_error or (todo and out_of_time(t_start, args.time_budget) and SKIPPED)
+            if todo and not skip:
+                log(f"[{time.monotonic() - t_start:.0f}s] weights {w}, context {L}: {', '.join(todo)}")
+                measured = measure_context(model, prompts, w, L, todo, warmed, args)
+                measured = dict(zip(todo, measured))
             for c in caches:
                 if (w, L, c) in done:
                     record(done[w, L, c])
-                elif build_error or out_of_time(t_start, args.time_budget):
-                    record(empty_row(w, L, c, build_error or SKIPPED))
+                elif skip:
+                    record(empty_row(w, L, c, skip))
                 else:
-                    log(f"[{time.monotonic() - t_start:.0f}s] weights {w}, context {L}, cache {c}")
-                    try:
-                        record(measure_cell(model, prompts, w, L, c, warmed, args))
-                    except Exception as e:
-                        record(empty_row(w, L, c, f"{type(e).__name__}: {e}"))
-                    mx.clear_cache()
+                    record(measured[c])
+            mx.clear_cache()
         del model
         mx.clear_cache()
 
