@@ -156,95 +156,78 @@ void encode_into_rows(
   });
 }
 
+// Where decode_rows reads and what it adds: code row i of (b, h) at
+// packed + b w_str[0] + h w_str[1] + i w_str[2] (words; a row's words
+// contiguous), its scale likewise; output row F + i of the (b, h) block of F
+// + L rows (F = 1 with a first row). shift (B H, D) float32, freqs (B H, P)
+// and waves (B H, 2P, D) float32 may be null.
+template <typename T>
+struct DecodeRows {
+  int64_t B, H, L;
+  int64_t w_str[3];
+  int64_t s_str[3];
+  const T* first;
+  const float* shift;
+  const uint32_t* freqs;
+  const float* waves;
+  int P;
+};
+
+// mx.dequantize (contiguous rows) and fast::QuantizedKVDequantize
+// (mlx/turboquant.h, dequantize_kv_cpu): R^T (scale * c[code]), plus the
+// shifts in float32, rounded once to T.
 template <typename T>
 void decode_rows(
     const uint32_t* packed,
     const T* scales,
     T* out,
-    int64_t rows,
+    const DecodeRows<T>& r,
     int dim,
     int bits) {
   const float* c = turbo::codebook(bits);
-  int width = turbo::packed_width(dim, bits);
-  parallel_for(rows, dim * 16, [&](int64_t r0, int64_t r1) {
-    float y[turbo::kMaxDim];
-    for (int64_t r = r0; r < r1; ++r) {
-      float s = static_cast<float>(scales[r]);
-      const uint32_t* w = packed + r * width;
-      for (int i = 0; i < dim; ++i) {
-        y[i] = s * c[turbo::unpack_code(w, i, dim, bits)];
-      }
-      turbo::rotate(y, dim, true);
-      for (int i = 0; i < dim; ++i) {
-        out[r * dim + i] = static_cast<T>(y[i]);
-      }
-    }
-  });
-}
-
-// fast::QuantizedKVDequantize rows (mlx/turboquant.h, dequantize_kv_cpu):
-// each (b, h) block of F + L rows of out from packed / scales rows with
-// strides (elements; the packed words of a row contiguous).
-template <typename T>
-void decode_kv_rows(
-    const array& packed,
-    const array& scales,
-    const T* first,
-    const float* shift,
-    const uint32_t* freqs,
-    const float* waves,
-    int P,
-    T* out,
-    int bits) {
-  const int H = packed.shape(1);
-  const int64_t L = packed.shape(2);
-  const int F = first != nullptr;
-  const int dim = turbo::dim_from_packed_width(packed.shape(3), bits);
-  const float* c = turbo::codebook(bits);
-  const auto& ps = packed.strides();
-  const auto& ss = scales.strides();
-  const uint32_t* pw = packed.data<uint32_t>();
-  const T* sc = scales.data<T>();
-  const TurnTables& tables = turn_tables();
-  const int64_t heads = int64_t(packed.shape(0)) * H;
-  parallel_for(heads * L, dim * 16, [&](int64_t r0, int64_t r1) {
+  const int F = r.first != nullptr;
+  const int64_t heads = r.B * r.H;
+  const TurnTables* tables = r.waves ? &turn_tables() : nullptr;
+  parallel_for(heads * r.L, dim * 16, [&](int64_t r0, int64_t r1) {
     float y[turbo::kMaxDim];
     float phases[2 * turbo::kMaxKeyWaves];
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t bh = r / L, i = r % L;
-      const int64_t b = bh / H, h = bh % H;
-      const uint32_t* w = pw + b * ps[0] + h * ps[1] + i * ps[2];
-      const float s = static_cast<float>(sc[b * ss[0] + h * ss[1] + i * ss[2]]);
+    for (int64_t row = r0; row < r1; ++row) {
+      const int64_t bh = row / r.L, i = row % r.L;
+      const int64_t b = bh / r.H, h = bh % r.H;
+      const uint32_t* w =
+          packed + b * r.w_str[0] + h * r.w_str[1] + i * r.w_str[2];
+      const float s = static_cast<float>(
+          scales[b * r.s_str[0] + h * r.s_str[1] + i * r.s_str[2]]);
       for (int d = 0; d < dim; ++d) {
         y[d] = s * c[turbo::unpack_code(w, d, dim, bits)];
       }
       turbo::rotate(y, dim, true);
-      if (shift) {
-        const float* m = shift + bh * dim;
+      if (r.shift) {
+        const float* m = r.shift + bh * dim;
         for (int d = 0; d < dim; ++d) {
           y[d] += m[d];
         }
       }
-      if (waves) {
-        key_wave_phases(freqs + bh * P, P, uint32_t(i), tables, phases);
-        const float* wv = waves + bh * 2 * P * dim;
-        for (int j = 0; j < 2 * P; ++j) {
+      if (r.waves) {
+        key_wave_phases(r.freqs + bh * r.P, r.P, uint32_t(i), *tables, phases);
+        const float* wv = r.waves + bh * 2 * r.P * dim;
+        for (int j = 0; j < 2 * r.P; ++j) {
           for (int d = 0; d < dim; ++d) {
             y[d] += phases[j] * wv[j * dim + d];
           }
         }
       }
-      T* o = out + (bh * (F + L) + F + i) * dim;
+      T* o = out + (bh * (F + r.L) + F + i) * dim;
       for (int d = 0; d < dim; ++d) {
         o[d] = static_cast<T>(y[d]);
       }
       if (F && i == 0) {
-        std::copy(first + bh * dim, first + (bh + 1) * dim, o - dim);
+        std::copy(r.first + bh * dim, r.first + (bh + 1) * dim, o - dim);
       }
     }
   });
-  if (F && L == 0) {
-    std::copy(first, first + heads * dim, out);
+  if (F && r.L == 0) {
+    std::copy(r.first, r.first + heads * dim, out);
   }
 }
 
@@ -349,11 +332,14 @@ void dequantize_cpu(
     int64_t rows = out.size() / dim;
     dispatch_float(out.dtype(), [&](auto t) {
       using T = decltype(t);
+      const int64_t W = packed.shape(-1);
+      DecodeRows<T> r{
+          1, 1, rows, {0, 0, W}, {0, 0, 1}, nullptr, nullptr, nullptr, nullptr};
       decode_rows<T>(
           packed.data<uint32_t>(),
           scales.data<T>(),
           out.data<T>(),
-          rows,
+          r,
           dim,
           nbits);
     });
@@ -399,15 +385,25 @@ void dequantize_kv_cpu(
                     nbits = bits(mode)]() mutable {
     dispatch_float(out.dtype(), [&](auto t) {
       using T = decltype(t);
-      decode_kv_rows<T>(
-          packed,
-          scales,
+      const auto& ps = packed.strides();
+      const auto& ss = scales.strides();
+      DecodeRows<T> r{
+          packed.shape(0),
+          packed.shape(1),
+          packed.shape(2),
+          {ps[0], ps[1], ps[2]},
+          {ss[0], ss[1], ss[2]},
           first ? first->data<T>() : nullptr,
           shift ? shift->data<float>() : nullptr,
           freqs ? freqs->data<uint32_t>() : nullptr,
           waves ? waves->data<float>() : nullptr,
-          freqs ? freqs->shape(-1) : 0,
+          freqs ? freqs->shape(-1) : 0};
+      decode_rows<T>(
+          packed.data<uint32_t>(),
+          scales.data<T>(),
           out.data<T>(),
+          r,
+          out.shape(3),
           nbits);
     });
   });
