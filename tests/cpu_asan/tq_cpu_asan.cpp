@@ -249,8 +249,26 @@ void check_codec(int dim, int bits) {
         v = static_cast<T>(draw_scale(sp));
       }
       std::vector<T> out(int64_t(n) * dim);
-      decode_rows<T>(w.data(), s.data(), out.data(), n, dim, bits);
+      DecodeRows<T> rows{1, 1, n, {0, 0, W}, {0, 0, 1}, nullptr, nullptr, nullptr, nullptr};
+      decode_rows<T>(w.data(), s.data(), out.data(), rows, dim, bits);
       ++g_cases;
+      // The prefill route's rows: every other row of the buffer (strides),
+      // an exact first row, the key shift and 3 planes of the moving shift,
+      // into an output of exactly 1 + n / 2 rows.
+      const int P = 3, half = n / 2;
+      std::vector<T> first(dim, static_cast<T>(1.0f));
+      std::vector<float> shift(dim, 0.5f), waves(2 * P * dim, 0.25f);
+      std::vector<uint32_t> freqs = {1u, 12345u, 0xFFFFFFu};
+      std::vector<T> out_kv(int64_t(1 + half) * dim);
+      DecodeRows<T> kv{
+          1, 1, half, {0, 0, 2 * W}, {0, 0, 2}, first.data(), shift.data(), freqs.data(),
+          waves.data(), P};
+      decode_rows<T>(w.data(), s.data(), out_kv.data(), kv, dim, bits);
+      ++g_cases;
+      if (std::memcmp(out_kv.data(), first.data(), dim * sizeof(T)) != 0) {
+        fail(std::string("decode_kv ") + type_name<T>() + " dim " + std::to_string(dim) +
+             ": row 0 is not the first row");
+      }
       if (sp == Values::Benign) {
         for (auto v : out) {
           if (!std::isfinite(static_cast<float>(v))) {
