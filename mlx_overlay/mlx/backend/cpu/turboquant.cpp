@@ -362,8 +362,9 @@ void dequantize_kv_cpu(
   }
   const array& scales = inputs[1];
   out.set_data(allocator::malloc(out.nbytes()));
-  for (const auto& x : inputs) {
-    encoder.set_input_array(x);
+  encoder.set_input_array(packed);
+  for (size_t j = 1; j < inputs.size(); ++j) {
+    encoder.set_input_array(inputs[j]);
   }
   encoder.set_output_array(out);
   int i = 2;

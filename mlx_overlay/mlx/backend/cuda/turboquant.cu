@@ -279,8 +279,10 @@ void turbo_dequantize_kv_gpu(
     enc.add_temporary(packed);
   }
   const array& scales = inputs[1];
-  for (const auto& x : inputs) {
-    enc.set_input_array(x);
+  // The codes as the kernel reads them (the copy when one was made).
+  enc.set_input_array(packed);
+  for (size_t j = 1; j < inputs.size(); ++j) {
+    enc.set_input_array(inputs[j]);
   }
   enc.set_output_array(out);
   int i = 2;
