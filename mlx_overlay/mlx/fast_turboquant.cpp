@@ -6,7 +6,6 @@
 #include <cmath>
 #include <limits>
 #include <sstream>
-#include <type_traits>
 
 #include "mlx/fast.h"
 #include "mlx/fast_primitives.h"
