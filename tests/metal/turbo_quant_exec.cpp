@@ -64,6 +64,55 @@ static bool same_bits_or_both_nan(float a, float b) {
   return std::memcmp(&a, &b, 4) == 0;
 }
 
+// Encoder inputs: nvec rows of D, normal at magnitudes 1e-3, 30 and 1 in
+// turn, then special rows: zero (row 2), one-hot (row 6), a NaN (coordinate
+// 5 of nan_row), an Inf (coordinate 7 of inf_row) and a constant row.
+template <typename T>
+static std::vector<T> codec_vectors(
+    std::mt19937& rng,
+    std::normal_distribution<float>& N01,
+    int64_t nvec,
+    int D,
+    int64_t nan_row,
+    int64_t inf_row,
+    int64_t const_row) {
+  std::vector<T> x(nvec * D);
+  for (int64_t v = 0; v < nvec; v++) {
+    float mag = v % 5 == 0 ? 1e-3f : v % 5 == 1 ? 30.f : 1.f;
+    for (int i = 0; i < D; i++) x[v * D + i] = T(mag * N01(rng));
+  }
+  for (int i = 0; i < D; i++) x[2 * D + i] = T(0.0f);
+  x[nan_row * D + 5] = T(NAN);
+  x[inf_row * D + 7] = T(INFINITY);
+  for (int i = 0; i < D; i++) x[6 * D + i] = T(i == 3 ? 1.0f : 0.0f);
+  for (int i = 0; i < D; i++) x[const_row * D + i] = T(1.0f);
+  return x;
+}
+
+// Pipeline cache keys: the `variants` function-constant variants of every
+// kernel name are distinct and start with the name.
+template <typename KName, typename Hash>
+static void hash_names_case(const char* what, int variants, KName kname_of, Hash hash_of) {
+  std::set<std::string> seen;
+  size_t bad = 0, n = 0;
+  for (int bits : {3, 4})
+    for (int D : {64, 80, 96, 128, 192, 256})
+      for (const char* t : {"float32", "float16", "bfloat16"}) {
+        auto kname = kname_of(bits, t, D);
+        for (int c = 0; c < variants; c++) {
+          auto h = hash_of(kname, c);
+          n++;
+          bad += h.rfind(kname, 0) != 0;
+          seen.insert(h);
+        }
+      }
+  bool ok = bad == 0 && seen.size() == n;
+  g_cases++;
+  if (!ok) g_failures++;
+  printf("%-4s %s pipeline hash names: %zu distinct of %zu, %zu not prefixed by the kernel name\n",
+         ok ? "OK" : "FAIL", what, seen.size(), n, bad);
+}
+
 template <typename T, int D, int BITS>
 static void quant_case(unsigned seed) {
   constexpr int W = TurboLayout<BITS, D>::words;
@@ -80,16 +129,7 @@ static void quant_case(unsigned seed) {
   const int64_t nvec = 70; // two threadgroups, the second partly idle
   std::mt19937 rng(seed);
   std::normal_distribution<float> N01(0.f, 1.f);
-  std::vector<T> x(nvec * D);
-  for (int64_t v = 0; v < nvec; v++) {
-    float mag = v % 5 == 0 ? 1e-3f : v % 5 == 1 ? 30.f : 1.f;
-    for (int i = 0; i < D; i++) x[v * D + i] = T(mag * N01(rng));
-  }
-  for (int i = 0; i < D; i++) x[2 * D + i] = T(0.0f);                 // zero vector
-  x[3 * D + 5] = T(NAN);                                              // NaN
-  x[4 * D + 7] = T(INFINITY);                                         // Inf
-  for (int i = 0; i < D; i++) x[6 * D + i] = T(i == 3 ? 1.0f : 0.0f); // one-hot
-  for (int i = 0; i < D; i++) x[8 * D + i] = T(1.0f);                 // constant
+  std::vector<T> x = codec_vectors<T>(rng, N01, nvec, D, 3, 4, 8);
   // reference
   std::vector<uint32_t> rw(nvec * W);
   std::vector<T> rs(nvec);
@@ -148,16 +188,7 @@ static void update_case(unsigned seed, int layout, bool scales_node) {
   std::normal_distribution<float> N01(0.f, 1.f);
   std::uniform_int_distribution<uint32_t> Uw;
   // dense x (B, H, L, D), vector v = (b * H + h) * L + l
-  std::vector<T> xd(nvec * D);
-  for (int64_t v = 0; v < nvec; v++) {
-    float mag = v % 5 == 0 ? 1e-3f : v % 5 == 1 ? 30.f : 1.f;
-    for (int i = 0; i < D; i++) xd[v * D + i] = T(mag * N01(rng));
-  }
-  for (int i = 0; i < D; i++) xd[2 * D + i] = T(0.0f);                 // zero vector
-  xd[13 * D + 5] = T(NAN);                                             // NaN
-  xd[40 * D + 7] = T(INFINITY);                                        // Inf
-  for (int i = 0; i < D; i++) xd[6 * D + i] = T(i == 3 ? 1.0f : 0.0f); // one-hot
-  for (int i = 0; i < D; i++) xd[71 * D + i] = T(1.0f);                // constant
+  std::vector<T> xd = codec_vectors<T>(rng, N01, nvec, D, 13, 40, 71);
   // x as the kernel reads it
   TurboQuantUpdateParams p{};
   p.H = H; p.L = L; p.N = N; p.offset = offset; p.nvec = nvec;
@@ -291,28 +322,11 @@ static void update_case(unsigned seed, int layout, bool scales_node) {
          order_dep ? " (schedule-dependent)" : "");
 }
 
-// Pipeline cache keys of the update kernel: the 4 (shift, scales) variants of
-// every kernel name are distinct and start with the name.
+// Pipeline cache keys of the update kernel: its 4 (shift, scales) variants.
 static void update_hash_names_case() {
-  std::set<std::string> seen;
-  size_t bad = 0, n = 0;
-  for (int bits : {3, 4})
-    for (int D : {64, 80, 96, 128, 192, 256})
-      for (const char* t : {"float32", "float16", "bfloat16"}) {
-        auto kname = tb::quantize_update_kernel_name(bits, t, D);
-        for (bool shift : {false, true})
-          for (bool scales : {false, true}) {
-            auto h = tb::quantize_update_hash_name(kname, shift, scales);
-            n++;
-            bad += h.rfind(kname, 0) != 0;
-            seen.insert(h);
-          }
-      }
-  bool ok = bad == 0 && seen.size() == n;
-  g_cases++;
-  if (!ok) g_failures++;
-  printf("%-4s quantize_update pipeline hash names: %zu distinct of %zu, %zu not prefixed by the kernel name\n",
-         ok ? "OK" : "FAIL", seen.size(), n, bad);
+  hash_names_case("quantize_update", 4, tb::quantize_update_kernel_name, [](const std::string& k, int c) {
+    return tb::quantize_update_hash_name(k, c & 1, c & 2);
+  });
 }
 
 template <typename S, typename O, int D, int BITS>
@@ -526,27 +540,12 @@ static void kv_case(unsigned seed, int layout, int L, bool has_first, bool has_s
          bad_first, nonfinite, touched, order_dep ? " (schedule-dependent)" : "");
 }
 
-// Pipeline cache keys of the cache dequantize kernel: the 8 function-constant
-// variants of every kernel name are distinct and start with the name.
+// Pipeline cache keys of the cache dequantize kernel: its 8 (first, shift,
+// waves) variants.
 static void kv_hash_names_case() {
-  std::set<std::string> seen;
-  size_t bad = 0, n = 0;
-  for (int bits : {3, 4})
-    for (int D : {64, 80, 96, 128, 192, 256})
-      for (const char* t : {"float32", "float16", "bfloat16"}) {
-        auto kname = tb::dequantize_kv_kernel_name(bits, t, D);
-        for (int c = 0; c < 8; c++) {
-          auto h = tb::dequantize_kv_hash_name(kname, c & 1, c & 2, c & 4);
-          n++;
-          bad += h.rfind(kname, 0) != 0;
-          seen.insert(h);
-        }
-      }
-  bool ok = bad == 0 && seen.size() == n;
-  g_cases++;
-  if (!ok) g_failures++;
-  printf("%-4s dequantize_kv pipeline hash names: %zu distinct of %zu, %zu not prefixed by the kernel name\n",
-         ok ? "OK" : "FAIL", seen.size(), n, bad);
+  hash_names_case("dequantize_kv", 8, tb::dequantize_kv_kernel_name, [](const std::string& k, int c) {
+    return tb::dequantize_kv_hash_name(k, c & 1, c & 2, c & 4);
+  });
 }
 
 // round trip in float32: ||dequantize(quantize(x))|| == ||x||
