@@ -477,7 +477,11 @@ def main():
         warmed = set()
         for L in contexts:
             todo = [c for c in caches if (w, L, c) not in done]
-            skip = build_error or (todo and out_of_time(t_start, args.time_budget) and SKIPPED)
+            skip = None
+            if build_error:
+                skip = build_error
+            elif todo and out_of_time(t_start, args.time_budget):
+                skip = SKIPPED
             if todo and not skip:
                 log(f"[{time.monotonic() - t_start:.0f}s] weights {w}, context {L}: {', '.join(todo)}")
                 measured = measure_context(model, prompts, w, L, todo, warmed, args)
