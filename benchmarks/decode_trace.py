@@ -7,6 +7,15 @@ this script runs the model of ``e2e_generate.py`` (Qwen2.5-7B shape, random
 bf16 weights) through mlx-lm, prefills ``context`` tokens, and records with
 ``torch.profiler`` (CUDA activity only):
 
+  loop     ``--steps`` decode steps of mlx-lm's decode loop as
+           ``generate_step`` runs it (the next step built and queued with
+           ``mx.async_eval`` before the current token is read): per step the
+           host's time building the graph, queuing it (``async_eval``, which
+           encodes every kernel) and waiting for the token, and the GPU's busy
+           and idle time between the first and last kernel. A step whose GPU
+           is idle for long is bound by the host; one with copies of
+           cache-sized buffers ("long copies", over 10 us each) lost the
+           in-place append
   decode   ``--steps`` decode steps evaluated one at a time (each step's graph
            built, evaluated, then the next): kernels per step, GPU busy time
            per step (the union of kernel intervals) and the step's wall time
@@ -26,6 +35,7 @@ import argparse
 import collections
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -75,8 +85,13 @@ def busy_us(intervals):
     return total
 
 
-def trace(fn, n):
-    """Kernels of n calls of fn: ({name: [count, us]}, busy us, wall us).
+# A copy kernel longer than this moved a buffer of a cache's size, not a row.
+LONG_COPY_US = 10.0
+
+
+def trace(fn, n, warm=True):
+    """Kernels of n calls of fn: ({name: [count, us]}, busy us, wall us,
+    kernel span us, [long copy count, us]).
 
     Read from the profiler's Chrome trace (events of category "kernel"),
     which holds every kernel CUPTI saw, whoever launched it."""
@@ -85,7 +100,8 @@ def trace(fn, n):
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    fn()  # warm: graphs, allocations
+    if warm:
+        fn()  # warm: graphs, allocations
     mx.synchronize()
     # Without CUDA (a CPU smoke run) the profiler records no kernels.
     cuda = torch.cuda.is_available()
@@ -102,16 +118,22 @@ def trace(fn, n):
         events = json.load(open(f.name)).get("traceEvents", [])
     kernels = collections.defaultdict(lambda: [0, 0.0])
     intervals = []
+    long_copies = [0, 0.0]
     for e in events:
         if e.get("cat") != "kernel" or "dur" not in e:
             continue
+        dur = float(e["dur"])
         kernels[e["name"]][0] += 1
-        kernels[e["name"]][1] += float(e["dur"])
-        intervals.append((float(e["ts"]), float(e["ts"]) + float(e["dur"])))
-    return kernels, busy_us(intervals), wall
+        kernels[e["name"]][1] += dur
+        intervals.append((float(e["ts"]), float(e["ts"]) + dur))
+        if group_of(e["name"]) == "copy / slice update" and dur > LONG_COPY_US:
+            long_copies[0] += 1
+            long_copies[1] += dur
+    span = max(e for _, e in intervals) - min(s for s, _ in intervals) if intervals else 0.0
+    return kernels, busy_us(intervals), wall, span, long_copies
 
 
-def summarize(kernels, busy, wall, n):
+def summarize(kernels, busy, wall, span, long_copies, n):
     groups = collections.defaultdict(lambda: [0.0, 0.0])
     for name, (count, us) in kernels.items():
         g = groups[group_of(name)]
@@ -121,10 +143,47 @@ def summarize(kernels, busy, wall, n):
     return {
         "wall_us": wall / n,
         "busy_us": busy / n,
+        "span_us": span / n,
+        "long_copies": long_copies[0] / n,
+        "long_copy_us": long_copies[1] / n,
         "kernels": sum(c for c, _ in kernels.values()) / n,
         "groups": {g: {"launches": c, "us": us} for g, (c, us) in groups.items()},
         "top": [{"name": short(k), "launches": c / n, "us": us / n} for k, (c, us) in top],
     }
+
+
+def decode_loop(model, cache, y, n):
+    """Trace n steps of the decode loop as generate_step runs it, after as
+    many untraced ones: (GPU summary, host ms per step by phase)."""
+    host = {"build_ms": [], "queue_ms": [], "wait_ms": [], "step_ms": []}
+
+    def step(y):
+        return mx.argmax(model(y[None], cache=cache)[:, -1, :], axis=-1)
+
+    def loop(record):
+        nonlocal y
+        y = step(y)
+        mx.async_eval(y)
+        last = time.perf_counter()
+        for _ in range(n):
+            t0 = time.perf_counter()
+            nxt = step(y)
+            t1 = time.perf_counter()
+            mx.async_eval(nxt)
+            t2 = time.perf_counter()
+            y.item()
+            t3 = time.perf_counter()
+            if record:
+                for k, dt in zip(host, (t1 - t0, t2 - t1, t3 - t2, t3 - last)):
+                    host[k].append(1e3 * dt)
+            last = t3
+            y = nxt
+        y.item()
+
+    loop(False)  # warm: every step of the traced loop has run once
+    # The GPU ran n + 1 steps (the first queued before the loop).
+    gpu = summarize(*trace(lambda: loop(True), 1, warm=False), n + 1)
+    return gpu, {k: statistics.median(v) for k, v in host.items()}
 
 
 def measure(model, prompt, kind, args):
@@ -133,13 +192,19 @@ def measure(model, prompt, kind, args):
     )
     y = prefill(model, prompt, cache, args.prefill_step)
     mx.synchronize()
+    row = {"cache": kind}
+    # Two loops of steps + 1 tokens each (the last queued step included).
+    row["loop"], row["loop_host"] = decode_loop(model, cache, y, args.steps)
+    if args.loop_only:
+        return row
+    for c in cache:
+        c.trim(2 * (args.steps + 1))
 
     def step():
         nonlocal y
         y = mx.argmax(model(y[None], cache=cache)[:, -1, :], axis=-1)
         mx.eval(y)
 
-    row = {"cache": kind}
     row["decode"] = summarize(*trace(step, args.steps), args.steps)
     for c in cache:
         c.trim(args.steps + 1)
@@ -156,7 +221,37 @@ def measure(model, prompt, kind, args):
 
 def markdown(rows, header):
     lines = [header, ""]
-    for phase, title in (("decode", "one decode step"), ("prefill_chunk", "one prefill chunk")):
+    lines += [
+        "### the decode loop (as generate_step runs it): ms per step",
+        "",
+        "| context | cache | step | host: build | host: queue | host: wait | GPU span "
+        "| GPU busy | GPU idle | kernels | long copies (ms) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        h, g = r["loop_host"], r["loop"]
+        lines.append(
+            "| "
+            + " | ".join(
+                [f"{r['context']:,}", r["cache"]]
+                + [f"{h[k]:.2f}" for k in ("step_ms", "build_ms", "queue_ms", "wait_ms")]
+                + [f"{g[k] / 1e3:.2f}" for k in ("span_us", "busy_us")]
+                + [
+                    f"{(g['span_us'] - g['busy_us']) / 1e3:.2f}",
+                    f"{g['kernels']:.0f}",
+                    f"{g['long_copies']:.1f} ({g['long_copy_us'] / 1e3:.2f})",
+                ]
+            )
+            + " |"
+        )
+    lines.append("")
+    for phase, title in (
+        ("loop", "one step of the decode loop"),
+        ("decode", "one decode step evaluated alone"),
+        ("prefill_chunk", "one prefill chunk"),
+    ):
+        if any(phase not in r for r in rows):
+            continue
         lines += [
             f"### {title}: GPU us per group (launches)",
             "",
@@ -180,13 +275,13 @@ def markdown(rows, header):
                 cells.append(f"{x['us']:.0f} ({x['launches']:.0f})" if x else "")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["### Top kernels of one decode step", ""]
+    lines += ["### Top kernels of one step of the decode loop", ""]
     for r in rows:
         lines.append(f"{r['context']:,} tokens, {r['cache']}:")
         lines.append("")
         lines.append("| kernel | launches | us |")
         lines.append("|---|---:|---:|")
-        for k in r["decode"]["top"]:
+        for k in r["loop"]["top"]:
             lines.append(f"| `{k['name']}` | {k['launches']:.0f} | {k['us']:.1f} |")
         lines.append("")
     return "\n".join(lines) + "\n"
@@ -195,12 +290,15 @@ def markdown(rows, header):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_profile_args(ap, "32768", 8, "decode steps traced")
+    ap.add_argument(
+        "--loop-only", action="store_true", help="only the decode loop (no step alone, no chunk)"
+    )
     args = ap.parse_args()
     model, base, header = setup(
         args,
         "decode_trace",
-        f"kernels recorded with CUPTI (torch.profiler), {args.steps} decode steps "
-        "evaluated one at a time",
+        f"kernels recorded with CUPTI (torch.profiler); {args.steps} steps of the "
+        f"decode loop (host ms: medians), then {args.steps} steps evaluated one at a time",
     )
     rows = []
     for L, kind, prompt in cells(args, model):

@@ -48,13 +48,19 @@ import statistics
 import sys
 import time
 
-import mlx.core as mx
-import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_unflatten
-from mlx_lm.generate import generate_step
-from mlx_lm.models import qwen2
-from mlx_lm.models import cache as cache_module
-from mlx_lm.models.cache import make_prompt_cache
+# MLX's CUDA backend raises a RuntimeError once its graph cache has missed
+# 800 times over the process's life (MLX_ENABLE_CACHE_THRASHING_CHECK), and
+# every later graph launch then fails: many generations at several contexts
+# in one process get there. The check only raises; it changes no timing.
+os.environ.setdefault("MLX_ENABLE_CACHE_THRASHING_CHECK", "0")
+
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+from mlx.utils import tree_flatten, tree_unflatten  # noqa: E402
+from mlx_lm.generate import generate_step  # noqa: E402
+from mlx_lm.models import qwen2  # noqa: E402
+from mlx_lm.models import cache as cache_module  # noqa: E402
+from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
 
 QWEN25_7B = dict(
     model_type="qwen2",
@@ -198,8 +204,11 @@ def with_result_keys(row):
     """ROW with the results-file keys (docs/cuda.md): decode_tps[_min|_max],
     peak_mib, cache_mib, next to the measured ones they are computed from."""
     row = dict(row)
-    for a, b in [("decode_tps", "decode_tok_s"), ("decode_tps_min", "decode_tok_s_min"),
-                 ("decode_tps_max", "decode_tok_s_max")]:
+    for a, b in [
+        ("decode_tps", "decode_tok_s"),
+        ("decode_tps_min", "decode_tok_s_min"),
+        ("decode_tps_max", "decode_tok_s_max"),
+    ]:
         row.setdefault(a, row.get(b))
     gb, cb = row.get("peak_memory_gb"), row.get("cache_bytes")
     row.setdefault("peak_mib", None if gb is None else gb * 1e9 / 2**20)
@@ -424,7 +433,9 @@ def main():
         "--resume", action="store_true", help="keep the measured cells of an existing JSON"
     )
     ap.add_argument(
-        "--render", metavar="JSON", default=None,
+        "--render",
+        metavar="JSON",
+        default=None,
         help="only rewrite JSON (the results keys added), its .md and .png from its rows",
     )
     args = ap.parse_args()
@@ -483,7 +494,9 @@ def main():
             elif todo and out_of_time(t_start, args.time_budget):
                 skip = SKIPPED
             if todo and not skip:
-                log(f"[{time.monotonic() - t_start:.0f}s] weights {w}, context {L}: {', '.join(todo)}")
+                log(
+                    f"[{time.monotonic() - t_start:.0f}s] weights {w}, context {L}: {', '.join(todo)}"
+                )
                 measured = measure_context(model, prompts, w, L, todo, warmed, args)
                 measured = dict(zip(todo, measured))
             for c in caches:

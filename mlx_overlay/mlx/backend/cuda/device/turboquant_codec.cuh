@@ -106,17 +106,21 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_encode(
     idx[i] = uint8_t(k);
   }
   __syncwarp();
-  for (int i = lane; i < D; i += 32) {
-    buf[i] = centroid(BITS, idx[i]);
-  }
-  __syncwarp();
-  const float rho = __fsqrt_rn(seq_sum_squares<D>(buf));
-  float scale = __fdiv_rn(n, rho);
-  if (!isfinite(n)) {
-    scale = __int_as_float(0x7fc00000); // NaN or Inf in the input: NaN scale
-  }
-  if (scales != nullptr && lane == 0) {
-    scales[row] = from_float<T>(scale);
+  // The cache update's two nodes each write one part: the scale's second
+  // sum of squares only where scales are written.
+  if (scales != nullptr) {
+    for (int i = lane; i < D; i += 32) {
+      buf[i] = centroid(BITS, idx[i]);
+    }
+    __syncwarp();
+    const float rho = __fsqrt_rn(seq_sum_squares<D>(buf));
+    float scale = __fdiv_rn(n, rho);
+    if (!isfinite(n)) {
+      scale = __int_as_float(0x7fc00000); // NaN or Inf in the input: NaN scale
+    }
+    if (lane == 0) {
+      scales[row] = from_float<T>(scale);
+    }
   }
   if (packed == nullptr) {
     return;
@@ -443,6 +447,9 @@ __global__ void __launch_bounds__(32 * kEncodeWarps)
 // . (key_shift - first_key) with q as given, to row_sinks (B, Hq, qL); with
 // the moving key shift, each query row's 2P coefficients scale log2(e) q .
 // waves[i] (the decode kernels' AttnParams::wave_coef).
+// Moving-shift coefficients turbo_attention_prep computes together.
+constexpr int kPrepWaves = 8;
+
 template <typename T>
 struct PrepArgs {
   int64_t n_q;
@@ -504,19 +511,49 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_attention_prep(
     }
   }
   if (is_q && a.wave_coef) {
+    // kPrepWaves coefficients at a time, their loads issued together (one
+    // at a time, each waited on its loads and butterfly: most of the
+    // launch). Each coefficient's sum keeps its order: lane l adds
+    // coordinates l, l + 32, ... in turn, then the butterfly.
+    constexpr int NJ = (D + 31) / 32;
+    float qv[NJ];
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+      const int k = lane + 32 * j;
+      qv[j] = k < D ? to_float(in[k]) : 0.0f;
+    }
     const float* w =
         a.waves + b * a.wv_b_str + int64_t(h / a.gqa) * 2 * a.P * D;
-    for (int i = 0; i < 2 * a.P; i++) {
-      float c = 0.0f;
-      for (int k = lane; k < D; k += 32) {
-        c += to_float(in[k]) * w[i * D + k];
+    const int n_coef = 2 * a.P;
+    for (int i0 = 0; i0 < n_coef; i0 += kPrepWaves) {
+      float c[kPrepWaves];
+#pragma unroll
+      for (int u = 0; u < kPrepWaves; u++) {
+        c[u] = 0.0f;
+        if (i0 + u < n_coef) {
+#pragma unroll
+          for (int j = 0; j < NJ; j++) {
+            const int k = lane + 32 * j;
+            if (k < D) {
+              c[u] += qv[j] * w[(i0 + u) * D + k];
+            }
+          }
+        }
       }
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) {
-        c += __shfl_xor_sync(0xffffffff, c, off);
+#pragma unroll
+        for (int u = 0; u < kPrepWaves; u++) {
+          c[u] += __shfl_xor_sync(0xffffffff, c[u], off);
+        }
       }
       if (lane == 0) {
-        a.wave_coef[v * 2 * a.P + i] = a.scale * kLog2e * c;
+#pragma unroll
+        for (int u = 0; u < kPrepWaves; u++) {
+          if (i0 + u < n_coef) {
+            a.wave_coef[v * n_coef + i0 + u] = a.scale * kLog2e * c[u];
+          }
+        }
       }
     }
   }
