@@ -287,19 +287,50 @@ def markdown(rows, header):
     return "\n".join(lines) + "\n"
 
 
+DESCRIBE = "kernels recorded with CUPTI (torch.profiler); "
+
+
+def describe(steps, alone):
+    """The header's account of what was traced."""
+    what = f"{steps} steps of the decode loop (host ms: medians)"
+    if alone:
+        what += f", then {steps} steps evaluated one at a time and one prefill chunk"
+    return DESCRIBE + what
+
+
+def render(path):
+    """Rewrite the .md of an earlier run's JSON; its header keeps the device and
+    MLX version of the .md's first line, and says which phases the rows hold."""
+    base = path[: -len(".json")]
+    with open(path) as f:
+        rows = json.load(f)
+    with open(base + ".md") as f:
+        first = f.readline().rstrip("\n")
+    head, _, rest = first.partition(DESCRIBE)
+    steps = int(rest.split(" ", 1)[0])
+    mlx = rest[rest.rindex("; mlx ") :]
+    header = head + describe(steps, all("decode" in r for r in rows)) + mlx
+    with open(base + ".md", "w") as f:
+        f.write(markdown(rows, header))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_profile_args(ap, "32768", 8, "decode steps traced")
     ap.add_argument(
         "--loop-only", action="store_true", help="only the decode loop (no step alone, no chunk)"
     )
-    args = ap.parse_args()
-    model, base, header = setup(
-        args,
-        "decode_trace",
-        f"kernels recorded with CUPTI (torch.profiler); {args.steps} steps of the "
-        f"decode loop (host ms: medians), then {args.steps} steps evaluated one at a time",
+    ap.add_argument(
+        "--render",
+        metavar="JSON",
+        default=None,
+        help="only rewrite JSON's .md from its rows (the header's phases from the rows)",
     )
+    args = ap.parse_args()
+    if args.render:
+        render(args.render)
+        return
+    model, base, header = setup(args, "decode_trace", describe(args.steps, not args.loop_only))
     rows = []
     for L, kind, prompt in cells(args, model):
         try:
