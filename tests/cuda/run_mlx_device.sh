@@ -12,6 +12,7 @@
 #                                             # the carried dist/mlx_lm-*.whl with --no-deps)
 #   tests/cuda/run_mlx_device.sh profile [ARGS] # benchmarks/decode_profile.py, the same way
 #   tests/cuda/run_mlx_device.sh trace [ARGS]   # benchmarks/decode_trace.py (kernels per step), the same way
+#   tests/cuda/run_mlx_device.sh memory [ARGS]  # benchmarks/prefill_memory.py (transient memory per chunk)
 #   tests/cuda/run_mlx_device.sh grid [ARGS]    # benchmarks/gpu_attention.py --grid (gpu_decode_*.json)
 #   tests/cuda/run_mlx_device.sh pytest [ARGS]  # the op's test modules on the GPU (no mlx-lm tests)
 #   tests/cuda/run_mlx_device.sh sanitize     # compute-sanitizer memcheck over the attention tests
@@ -131,10 +132,11 @@ case "${1:-}" in
       tests/test_attention.py tests/test_position_shift.py tests/test_errors.py tests/test_format.py tests/test_properties.py tests/test_cache_update.py tests/test_prefill_route.py -q -p no:cacheprovider --assert=plain -rf "$@" 2>&1 |
       tee "$OUTDIR/pytest_gpu.log" | tail -25
     ;;
-  e2e | profile | trace)
+  e2e | profile | trace | memory)
     script=benchmarks/e2e_generate.py
     [[ "$1" == profile ]] && script=benchmarks/decode_profile.py
     [[ "$1" == trace ]] && script=benchmarks/decode_trace.py
+    [[ "$1" == memory ]] && script=benchmarks/prefill_memory.py
     shift
     # The patched mlx-lm is pure Python: the wheel built here (./build.sh) is
     # carried in dist/; its requirements are in the device image.
@@ -155,7 +157,7 @@ case "${1:-}" in
       tee "$OUTDIR/backtrace.log" | tail -60
     ;;
   *)
-    sed -n 2,15p "$0"
+    sed -n 2,16p "$0"
     exit 2
     ;;
 esac
