@@ -440,6 +440,9 @@ __global__ void __launch_bounds__(32 * kEncodeWarps)
   }
 }
 
+// Moving-shift coefficients turbo_attention_prep computes together.
+constexpr int kPrepWaves = 8;
+
 // Decode preparation (fused_rotation), one launch per attention call: one
 // warp per row rotates the n_q query rows (B, Hq, qL) and then the n_sv sink
 // value rows (B or 1, Hkv) from T into float32 (y = R x), and with a key bias
@@ -447,9 +450,6 @@ __global__ void __launch_bounds__(32 * kEncodeWarps)
 // . (key_shift - first_key) with q as given, to row_sinks (B, Hq, qL); with
 // the moving key shift, each query row's 2P coefficients scale log2(e) q .
 // waves[i] (the decode kernels' AttnParams::wave_coef).
-// Moving-shift coefficients turbo_attention_prep computes together.
-constexpr int kPrepWaves = 8;
-
 template <typename T>
 struct PrepArgs {
   int64_t n_q;
