@@ -24,7 +24,8 @@ every cache once); median, min and max are reported, and every run's values
 (``prefill_s_runs``, ``decode_tok_s_runs``). Prefill s is the time
 until ``generate_step`` yields its first token (prefill in chunks of
 ``--prefill-step`` plus one token); decode tok/s is (N - 1) over the time from
-the first to the last of the N = ``--gen-tokens`` tokens. Peak memory is
+the first to the last of the N = ``--gen-tokens`` tokens (each run's median
+step in ms is kept too, ``decode_step_ms_median_runs``). Peak memory is
 ``mx.get_peak_memory`` over a run (weights included; GB = 1e9 bytes), cache
 bytes the summed ``nbytes`` of the cache after it (allocated buffers). A cell
 that raises keeps its error (e.g. an op MLX's backend lacks); contexts that would
@@ -174,7 +175,10 @@ def measure_run(model, prompt, cache_kind, args):
     # generate_step swaps in the quantized layers of kv4 into the same list.
     cache_bytes = sum(c.nbytes for c in cache)
     decode = (len(stamps) - 1) / (stamps[-1] - stamps[0])
-    return stamps[0] - t0, decode, mx.get_peak_memory(), cache_bytes
+    # The median step next to the mean rate: steps the host stalls (graph
+    # instantiations, the cache's growth) weigh in the mean only.
+    step_ms = 1e3 * statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+    return stamps[0] - t0, decode, mx.get_peak_memory(), cache_bytes, step_ms
 
 
 def no_stats(stats):
@@ -245,7 +249,10 @@ def measure_context(model, prompts, weights, context, caches, warmed, args):
             try:
                 runs[c].append(one_run(model, prompts[context], c, args))
                 p, d = runs[c][-1][:2]
-                log(f"  run {r + 1} {c}: prefill {p:.3f} s, decode {d:.1f} tok/s")
+                m = runs[c][-1][4]
+                log(
+                    f"  run {r + 1} {c}: prefill {p:.3f} s, decode {d:.1f} tok/s, median step {m:.2f} ms"
+                )
             except Exception as e:
                 errors[c] = f"{type(e).__name__}: {e}"
             mx.clear_cache()
@@ -258,6 +265,7 @@ def measure_context(model, prompts, weights, context, caches, warmed, args):
         row.update(summarize(runs[c], STATS))
         row["prefill_s_runs"] = [x[0] for x in runs[c]]
         row["decode_tok_s_runs"] = [x[1] for x in runs[c]]
+        row["decode_step_ms_median_runs"] = [x[4] for x in runs[c]]
         row["peak_memory_gb"] = max(x[2] for x in runs[c]) / 1e9
         row["cache_bytes"] = runs[c][-1][3]
         row["runs"] = len(runs[c])
