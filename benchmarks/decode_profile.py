@@ -30,6 +30,7 @@ Writes OUT/decode_profile_<machine>.json (rows) and .md.
 import argparse
 import collections
 import io
+import json
 import os
 import re
 import statistics
@@ -50,6 +51,7 @@ from e2e_generate import (  # noqa: E402
     machine_name,
     recorder,
     table_line,
+    write_results,
 )
 from mlx_lm.models.base import scaled_dot_product_attention  # noqa: E402
 from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
@@ -272,6 +274,25 @@ def cells(args, model):
         for kind in csv(args.caches):
             log(f"context {L}, cache {kind}")
             yield L, kind, prompt
+
+
+def measure_cells(args, model, measure, base, render, brief=None):
+    """Rows {"context", **measure(model, prompt, kind, args)} of every cell; a
+    cell that raises is logged and left out. BASE.json and BASE.md
+    (render(rows)) are rewritten after each cell; brief(row), if given, is
+    logged."""
+    rows = []
+    for L, kind, prompt in cells(args, model):
+        try:
+            rows.append({"context": L, **measure(model, prompt, kind, args)})
+        except Exception as e:  # keep the other cells
+            log(f"  error: {e!r}")
+            continue
+        if brief:
+            log(json.dumps(brief(rows[-1])))
+        mx.clear_cache()
+        write_results(base, rows, render(rows))
+    return rows
 
 
 def main():

@@ -42,8 +42,7 @@ import time
 import mlx.core as mx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from decode_profile import add_profile_args, cells, prefill, setup  # noqa: E402
-from e2e_generate import log  # noqa: E402
+from decode_profile import add_profile_args, measure_cells, prefill, setup  # noqa: E402
 from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
 
 # First match wins: (group, substrings of the kernel's name).
@@ -331,18 +330,7 @@ def main():
         render(args.render)
         return
     model, base, header = setup(args, "decode_trace", describe(args.steps, not args.loop_only))
-    rows = []
-    for L, kind, prompt in cells(args, model):
-        try:
-            rows.append({"context": L, **measure(model, prompt, kind, args)})
-        except Exception as e:  # keep the other cells
-            log(f"  error: {e!r}")
-            continue
-        mx.clear_cache()
-        with open(base + ".json", "w") as f:
-            json.dump(rows, f, indent=1)
-        with open(base + ".md", "w") as f:
-            f.write(markdown(rows, header))
+    rows = measure_cells(args, model, measure, base, lambda rs: markdown(rs, header))
     print(markdown(rows, header))
 
 

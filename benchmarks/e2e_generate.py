@@ -374,17 +374,22 @@ def plot(rows, path, title):
     plot_panels(rows, path, title, CACHES, "weights", WEIGHTS, x, panels, label, 1, log_y=[0])
 
 
+def write_results(base, rows, table):
+    """Rewrite BASE.json with ROWS (atomically) and BASE.md with TABLE."""
+    with open(base + ".json.tmp", "w") as f:
+        json.dump(rows, f, indent=1)
+    os.replace(base + ".json.tmp", base + ".json")
+    with open(base + ".md", "w") as f:
+        f.write(table)
+
+
 def recorder(rows, base, render):
     """record(row): append ROW to ROWS, rewrite BASE.json (atomically) and BASE.md
     (render(rows)), log the row."""
 
     def record(row):
         rows.append(with_result_keys(row))
-        with open(base + ".json.tmp", "w") as f:
-            json.dump(rows, f, indent=1)
-        os.replace(base + ".json.tmp", base + ".json")
-        with open(base + ".md", "w") as f:
-            f.write(render(rows))
+        write_results(base, rows, render(rows))
         log(json.dumps(row))
 
     return record

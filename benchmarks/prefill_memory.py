@@ -23,13 +23,12 @@ header records the ones set.
 """
 
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from decode_profile import CACHES, cells, setup  # noqa: E402
-from e2e_generate import add_output_args, log, table_line  # noqa: E402
+from decode_profile import CACHES, measure_cells, setup  # noqa: E402
+from e2e_generate import add_output_args, table_line  # noqa: E402
 
 import mlx.core as mx  # noqa: E402
 from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
@@ -116,19 +115,14 @@ def main():
     model, base, header = setup(
         args, "prefill_memory", f"prefill chunks of {args.prefill_step}; {env}"
     )
-    rows = []
-    for L, kind, prompt in cells(args, model):
-        try:
-            rows.append({"context": L, **measure(model, prompt, kind, args)})
-        except Exception as e:  # keep the other cells
-            log(f"  error: {e!r}")
-            continue
-        log(json.dumps({k: v for k, v in rows[-1].items() if k != "chunks"}))
-        mx.clear_cache()
-        with open(base + ".json", "w") as f:
-            json.dump(rows, f, indent=1)
-        with open(base + ".md", "w") as f:
-            f.write(markdown(rows, header))
+    rows = measure_cells(
+        args,
+        model,
+        measure,
+        base,
+        lambda rs: markdown(rs, header),
+        brief=lambda r: {k: v for k, v in r.items() if k != "chunks"},
+    )
     print(markdown(rows, header))
 
 
