@@ -43,6 +43,7 @@ import mlx.core as mx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from decode_profile import add_profile_args, measure_cells, prefill, setup  # noqa: E402
+from e2e_generate import table_line  # noqa: E402
 from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
 
 # First match wins: (group, substrings of the kernel's name).
@@ -230,8 +231,7 @@ def markdown(rows, header):
     for r in rows:
         h, g = r["loop_host"], r["loop"]
         lines.append(
-            "| "
-            + " | ".join(
+            table_line(
                 [f"{r['context']:,}", r["cache"]]
                 + [f"{h[k]:.2f}" for k in ("step_ms", "build_ms", "queue_ms", "wait_ms")]
                 + [f"{g[k] / 1e3:.2f}" for k in ("span_us", "busy_us")]
@@ -241,7 +241,6 @@ def markdown(rows, header):
                     f"{g['long_copies']:.1f} ({g['long_copy_us'] / 1e3:.2f})",
                 ]
             )
-            + " |"
         )
     lines.append("")
     for phase, title in (
