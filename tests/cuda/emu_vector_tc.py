@@ -4,11 +4,12 @@ Mirrors, in Python, what the kernel in
 mlx_overlay/mlx/backend/cuda/device/turboquant_decode_tc.cuh does per lane: the raw
 code loads (TcCodes), the turbo3 plane merge and plane-pair key indices
 (kwords / tc_kdim), the key-pair value indices (x / y words), the byte ->
-(c[first], c[second]) tables, the m16n8k16 fragment layouts (A: a0 row g
-cols 2t.., a2 row g cols 2t+8..; B: b0 rows 2t.., b1 rows 2t+8.., col g;
-C: c0, c1 row g cols 2t, 2t+1), the online softmax with the fp16 range
-guards, and the mapping of the accumulators back to dims, for one warp;
-compares with float64 attention. It checks the index reasoning, not the CUDA
+(c[first], c[second]) tables, the m16n8k16 fragment layouts of S^T = K Q^T
+and O^T = V^T P^T (A: a0 row g cols 2t.., a1 row g+8, a2 row g cols 2t+8..,
+a3 row g+8; B: b0 rows 2t.., b1 rows 2t+8.., col g; C: rows g, g+8, cols 2t,
+2t+1), the transpose of P by movmatrix, the online softmax per column with
+the fp16 range guards, and the mapping of the accumulators back to dims, for
+one warp; compares with float64 attention. It checks the index reasoning, not the CUDA
 code itself (the device tests in test_tq_cuda.py do that).
 
     python3 tests/cuda/emu_vector_tc.py
@@ -115,14 +116,26 @@ def table(bits,key):
         out.append((f16(c[a]),f16(c[b])))
     return out
 def mma(a,b,cacc):
-    # a[lane]=(a0pair,a2pair); b[lane]=(b0pair,b1pair); cacc[lane]=[c0,c1] -> new
+    # one m16n8k16: a[lane]=(a0,a1,a2,a3) pairs, b[lane]=(b0,b1) pairs,
+    # cacc[lane]=[c0,c1,c2,c3] -> new accumulators
     A=np.zeros((16,16),np.float32); B=np.zeros((16,8),np.float32)
     for lane in range(32):
         g,t=lane>>2,lane&3
-        A[g,2*t:2*t+2]=a[lane][0]; A[g,2*t+8:2*t+10]=a[lane][1]
+        A[g,2*t:2*t+2]=a[lane][0]; A[g+8,2*t:2*t+2]=a[lane][1]
+        A[g,2*t+8:2*t+10]=a[lane][2]; A[g+8,2*t+8:2*t+10]=a[lane][3]
         B[2*t:2*t+2,g]=b[lane][0]; B[2*t+8:2*t+10,g]=b[lane][1]
     Dm=A.astype(np.float64)@B.astype(np.float64)
-    return [[cacc[l][0]+np.float32(Dm[l>>2,2*(l&3)]), cacc[l][1]+np.float32(Dm[l>>2,2*(l&3)+1])] for l in range(32)]
+    out=[]
+    for l in range(32):
+        g,t=l>>2,l&3
+        d=[Dm[g,2*t],Dm[g,2*t+1],Dm[g+8,2*t],Dm[g+8,2*t+1]]
+        out.append([cacc[l][x]+np.float32(d[x]) for x in range(4)])
+    return out
+def trans(x):
+    # movmatrix.trans: x[lane]=(row lane/4, cols 2(lane%4)..) of an 8x8 matrix
+    M=[[None]*8 for _ in range(8)]
+    for l in range(32): M[l>>2][2*(l&3)]=x[l][0]; M[l>>2][2*(l&3)+1]=x[l][1]
+    return [(M[2*(l&3)][l>>2],M[2*(l&3)+1][l>>2]) for l in range(32)]
 def run(D,KB,VB,nrows,kL,seed):
     rng=np.random.default_rng(seed)
     q=rng.standard_normal((nrows,D)).astype(np.float32)
@@ -130,102 +143,107 @@ def run(D,KB,VB,nrows,kL,seed):
     ks=(rng.random(kL)*0.5+0.05).astype(f16).astype(np.float32); vs=(rng.random(kL)*0.5+0.05).astype(f16).astype(np.float32)
     kvec=[pack(list(map(int,kcodes[j])),KB,D) for j in range(kL)]; vvec=[pack(list(map(int,vcodes[j])),VB,D) for j in range(kL)]
     scale_log2=4/np.sqrt(D)*1.4426950408889634
-    KT=32 if D<=128 else 16; NT=KT//8; NKT=KT//16; KS=D//16; DT=D//8; KC=D//4; VC=D//8
+    KT=32 if D<=128 else 16; NT=KT//8; MT=KT//16; KS=D//16; DM=D//16; KC=D//4; VC=D//8
     kt_=table(KB,True); vt_=table(VB,False)
-    # Q fragments (guard: scale rows to 2^13..)
-    qa=[]; qun=[]
+    # Q^T B fragments of row g (guard: rows scaled to 2^13..); lane keeps the
+    # factors of rows 2t, 2t+1 (its S^T columns)
+    qb=[]; eqs=[]
     for lane in range(32):
         g,t=lane>>2,lane&3
         qf=(q[g,KC*t:KC*t+KC]*np.float32(scale_log2)) if g<nrows else np.zeros(KC,np.float32)
         rowmax=np.abs(q[g]*np.float32(scale_log2)).max() if g<nrows else 0
         eq=13-int(np.floor(np.log2(rowmax))) if rowmax>0 else 0
-        qs=np.float32(2.0**eq); qun.append(np.float32(2.0**-eq))
+        qs=np.float32(2.0**eq); eqs.append(eq)
         l=[]
         for s in range(KS):
             d0=kdim(KB,2*s); d1=kdim(KB,2*s+1)
             l.append(((f16(qf[d0]*qs),f16(qf[d0+1]*qs)),(f16(qf[d1]*qs),f16(qf[d1+1]*qs))))
-        qa.append(l)
-    o=[[[np.float32(0)]*2 for _ in range(DT)] for _ in range(32)]
-    m=[-np.inf]*32; lsum=[np.float32(0)]*32; ev=[0]*32
+        qb.append(l)
+    qun=[[np.float32(2.0**-eqs[8*(l&3)+4*r]) for r in range(2)] for l in range(32)]
+    o=[[[np.float32(0)]*4 for _ in range(DM)] for _ in range(32)]
+    m=[[-np.inf]*2 for _ in range(32)]; lsum=[[np.float32(0)]*2 for _ in range(32)]; ev=0
     for jb in range(0,kL,KT):
-        # K
         kw={}
         for lane in range(32):
             g,t=lane>>2,lane&3
             for j in range(NT):
                 jk=jb+8*j+g; jk=jk if jk<kL else 0
                 c=Codes(KB,D,KC); c.load(kvec[jk],t); kw[(lane,j)]=c.kwords(t)
-        s=[[[np.float32(0)]*2 for _ in range(NT)] for _ in range(32)]
+        # S^T = K Q^T: m-tile mt rows = keys jb+16mt+g (+8)
+        s=[[[np.float32(0)]*4 for _ in range(MT)] for _ in range(32)]
         for st in range(KS):
-            for j in range(NT):
-                a=[qa[l][st] for l in range(32)]
-                b=[]
+            for mt in range(MT):
+                a=[]
                 for l in range(32):
-                    w=kw[(l,j)][st>>1]; b.append((kt_[byte(w,2*(st&1))],kt_[byte(w,2*(st&1)+1)]))
-                res=mma(a,b,[s[l][j] for l in range(32)])
-                for l in range(32): s[l][j]=res[l]
-        # softmax per lane
-        pa=[[None]*NKT for _ in range(32)]
-        for lane in range(32):
-            g,t=lane>>2,lane&3
-            for j in range(NT):
-                for h in range(2):
-                    jj=jb+8*j+2*t+h
-                    s[lane][j][h]=np.float32(s[lane][j][h]*qun[lane]*ks[jj]) if jj<kL else -np.inf
-        for lane in range(32):
-            g=lane>>2
-            mx=max([m[lane]]+[s[l][j][h] for l in range(4*g,4*g+4) for j in range(NT) for h in range(2)])
-            mref=0 if mx==-np.inf else mx
-            if mx!=m[lane]:
-                al=np.float32(2.0**(m[lane]-mref)); lsum[lane]*=al
-                for i in range(DT): o[lane][i]=[o[lane][i][0]*al,o[lane][i][1]*al]
-                m[lane]=mx
-            t=lane&3
-            vmax=max(vs[min(jb+8*j+2*t2+h,kL-1)] if jb+8*j+2*t2+h<kL else vs[0] for t2 in range(4) for j in range(NT) for h in range(2))
-            e=int(np.floor(np.log2(vmax)))
-            if e>ev[lane]+4 or e<ev[lane]-8:
-                fct=np.float32(2.0**(ev[lane]-e))
-                for i in range(DT): o[lane][i]=[o[lane][i][0]*fct,o[lane][i][1]*fct]
-                ev[lane]=e
-            vf=np.float32(2.0**-ev[lane])
-            for kt in range(NKT):
-                pr=[]
-                for hh in range(2):
-                    j=2*kt+hh; pp=[]
-                    for h in range(2):
-                        jj=jb+8*j+2*t+h; vsc=vs[jj] if jj<kL else vs[0]
-                        p=np.float32(2.0**(s[lane][j][h]-mref)); lsum[lane]+=p; pp.append(f16(p*vsc*vf))
-                    pr.append(tuple(pp))
-                pa[lane][kt]=tuple(pr)
-        # V
-        for kt in range(NKT):
+                    w0=kw[(l,2*mt)][st>>1]; w1=kw[(l,2*mt+1)][st>>1]; k=2*(st&1)
+                    a.append((kt_[byte(w0,k)],kt_[byte(w1,k)],kt_[byte(w0,k+1)],kt_[byte(w1,k+1)]))
+                res=mma(a,[qb[l][st] for l in range(32)],[s[l][mt] for l in range(32)])
+                for l in range(32): s[l][mt]=res[l]
+        kidx=lambda l,mt,x: jb+16*mt+8*(x>>1)+(l>>2)
+        for l in range(32):
+            for mt in range(MT):
+                for x in range(4):
+                    jj=kidx(l,mt,x)
+                    s[l][mt][x]=np.float32(s[l][mt][x]*qun[l][x&1]*ks[jj]) if jj<kL else -np.inf
+        # column max over the 8 lanes of the same t
+        mref=[[0,0] for _ in range(32)]
+        for l in range(32):
+            t=l&3
+            for r in range(2):
+                mx=max([m[l][r]]+[s[l2][mt][x] for l2 in range(t,32,4) for mt in range(MT) for x in (r,2+r)])
+                mref[l][r]=0 if mx==-np.inf else mx
+                if mx!=m[l][r]:
+                    al=np.float32(2.0**(m[l][r]-mref[l][r])); lsum[l][r]*=al
+                    for i in range(DM): o[l][i][r]*=al; o[l][i][2+r]*=al
+                    m[l][r]=mx
+        vmax=max(vs[jb+j] for j in range(KT) if jb+j<kL)
+        e=int(np.floor(np.log2(vmax)))
+        if e>ev+4 or e<ev-8:
+            fct=np.float32(2.0**(ev-e))
+            for l in range(32):
+                for i in range(DM): o[l][i]=[v*fct for v in o[l][i]]
+            ev=e
+        vf=np.float32(2.0**-ev)
+        pb=[[None]*MT for _ in range(32)]
+        for mt in range(MT):
+            halves=[]
+            for h in range(2):
+                x=[]
+                for l in range(32):
+                    jj=jb+16*mt+8*h+(l>>2); vsc=vs[jj] if jj<kL else vs[0]
+                    pp=[]
+                    for r in range(2):
+                        p=np.float32(2.0**(s[l][mt][2*h+r]-mref[l][r])); lsum[l][r]+=p; pp.append(f16(p*vsc*vf))
+                    x.append(tuple(pp))
+                halves.append(trans(x))
+            for l in range(32): pb[l][mt]=(halves[0][l],halves[1][l])
+        # O^T += V^T P^T
+        for mt in range(MT):
             xs={}
             for lane in range(32):
                 g,t=lane>>2,lane&3; nib=[]
                 for u in range(4):
-                    jv=jb+16*kt+2*t+(u&1)+8*(u>>1); jv=jv if jv<kL else 0
+                    jv=jb+16*mt+2*t+(u&1)+8*(u>>1); jv=jv if jv<kL else 0
                     c=Codes(VB,D,VC); c.load(vvec[jv],g); nib.append(c.nibbles(g))
                 for w in range(VC//8):
                     wa,wb,wc,wd=nib[0][w],nib[1][w],nib[2][w],nib[3][w]
                     xs[(lane,w)]=((wa&0x0F0F0F0F)|((wb<<4)&0xF0F0F0F0),((wa>>4)&0x0F0F0F0F)|(wb&0xF0F0F0F0),(wc&0x0F0F0F0F)|((wd<<4)&0xF0F0F0F0),((wc>>4)&0x0F0F0F0F)|(wd&0xF0F0F0F0))
             for w in range(VC//8):
                 for mm in range(4):
-                    for xy in range(2):
-                        i=8*w+2*mm+xy
-                        a=[pa[l][kt] for l in range(32)]
-                        b=[(vt_[byte(xs[(l,w)][xy],mm)],vt_[byte(xs[(l,w)][2+xy],mm)]) for l in range(32)]
-                        res=mma(a,b,[o[l][i] for l in range(32)])
-                        for l in range(32): o[l][i]=res[l]
-    # reduce l over t and write out
+                    i=4*w+mm
+                    a=[tuple(vt_[byte(xs[(l,w)][y],mm)] for y in range(4)) for l in range(32)]
+                    res=mma(a,[pb[l][mt] for l in range(32)],[o[l][i] for l in range(32)])
+                    for l in range(32): o[l][i]=res[l]
     out=np.zeros((nrows,D))
     for lane in range(32):
         g,t=lane>>2,lane&3
-        if g>=nrows: continue
-        L=sum(lsum[l] for l in range(4*g,4*g+4))
-        for i in range(DT):
-            for h in range(2):
-                out[g,(D//8)*(2*t+h)+i]=o[lane][i][h]*2.0**ev[lane]/L
-    # reference
+        for r in range(2):
+            row=2*t+r
+            if row>=nrows: continue
+            L=sum(lsum[l][r] for l in range(t,32,4))
+            for i in range(DM):
+                for c in range(2):
+                    out[row,(D//8)*g+2*i+c]=o[lane][i][2*c+r]*2.0**ev/L
     kd=np.array(cb(KB))[kcodes]*ks[:,None]; vd=np.array(cb(VB))[vcodes]*vs[:,None]
     sc=(q.astype(np.float64)*4/np.sqrt(D))@kd.T; p=np.exp(sc-sc.max(1,keepdims=True)); p/=p.sum(1,keepdims=True)
     ref=p@vd

@@ -1,6 +1,6 @@
 """Decode attention at the shapes users run, per kernel and per split count.
 
-    python3 tests/cuda/sweep_decode.py [--out DIR] [--quick]
+    python3 tests/cuda/sweep_decode.py [--out DIR] [--quick] [--auto-only]
 
 For B in (1, 8), (Hq, Hkv) in ((28, 4), (32, 8)), D = 128, contexts 8K..128K
 and turbo4 / turbo3 (bf16 scales, tensor-core decode): the split count MLX
@@ -172,6 +172,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--auto-only", action="store_true", help="only the planned split count")
     ap.add_argument("--render", help="rewrite the table of an earlier run's JSON")
     args = ap.parse_args()
     if args.render:
@@ -188,6 +189,8 @@ def main():
                 print(json.dumps(rows[-1]), flush=True)
                 for bits in (4, 3):
                     splits = (0, 16, 32, 64, 128) if B == 1 else (0, 4, 8, 16)
+                    if args.auto_only:
+                        splits = (0,)
                     rows += case(B, Hq, Hkv, kL, bits, splits)
     with open(os.path.join(args.out, "sweep_decode.json"), "w") as f:
         json.dump(rows, f, indent=1)

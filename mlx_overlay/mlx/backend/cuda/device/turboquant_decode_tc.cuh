@@ -21,18 +21,23 @@ namespace mlx::core::cu::turbo {
 // softmax state; the warps are merged through shared memory at the end.
 //
 // Per warp and KT keys, with mma.sync m16n8k16 (T operands, fp32 accumulate),
-// rows (query heads of the group x positions, at most 8 real, 8..15 zero) as M:
-//   S = Q K^T   A = Q (registers, once per block), B = 8 keys x 16 dims.
-//               Dims are permuted (the dot product does not care): in k-step
-//               s, the B operand element (k = 2 t + 8 r + h, n = key g) of
-//               lane (g, t) is dim (D/4) t + 4 s + 2 r + h, so lane (g, t)
-//               reads the D/4 consecutive codes [(D/4) t, (D/4) t + D/4) of
-//               key g: one 16-byte load for turbo4 at D = 128.
-//   O += P V    A = P (the C fragments of two S n-tiles, FlashAttention-2
-//               style), B = 16 keys x 8 output dims; output column n of
-//               n-tile i is dim (D/8) n + i, so lane (g, t) reads the D/8
-//               consecutive codes [(D/8) g, (D/8) g + D/8) of keys 2t, 2t+1,
-//               2t+8, 2t+9 of the 16.
+// keys as M and the block's 8 rows (query heads of the group x positions) as
+// N, so no half of an MMA is padding:
+//   S^T = K Q^T   A = 16 keys x 16 dims (keys g and g + 8 of an m-tile), B =
+//                 Q^T (registers, once per block). Dims are permuted (the dot
+//                 product does not care): in k-step s, the entry (key, k =
+//                 2 t + 8 r + h) of lane (g, t) is dim (D/4) t + 4 s + 2 r + h,
+//                 so lane (g, t) reads the D/4 consecutive codes [(D/4) t,
+//                 (D/4) t + D/4) of its two keys: one 16-byte load each for
+//                 turbo4 at D = 128. C: lane (g, t) has the scores of keys g,
+//                 g + 8 for rows 2 t, 2 t + 1 (its "columns").
+//   O^T += V^T P^T   A = 16 output dims x 16 keys, B = P^T: the C fragments of
+//                 S^T times the value scales, converted to T and transposed
+//                 by movmatrix (FlashAttention-2 style, on the transposed
+//                 problem). Row r of m-tile i is dim (D/8) (r % 8) + 2 i +
+//                 r / 8, so lane (g, t) reads the D/8 consecutive codes
+//                 [(D/8) g, (D/8) g + D/8) of keys 2t, 2t+1, 2t+8, 2t+9 of the
+//                 16.
 // Codes become operands through a shared table mapping a byte (two codes) to
 // the packed pair (c[first], c[second]) in T, one copy per lane (entry e of
 // lane l at word 32 e + l: no bank conflicts). turbo4: the byte is two 4-bit
@@ -40,8 +45,8 @@ namespace mlx::core::cu::turbo {
 // straight from the bit planes, lo2(a) | lo2(a+1) << 2 | hi(a) << 4 |
 // hi(a+1) << 5 (64 entries; the pairing of dims this gives is folded into
 // the Q fragments, tc_kdim). turbo3 values: the planes are merged into
-// nibble words (as in turbo_sdpa_vector; 128 entries, codes < 8). For P V
-// the byte pairs two keys at one dim, built with bit operations from two
+// nibble words (as in turbo_sdpa_vector; 128 entries, codes < 8). For V^T
+// P^T the byte pairs two keys at one dim, built with bit operations from two
 // keys' nibble words. The key scale multiplies the fp32 score; the value
 // scale is folded into p before the conversion to T.
 //
@@ -59,17 +64,24 @@ constexpr int kVecTcWarps = 4;
 constexpr int kVecTcThreads = 32 * kVecTcWarps;
 
 // Tuning knobs for experiments on the device (e.g. NVCC_APPEND_FLAGS=
-// "-DTQ_VTC_MIN_BLOCKS=3" bash tests/cuda/build.sh). Defaults: no register
-// cap (D = 128: 180-238 registers, no spills, 2 blocks per SM; a cap of 168
-// for 3 blocks spills 76-324 bytes), and value codes prefetched one
-// iteration ahead up to D = 128 (without: 178-218 registers at D = 128).
-// (A minimum of 1 block is not the same as none: it changed ptxas's
-// register choice, 214 -> 238 at D = 128.)
+// "-DTQ_VTC_MIN_BLOCKS=2" bash tests/cuda/build.sh): the resident blocks
+// per SM the registers are bounded for, and value codes prefetched one
+// iteration ahead up to TQ_VTC_PREFETCH_V_MAX_D.
+//
+// Resident blocks per SM the kernel is compiled for (__launch_bounds__;
+// plan_decode sizes the split-K count with it): 3 up to D = 128 (at most 168
+// registers; ptxas, sm_90a: 128-244 registers without the bound, no spills
+// with it but 32 bytes in the masked bfloat16 turbo4 kernel), 2 at D = 256
+// (254 registers).
+__host__ __device__ constexpr int vec_tc_blocks_per_sm(int d) {
 #ifdef TQ_VTC_MIN_BLOCKS
-#define TQ_VTC_LAUNCH_BOUNDS __launch_bounds__(kVecTcThreads, TQ_VTC_MIN_BLOCKS)
+  return TQ_VTC_MIN_BLOCKS;
 #else
-#define TQ_VTC_LAUNCH_BOUNDS __launch_bounds__(kVecTcThreads)
+  return d <= 128 ? 3 : 2;
 #endif
+}
+#define TQ_VTC_LAUNCH_BOUNDS \
+  __launch_bounds__(kVecTcThreads, vec_tc_blocks_per_sm(D))
 #ifndef TQ_VTC_PREFETCH_V_MAX_D
 #define TQ_VTC_PREFETCH_V_MAX_D 128
 #endif
@@ -139,28 +151,39 @@ __device__ inline uint32_t tc_pack2(float lo, float hi) {
   }
 }
 
-// d0, d1 += rows 0..7 of A (a0, a2) x B (b0, b1); rows 8..15 of A are zero
-// and their accumulators are discarded.
+// d += A B on one m16n8k16 tile (T operands, float32 accumulation). Lane
+// (g, t) holds A entries (row, cols) (g, 2t..2t+1) in a0, (g + 8, 2t..) in a1,
+// (g, 2t + 8..) in a2, (g + 8, 2t + 8..) in a3; B entries (rows, col)
+// (2t..2t+1, g) in b0 and (2t + 8.., g) in b1; d = (g, 2t), (g, 2t + 1),
+// (g + 8, 2t), (g + 8, 2t + 1).
 template <typename T>
-__device__ inline void tc_mma_top(
-    float& d0,
-    float& d1,
+__device__ inline void tc_mma(
+    float (&d)[4],
     uint32_t a0,
+    uint32_t a1,
     uint32_t a2,
+    uint32_t a3,
     uint32_t b0,
     uint32_t b1) {
-  float j0, j1;
   if constexpr (std::is_same_v<T, __half>) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %10, %10};\n"
-        : "+f"(d0), "+f"(d1), "=f"(j0), "=f"(j1)
-        : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1), "f"(0.0f));
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
   } else {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %10, %10};\n"
-        : "+f"(d0), "+f"(d1), "=f"(j0), "=f"(j1)
-        : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1), "f"(0.0f));
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
   }
+}
+
+// The transpose of an 8 x 8 matrix of 16-bit entries held as an A / C
+// fragment (lane (g, t): row g, cols 2t, 2t + 1), in the same layout.
+__device__ inline uint32_t tc_trans(uint32_t x) {
+  uint32_t y;
+  asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
 }
 
 // Table entry of byte k (0..3) of w; tl: shared-window byte address of the
@@ -302,18 +325,19 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
     float* __restrict__ part_ml, // (splits, B*Hq*qL, 2)
     const AttnParams p) {
   static_assert(vector_tc_supported(D), "D must be 64, 128 or 256");
-  static_assert(NQ >= 1 && NQ <= 8, "at most 8 rows per block");
+  static_assert(NQ == 8, "8 rows per block (the MMAs' N)");
   static_assert(
       std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>,
       "float16 or bfloat16 scales");
   constexpr bool kHalf = std::is_same_v<T, __half>;
   constexpr int KT = vec_tc_keys(D); // keys per warp iteration
-  constexpr int NT = KT / 8; // S n-tiles
-  constexpr int NKT = KT / 16; // P V k-tiles
+  constexpr int NT = KT / 8; // 8-key groups: key 8 j + g of lane (g, t)
+  constexpr int MT = KT / 16; // S^T m-tiles = P V k-tiles (16 keys each)
   constexpr int KS = D / 16; // Q K^T k-steps
-  constexpr int DT = D / 8; // P V n-tiles (8 output dims each)
+  constexpr int DM = D / 16; // O^T m-tiles (16 output dims each)
+  constexpr int DT = D / 8; // value coordinates per lane
   constexpr int KCPT = D / 4; // key coordinates per lane
-  constexpr int VCPT = D / 8; // value coordinates per lane
+  constexpr int VCPT = D / 8;
   constexpr int KNW = KCPT / 8;
   constexpr int VNW = VCPT / 8;
   constexpr int KE = vec_tc_lut_entries(KB, true);
@@ -329,7 +353,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   __shared__ float s_cb[2][16];
   __shared__ float s_m[kVecTcWarps][8];
   __shared__ float s_l[kVecTcWarps][8];
-  // The moving key shift: the coefficients as float16 A fragments (k-step w
+  // The moving key shift: the coefficients as float16 B fragments (k-step w
   // = planes 8 w .. 8 w + 7, row g, lane t) and the frequencies.
   __shared__ uint2 s_wa[kMaxKeyWaves / 8][8][4];
   __shared__ uint32_t s_wf[kMaxKeyWaves];
@@ -340,7 +364,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;
-  const int g = lane >> 2; // MMA groupID: row, key of a K n-tile, V column
+  const int g = lane >> 2; // MMA groupID
   const int t = lane & 3; // MMA thread in group
   const int split = blockIdx.x;
   const int hk = blockIdx.y / p.row_groups;
@@ -370,52 +394,71 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
     }
   }
 
-  // Query row g of this block: lane (g, t) holds dims [(D/4) t, (D/4) t +
-  // D/4) as the A fragments of the KS k-steps; k-step s pairs the dims of
-  // key pairs 2 s (a0) and 2 s + 1 (a2), see tc_kdim.
-  const int row = rg * NQ + g;
-  const bool row_ok = g < NQ && row < nrows;
-  const int rr = row_ok ? row : 0;
-  const int row_h = hk * p.gqa + rr / p.qL;
-  const int row_q = rr % p.qL;
-  uint32_t qa[KS][2];
-  float q_unscale; // 2^-e_q
+  // Query row g of this block as the B fragments of Q^T: lane (g, t) holds
+  // dims [(D/4) t, (D/4) t + D/4) of row g; k-step s pairs the dims of key
+  // pairs 2 s (b0) and 2 s + 1 (b1), see tc_kdim. Each row is scaled by its
+  // power of two; lane (g, t) keeps the factors of its S^T columns, rows
+  // 2 t and 2 t + 1.
+  const int row_g = rg * NQ + g;
+  uint32_t qb[KS][2];
+  float q_unscale[2]; // 2^-e_q of rows 2 t, 2 t + 1
   {
+    const bool ok = row_g < nrows;
+    const int rr = ok ? row_g : 0;
+    const int h = hk * p.gqa + rr / p.qL;
     float qf[KCPT];
     const float* qp =
-        q + b * p.q_str[0] + row_h * p.q_str[1] + row_q * p.q_str[2] + KCPT * t;
+        q + b * p.q_str[0] + h * p.q_str[1] + (rr % p.qL) * p.q_str[2] + KCPT * t;
     float qmax = 0.0f;
 #pragma unroll
     for (int c = 0; c < KCPT; c++) {
-      qf[c] = row_ok ? qp[c] * p.scale_log2 : 0.0f;
+      qf[c] = ok ? qp[c] * p.scale_log2 : 0.0f;
       qmax = fmaxf(qmax, fabsf(qf[c]));
     }
     const int eq = tc_row_exponent(qmax);
     const float qs = tc_pow2(eq);
-    q_unscale = tc_pow2(-eq);
 #pragma unroll
     for (int s = 0; s < KS; s++) {
       const int d0 = tc_kdim(KB, 2 * s);
       const int d1 = tc_kdim(KB, 2 * s + 1);
-      qa[s][0] = tc_pack2<T>(qf[d0] * qs, qf[d0 + 1] * qs);
-      qa[s][1] = tc_pack2<T>(qf[d1] * qs, qf[d1 + 1] * qs);
+      qb[s][0] = tc_pack2<T>(qf[d0] * qs, qf[d0 + 1] * qs);
+      qb[s][1] = tc_pack2<T>(qf[d1] * qs, qf[d1 + 1] * qs);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      q_unscale[r] = tc_pow2(-__shfl_sync(0xffffffffu, eq, 8 * t + 4 * r));
     }
   }
+  // This lane's S^T columns: rows 2 t + r.
+  bool row_ok[2];
+  int row_h[2], row_q[2];
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    const int row = rg * NQ + 2 * t + r;
+    row_ok[r] = row < nrows;
+    const int rr = row_ok[r] ? row : 0;
+    row_h[r] = hk * p.gqa + rr / p.qL;
+    row_q[r] = rr % p.qL;
+  }
 
-  // The moving key shift's bias is one more m16n8k16 product per S n-tile
-  // and 8 planes, in float16 (phases in [-1, 1]; the coefficients scaled by
-  // a power of two per row as the queries are): k = 2t, 2t+1 are the cos
-  // planes 8 w + 2t, 8 w + 2t + 1 and k = 2t+8, 2t+9 their sin planes.
+  // The moving key shift's bias is one more m16n8k16 product per m-tile and
+  // 8 planes, in float16 (phases in [-1, 1] as A; the coefficients as B,
+  // scaled by a power of two per row as the queries are): k = 2t, 2t+1 are
+  // the cos planes 8 w + 2t, 8 w + 2t + 1 and k = 2t+8, 2t+9 their sin
+  // planes.
   const int P = p.waves;
   const int nw = (P + 7) / 8;
-  float c_unscale = 0.0f;
+  float c_unscale[2] = {0.0f, 0.0f};
   if (P > 0) {
-    // Entry x of k-step w of the lane's A fragment: cos (x < 2) or sin
-    // coefficient of plane 8 w + 2 t + x % 2.
-    const float* cr = wave_coef_row(p, b, row_h, row_q);
+    // Entry x of k-step w of lane (g, t)'s B fragment: cos (x < 2) or sin
+    // coefficient of plane 8 w + 2 t + x % 2 of row g.
+    const bool ok = row_g < nrows;
+    const int rr = ok ? row_g : 0;
+    const float* cr =
+        wave_coef_row(p, b, hk * p.gqa + rr / p.qL, rr % p.qL);
     auto coef = [&](int w, int x) {
       const int i = 8 * w + 2 * t + (x & 1);
-      return row_ok && i < P ? cr[(x >> 1) * P + i] : 0.0f;
+      return ok && i < P ? cr[(x >> 1) * P + i] : 0.0f;
     };
     float cmax = 0.0f;
     for (int w = 0; w < nw; w++) {
@@ -426,7 +469,10 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
     }
     const int ec = tc_row_exponent(cmax);
     const float cs = tc_pow2(ec);
-    c_unscale = tc_pow2(-ec);
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      c_unscale[r] = tc_pow2(-__shfl_sync(0xffffffffu, ec, 8 * t + 4 * r));
+    }
     if (warp == 0) {
       for (int w = 0; w < nw; w++) {
         float c[4];
@@ -443,19 +489,26 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
     }
   }
 
-  // O row g: o[i][h] is dim (D/8) (2t + h) + i.
-  float o[DT][2];
+  // O^T m-tile i: o[i][2 c + r] is dim (D/8) g + 2 i + c of row 2 t + r.
+  float o[DM][4];
 #pragma unroll
-  for (int i = 0; i < DT; i++) {
-    o[i][0] = 0.0f;
-    o[i][1] = 0.0f;
+  for (int i = 0; i < DM; i++) {
+#pragma unroll
+    for (int x = 0; x < 4; x++) {
+      o[i][x] = 0.0f;
+    }
   }
-  float m_r = -INFINITY; // same in the 4 lanes of a group
-  float l_r = 0.0f; // partial over the lane's keys
-  int ev = 0; // T = __half: o is in units of 2^ev (P guard)
-  if (p.has_sinks && split == 0 && warp == 0 && row_ok) {
-    m_r = kLog2e * sink_logit(p, sinks, b, row_h, row_q);
-    l_r = t == 0 ? 1.0f : 0.0f;
+  float m_r[2] = {-INFINITY, -INFINITY}; // same in the 8 lanes of a column
+  float l_r[2] = {0.0f, 0.0f}; // partial over the lane's keys
+  int ev = 0; // T = __half: o is in units of 2^ev (P guard); warp-uniform
+  if (p.has_sinks && split == 0 && warp == 0) {
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      if (row_ok[r]) {
+        m_r[r] = kLog2e * sink_logit(p, sinks, b, row_h[r], row_q[r]);
+        l_r[r] = g == 0 ? 1.0f : 0.0f;
+      }
+    }
   }
   __syncthreads(); // tables ready
 
@@ -475,20 +528,20 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   const uint32_t vtl =
       static_cast<uint32_t>(__cvta_generic_to_shared(vtab + lane));
 
-  // Codes and scales of one warp iteration (keys jb .. jb + KT - 1): K key
-  // jb + 8 j + g, V keys jb + 16 kt + 2 t + {0, 1, 8, 9}, scales of keys
-  // jb + 8 j + 2 t + {0, 1} (the lane's S columns and P entries).
+  // Codes and scales of one warp iteration (keys jb .. jb + KT - 1): K and
+  // both scales of keys jb + 8 j + g (the lane's S^T rows), V of keys
+  // jb + 16 mt + 2 t + {0, 1, 8, 9} (its P V A fragments).
   TcCodes<KB, D, KCPT> kn[NT];
-  TcCodes<VB, D, VCPT> vn[NKT][4];
-  T ksn[NT][2], vsn[NT][2];
-  auto load_v = [&](int jb, TcCodes<VB, D, VCPT>(&dst)[NKT][4]) {
+  TcCodes<VB, D, VCPT> vn[MT][4];
+  T ksn[NT], vsn[NT];
+  auto load_v = [&](int jb, TcCodes<VB, D, VCPT>(&dst)[MT][4]) {
 #pragma unroll
-    for (int kt = 0; kt < NKT; kt++) {
+    for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
       for (int u = 0; u < 4; u++) {
-        int jv = jb + 16 * kt + 2 * t + (u & 1) + 8 * (u >> 1);
+        int jv = jb + 16 * mt + 2 * t + (u & 1) + 8 * (u >> 1);
         jv = jv < k_end ? jv : k_begin;
-        dst[kt][u].load(vbase + jv * p.v_str[2], g, val);
+        dst[mt][u].load(vbase + jv * p.v_str[2], g, val);
       }
     }
   };
@@ -498,19 +551,11 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
       int jk = jb + 8 * j + g;
       jk = jk < k_end ? jk : k_begin;
       kn[j].load(kbase + jk * p.k_str[2], t, kal);
+      ksn[j] = ksb[jk * p.ks_str[2]];
+      vsn[j] = vsb[jk * p.vs_str[2]];
     }
     if constexpr (kPrefetchV) {
       load_v(jb, vn);
-    }
-#pragma unroll
-    for (int j = 0; j < NT; j++) {
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        int js = jb + 8 * j + 2 * t + h;
-        js = js < k_end ? js : k_begin;
-        ksn[j][h] = ksb[js * p.ks_str[2]];
-        vsn[j][h] = vsb[js * p.vs_str[2]];
-      }
     }
   };
 
@@ -522,14 +567,14 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   // The loop bound is warp-uniform (shuffles and MMAs need every lane).
   for (int jb = jb0; jb < k_end; jb += kStep) {
     uint32_t knib[NT][KNW];
-    TcCodes<VB, D, VCPT> vcur[NKT][4];
-    float ksc[NT][2], vsc[NT][2];
+    TcCodes<VB, D, VCPT> vcur[MT][4];
+    float ksc[NT], vsc[NT];
     if constexpr (kPrefetchV) {
 #pragma unroll
-      for (int kt = 0; kt < NKT; kt++) {
+      for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-          vcur[kt][u] = vn[kt][u];
+          vcur[mt][u] = vn[mt][u];
         }
       }
     } else {
@@ -538,195 +583,225 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
 #pragma unroll
     for (int j = 0; j < NT; j++) {
       kn[j].kwords(knib[j], t);
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        ksc[j][h] = to_float(ksn[j][h]);
-        vsc[j][h] = to_float(vsn[j][h]);
-      }
+      ksc[j] = to_float(ksn[j]);
+      vsc[j] = to_float(vsn[j]);
     }
     if (jb + kStep < k_end) {
       load(jb + kStep);
     }
 
-    // S = Q K^T (log2 domain, scaled rows), n-tiles interleaved for ILP.
-    float s[NT][2];
+    // S^T = K Q^T (log2 domain, scaled rows): m-tile mt holds keys
+    // jb + 16 mt + g (x = 0, 1) and + 8 (x = 2, 3), rows 2 t + x % 2.
+    float s[MT][4];
 #pragma unroll
-    for (int j = 0; j < NT; j++) {
-      s[j][0] = 0.0f;
-      s[j][1] = 0.0f;
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+      for (int x = 0; x < 4; x++) {
+        s[mt][x] = 0.0f;
+      }
     }
 #pragma unroll
     for (int st = 0; st < KS; st++) {
 #pragma unroll
-      for (int j = 0; j < NT; j++) {
-        uint32_t w = knib[j][st >> 1];
-        uint32_t b0 = tc_lut(ktl, w, 2 * (st & 1));
-        uint32_t b1 = tc_lut(ktl, w, 2 * (st & 1) + 1);
-        tc_mma_top<T>(s[j][0], s[j][1], qa[st][0], qa[st][1], b0, b1);
+      for (int mt = 0; mt < MT; mt++) {
+        const uint32_t w0 = knib[2 * mt][st >> 1];
+        const uint32_t w1 = knib[2 * mt + 1][st >> 1];
+        const int k = 2 * (st & 1);
+        tc_mma<T>(
+            s[mt],
+            tc_lut(ktl, w0, k),
+            tc_lut(ktl, w1, k),
+            tc_lut(ktl, w0, k + 1),
+            tc_lut(ktl, w1, k + 1),
+            qb[st][0],
+            qb[st][1]);
       }
     }
 
     // The moving key shift's bias of the same scores.
-    float sb[NT][2];
+    float sb[MT][4];
 #pragma unroll
-    for (int j = 0; j < NT; j++) {
-      sb[j][0] = 0.0f;
-      sb[j][1] = 0.0f;
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+      for (int x = 0; x < 4; x++) {
+        sb[mt][x] = 0.0f;
+      }
     }
     for (int w = 0; w < nw; w++) {
-      const uint2 a = s_wa[w][g][t];
+      const uint2 cf = s_wa[w][g][t];
       const uint32_t f0 = s_wf[8 * w + 2 * t];
       const uint32_t f1 = s_wf[8 * w + 2 * t + 1];
 #pragma unroll
-      for (int j = 0; j < NT; j++) {
-        float s0, c0, s1, c1;
-        key_wave_sincos(f0, jb + 8 * j + g, s0, c0);
-        key_wave_sincos(f1, jb + 8 * j + g, s1, c1);
-        tc_mma_top<__half>(
-            sb[j][0],
-            sb[j][1],
-            a.x,
-            a.y,
-            tc_pack2<__half>(c0, c1),
-            tc_pack2<__half>(s0, s1));
+      for (int mt = 0; mt < MT; mt++) {
+        float sn[2][2], cs[2][2]; // [key g, g + 8][plane]
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          const int j = jb + 16 * mt + 8 * h + g;
+          key_wave_sincos(f0, j, sn[h][0], cs[h][0]);
+          key_wave_sincos(f1, j, sn[h][1], cs[h][1]);
+        }
+        tc_mma<__half>(
+            sb[mt],
+            tc_pack2<__half>(cs[0][0], cs[0][1]),
+            tc_pack2<__half>(cs[1][0], cs[1][1]),
+            tc_pack2<__half>(sn[0][0], sn[0][1]),
+            tc_pack2<__half>(sn[1][0], sn[1][1]),
+            cf.x,
+            cf.y);
       }
     }
 
-    // Scores of row g, keys jb + 8 j + 2 t + h; online softmax.
-    float mx = m_r;
+    // Scores; online softmax per column (row 2 t + r) over the warp's keys.
+    float mx[2] = {m_r[0], m_r[1]};
 #pragma unroll
-    for (int j = 0; j < NT; j++) {
+    for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
-      for (int h = 0; h < 2; h++) {
-        int jj = jb + 8 * j + 2 * t + h;
-        float sc = s[j][h] * q_unscale * ksc[j][h] + sb[j][h] * c_unscale;
+      for (int x = 0; x < 4; x++) {
+        const int r = x & 1;
+        const int j = 2 * mt + (x >> 1);
+        const int jj = jb + 8 * j + g;
+        float sc = s[mt][x] * q_unscale[r] * ksc[j] + sb[mt][x] * c_unscale[r];
         if (jj < k_end) {
           if constexpr (MASKED) {
-            sc = apply_mask(sc, p, mask, b, row_h, row_q, jj);
+            sc = apply_mask(sc, p, mask, b, row_h[r], row_q[r], jj);
           }
         } else {
           sc = -INFINITY;
         }
-        s[j][h] = sc;
-        mx = fmaxf(mx, sc);
+        s[mt][x] = sc;
+        mx[r] = fmaxf(mx[r], sc);
       }
     }
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    const float mref = safe_max_ref(mx);
-    if (mx != m_r) { // uniform in the group of 4 lanes; rare once warm
-      float alpha = exp2f(m_r - mref);
-      l_r *= alpha;
+    float mref[2];
 #pragma unroll
-      for (int i = 0; i < DT; i++) {
-        o[i][0] *= alpha;
-        o[i][1] *= alpha;
+    for (int r = 0; r < 2; r++) {
+#pragma unroll
+      for (int off = 4; off < 32; off <<= 1) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], off));
       }
-      m_r = mx;
+      mref[r] = safe_max_ref(mx[r]);
+      if (mx[r] != m_r[r]) { // uniform in the column; rare once warm
+        const float alpha = exp2f(m_r[r] - mref[r]);
+        l_r[r] *= alpha;
+#pragma unroll
+        for (int i = 0; i < DM; i++) {
+          o[i][r] *= alpha;
+          o[i][2 + r] *= alpha;
+        }
+        m_r[r] = mx[r];
+      }
     }
     float vf = 1.0f;
     if constexpr (kHalf) {
       float vmax = 0.0f;
 #pragma unroll
       for (int j = 0; j < NT; j++) {
-        vmax = fmaxf(vmax, fmaxf(fabsf(vsc[j][0]), fabsf(vsc[j][1])));
+        vmax = fmaxf(vmax, fabsf(vsc[j]));
       }
-      vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, 1));
-      vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, 2));
+#pragma unroll
+      for (int off = 4; off < 32; off <<= 1) {
+        vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, off));
+      }
       if (vmax > 0.0f && vmax <= FLT_MAX) {
         int e = tc_exponent(vmax);
-        if (e > ev + 4 || e < ev - 8) { // uniform in the group
+        if (e > ev + 4 || e < ev - 8) { // uniform in the warp
           float f = tc_pow2(ev - e);
 #pragma unroll
-          for (int i = 0; i < DT; i++) {
-            o[i][0] *= f;
-            o[i][1] *= f;
+          for (int i = 0; i < DM; i++) {
+#pragma unroll
+            for (int x = 0; x < 4; x++) {
+              o[i][x] *= f;
+            }
           }
           ev = e;
         }
       }
       vf = tc_pow2(-ev);
     }
-    // P (times value scale) as A fragments: k-tile kt = n-tiles 2kt, 2kt+1.
-    uint32_t pa[NKT][2];
+    // P^T (times value scale) as B fragments: the C fragment of keys g and
+    // g + 8 of m-tile mt, transposed (movmatrix), gives keys 2 t, 2 t + 1
+    // (b0) and 2 t + 8, 2 t + 9 (b1) of row g.
+    uint32_t pb[MT][2];
 #pragma unroll
-    for (int kt = 0; kt < NKT; kt++) {
+    for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
-      for (int hh = 0; hh < 2; hh++) {
-        const int j = 2 * kt + hh;
-        float p0 = exp2f(s[j][0] - mref);
-        float p1 = exp2f(s[j][1] - mref);
-        l_r += p0 + p1;
-        pa[kt][hh] = tc_pack2<T>(p0 * vsc[j][0] * vf, p1 * vsc[j][1] * vf);
+      for (int h = 0; h < 2; h++) {
+        const float pv = vsc[2 * mt + h] * vf;
+        const float p0 = exp2f(s[mt][2 * h] - mref[0]);
+        const float p1 = exp2f(s[mt][2 * h + 1] - mref[1]);
+        l_r[0] += p0;
+        l_r[1] += p1;
+        pb[mt][h] = tc_trans(tc_pack2<T>(p0 * pv, p1 * pv));
       }
     }
 
-    uint32_t vnib[NKT][4][VNW];
+    uint32_t vnib[MT][4][VNW];
 #pragma unroll
-    for (int kt = 0; kt < NKT; kt++) {
+    for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
       for (int u = 0; u < 4; u++) {
-        vcur[kt][u].nibbles(vnib[kt][u], g);
+        vcur[mt][u].nibbles(vnib[mt][u], g);
       }
     }
-    // O += P V: B of n-tile i pairs keys (2t, 2t+1) in b0 and (2t+8, 2t+9) in
-    // b1 at dim (D/8) g + i: byte m of x (y) pairs the codes of dim 8 w + 2 m
-    // (+ 1) of the two keys' nibble word w.
+    // O^T += V^T P^T: the A fragment of m-tile i pairs keys (2t, 2t+1) in a0,
+    // a1 and (2t+8, 2t+9) in a2, a3, at dims (D/8) g + 2 i (a0, a2) and + 1
+    // (a1, a3): byte m of x (y) pairs the codes of dim 8 w + 2 m (+ 1) of the
+    // two keys' nibble word w.
 #pragma unroll
-    for (int kt = 0; kt < NKT; kt++) {
+    for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
       for (int w = 0; w < VNW; w++) {
-        const uint32_t wa = vnib[kt][0][w], wb = vnib[kt][1][w];
-        const uint32_t wc = vnib[kt][2][w], wd = vnib[kt][3][w];
+        const uint32_t wa = vnib[mt][0][w], wb = vnib[mt][1][w];
+        const uint32_t wc = vnib[mt][2][w], wd = vnib[mt][3][w];
         const uint32_t xa = (wa & 0x0F0F0F0Fu) | ((wb << 4) & 0xF0F0F0F0u);
         const uint32_t ya = ((wa >> 4) & 0x0F0F0F0Fu) | (wb & 0xF0F0F0F0u);
         const uint32_t xb = (wc & 0x0F0F0F0Fu) | ((wd << 4) & 0xF0F0F0F0u);
         const uint32_t yb = ((wc >> 4) & 0x0F0F0F0Fu) | (wd & 0xF0F0F0F0u);
 #pragma unroll
         for (int mm = 0; mm < 4; mm++) {
-          const int i = 8 * w + 2 * mm;
-          tc_mma_top<T>(
-              o[i][0],
-              o[i][1],
-              pa[kt][0],
-              pa[kt][1],
+          tc_mma<T>(
+              o[4 * w + mm],
               tc_lut(vtl, xa, mm),
-              tc_lut(vtl, xb, mm));
-          tc_mma_top<T>(
-              o[i + 1][0],
-              o[i + 1][1],
-              pa[kt][0],
-              pa[kt][1],
               tc_lut(vtl, ya, mm),
-              tc_lut(vtl, yb, mm));
+              tc_lut(vtl, xb, mm),
+              tc_lut(vtl, yb, mm),
+              pb[mt][0],
+              pb[mt][1]);
         }
       }
     }
   }
 
   // Merge the warps of the block (the tables are dead after the barrier).
-  l_r += __shfl_xor_sync(0xffffffffu, l_r, 1);
-  l_r += __shfl_xor_sync(0xffffffffu, l_r, 2);
-  if (t == 0 && g < NQ) {
-    s_m[warp][g] = m_r;
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) {
+      l_r[r] += __shfl_xor_sync(0xffffffffu, l_r[r], off);
+    }
+  }
+  if (g == 0) {
+    s_m[warp][2 * t] = m_r[0];
+    s_m[warp][2 * t + 1] = m_r[1];
   }
   __syncthreads();
-  if (g < NQ) {
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
     float mb = -INFINITY;
 #pragma unroll
     for (int w = 0; w < kVecTcWarps; w++) {
-      mb = fmaxf(mb, s_m[w][g]);
+      mb = fmaxf(mb, s_m[w][2 * t + r]);
     }
-    const float f = exp2f(m_r - safe_max_ref(mb));
-    if (t == 0) {
-      s_l[warp][g] = l_r * f;
+    const float f = exp2f(m_r[r] - safe_max_ref(mb));
+    if (g == 0) {
+      s_l[warp][2 * t + r] = l_r[r] * f;
     }
     const float fo = kHalf ? f * tc_pow2(ev) : f;
-    float* so = s_o + (warp * 8 + g) * LDO;
+    float* so = s_o + (warp * 8 + 2 * t + r) * LDO + g * (DT + 1);
 #pragma unroll
-    for (int i = 0; i < DT; i++) {
-      so[(2 * t) * (DT + 1) + i] = o[i][0] * fo;
-      so[(2 * t + 1) * (DT + 1) + i] = o[i][1] * fo;
+    for (int i = 0; i < DM; i++) {
+      so[2 * i] = o[i][r] * fo;
+      so[2 * i + 1] = o[i][2 + r] * fo;
     }
   }
   __syncthreads();

@@ -27,8 +27,9 @@ inline int vector_rows_per_block(int rows) {
   return rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : 8;
 }
 
-// Blocks of a decode kernel resident per SM (both decode kernels are limited
-// to 2 by their registers at D = 128, Nsight Compute on the H200).
+// Blocks of the SIMT decode kernel resident per SM (limited to 2 by its
+// registers at D = 128, Nsight Compute on the H200); the tensor-core kernel's
+// is vec_tc_blocks_per_sm(D).
 constexpr int kVecBlocksPerSm = 2;
 
 // Number of key splits for the vector kernel: as many as fill one wave of
@@ -38,9 +39,9 @@ constexpr int kVecBlocksPerSm = 2;
 // turbo3/4) the one-wave count was the fastest of the counts tried at B = 1
 // and 8, Hq/Hkv = 28/4 and 32/8, 32K and 128K keys (e.g. B = 1, 28/4, 128K
 // keys: 64 splits 51.7 us against 66.5 us at 132), the split-K combine
-// included.
-inline int vector_num_splits(int base_blocks, int kL, int num_sms) {
-  int resident = kVecBlocksPerSm * num_sms;
+// included. per_sm: the kernel's resident blocks per SM.
+inline int vector_num_splits(int base_blocks, int kL, int num_sms, int per_sm) {
+  int resident = per_sm * num_sms;
   if (base_blocks >= resident || kL < 512) {
     return 1;
   }
@@ -80,7 +81,11 @@ inline DecodePlan plan_decode(
   p.row_groups = (rows + plan.nq - 1) / plan.nq;
   const int splits = force_splits > 0
       ? force_splits
-      : vector_num_splits(p.B * p.Hkv * p.row_groups, p.kL, num_sms);
+      : vector_num_splits(
+            p.B * p.Hkv * p.row_groups,
+            p.kL,
+            num_sms,
+            plan.tc ? vec_tc_blocks_per_sm(d) : kVecBlocksPerSm);
   p.keys_per_split = (p.kL + splits - 1) / splits;
   p.num_splits = (p.kL + p.keys_per_split - 1) / p.keys_per_split;
   return plan;
