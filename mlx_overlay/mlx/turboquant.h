@@ -357,13 +357,16 @@ void quantize_cpu(
     QuantizationMode mode,
     Stream s);
 // fast::QuantizedCacheUpdate on the CPU: inputs the buffer (packed codes,
-// or the scales when `scales`), x[, shift]; out is the updated buffer (it
-// takes the input's buffer when donatable).
+// or the scales when `scales`), x[, shift][, freqs, waves]
+// (mlx/fast_primitives.h); out is the updated buffer (it takes the input's
+// buffer when donatable).
 void quantize_update_cpu(
     const std::vector<array>& inputs,
     array& out,
     QuantizationMode mode,
     int offset,
+    bool has_shift,
+    bool has_waves,
     bool scales,
     Stream s);
 void dequantize_cpu(

@@ -178,8 +178,15 @@ static void quant_case(unsigned seed) {
 //             broadcast over b and l, offset 5
 //   layout 2: x a view of a (B, H, L + 7, D) buffer from position 3, shift
 //             (B, 1, L, D) broadcast over h, offset N - L
+// With P > 0 the moving key shift (TURBO_FC_UPDATE_WAVES) of cache row
+// offset + l is subtracted too, its frequencies and waves per batch entry
+// (wave_b) or shared: the vectors encoded are T(float(x) - m) with m
+// computed here in float32 in the kernel's order (shift, then per plane
+// cos * waves[j] and sin * waves[P + j]) from turbo_wave_angle and
+// precise::cos / sin, and m must also lie within 2^-17 (|shift| + sum |waves|)
+// of the float64 shift (angles from the integer product in double).
 template <typename T, int D, int BITS>
-static void update_case(unsigned seed, int layout, bool scales_node) {
+static void update_case(unsigned seed, int layout, bool scales_node, int P = 0, bool wave_b = false) {
   constexpr int W = TurboLayout<BITS, D>::words;
   const int B = 2, H = 3, L = 12, N = 24; // 72 vectors: two threadgroups
   const int offset = layout == 0 ? 0 : layout == 1 ? 5 : N - L;
@@ -226,15 +233,50 @@ static void update_case(unsigned seed, int layout, bool scales_node) {
     p.shift_strides[0] = int64_t(L) * D; p.shift_strides[1] = 0; p.shift_strides[2] = D;
   }
   for (auto& a : sh) a = 0.5f * N01(rng);
-  // the vectors the update encodes: T(float(x) - shift) (round to nearest even)
+  // the moving shift: (B or 1, H, P) frequencies over the whole uint32 range
+  // (the products wrap; plane 0 constant) and (B or 1, H, 2P, D) waves
+  const bool has_waves = P > 0;
+  const int Bw = wave_b ? B : 1;
+  p.waves = P;
+  p.wave_b = wave_b ? 1 : 0;
+  std::vector<uint32_t> fr(has_waves ? int64_t(Bw) * H * P : 0);
+  for (auto& a : fr) a = Uw(rng);
+  if (has_waves) fr[0] = 0u;
+  std::vector<float> wv(has_waves ? int64_t(Bw) * H * 2 * P * D : 0);
+  for (auto& a : wv) a = 0.3f * N01(rng);
+  // the vectors the update encodes: T(float(x) - m) (round to nearest even)
   std::vector<T> yd(nvec * D);
+  size_t bad_shift = 0;
   for (int b = 0; b < B; b++)
     for (int h = 0; h < H; h++)
       for (int l = 0; l < L; l++) {
         int64_t v = (int64_t(b) * H + h) * L + l;
         int64_t so = b * p.shift_strides[0] + h * p.shift_strides[1] + l * p.shift_strides[2];
-        for (int i = 0; i < D; i++)
-          yd[v * D + i] = has_shift ? T(float(xd[v * D + i]) - sh[so + i]) : xd[v * D + i];
+        const int64_t wh = (wave_b ? b : 0) * H + h;
+        const uint32_t n = uint32_t(offset + l);
+        float c[32], sn[32];
+        double c64[32], s64[32];
+        for (int j = 0; j < P; j++) {
+          const float a = turbo_wave_angle(fr[wh * P + j], n);
+          c[j] = metal::precise::cos(a);
+          sn[j] = metal::precise::sin(a);
+          const double a64 = 2.0 * M_PI * double((fr[wh * P + j] * n) & 0xFFFFFFu) / 16777216.0;
+          c64[j] = std::cos(a64);
+          s64[j] = std::sin(a64);
+        }
+        for (int i = 0; i < D; i++) {
+          float m = has_shift ? sh[so + i] : 0.0f;
+          double m64 = m, mag = std::fabs(m);
+          for (int j = 0; j < P; j++) {
+            const float wc = wv[(wh * 2 * P + j) * D + i], ws = wv[(wh * 2 * P + P + j) * D + i];
+            m = m + c[j] * wc;
+            m = m + sn[j] * ws;
+            m64 += c64[j] * wc + s64[j] * ws;
+            mag += std::fabs(wc) + std::fabs(ws);
+          }
+          bad_shift += std::fabs(double(m) - m64) > std::ldexp(1.0, -17) * mag;
+          yd[v * D + i] = has_shift || has_waves ? T(float(xd[v * D + i]) - m) : xd[v * D + i];
+        }
       }
   // the quantize kernel and the reference encoder on the same vectors
   std::vector<uint32_t> qw(nvec * W), rw(nvec * W);
@@ -272,11 +314,14 @@ static void update_case(unsigned seed, int layout, bool scales_node) {
     mshim::set_fc(TURBO_FC_UPDATE_SHIFT, has_shift);
     mshim::set_fc(TURBO_FC_UPDATE_SCALES, scales_node);
     mshim::set_fc(TURBO_FC_UPDATE_CODES, !scales_node);
+    mshim::set_fc(TURBO_FC_UPDATE_WAVES, has_waves);
     auto d = tb::quantize_dims(nvec);
     const float* shp = has_shift ? sh.data() : nullptr;
+    const uint32_t* frp = has_waves ? fr.data() : nullptr;
+    const float* wvp = has_waves ? wv.data() : nullptr;
     auto body = [&](const rt::ThreadCtx& t) {
       turbo_quantize_update<T, D, BITS>(cdev(xs.data() + x0), dev(kw.data()), dev(ks.data()), cst(p),
-                                        cdev(shp), u3(t.thread_position_in_grid));
+                                        cdev(shp), cdev(frp), cdev(wvp), u3(t.thread_position_in_grid));
     };
     rt::dispatch_threadgroups({d.grid[0], d.grid[1], d.grid[2]}, {d.group[0], d.group[1], d.group[2]}, body, opt);
     if (r == 0) {
@@ -311,21 +356,26 @@ static void update_case(unsigned seed, int layout, bool scales_node) {
   } else {
     for (size_t i = 0; i < ks.size(); i++) unbound_changed += std::memcmp(&ks[i], &s0[i], sizeof(T)) != 0;
   }
-  bool ok = !order_dep && bad_kernel == 0 && bad_ref == 0 && touched == 0 && unbound_changed == 0;
+  bool ok = !order_dep && bad_kernel == 0 && bad_ref == 0 && touched == 0 && unbound_changed == 0 &&
+      bad_shift == 0;
   g_cases++;
   if (!ok) g_failures++;
-  printf("%-4s %s_quantize_update_%s_%d %s node, layout %d (%s, offset %d): rows differing from turbo_quantize: %zu, "
-         "from the reference: %zu, other rows changed: %zu, %s (not bound) changed: %zu%s\n",
+  char waves[64] = "";
+  if (has_waves) snprintf(waves, sizeof waves, ", moving shift P=%d%s", P, wave_b ? " per batch" : " shared");
+  printf("%-4s %s_quantize_update_%s_%d %s node, layout %d (%s%s, offset %d): rows differing from turbo_quantize: %zu, "
+         "from the reference: %zu, other rows changed: %zu, %s (not bound) changed: %zu, float32 shift off float64: "
+         "%zu%s\n",
          ok ? "OK" : "FAIL", tb::mode_name(BITS), tn<T>(), D, scales_node ? "scales" : "codes", layout,
          layout == 0 ? "contiguous, no shift" : layout == 1 ? "transposed, shift per head" : "view, shift per (b, l)",
-         offset, bad_kernel, bad_ref, touched, scales_node ? "codes" : "scales", unbound_changed,
+         waves, offset, bad_kernel, bad_ref, touched, scales_node ? "codes" : "scales", unbound_changed, bad_shift,
          order_dep ? " (schedule-dependent)" : "");
 }
 
-// Pipeline cache keys of the update kernel: its 4 (shift, scales) variants.
+// Pipeline cache keys of the update kernel: its 8 (shift, scales, waves)
+// variants.
 static void update_hash_names_case() {
-  hash_names_case("quantize_update", 4, tb::quantize_update_kernel_name, [](const std::string& k, int c) {
-    return tb::quantize_update_hash_name(k, c & 1, c & 2);
+  hash_names_case("quantize_update", 8, tb::quantize_update_kernel_name, [](const std::string& k, int c) {
+    return tb::quantize_update_hash_name(k, c & 1, c & 2, c & 4);
   });
 }
 
@@ -603,6 +653,14 @@ static void all_for(unsigned seed) {
       update_case<half, D, BITS>(seed + 16 + layout, layout, scales_node);
       update_case<bfloat, D, BITS>(seed + 19 + layout, layout, scales_node);
     }
+  // with the moving shift (offsets 0, 5, N - L): alone per batch entry (P =
+  // 8), after a shift per head shared by the batch (P = 3), after a shift per
+  // (b, l) per batch entry (P = 13 or 32); types rotating
+  for (bool scales_node : {false, true}) {
+    update_case<float, D, BITS>(seed + 60, 0, scales_node, 8, true);
+    update_case<half, D, BITS>(seed + 61, 1, scales_node, 3, false);
+    update_case<bfloat, D, BITS>(seed + 62, 2, scales_node, D == 128 ? 32 : 13, true);
+  }
   // the cache dequantize: every type with first, shift and waves on a slice
   // of a larger buffer (P rotating over 1, 3, 8, 13, 32) and with none of
   // them in the sequence-major layout; L = 1 (one code row, angle 0) and

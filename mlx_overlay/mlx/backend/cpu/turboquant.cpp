@@ -106,14 +106,19 @@ void encode_rows(
   });
 }
 
-// quantized_cache_update: x (B, H, L, D) with any strides, an optional
-// float32 shift with its own strides, into rows offset .. offset + L - 1 of
-// the row-contiguous packed codes (B, H, N, W) or, with scales, of the
-// scales (B, H, N, 1).
+// quantized_cache_update: x (B, H, L, D) with any strides, minus an optional
+// float32 shift (B or 1, H or 1, L or 1, D) with its own strides and the
+// moving shift of cache row offset + l (freqs (B or 1, H, P) uint32, waves (B
+// or 1, H, 2P, D) float32, row contiguous), summed in float32 and subtracted,
+// the difference rounded to T, into rows offset .. offset + L - 1 of the
+// row-contiguous packed codes (B, H, N, W) or, with scales, of the scales (B,
+// H, N, 1).
 template <typename T>
 void encode_into_rows(
     const array& x,
     const array* shift,
+    const array* freqs,
+    const array* waves,
     array& out,
     int offset,
     bool scales,
@@ -126,10 +131,20 @@ void encode_into_rows(
   const T* xp = x.data<T>();
   const float* sp = shift ? shift->data<float>() : nullptr;
   auto xs = x.strides();
-  auto ss = shift ? shift->strides() : Strides(4, 0);
+  Strides ss(4, 0);
+  for (int i = 0; shift && i < 4; ++i) {
+    ss[i] = shift->shape(i) == 1 ? 0 : shift->strides(i);
+  }
+  const uint32_t* fp = freqs ? freqs->data<uint32_t>() : nullptr;
+  const float* wp = waves ? waves->data<float>() : nullptr;
+  const int P = freqs ? freqs->shape(2) : 0;
+  const bool wave_batch = freqs && freqs->shape(0) > 1;
+  const TurnTables* tables = fp ? &turn_tables() : nullptr;
   int64_t nvec = int64_t(x.shape(0)) * H * L;
   parallel_for(nvec, dim * 16, [&](int64_t v0, int64_t v1) {
     float y[turbo::kMaxDim];
+    float m[turbo::kMaxDim];
+    float phases[2 * turbo::kMaxKeyWaves];
     uint32_t words[turbo::kMaxDim];
     for (int64_t v = v0; v < v1; ++v) {
       int64_t l = v % L;
@@ -140,10 +155,23 @@ void encode_into_rows(
       for (int i = 0; i < dim; ++i) {
         y[i] = static_cast<float>(xr[i * xs[3]]);
       }
-      if (sp) {
-        const float* sr = sp + b * ss[0] + h * ss[1] + l * ss[2];
+      if (sp || fp) {
+        // The shift of this row, then one subtraction and one rounding.
+        std::fill(m, m + dim, 0.0f);
+        if (sp) {
+          const float* sr = sp + b * ss[0] + h * ss[1] + l * ss[2];
+          for (int i = 0; i < dim; ++i) {
+            m[i] = sr[i * ss[3]];
+          }
+        }
+        if (fp) {
+          const int64_t wh = (wave_batch ? b * H : 0) + h;
+          key_wave_phases(
+              fp + wh * P, P, uint32_t(offset + l), *tables, phases);
+          add_key_wave_shift(phases, wp + wh * 2 * P * dim, P, dim, m);
+        }
         for (int i = 0; i < dim; ++i) {
-          y[i] = static_cast<float>(static_cast<T>(y[i] - sr[i * ss[3]]));
+          y[i] = static_cast<float>(static_cast<T>(y[i] - m[i]));
         }
       }
       int64_t r = bh * rows + offset + l;
@@ -210,12 +238,7 @@ void decode_rows(
       }
       if (r.waves) {
         key_wave_phases(r.freqs + bh * r.P, r.P, uint32_t(i), *tables, phases);
-        const float* wv = r.waves + bh * 2 * r.P * dim;
-        for (int j = 0; j < 2 * r.P; ++j) {
-          for (int d = 0; d < dim; ++d) {
-            y[d] += phases[j] * wv[j * dim + d];
-          }
-        }
+        add_key_wave_shift(phases, r.waves + bh * 2 * r.P * dim, r.P, dim, y);
       }
       T* o = out + (bh * (F + r.L) + F + i) * dim;
       for (int d = 0; d < dim; ++d) {
@@ -273,6 +296,8 @@ void quantize_update_cpu(
     array& out,
     QuantizationMode mode,
     int offset,
+    bool has_shift,
+    bool has_waves,
     bool scales,
     Stream s) {
   auto& encoder = cpu::get_command_encoder(s);
@@ -285,18 +310,27 @@ void quantize_update_cpu(
       buf.flags().row_contiguous ? CopyType::Vector : CopyType::General,
       s);
   const array& x = inputs[1];
-  std::optional<array> shift;
-  if (inputs.size() > 2) {
-    shift = inputs[2];
-    encoder.set_input_array(*shift);
-  }
   encoder.set_input_array(x);
+  int i = 2;
+  auto next = [&](bool present, bool row_contiguous) -> std::optional<array> {
+    if (!present) {
+      return std::nullopt;
+    }
+    auto a =
+        row_contiguous ? ensure_contiguous(inputs[i], encoder, s) : inputs[i];
+    ++i;
+    encoder.set_input_array(a);
+    return array::unsafe_weak_copy(a);
+  };
+  auto shift = next(has_shift, false);
+  auto freqs = next(has_waves, true);
+  auto waves = next(has_waves, true);
   encoder.set_output_array(out);
   int nbits = bits(mode);
   encoder.dispatch([x = array::unsafe_weak_copy(x),
-                    shift = shift ? std::optional<array>(
-                                        array::unsafe_weak_copy(*shift))
-                                  : std::nullopt,
+                    shift,
+                    freqs,
+                    waves,
                     out = array::unsafe_weak_copy(out),
                     offset,
                     scales,
@@ -304,7 +338,14 @@ void quantize_update_cpu(
     dispatch_float(x.dtype(), [&](auto t) {
       using T = decltype(t);
       encode_into_rows<T>(
-          x, shift ? &*shift : nullptr, out, offset, scales, nbits);
+          x,
+          shift ? &*shift : nullptr,
+          freqs ? &*freqs : nullptr,
+          waves ? &*waves : nullptr,
+          out,
+          offset,
+          scales,
+          nbits);
     });
   });
 }

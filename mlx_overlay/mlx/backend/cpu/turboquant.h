@@ -114,4 +114,20 @@ inline void key_wave_phases(
   }
 }
 
+// y[d] += sum_j phases[j] waves[j, d] over the 2P phases of key_wave_phases
+// (waves (2P, D) row contiguous): the moving key shift of one row, added plane
+// by plane in float32.
+inline void add_key_wave_shift(
+    const float* phases,
+    const float* waves,
+    int P,
+    int dim,
+    float* y) {
+  for (int j = 0; j < 2 * P; ++j) {
+    for (int d = 0; d < dim; ++d) {
+      y[d] += phases[j] * waves[j * dim + d];
+    }
+  }
+}
+
 } // namespace mlx::core::turbo_cpu

@@ -9,7 +9,14 @@ void QuantizedCacheUpdate::eval_cpu(
     const std::vector<array>& inputs,
     std::vector<array>& outputs) {
   turbo::quantize_update_cpu(
-      inputs, outputs[0], mode_, offset_, scales_, stream());
+      inputs,
+      outputs[0],
+      mode_,
+      offset_,
+      has_shift_,
+      has_waves_,
+      scales_,
+      stream());
 }
 
 } // namespace mlx::core::fast

@@ -147,6 +147,8 @@ void turbo_quantize_update_gpu(
     array& out,
     int bits,
     int offset,
+    bool has_shift,
+    bool has_waves,
     bool scales,
     cu::CommandEncoder& enc,
     const Stream& s) {
@@ -166,11 +168,26 @@ void turbo_quantize_update_gpu(
     enc.add_temporary(c);
     return c;
   };
+  auto row_contiguous = [&](const array& a) {
+    if (a.flags().row_contiguous) {
+      return a;
+    }
+    array c = contiguous_copy_gpu(a, s);
+    enc.add_temporary(c);
+    return c;
+  };
   array x = last_contiguous(inputs[1]);
-  std::optional<array> shift;
-  if (inputs.size() > 2) {
-    shift = last_contiguous(inputs[2]);
+  std::optional<array> shift, freqs, waves;
+  int i = 2;
+  if (has_shift) {
+    shift = last_contiguous(inputs[i++]);
     enc.set_input_array(*shift);
+  }
+  if (has_waves) {
+    freqs = row_contiguous(inputs[i++]);
+    waves = row_contiguous(inputs[i++]);
+    enc.set_input_array(*freqs);
+    enc.set_input_array(*waves);
   }
   enc.set_input_array(x);
   enc.set_output_array(out);
@@ -182,10 +199,15 @@ void turbo_quantize_update_gpu(
       shift ? gpu_ptr<float>(*shift) : nullptr,
       {0, 0, 0},
       out.shape(2),
-      offset};
+      offset,
+      freqs ? gpu_ptr<uint32_t>(*freqs) : nullptr,
+      waves ? gpu_ptr<float>(*waves) : nullptr,
+      freqs ? freqs->shape(2) : 0,
+      freqs && freqs->shape(0) > 1 ? 1 : 0};
   if (shift) {
-    for (int i = 0; i < 3; ++i) {
-      rows.s_str[i] = shift->strides(i);
+    // (B or 1, H or 1, L or 1, D): size-1 axes are read with stride 0.
+    for (int j = 0; j < 3; ++j) {
+      rows.s_str[j] = shift->shape(j) == 1 ? 0 : shift->strides(j);
     }
   }
   dispatch_float_types(x.dtype(), "quantized_cache_update", [&](auto tag) {

@@ -27,13 +27,15 @@ void turbo_quantize_gpu(
     cu::CommandEncoder& enc);
 
 // fast::QuantizedCacheUpdate: inputs the buffer (packed codes, or the
-// scales when `scales`), x[, shift]; out is the updated buffer (the input's
-// buffer when donatable).
+// scales when `scales`), x[, shift][, freqs, waves] (mlx/fast_primitives.h);
+// out is the updated buffer (the input's buffer when donatable).
 void turbo_quantize_update_gpu(
     const std::vector<array>& inputs,
     array& out,
     int bits,
     int offset,
+    bool has_shift,
+    bool has_waves,
     bool scales,
     cu::CommandEncoder& enc,
     const Stream& s);

@@ -16,7 +16,15 @@ void QuantizedCacheUpdate::eval_gpu(
   auto& s = stream();
   auto& enc = cu::get_command_encoder(s);
   turbo_quantize_update_gpu(
-      inputs, outputs[0], turbo::bits(mode_), offset_, scales_, enc, s);
+      inputs,
+      outputs[0],
+      turbo::bits(mode_),
+      offset_,
+      has_shift_,
+      has_waves_,
+      scales_,
+      enc,
+      s);
 }
 
 } // namespace mlx::core::fast

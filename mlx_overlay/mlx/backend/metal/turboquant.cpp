@@ -158,12 +158,14 @@ void quantize_update_gpu(
     array& out,
     QuantizationMode mode,
     int offset,
+    bool has_shift,
+    bool has_waves,
     bool scales,
     const Stream& s) {
   const int bits = mode_bits(mode);
   // (checked before any copy is encoded)
   auto supported = [&] {
-    if (inputs.size() != 2 && inputs.size() != 3) {
+    if (inputs.size() != 2 + size_t(has_shift) + 2 * size_t(has_waves)) {
       return false;
     }
     const array& buf = inputs[0];
@@ -183,8 +185,33 @@ void quantize_update_gpu(
     if (!buf_ok) {
       return false;
     }
-    return inputs.size() == 2 ||
-        (inputs[2].dtype() == float32 && inputs[2].shape() == x.shape());
+    if (has_shift) {
+      // (B or 1, H or 1, L or 1, D): size-1 axes are read with stride 0.
+      const array& sh = inputs[2];
+      if (sh.dtype() != float32 || sh.ndim() != 4 ||
+          sh.shape(3) != x.shape(3)) {
+        return false;
+      }
+      for (int i = 0; i < 3; ++i) {
+        if (sh.shape(i) != 1 && sh.shape(i) != x.shape(i)) {
+          return false;
+        }
+      }
+    }
+    if (has_waves) {
+      const array& freqs = inputs[2 + has_shift];
+      const array& waves = inputs[3 + has_shift];
+      if (freqs.ndim() != 3 || freqs.dtype() != uint32) {
+        return false;
+      }
+      const int Bw = freqs.shape(0), P = freqs.shape(2);
+      if ((Bw != 1 && Bw != x.shape(0)) || freqs.shape(1) != x.shape(1) ||
+          P < 1 || P > TURBO_KVDQ_MAX_WAVES || waves.dtype() != float32 ||
+          waves.shape() != Shape{Bw, x.shape(1), 2 * P, x.shape(3)}) {
+        return false;
+      }
+    }
+    return true;
   };
   if (!supported()) {
     throw std::invalid_argument(
@@ -196,10 +223,13 @@ void quantize_update_gpu(
   auto& d = metal::device(s.device);
   auto& enc = metal::get_command_encoder(s);
   Copies copies{s, {}};
-  const bool has_shift = inputs.size() > 2;
   const bool codes = !scales;
   const array& x = copies.last_contiguous(inputs[1]);
   const array* shift = has_shift ? &copies.last_contiguous(inputs[2]) : nullptr;
+  const array* freqs =
+      has_waves ? &copies.row_contiguous(inputs[2 + has_shift]) : nullptr;
+  const array* waves =
+      has_waves ? &copies.row_contiguous(inputs[3 + has_shift]) : nullptr;
 
   // The output takes the input buffer when it can be donated (as
   // SliceUpdate), else a row-contiguous copy; the kernel writes the new rows
@@ -221,15 +251,19 @@ void quantize_update_gpu(
   if (has_shift) {
     bhl_strides(*shift, p.shift_strides);
   }
+  p.waves = has_waves ? freqs->shape(2) : 0;
+  p.wave_b = has_waves && freqs->shape(0) > 1 ? 1 : 0;
   if (p.nvec > 0) {
     const int D = x.shape(3);
     auto kname =
         tb::quantize_update_kernel_name(bits, type_to_name(x.dtype()), D);
-    auto hash_name = tb::quantize_update_hash_name(kname, has_shift, scales);
+    auto hash_name =
+        tb::quantize_update_hash_name(kname, has_shift, scales, has_waves);
     metal::MTLFCList func_consts = {
         {&has_shift, MTL::DataType::DataTypeBool, TURBO_FC_UPDATE_SHIFT},
         {&scales, MTL::DataType::DataTypeBool, TURBO_FC_UPDATE_SCALES},
         {&codes, MTL::DataType::DataTypeBool, TURBO_FC_UPDATE_CODES},
+        {&has_waves, MTL::DataType::DataTypeBool, TURBO_FC_UPDATE_WAVES},
     };
     auto kernel = d.get_kernel(kname, hash_name, func_consts);
     enc.set_compute_pipeline_state(kernel);
@@ -242,6 +276,10 @@ void quantize_update_gpu(
     enc.set_bytes(p, TURBO_QU_BUF_PARAMS);
     if (has_shift) {
       enc.set_input_array(*shift, TURBO_QU_BUF_SHIFT);
+    }
+    if (has_waves) {
+      enc.set_input_array(*freqs, TURBO_QU_BUF_FREQS);
+      enc.set_input_array(*waves, TURBO_QU_BUF_WAVES);
     }
     auto dims = tb::quantize_dims(p.nvec);
     enc.dispatch_threadgroups(to_size(dims.grid), to_size(dims.group));

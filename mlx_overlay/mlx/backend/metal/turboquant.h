@@ -22,16 +22,20 @@ void quantize_gpu(
     const Stream& s);
 
 // fast::QuantizedCacheUpdate::eval_gpu (turboquant_cache.cpp), one node per
-// buffer: inputs {buffer, x (B, H, L, D) [, shift float32 broadcast to x's
-// shape]}, the buffer being the codes (B, H, N, W) uint32 (scales false) or
+// buffer: inputs {buffer, x (B, H, L, D) [, shift float32 (B or 1, H or 1, L
+// or 1, D)] [, freqs (B or 1, H, P) uint32, waves (B or 1, H, 2P, D)
+// float32]}, the buffer being the codes (B, H, N, W) uint32 (scales false) or
 // the scales (B, H, N, 1) in x's dtype (scales true). The output takes the
 // buffer when donatable, with rows offset..offset+L-1 replaced by that part
-// of quantize(x) (with a shift: quantize((x - shift) rounded to x's dtype)).
+// of quantize(x) (with shifts: quantize((x - m) rounded to x's dtype), m the
+// shift plus the moving shift of the row, in float32).
 void quantize_update_gpu(
     const std::vector<array>& inputs,
     array& out,
     QuantizationMode mode,
     int offset,
+    bool has_shift,
+    bool has_waves,
     bool scales,
     const Stream& s);
 

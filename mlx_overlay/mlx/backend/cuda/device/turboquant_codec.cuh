@@ -12,17 +12,20 @@ namespace mlx::core::cu::turbo {
 
 // ---------------------------------------------------------------------------
 // Encode: x (N, D) in T -> packed (N, W) uint32, scales (N) in T; or, for
-// quantized_cache_update, x (B, H, L, D) with strides (and an optional
-// float32 shift subtracted first, rounded to T) into rows offset .. offset +
-// L - 1 of packed (B, H, rows, W) or scales (B, H, rows): a null packed or
-// scales pointer is not written.
+// quantized_cache_update, x (B, H, L, D) with strides (minus the optional
+// float32 shift and moving key shift, summed in float32, the difference
+// rounded to T) into rows offset .. offset + L - 1 of packed (B, H, rows, W)
+// or scales (B, H, rows): a null packed or scales pointer is not written.
 // ---------------------------------------------------------------------------
 
 constexpr int kEncodeWarps = 4;
 
 // Vector v = (b * H + h) * L + l reads x[b, h, l, :] (element strides x_str,
-// the last axis contiguous) and shift[b, h, l, :] (s_str; none when shift is
-// null) and writes code row (b * H + h) * rows + offset + l.
+// the last axis contiguous) and shift[b, h, l, :] (s_str, 0 for broadcast
+// axes; none when shift is null) and writes code row (b * H + h) * rows +
+// offset + l. With freqs, the moving key shift of cache row offset + l
+// (docs/format.md section 7) is subtracted too: block wh = wave_b * b * H + h
+// of freqs (., H, P) and waves (., H, 2P, D) float32, row contiguous.
 struct EncodeRows {
   int64_t n_vec;
   int64_t L;
@@ -32,10 +35,26 @@ struct EncodeRows {
   int64_t s_str[3];
   int64_t rows;
   int64_t offset;
+  const uint32_t* freqs; // null: no moving shift
+  const float* waves;
+  int P;
+  int wave_b; // 1: per batch entry, 0: shared by the batch
 
   // n row-contiguous vectors of length D into rows 0 .. n - 1.
   static EncodeRows contiguous(int64_t n, int D) {
-    return {n, n > 0 ? n : 1, 1, {0, 0, D}, nullptr, {0, 0, 0}, n, 0};
+    return {
+        n,
+        n > 0 ? n : 1,
+        1,
+        {0, 0, D},
+        nullptr,
+        {0, 0, 0},
+        n,
+        0,
+        nullptr,
+        nullptr,
+        0,
+        0};
   }
 };
 
@@ -66,12 +85,45 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_encode(
       x + vb * rows.x_str[0] + vh * rows.x_str[1] + vl * rows.x_str[2];
   const int64_t row = vbh * rows.rows + rows.offset + vl;
 
-  // 0. load (x - shift, rounded to T, for the cache's key shift)
-  if (rows.shift) {
-    const float* sv = rows.shift + vb * rows.s_str[0] +
-        vh * rows.s_str[1] + vl * rows.s_str[2];
-    for (int i = lane; i < D; i += 32) {
-      buf[i] = to_float(from_float<T>(__fsub_rn(to_float(xv[i]), sv[i])));
+  // 0. load (x - m, rounded to T, for the cache's key shifts: m the shift
+  // plus the moving shift of the row, summed in float32 as turbo_decode adds
+  // them, plane by plane)
+  if (rows.shift || rows.freqs) {
+    constexpr int E = (D + 31) / 32;
+    float m[E];
+    const float* sv = rows.shift;
+    if (sv) {
+      sv += vb * rows.s_str[0] + vh * rows.s_str[1] + vl * rows.s_str[2];
+    }
+#pragma unroll
+    for (int e = 0; e < E; e++) {
+      const int i = lane + 32 * e;
+      m[e] = sv && i < D ? sv[i] : 0.0f;
+    }
+    if (rows.freqs) {
+      const int64_t wh = rows.wave_b * vb * rows.H + vh;
+      const uint32_t* f = rows.freqs + wh * rows.P;
+      const float* wv = rows.waves + wh * 2 * rows.P * D;
+      const int n = int(rows.offset + vl);
+      for (int j = 0; j < rows.P; j++) {
+        float sn, cs;
+        key_wave_sincos(f[j], n, sn, cs);
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+          const int i = lane + 32 * e;
+          if (i < D) {
+            m[e] += cs * __ldg(wv + j * D + i) +
+                sn * __ldg(wv + (rows.P + j) * D + i);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < E; e++) {
+      const int i = lane + 32 * e;
+      if (i < D) {
+        buf[i] = to_float(from_float<T>(__fsub_rn(to_float(xv[i]), m[e])));
+      }
     }
   } else {
     for (int i = lane; i < D; i += 32) {

@@ -62,20 +62,25 @@
 #define TURBO_DQ_BUF_OUT 2
 #define TURBO_DQ_BUF_NVEC 3
 // Cache update: rows offset..offset+L-1 of the codes or of the scales <-
-// quantize(x - shift); one of the two buffers is bound (the one written)
+// quantize(x - shift - moving shift); one of the two buffers is bound (the
+// one written)
 #define TURBO_QU_BUF_X 0
 #define TURBO_QU_BUF_PACKED 1 // only with TURBO_FC_UPDATE_CODES
 #define TURBO_QU_BUF_SCALES 2 // only with TURBO_FC_UPDATE_SCALES
 #define TURBO_QU_BUF_PARAMS 3
 #define TURBO_QU_BUF_SHIFT 4 // float32, only with TURBO_FC_UPDATE_SHIFT
+#define TURBO_QU_BUF_FREQS 5 // (B or 1, H, P) uint32, only with UPDATE_WAVES
+#define TURBO_QU_BUF_WAVES 6 // (B or 1, H, 2P, D) float32, the same
 // Function constants of the cache update kernel: a shift is subtracted; the
-// node writes the scales (fast::QuantizedCacheUpdate's scales_) or the codes.
+// node writes the scales (fast::QuantizedCacheUpdate's scales_) or the codes;
+// the moving shift of the cache row is subtracted.
 // The host always sets UPDATE_CODES = !UPDATE_SCALES: each gates the buffer
 // argument it writes (a declared constant, not a derived one, so that the
 // argument attribute names a function constant).
 #define TURBO_FC_UPDATE_SHIFT 50
 #define TURBO_FC_UPDATE_SCALES 51
 #define TURBO_FC_UPDATE_CODES 52
+#define TURBO_FC_UPDATE_WAVES 56
 
 // Cache dequantize for the attention of many queries
 // (fast::QuantizedKVDequantize): output (B, H, F + L, D) row contiguous in
@@ -128,7 +133,9 @@ struct TurboAttnParams {
 // v = (b * H + h) * L + l; x (B, H, L, D) and the shift are read with their
 // (b, h, l) strides in elements (last axis contiguous, 0 for broadcast axes);
 // the output is the row-contiguous codes (B, H, N, W) or scales (B, H, N, 1),
-// row (b * H + h) * N + offset + l.
+// row (b * H + h) * N + offset + l. The moving shift's frequencies and waves
+// (row contiguous) of (b, h) are block wave_b * b * H + h (wave_b 0 when
+// the batch shares them).
 struct TurboQuantUpdateParams {
   int H;
   int L;
@@ -137,6 +144,8 @@ struct TurboQuantUpdateParams {
   int64_t nvec;
   int64_t x_strides[3];
   int64_t shift_strides[3];
+  int waves; // planes P of the moving shift (0 without it)
+  int wave_b; // 1: frequencies and waves per batch entry, 0: shared
 };
 
 // Cache dequantize: output row v < nrows = B * H * (F + L) is row r = v %
@@ -211,12 +220,15 @@ quantize_update_kernel_name(int bits, const std::string& type, int D) {
   return std::string(mode_name(bits)) + "_quantize_update_" + type + "_" +
       std::to_string(D);
 }
-// Pipeline cache key of the update kernel: its name and both function
+// Pipeline cache key of the update kernel: its name and its function
 // constants (UPDATE_CODES is !UPDATE_SCALES).
-inline std::string
-quantize_update_hash_name(const std::string& kname, bool shift, bool scales) {
+inline std::string quantize_update_hash_name(
+    const std::string& kname,
+    bool shift,
+    bool scales,
+    bool waves) {
   return kname + (shift ? "_shift" : "_noshift") +
-      (scales ? "_scales" : "_codes");
+      (scales ? "_scales" : "_codes") + (waves ? "_waves" : "_nowaves");
 }
 inline std::string dequantize_kernel_name(
     int bits,

@@ -16,9 +16,10 @@
 // Steps 1-5 are turbo_encode, the one body of both encoders (turbo_quantize
 // and turbo_quantize_update, which store its words and scale). The update
 // kernel's input with a shift is
-// x_i = float(T(float(x_i) - shift_i)) (the difference in float32, rounded to
+// x_i = float(T(float(x_i) - m_i)) (the difference in float32, rounded to
 // the input dtype T as static_cast does: to nearest even), as
-// quantize((x - shift).astype(T)) computes it.
+// quantize((x - m).astype(T)) computes it, m_i the shift plus the moving
+// shift of the row (turbo_wave_sum), summed in float32.
 
 #pragma once
 
@@ -95,6 +96,39 @@ METAL_FUNC float turbo_encode(thread float* y, thread uint32_t* w) {
   return scale;
 }
 
+// The moving key shift (docs/format.md section 7) of cache row n, shared by
+// the cache update and the cache dequantize: the cosines and sines of its P
+// planes (turbo_wave_angle), then per coordinate
+//   m + sum_j c_j waves[j, i] + s_j waves[P + j, i]
+// added in this order in float32 (waves (2P, D) row contiguous).
+METAL_FUNC void turbo_wave_phases(
+    const device uint32_t* freqs,
+    int P,
+    uint n,
+    thread float* c,
+    thread float* sn) {
+  for (int j = 0; j < P; j++) {
+    const float a = turbo_wave_angle(freqs[j], n);
+    c[j] = precise::cos(a);
+    sn[j] = precise::sin(a);
+  }
+}
+
+template <int D>
+METAL_FUNC float turbo_wave_sum(
+    const device float* waves,
+    int P,
+    thread const float* c,
+    thread const float* sn,
+    int i,
+    float m) {
+  for (int j = 0; j < P; j++) {
+    m = m + c[j] * waves[j * D + i];
+    m = m + sn[j] * waves[(P + j) * D + i];
+  }
+  return m;
+}
+
 template <typename T, int D, int BITS>
 [[kernel]] void turbo_quantize(
     const device T* in [[buffer(TURBO_Q_BUF_IN)]],
@@ -123,16 +157,19 @@ template <typename T, int D, int BITS>
 
 // Cache update (fast::QuantizedCacheUpdate, one node per buffer): vector
 // v = (b, h, l) of x (B, H, L, D), read with p.x_strides (last axis
-// contiguous), minus the float32 shift row (p.shift_strides, last axis
-// contiguous) rounded to T when turbo_update_shift, encoded as turbo_quantize
-// does; its W words go to row (b * H + h) * N + offset + l of the
-// row-contiguous codes (B, H, N, W) when turbo_update_codes, its scale to that
-// row of the scales (B, H, N, 1) when turbo_update_scales. The host sets
-// turbo_update_codes = !turbo_update_scales; the buffer not written is not
-// bound (each store is guarded by the constant that declares its argument).
+// contiguous), minus m (the float32 shift row, p.shift_strides, last axis
+// contiguous, when turbo_update_shift, plus the moving shift of cache row
+// offset + l from freqs and waves when turbo_update_waves), the difference
+// rounded to T, encoded as turbo_quantize does; its W words go to row (b * H
+// + h) * N + offset + l of the row-contiguous codes (B, H, N, W) when
+// turbo_update_codes, its scale to that row of the scales (B, H, N, 1) when
+// turbo_update_scales. The host sets turbo_update_codes =
+// !turbo_update_scales; the buffer not written is not bound (each store is
+// guarded by the constant that declares its argument).
 constant bool turbo_update_shift [[function_constant(TURBO_FC_UPDATE_SHIFT)]];
 constant bool turbo_update_scales [[function_constant(TURBO_FC_UPDATE_SCALES)]];
 constant bool turbo_update_codes [[function_constant(TURBO_FC_UPDATE_CODES)]];
+constant bool turbo_update_waves [[function_constant(TURBO_FC_UPDATE_WAVES)]];
 
 template <typename T, int D, int BITS>
 [[kernel]] void turbo_quantize_update(
@@ -144,6 +181,10 @@ template <typename T, int D, int BITS>
     const constant TurboQuantUpdateParams& p [[buffer(TURBO_QU_BUF_PARAMS)]],
     const device float* shift
     [[buffer(TURBO_QU_BUF_SHIFT), function_constant(turbo_update_shift)]],
+    const device uint32_t* freqs
+    [[buffer(TURBO_QU_BUF_FREQS), function_constant(turbo_update_waves)]],
+    const device float* waves
+    [[buffer(TURBO_QU_BUF_WAVES), function_constant(turbo_update_waves)]],
     uint3 gid [[thread_position_in_grid]]) {
   constexpr int W = TurboLayout<BITS, D>::words;
   const int64_t v = int64_t(gid.x);
@@ -156,11 +197,26 @@ template <typename T, int D, int BITS>
   const int64_t h = bh % p.H;
   x += b * p.x_strides[0] + h * p.x_strides[1] + l * p.x_strides[2];
   thread float y[D];
-  if (turbo_update_shift) {
-    shift += b * p.shift_strides[0] + h * p.shift_strides[1] +
-        l * p.shift_strides[2];
+  if (turbo_update_shift || turbo_update_waves) {
+    if (turbo_update_shift) {
+      shift += b * p.shift_strides[0] + h * p.shift_strides[1] +
+          l * p.shift_strides[2];
+    }
+    thread float c[TURBO_KVDQ_MAX_WAVES];
+    thread float sn[TURBO_KVDQ_MAX_WAVES];
+    const int P = turbo_update_waves ? p.waves : 0;
+    if (turbo_update_waves) {
+      const int64_t wh = int64_t(p.wave_b) * b * p.H + h;
+      freqs += wh * P;
+      waves += wh * 2 * P * D;
+      turbo_wave_phases(freqs, P, uint(p.offset + l), c, sn);
+    }
     for (int i = 0; i < D; i++) {
-      float d = static_cast<float>(x[i]) - shift[i];
+      float m = turbo_update_shift ? shift[i] : 0.0f;
+      if (turbo_update_waves) {
+        m = turbo_wave_sum<D>(waves, P, c, sn, i, m);
+      }
+      float d = static_cast<float>(x[i]) - m;
       y[i] = static_cast<float>(static_cast<T>(d));
     }
   } else {
@@ -302,18 +358,9 @@ template <typename T, int D, int BITS>
     waves += bh * 2 * P * D;
     thread float c[TURBO_KVDQ_MAX_WAVES];
     thread float sn[TURBO_KVDQ_MAX_WAVES];
-    for (int j = 0; j < P; j++) {
-      const float a = turbo_wave_angle(freqs[j], uint(l));
-      c[j] = precise::cos(a);
-      sn[j] = precise::sin(a);
-    }
+    turbo_wave_phases(freqs, P, uint(l), c, sn);
     for (int i = 0; i < D; i++) {
-      float m = 0.0f;
-      for (int j = 0; j < P; j++) {
-        m = m + c[j] * waves[j * D + i];
-        m = m + sn[j] * waves[(P + j) * D + i];
-      }
-      y[i] = y[i] + m;
+      y[i] = y[i] + turbo_wave_sum<D>(waves, P, c, sn, i, 0.0f);
     }
   }
   for (int i = 0; i < D; i++) {
