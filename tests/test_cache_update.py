@@ -7,6 +7,7 @@ import pytest
 
 import reference as ref
 from helpers import DTYPES, to_np
+from test_position_shift import to_turns, wave_shift
 
 MODES = ["turbo3", "turbo4"]
 SAFE_MARGIN = 1e-4
@@ -105,6 +106,196 @@ def test_rows_against_spec_encoder(rng, mode):
     keep[offset : offset + L] = False
     np.testing.assert_array_equal(np.array(p2)[:, :, keep], np.array(packed)[:, :, keep])
     np.testing.assert_array_equal(np.array(s2)[:, :, keep], np.array(scales)[:, :, keep])
+
+
+def round_to(y, dtype):
+    """float64 y rounded to dtype (to nearest even), back in float64."""
+    if dtype == mx.float16:
+        return y.astype(np.float16).astype(np.float64)
+    y32 = y.astype(np.float32)
+    if dtype == mx.float32:
+        return y32.astype(np.float64)
+    return np.array(mx.array(y32).astype(mx.bfloat16).astype(mx.float32)).astype(np.float64)
+
+
+def moving_shift_inputs(rng, B, H, L, D, P, per_batch):
+    """Frequencies over the whole uint32 range (the products wrap; plane 0
+    constant) and waves (B or 1, H, 2P, D) float32."""
+    Bw = B if per_batch else 1
+    freqs = rng.integers(0, 2**32, (Bw, H, P), dtype=np.uint64).astype(np.uint32)
+    freqs[..., 0] = 0
+    waves = (rng.standard_normal((Bw, H, 2 * P, D)) * 0.3).astype(np.float32)
+    return freqs, waves
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("dim", ref.SUPPORTED_DIMS)
+@pytest.mark.parametrize("P", [3, 8, 13])
+def test_moving_shift_against_float64(rng, mode, dtype, dim, P):
+    """shift_freqs / shift_waves: new vector l is stored minus key_shift and
+    the moving shift of cache row offset + l, in float32, rounded to x's
+    dtype, against the float64 spec: y = x - mu - shift(offset + l) in
+    float64, rounded to the dtype, encoded by the spec encoder.
+
+    The kernels' float32 shift lies within e = 2^-17 (|x| + |mu| + sum_j
+    |waves_j|) of the float64 one (2P + 2 roundings of terms bounded by that
+    sum and phases within 2^-21 of the exact ones; a factor of 2 spare at P =
+    32). So the rounded input can differ from the reference's only where
+    y +- e rounds to two values, by at most their difference (delta); a
+    perturbation delta of the vector moves every rotated, normalized
+    coordinate z by at most 2 sqrt(D) |delta| / |y|. Codes are compared where
+    z lies farther than that (plus the spec test's margin) from a boundary;
+    scales of the vectors whose codes all match, within the dtype's rounding
+    plus 2 |delta| / |y|."""
+    B, H, N, L, offset = 2, 3, 40, 7, 29
+    t = DTYPES[dtype]
+    bits = ref.MODE_BITS[mode]
+    packed, scales = make_cache(rng, B, H, N, dim, mode, t)
+    x = new_rows(rng, B, H, L, dim, t, "strided")
+    mu = (rng.standard_normal((B, H, 1, dim)) * 0.5).astype(np.float32)
+    freqs, waves = moving_shift_inputs(rng, B, H, L, dim, P, per_batch=P != 8)
+    p2, s2 = mx.fast.quantized_cache_update(
+        packed,
+        scales,
+        x,
+        offset,
+        mode=mode,
+        shift=mx.array(mu),
+        shift_freqs=mx.array(freqs),
+        shift_waves=mx.array(waves),
+    )
+    x64 = to_np(x).astype(np.float64)
+    y64 = x64 - mu - wave_shift(freqs, waves, np.arange(offset, offset + L))
+    mag = np.abs(x64) + np.abs(mu) + np.abs(waves).sum(axis=2, keepdims=True)
+    e = 2.0**-17 * mag
+    lo, hi = round_to(y64 - e, t), round_to(y64 + e, t)
+    delta = np.linalg.norm(hi - lo, axis=-1, keepdims=True)
+    y = round_to(y64, t)
+    codes_ref, _, scales_ref, margin = ref.encode(y, mode)
+    n = np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-30)
+    safe = margin > SAFE_MARGIN + 2 * np.sqrt(dim) * delta / n
+    codes = ref.unpack(np.array(p2), bits, dim)[:, :, offset : offset + L]
+    assert safe.mean() > 0.8, safe.mean()
+    np.testing.assert_array_equal(codes[safe], codes_ref[safe])
+    # Scales of the vectors whose codes all match (the same codebook norm).
+    same = (codes == codes_ref).all(-1, keepdims=True)
+    assert same.mean() > 0.5, same.mean()
+    got = to_np(s2)[:, :, offset : offset + L].astype(np.float64)
+    ulp = {"float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}[dtype]
+    rtol = 1e-5 + ulp + 2 * delta / n
+    err = np.abs(got - scales_ref) / scales_ref
+    assert np.all(err[same] <= rtol[same]), err[same].max()
+    keep = np.ones(N, bool)
+    keep[offset : offset + L] = False
+    np.testing.assert_array_equal(np.array(p2)[:, :, keep], np.array(packed)[:, :, keep])
+    np.testing.assert_array_equal(to_np(s2)[:, :, keep], to_np(scales)[:, :, keep])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_moving_shift_zero_waves_is_the_shift(rng, mode, dtype):
+    """Zero waves leave exactly the constant shift (cos * 0 + sin * 0 adds
+    nothing in float32), and with neither the moving shift is the whole
+    shift: bit for bit the op with shift= alone, and the composed ops."""
+    B, H, N, D, L, offset, P = 2, 2, 16, 96, 5, 6, 4
+    t = DTYPES[dtype]
+    packed, scales = make_cache(rng, B, H, N, D, mode, t)
+    x = new_rows(rng, B, H, L, D, t, "strided")
+    mu = mx.array(rng.standard_normal((B, H, 1, D)).astype(np.float32))
+    freqs, _ = moving_shift_inputs(rng, B, H, L, D, P, per_batch=True)
+    update = mx.fast.quantized_cache_update
+    out = update(
+        packed,
+        scales,
+        x,
+        offset,
+        mode=mode,
+        shift=mu,
+        shift_freqs=mx.array(freqs),
+        shift_waves=mx.zeros((B, H, 2 * P, D)),
+    )
+    want = update(packed, scales, x, offset, mode=mode, shift=mu)
+    assert mx.array_equal(out[0], want[0]).item() and mx.array_equal(out[1], want[1]).item()
+    want = composed(packed, scales, x, offset, mode, mu)
+    assert mx.array_equal(out[0], want[0]).item() and mx.array_equal(out[1], want[1]).item()
+
+
+@pytest.mark.parametrize("per_batch", [True, False])
+def test_moving_shift_matches_shift_rows(rng, per_batch):
+    """The op's moving shift against its rows computed in float64, rounded
+    to float32 and passed as shift= (what mlx-lm computed with ops): the same
+    codes except where a value lies within float32 rounding of a boundary,
+    at cache rows past 2^16 (angles from the wrapped uint32 product)."""
+    B, H, D, L, P, mode, offset = 2, 4, 128, 33, 8, "turbo4", 70000
+    packed = mx.zeros((B, H, offset + 48, D // 8), mx.uint32)
+    scales = mx.zeros((B, H, offset + 48, 1), mx.bfloat16)
+    x = new_rows(rng, B, H, L, D, mx.bfloat16, "strided")
+    mu = (rng.standard_normal((B, H, 1, D)) * 0.5).astype(np.float32)
+    freqs, waves = moving_shift_inputs(rng, B, H, L, D, P, per_batch)
+    waves *= 10.0
+    rows = mu + wave_shift(freqs, waves, np.arange(offset, offset + L))
+    out = mx.fast.quantized_cache_update(
+        packed,
+        scales,
+        x,
+        offset,
+        mode=mode,
+        shift=mx.array(mu),
+        shift_freqs=mx.array(freqs),
+        shift_waves=mx.array(waves),
+    )
+    want = mx.fast.quantized_cache_update(
+        packed, scales, x, offset, mode=mode, shift=mx.array(rows.astype(np.float32))
+    )
+    new = slice(offset, offset + L)
+    differ = np.array(out[0])[:, :, new] != np.array(want[0])[:, :, new]
+    assert differ.mean() < 0.02, differ.mean()
+    deq = to_np(mx.dequantize(out[0][:, :, new], out[1][:, :, new], mode=mode))
+    deq_want = to_np(mx.dequantize(want[0][:, :, new], want[1][:, :, new], mode=mode))
+    err = np.linalg.norm(deq - deq_want) / np.linalg.norm(deq_want)
+    assert err < 0.02, err
+
+
+def test_moving_shift_then_prefill_route(rng):
+    """An append with the moving shift, read back by the attention's prefill
+    route (the one-pass dequantize adds the same shift of each cache row):
+    the keys come back as x within the quantization error."""
+    B, Hq, H, N, D, P = 1, 4, 2, 64, 64, 5
+    freqs, waves = moving_shift_inputs(rng, B, H, N, D, P, per_batch=True)
+    waves *= 10.0
+    mu = (rng.standard_normal((B, H, 1, D)) * 3.0).astype(np.float32)
+    k = mu + wave_shift(freqs, waves, np.arange(N)) + rng.standard_normal((B, H, N, D))
+    k = k.astype(np.float32)
+    kc, ks = make_cache(rng, B, H, N, D, "turbo4", mx.float32)
+    kw = dict(shift=mx.array(mu), shift_freqs=mx.array(freqs), shift_waves=mx.array(waves))
+    for start, stop in ((0, 24), (24, N)):
+        kc, ks = mx.fast.quantized_cache_update(
+            kc, ks, mx.array(k[:, :, start:stop]), start, mode="turbo4", **kw
+        )
+    # The stored vectors are small (the shift removed), so the keys' error is
+    # that of the residual, not of the large shifted keys.
+    kd = ref.decode(np.array(kc), to_np(ks), "turbo4")
+    resid = k - mu - wave_shift(freqs, waves, np.arange(N))
+    err = np.linalg.norm(kd - resid) / np.linalg.norm(resid)
+    assert err < 0.15, err
+    q = mx.array(rng.standard_normal((B, Hq, 16, D)).astype(np.float32))
+    v = mx.quantize(mx.array(rng.standard_normal((B, H, N, D)).astype(np.float32)), mode="turbo4")
+    out = mx.fast.quantized_scaled_dot_product_attention(
+        q,
+        kc,
+        ks,
+        *v,
+        scale=D**-0.5,
+        mode="turbo4",
+        key_shift=mx.array(mu),
+        key_shift_freqs=mx.array(freqs),
+        key_shift_waves=mx.array(waves),
+    )
+    vd = ref.decode(np.array(v[0]), to_np(v[1]), "turbo4")
+    want = ref.attention(np.array(q).astype(np.float64), kd + k - resid, vd, D**-0.5)
+    err = np.linalg.norm(np.array(out) - want) / np.linalg.norm(want)
+    assert err < 1e-4, err
 
 
 def append_growth(steps, pipelined):

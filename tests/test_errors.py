@@ -193,3 +193,47 @@ def test_any_values_compute(mode, qL, scales, words):
     assert out.shape == (B, Hq, qL, D) and deq.shape == (B, Hkv, kL, D)
     if scales == "finite":
         assert np.all(np.isfinite(np.array(out))) and np.all(np.isfinite(np.array(deq)))
+
+
+def test_cache_update_moving_shift():
+    """quantized_cache_update's shift_freqs / shift_waves: given together,
+    (B or 1, N_kv, P) uint32 with 1 <= P <= 32 and (the same, N_kv, 2P, D)
+    floating point."""
+    op = r"\[quantized_cache_update\]"
+    B, H, D, P = 2, 3, 64, 4
+    packed, scales = mx.quantize(mx.zeros((B, H, 8, D)), mode="turbo4")
+    x = mx.ones((B, H, 2, D))
+    f = mx.zeros((B, H, P), mx.uint32)
+    w = mx.zeros((B, H, 2 * P, D))
+
+    def update(**kw):
+        return mx.fast.quantized_cache_update(packed, scales, x, 1, mode="turbo4", **kw)
+
+    update(shift_freqs=f, shift_waves=w)
+    update(shift_freqs=f[:1], shift_waves=w[:1])  # shared by the batch
+    cases = [
+        (dict(shift_freqs=f), "shift_freqs and shift_waves must be given together"),
+        (dict(shift_waves=w), "shift_freqs and shift_waves must be given together"),
+        (dict(shift_freqs=f[..., :0], shift_waves=w[:, :, :0]), "shift_freqs with shape"),
+        (
+            dict(
+                shift_freqs=mx.zeros((B, H, 33), mx.uint32),
+                shift_waves=mx.zeros((B, H, 66, D)),
+            ),
+            r"shift_freqs with shape.*1 <= P <= 32",
+        ),
+        (dict(shift_freqs=f[:, :2], shift_waves=w[:, :2]), "shift_freqs with shape"),
+        (dict(shift_freqs=mx.zeros((3, H, P), mx.uint32), shift_waves=w), "shift_freqs with shape"),
+        (dict(shift_freqs=f[0], shift_waves=w), "shift_freqs with shape"),
+        (dict(shift_freqs=f.astype(mx.int32), shift_waves=w), "shift_freqs must be uint32"),
+        (dict(shift_freqs=f.astype(mx.float32), shift_waves=w), "shift_freqs must be uint32"),
+        (dict(shift_freqs=f, shift_waves=w[:, :, :P]), "shift_waves with shape"),
+        (dict(shift_freqs=f, shift_waves=mx.zeros((B, H, 2 * P, 128))), "shift_waves with shape"),
+        (dict(shift_freqs=f, shift_waves=w[:1]), "shift_waves with shape"),
+        (dict(shift_freqs=f[:1], shift_waves=w), "shift_waves with shape"),
+        (dict(shift_freqs=f, shift_waves=w[0]), "shift_waves with shape"),
+        (dict(shift_freqs=f, shift_waves=w.astype(mx.int32)), "shift_waves must be floating"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(ValueError, match=op + ".*" + message):
+            update(**kw)

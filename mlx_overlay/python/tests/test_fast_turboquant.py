@@ -4,6 +4,7 @@ import unittest
 
 import mlx.core as mx
 import mlx_tests
+import numpy as np
 
 
 def quantized_cache(shape, mode, dtype=mx.float32):
@@ -98,7 +99,6 @@ class TestTurboQuant(mlx_tests.MLXTestCase):
         with self.assertRaises(ValueError):
             mx.quantized_matmul(mx.zeros((1, 128)), *k[0:2], mode="turbo3")
 
-
     def test_quantized_cache_update(self):
         for mode in ("turbo3", "turbo4"):
             packed, scales = quantized_cache((2, 4, 32, 128), mode, mx.float16)
@@ -121,6 +121,69 @@ class TestTurboQuant(mlx_tests.MLXTestCase):
             mx.fast.quantized_cache_update(packed, scales, x, 30, mode="turbo4")
         with self.assertRaises(ValueError):
             mx.fast.quantized_cache_update(packed, scales, x, 0, mode="turbo3")
+
+    def test_quantized_cache_update_moving_shift(self):
+        # The moving key shift of cache row n = offset + l, computed by the
+        # op: the same cache as subtracting its rows (float64, then float32)
+        # up to codes within rounding of a decision boundary.
+        B, H, N, D, L, P, offset = 2, 4, 48, 128, 9, 8, 30
+        packed, scales = quantized_cache((B, H, N, D), "turbo4", mx.bfloat16)
+        x = mx.random.normal((B, H, L, D)).astype(mx.bfloat16)
+        shift = mx.random.normal((B, H, 1, D))
+        freqs = mx.random.randint(0, 1 << 24, (B, H, P)).astype(mx.uint32)
+        waves = mx.random.normal((B, H, 2 * P, D))
+        out = mx.fast.quantized_cache_update(
+            packed,
+            scales,
+            x,
+            offset,
+            mode="turbo4",
+            shift=shift,
+            shift_freqs=freqs,
+            shift_waves=waves,
+        )
+        n = np.arange(offset, offset + L, dtype=np.int64)
+        turns = (np.array(freqs).astype(np.int64)[:, :, None, :] * n[:, None]) % (
+            1 << 24
+        )
+        angle = 2 * np.pi * turns / (1 << 24)
+        phases = np.concatenate([np.cos(angle), np.sin(angle)], axis=-1)
+        rows = np.array(shift) + phases @ np.array(waves).astype(np.float64)
+        expected = mx.fast.quantized_cache_update(
+            packed,
+            scales,
+            x,
+            offset,
+            mode="turbo4",
+            shift=mx.array(rows.astype(np.float32)),
+        )
+        new = slice(offset, offset + L)
+        self.assertTrue(mx.array_equal(out[0][:, :, :offset], packed[:, :, :offset]))
+        differ = (out[0][:, :, new] != expected[0][:, :, new]).astype(mx.float32)
+        self.assertLess(differ.mean().item(), 0.02)
+        x_hat = mx.dequantize(out[0][:, :, new], out[1][:, :, new], mode="turbo4")
+        x_ref = mx.dequantize(
+            expected[0][:, :, new], expected[1][:, :, new], mode="turbo4"
+        )
+        err = mx.linalg.norm((x_hat - x_ref).astype(mx.float32))
+        self.assertLess(
+            err.item(), 0.02 * mx.linalg.norm(x_ref.astype(mx.float32)).item()
+        )
+        with self.assertRaises(ValueError):
+            mx.fast.quantized_cache_update(
+                packed, scales, x, 0, mode="turbo4", shift_freqs=freqs
+            )
+        with self.assertRaises(ValueError):
+            mx.fast.quantized_cache_update(
+                packed,
+                scales,
+                x,
+                0,
+                mode="turbo4",
+                shift_freqs=freqs,
+                shift_waves=waves[:, :, :P],
+            )
+
 
 if __name__ == "__main__":
     mlx_tests.MLXTestRunner()
