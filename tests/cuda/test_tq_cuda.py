@@ -99,9 +99,7 @@ def check_encode_vs_spec():
             for dtype in (torch.float16, torch.bfloat16, torch.float32):
                 x = (torch.randn(2000, d) * torch.exp(torch.randn(2000, 1))).to(dtype)
                 packed, scales = tq_lib.encode(x.cuda(), bits)
-                codes_ref, _, scales_ref, margin = spec.encode(
-                    x.double().numpy(), f"turbo{bits}"
-                )
+                codes_ref, _, scales_ref, margin = spec.encode(x.double().numpy(), f"turbo{bits}")
                 codes = ref.unpack(packed.cpu().numpy().view(np.uint32), bits, d)
                 safe = margin > 1e-4
                 bad = int((codes[safe] != codes_ref[safe]).sum())
@@ -109,9 +107,7 @@ def check_encode_vs_spec():
                 sg = scales.float().cpu().numpy()[:, 0][row_safe]
                 sr = scales_ref[:, 0][row_safe]
                 rel = float(np.abs(sg / sr - 1).max())
-                tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 1e-5}[
-                    dtype
-                ]
+                tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 1e-5}[dtype]
                 report(
                     f"encode-vs-spec D={d} turbo{bits} {str(dtype)[6:]}",
                     bad == 0 and rel < tol and safe.mean() > 0.99,
@@ -157,9 +153,7 @@ def check_decode():
                 out = torch.full((n, d), float("nan"), dtype=odt, device="cuda")
                 tq_lib.decode(w.cuda(), s.cuda(), bits, d, out=out)
                 torch.cuda.synchronize()
-                r = ref.decode_f64(
-                    w.numpy().view(np.uint32), s.float().numpy()[:, 0], bits, d
-                )
+                r = ref.decode_f64(w.numpy().view(np.uint32), s.float().numpy()[:, 0], bits, d)
                 o = out.double().cpu().numpy()
                 err = np.linalg.norm(o - r) / np.linalg.norm(r)
                 tol = 1e-6 if odt == torch.float32 else 8e-3
@@ -185,9 +179,7 @@ def check_decode_kv():
                 s = (torch.rand(B, H, N, 1, generator=gen) * 3 + 0.1).to(dt)
                 first = torch.randn(B, H, 1, d, generator=gen).to(dt)
                 shift = torch.randn(B, H, 1, d, generator=gen) * 2
-                freqs = torch.randint(
-                    0, 2**24, (B, H, P), dtype=torch.int32, generator=gen
-                )
+                freqs = torch.randint(0, 2**24, (B, H, P), dtype=torch.int32, generator=gen)
                 waves = torch.randn(B, H, 2 * P, d, generator=gen) * 3
                 for with_first, with_shift, with_waves in (
                     (1, 1, 1),
@@ -207,9 +199,7 @@ def check_decode_kv():
                     )
                     torch.cuda.synchronize()
                     wn = w[:, :, :n].numpy().view(np.uint32).reshape(-1, W)
-                    r = ref.decode_f64(
-                        wn, s[:, :, :n].float().numpy().reshape(-1), bits, d
-                    )
+                    r = ref.decode_f64(wn, s[:, :, :n].float().numpy().reshape(-1), bits, d)
                     r = r.reshape(B, H, n, d)
                     if with_shift:
                         r = r + shift.double().numpy()
@@ -232,13 +222,149 @@ def check_decode_kv():
                     )
 
 
+def round_to(y, dtype):
+    """float64 y rounded to dtype (nearest even), back in float64."""
+    t = torch.from_numpy(np.ascontiguousarray(y, np.float64))
+    if dtype != torch.float32:
+        t = t.float()  # (bf16 / f16 from float32: a double rounding only at exact ties)
+    return t.to(dtype).double().numpy()
+
+
+def check_encode_moving_shift():
+    """The cache update's encode with the moving key shift
+    (quantized_cache_update's shift_freqs / shift_waves): x (a transposed
+    view) minus a shift per head and the moving shift of cache row offset +
+    l (offset past 2^17: wrapped uint32 products), rounded to the dtype, into
+    rows of a larger buffer. Against the float64 spec as tests/
+    test_cache_update.py::test_moving_shift_against_float64 does: the kernel's
+    float32 shift lies within e = 2^-17 (|x| + |shift| + sum |waves|) of the
+    float64 one, so its rounded input differs from the spec's only where y
+    +- e rounds to two values (delta); codes are compared where the spec's
+    margin exceeds 1e-4 + 2 sqrt(D) |delta| / |y|, scales of the vectors
+    whose codes all match within the dtype's rounding + 2 |delta| / |y|. Also:
+    zero waves bit for bit as the float32 reference encoder of T(x - shift);
+    the codes node and the scales node each write only their buffer, the
+    same values; every other row untouched."""
+    B, H, L, P, offset = 2, 3, 37, 8, (1 << 17) + 5
+    N = offset + L + 3
+    for d in ref.SUPPORTED_D:
+        for bits in (3, 4):
+            for dtype in (torch.float16, torch.bfloat16, torch.float32):
+                per_batch = (d + bits) % 2 == 0
+                Bw = B if per_batch else 1
+                W = tq_lib.words(bits, d)
+                x = (torch.randn(B, L, H, d) * torch.exp(torch.randn(B, L, H, 1))).to(dtype)
+                xg = x.cuda().transpose(1, 2)  # (B, H, L, D), strided
+                mu = torch.randn(B, H, 1, d) * 0.5
+                fr = torch.from_numpy(
+                    rng.integers(0, 2**32, (Bw, H, P), dtype=np.uint64)
+                    .astype(np.uint32)
+                    .view(np.int32)
+                )
+                fr[..., 0] = 0
+                wv = torch.randn(Bw, H, 2 * P, d) * 0.3
+                sentinel_w, sentinel_s = 0x5A5A5A5A, 7.0
+
+                def run(waves, codes=True, scale=True):
+                    packed = torch.full((B, H, N, W), sentinel_w, dtype=torch.int32, device="cuda")
+                    scales = torch.full((B, H, N, 1), sentinel_s, dtype=dtype, device="cuda")
+                    tq_lib.encode_rows(
+                        xg,
+                        packed,
+                        scales,
+                        offset,
+                        bits,
+                        shift=mu.cuda(),
+                        freqs=fr.cuda(),
+                        waves=waves.cuda(),
+                        codes=codes,
+                        scale=scale,
+                    )
+                    torch.cuda.synchronize()
+                    return packed.cpu().numpy().view(np.uint32), scales.cpu()
+
+                pk, sc = run(wv)
+                new = slice(offset, offset + L)
+                x64 = x.transpose(1, 2).double().numpy()
+                fu = fr.numpy().view(np.uint32)
+                y64 = (
+                    x64
+                    - mu.double().numpy()
+                    - ref.wave_shift_f64(fu, wv.numpy(), np.arange(offset, offset + L))
+                )
+                mag = (
+                    np.abs(x64)
+                    + np.abs(mu.double().numpy())
+                    + np.abs(wv.double().numpy()).sum(2, keepdims=True)
+                )
+                e = 2.0**-17 * mag
+                delta = np.linalg.norm(
+                    round_to(y64 + e, dtype) - round_to(y64 - e, dtype), axis=-1, keepdims=True
+                )
+                y = round_to(y64, dtype)
+                codes_ref, _, scales_ref, margin = spec.encode(y, f"turbo{bits}")
+                n = np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-30)
+                safe = margin > 1e-4 + 2 * np.sqrt(d) * delta / n
+                codes = ref.unpack(pk[:, :, new].reshape(-1, W), bits, d).reshape(codes_ref.shape)
+                bad = int((codes[safe] != codes_ref[safe]).sum())
+                same = (codes == codes_ref).all(-1, keepdims=True)
+                ulp = {
+                    torch.float16: 2.0**-10,
+                    torch.bfloat16: 2.0**-7,
+                    torch.float32: 2.0**-23,
+                }[dtype]
+                sg = sc[:, :, new].double().numpy()
+                rel = np.abs(sg - scales_ref) / scales_ref
+                scale_ok = bool(np.all(rel[same] <= (1e-5 + ulp + 2 * delta / n)[same]))
+                # other rows untouched
+                keep = np.ones(N, bool)
+                keep[new] = False
+                untouched = bool(
+                    (pk[:, :, keep] == sentinel_w).all()
+                    and (sc[:, :, keep].float() == sentinel_s).all()
+                )
+                # one node per buffer: the codes alone, the scales alone
+                pk_c, sc_c = run(wv, scale=False)
+                pk_s, sc_s = run(wv, codes=False)
+                nodes_ok = bool(
+                    np.array_equal(pk_c, pk)
+                    and (sc_c.float() == sentinel_s).all()
+                    and (pk_s == sentinel_w).all()
+                    and torch.equal(sc_s, sc)
+                )
+                # zero waves: exactly the constant shift, bit for bit
+                pk0, sc0 = run(torch.zeros_like(wv))
+                y0 = (x.transpose(1, 2).float() - mu).to(dtype).float().numpy().reshape(-1, d)
+                _, pr0, sr0 = ref.encode_f32(y0, bits)
+                zero_ok = bool(
+                    np.array_equal(pk0[:, :, new].reshape(-1, W), pr0)
+                    and np.array_equal(
+                        scale_bits(sc0[:, :, new].reshape(-1).contiguous()),
+                        ref_scale_bits(sr0, dtype),
+                    )
+                )
+                report(
+                    f"encode moving shift D={d} turbo{bits} {str(dtype)[6:]} "
+                    f"P={P} {'per batch' if per_batch else 'shared'}",
+                    bad == 0
+                    and safe.mean() > 0.8
+                    and same.mean() > 0.5
+                    and scale_ok
+                    and untouched
+                    and nodes_ok
+                    and zero_ok,
+                    f"codes differing at safe coords {bad}/{int(safe.sum())} "
+                    f"(safe {safe.mean():.2f}), vectors with all codes equal {same.mean():.2f}, "
+                    f"scales {scale_ok}, other rows untouched {untouched}, "
+                    f"codes / scales nodes {nodes_ok}, zero waves bit-exact {zero_ok}",
+                )
+
+
 # ------------------------------------------------------------------ attention
 
 
 def rand_cache(B, H, L, d, bits, sdt, mul=1.0):
-    w = torch.randint(
-        -(2**31), 2**31 - 1, (B, H, L, tq_lib.words(bits, d)), dtype=torch.int32
-    )
+    w = torch.randint(-(2**31), 2**31 - 1, (B, H, L, tq_lib.words(bits, d)), dtype=torch.int32)
     s = ((torch.rand(B, H, L, 1) * 0.5 + 0.05) * mul).to(sdt)
     return w, s
 
@@ -320,9 +446,7 @@ def check_attn(
     ok = bool(np.isfinite(o).all()) and err < tol
     path = f"vec{'-tc' if att.tc else ''}/{att.splits}split"
     mags = "".join(
-        f" {n}*{v:g}"
-        for n, v in (("q", q_mul), ("ks", ks_mul), ("vs", vs_mul))
-        if v != 1
+        f" {n}*{v:g}" for n, v in (("q", q_mul), ("ks", ks_mul), ("vs", vs_mul)) if v != 1
     )
     report(
         f"attn {name} B={B} Hq={Hq} Hkv={Hkv} qL={qL} kL={kL} D={d} k{kb}v{vb} "
@@ -375,9 +499,7 @@ def check_attention_tc():
             for sdt in (f16, bf16):
                 # 777 keys: not a multiple of the warp tile (16 to 64 keys)
                 check_attn("tc", 2, 8, 2, 1, 777, d, kb, vb, sdt=sdt, tc=True)
-                check_attn(
-                    "tc1p", 2, 8, 2, 1, 777, d, kb, vb, sdt=sdt, tc=True, force_splits=1
-                )
+                check_attn("tc1p", 2, 8, 2, 1, 777, d, kb, vb, sdt=sdt, tc=True, force_splits=1)
     for g in (1, 2, 4, 8):
         check_attn("tc-gqa", 1, 2 * g, 2, 1, 1500, 128, 4, 3, tc=True)
     check_attn("tc-gqa16", 1, 32, 2, 1, 600, 128, 3, 4, tc=True)  # 2 row groups
@@ -386,9 +508,7 @@ def check_attention_tc():
     check_attn("tc-spec", 1, 4, 2, 3, 500, 64, 4, 4, causal=True, sdt=bf16, tc=True)
     for sp in (0, 1):
         for mk in ("bool", "float"):
-            check_attn(
-                "tc-mask", 2, 8, 2, 3, 900, 128, 4, 4, mask=mk, force_splits=sp, tc=True
-            )
+            check_attn("tc-mask", 2, 8, 2, 3, 900, 128, 4, 4, mask=mk, force_splits=sp, tc=True)
         check_attn(
             "tc-sinks",
             2,
@@ -463,9 +583,7 @@ def check_roundtrip_attention():
         p /= p.sum(-1, keepdims=True)
         r = np.einsum("bhqk,bhkd->bhqd", p, vd)
         err = np.linalg.norm(o - r) / np.linalg.norm(r)
-        report(
-            f"roundtrip encode->attention->R^T D={d}", err < 1e-5, f"rel err {err:.2e}"
-        )
+        report(f"roundtrip encode->attention->R^T D={d}", err < 1e-5, f"rel err {err:.2e}")
 
 
 if __name__ == "__main__":
@@ -475,6 +593,7 @@ if __name__ == "__main__":
     check_encode_vs_spec()
     check_decode()
     check_decode_kv()
+    check_encode_moving_shift()
     check_attention()
     check_attention_tc()
     check_roundtrip_attention()

@@ -110,6 +110,90 @@ extern "C" int tq_decode(
 #undef C
 }
 
+// Cache update (turbo_quantize_update_gpu): x (B, H, L, D) with strides
+// x_str (elements, last axis contiguous) into rows offset .. offset + L - 1
+// of packed (B, H, rows, W) and scales (B, H, rows) (either may be null: not
+// written), minus shift (s_str strides, 0 for broadcast axes; may be null)
+// and the moving shift of the row from freqs (B or 1, H, P) / waves (B or 1,
+// H, 2P, D) float32 (wave_b: per batch entry; freqs may be null). The
+// kernels are instantiated here (tq_inst.cu has the contiguous encode).
+template <int D>
+static int encode_rows_d(
+    const void* x,
+    void* packed,
+    void* scales,
+    const EncodeRows& r,
+    int bits,
+    int dtype,
+    cudaStream_t st) {
+  const unsigned blocks = unsigned((r.n_vec + kEncodeWarps - 1) / kEncodeWarps);
+  if (r.n_vec == 0) {
+    return 0;
+  }
+  auto launch = [&](auto t) {
+    using T = decltype(t);
+    if (bits == 3) {
+      turbo_encode<T, D, 3><<<blocks, 32 * kEncodeWarps, 0, st>>>(
+          (const T*)x, (uint32_t*)packed, (T*)scales, r);
+    } else {
+      turbo_encode<T, D, 4><<<blocks, 32 * kEncodeWarps, 0, st>>>(
+          (const T*)x, (uint32_t*)packed, (T*)scales, r);
+    }
+  };
+  if (dtype == 0) {
+    launch(__half{});
+  } else if (dtype == 1) {
+    launch(__nv_bfloat16{});
+  } else {
+    launch(float{});
+  }
+  return (int)cudaGetLastError();
+}
+
+extern "C" int tq_encode_rows(
+    const void* x,
+    void* packed,
+    void* scales,
+    const float* shift,
+    const long long* s_str,
+    const uint32_t* freqs,
+    const float* waves,
+    int P,
+    int wave_b,
+    long long B,
+    long long H,
+    long long L,
+    const long long* x_str,
+    long long rows,
+    long long offset,
+    int D,
+    int bits,
+    int dtype,
+    void* st) {
+  EncodeRows r{
+      B * H * L,
+      L > 0 ? L : 1,
+      H,
+      {x_str[0], x_str[1], x_str[2]},
+      shift,
+      {0, 0, 0},
+      rows,
+      offset,
+      freqs,
+      waves,
+      P,
+      wave_b};
+  if (shift) {
+    for (int i = 0; i < 3; i++) {
+      r.s_str[i] = s_str[i];
+    }
+  }
+#define C(d) \
+  encode_rows_d<d>(x, packed, scales, r, bits, dtype, (cudaStream_t)st)
+  SWITCH_D(D, C)
+#undef C
+}
+
 static int num_sms() {
   static int n = 0;
   if (n == 0) {

@@ -14,8 +14,9 @@ _vp = ctypes.c_void_p
 _i = ctypes.c_int
 _ll = ctypes.c_longlong
 _lib.tq_encode.argtypes = [_vp, _vp, _vp, _ll, _i, _i, _i, _vp]
-_lib.tq_decode.argtypes = (
-    [_vp] * 6 + [_i, _vp] + [_ll] * 3 + [_vp] * 2 + [_i] * 3 + [_vp]
+_lib.tq_decode.argtypes = [_vp] * 6 + [_i, _vp] + [_ll] * 3 + [_vp] * 2 + [_i] * 3 + [_vp]
+_lib.tq_encode_rows.argtypes = (
+    [_vp] * 7 + [_i] * 2 + [_ll] * 3 + [_vp] + [_ll] * 2 + [_i] * 3 + [_vp]
 )
 _lib.tq_plan.argtypes = [_i] * 9 + [ctypes.POINTER(_i)]
 _lib.tq_plan.restype = _ll
@@ -46,22 +47,67 @@ def encode(x, bits):
     d = x.shape[-1]
     x = x.contiguous()
     n = x.numel() // d
-    packed = torch.empty(
-        x.shape[:-1] + (words(bits, d),), dtype=torch.int32, device=x.device
-    )
+    packed = torch.empty(x.shape[:-1] + (words(bits, d),), dtype=torch.int32, device=x.device)
     scales = torch.empty(x.shape[:-1] + (1,), dtype=x.dtype, device=x.device)
     _check(
-        _lib.tq_encode(
-            _ptr(x), _ptr(packed), _ptr(scales), n, d, bits, DT[x.dtype], _stream()
-        ),
+        _lib.tq_encode(_ptr(x), _ptr(packed), _ptr(scales), n, d, bits, DT[x.dtype], _stream()),
         "encode",
     )
     return packed, scales
 
 
-def decode(
-    packed, scales, bits, d, out=None, first=None, shift=None, freqs=None, waves=None
+def encode_rows(
+    x, packed, scales, offset, bits, shift=None, freqs=None, waves=None, codes=True, scale=True
 ):
+    """The cache update's encode (turbo_quantize_update_gpu): x (B, H, L, D)
+    with any strides but a contiguous last axis into rows offset .. of packed
+    (B, H, N, W) int32 and scales (B, H, N, 1) in x's dtype, both contiguous,
+    in place (only the codes with scale=False, only the scales with
+    codes=False); minus shift (broadcastable (B or 1, H or 1, L or 1, D)
+    float32, any strides, last axis contiguous) and the moving shift of the
+    cache row, freqs (B or 1, H, P) int32 (uint32 bits) and waves (the same,
+    H, 2P, D) float32."""
+    B, H, L, d = x.shape
+    assert x.stride(-1) == 1 and packed.is_contiguous() and scales.is_contiguous()
+    assert scales.dtype == x.dtype
+    xs = (ctypes.c_longlong * 3)(*x.stride()[:3])
+    ss = None
+    if shift is not None:
+        assert shift.dim() == 4 and shift.stride(-1) == 1
+        ss = (ctypes.c_longlong * 3)(
+            *[0 if shift.shape[i] == 1 else shift.stride(i) for i in range(3)]
+        )
+    P = 0 if freqs is None else freqs.shape[-1]
+    wave_b = 0 if freqs is None else int(freqs.shape[0] > 1)
+    if freqs is not None:
+        freqs, waves = freqs.contiguous(), waves.contiguous()
+    _check(
+        _lib.tq_encode_rows(
+            _ptr(x),
+            _ptr(packed) if codes else None,
+            _ptr(scales) if scale else None,
+            _ptr(shift),
+            ss,
+            _ptr(freqs),
+            _ptr(waves),
+            P,
+            wave_b,
+            B,
+            H,
+            L,
+            xs,
+            packed.shape[2],
+            offset,
+            d,
+            bits,
+            DT[x.dtype],
+            _stream(),
+        ),
+        "encode_rows",
+    )
+
+
+def decode(packed, scales, bits, d, out=None, first=None, shift=None, freqs=None, waves=None):
     """Dequantize code rows as MLX does (turbo_decode). packed (..., W) or a
     (B, H, L, W) view with any strides but a contiguous last axis, scales the
     same shape with a last axis of 1, in the output dtype. With first (B, H,
@@ -79,9 +125,7 @@ def decode(
         B, H, L, _ = packed.shape
         F = 1 if first is not None else 0
         if out is None:
-            out = torch.empty(
-                (B, H, F + L, d), dtype=scales.dtype, device=packed.device
-            )
+            out = torch.empty((B, H, F + L, d), dtype=scales.dtype, device=packed.device)
         flat = out
     B, H, L, _ = packed.shape
     assert packed.stride(-1) == 1 and flat.is_contiguous()
@@ -150,9 +194,7 @@ class Attention:
         self.low_precision, self.force_splits = low_precision, force_splits
         self.sdtype = sdtype
         plan = (_i * 3)()
-        nw = _lib.tq_plan(
-            B, Hq, Hkv, qL, kL, D, DT[sdtype], int(low_precision), force_splits, plan
-        )
+        nw = _lib.tq_plan(B, Hq, Hkv, qL, kL, D, DT[sdtype], int(low_precision), force_splits, plan)
         if nw < 0:
             raise ValueError(f"qL = {qL}: the decode kernels take at most 8 queries")
         self.splits, self.tc, self.nq = plan[0], bool(plan[1]), plan[2]
