@@ -39,7 +39,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--out", default=".")
 p.add_argument("--quick", action="store_true")
 p.add_argument("--dequant-only", action="store_true", help="only the dequantize table")
-args = p.parse_args()
+args, _ = p.parse_known_args()  # also imported by sweep_decode.py
 
 dev = torch.device("cuda")
 torch.manual_seed(0)
