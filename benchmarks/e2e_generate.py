@@ -128,11 +128,24 @@ def build_model(config, weights):
     return model
 
 
-def composed_append(key_bufs, value_bufs, keys, values, start, modes, shift=None):
+def composed_append(
+    key_bufs,
+    value_bufs,
+    keys,
+    values,
+    start,
+    modes,
+    shift=None,
+    shift_freqs=None,
+    shift_waves=None,
+):
     """``turbo_append`` as ops (the ``:slices`` variant): the same rows."""
+    n = keys.shape[2]
+    if shift_waves is not None:
+        moving = cache_module.turbo_wave_shift(shift_freqs, shift_waves, start, n)
+        shift = moving if shift is None else shift.astype(mx.float32) + moving
     if shift is not None:
         keys = (keys.astype(mx.float32) - shift.astype(mx.float32)).astype(keys.dtype)
-    n = keys.shape[2]
     for bufs, x, mode in ((key_bufs, keys, modes[0]), (value_bufs, values, modes[1])):
         for buf, new in zip(bufs, mx.quantize(x, mode=mode)):
             buf[..., start : start + n, :] = new
