@@ -10,6 +10,11 @@ DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 OUT_RTOL = {"float32": 2e-5, "float16": 3e-3, "bfloat16": 2e-2}
 
 
+def is_cuda():
+    """Whether the default device is MLX's CUDA backend."""
+    return mx.default_device() == mx.gpu and not mx.metal.is_available()
+
+
 def mlx_float32_matmul_rtol():
     """Relative error of MLX's own float32 attention on the default device.
 
@@ -18,8 +23,7 @@ def mlx_float32_matmul_rtol():
     attention output built from two such products is good to ~1e-3, not to the
     float32 kernels' 1e-6. The CPU and Metal backends multiply in float32.
     """
-    cuda = mx.default_device() == mx.gpu and not mx.metal.is_available()
-    if cuda and os.environ.get("MLX_ENABLE_TF32", "1") != "0":
+    if is_cuda() and os.environ.get("MLX_ENABLE_TF32", "1") != "0":
         return 5e-3
     return OUT_RTOL["float32"]
 

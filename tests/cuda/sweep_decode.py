@@ -19,15 +19,21 @@ import math
 import os
 import sys
 
-import torch
-import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import tq_lib  # noqa: E402
-from bench_tq_cuda import bench, best_sdpa, copy_bw, ncopies  # noqa: E402
 
-dev = torch.device("cuda")
+
+def load_gpu_modules():
+    """torch, the harness library and its timing helpers, as module globals
+    (--render needs none of them)."""
+    global torch, F, ProfilerActivity, profile, tq_lib, dev
+    global bench, best_sdpa, copy_bw, ncopies
+    import torch
+    import torch.nn.functional as F
+    import tq_lib
+    from bench_tq_cuda import bench, best_sdpa, copy_bw, ncopies
+    from torch.profiler import ProfilerActivity, profile
+
+    dev = torch.device("cuda")
 
 
 def kernel_times(fn, n=5):
@@ -67,8 +73,18 @@ def case(B, Hq, Hkv, kL, bits, splits_list, D=128):
     ref = None
     for fs in splits_list:
         att = tq_lib.Attention(
-            B, Hq, Hkv, 1, kL, D, bits, bits, scale, force_splits=fs,
-            low_precision=True, sdtype=torch.bfloat16,
+            B,
+            Hq,
+            Hkv,
+            1,
+            kL,
+            D,
+            bits,
+            bits,
+            scale,
+            force_splits=fs,
+            low_precision=True,
+            sdtype=torch.bfloat16,
         )
 
         def fn(i):
@@ -179,6 +195,7 @@ def main():
         with open(args.render.replace(".json", ".md"), "w") as f:
             f.write(markdown(json.load(open(args.render))))
         return
+    load_gpu_modules()
     rows = [{"copy_gbps": copy_bw()}]
     print(json.dumps(rows[0]), flush=True)
     contexts = (32768, 131072) if args.quick else (8192, 32768, 131072)
