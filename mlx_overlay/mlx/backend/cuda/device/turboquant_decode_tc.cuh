@@ -70,9 +70,9 @@ constexpr int kVecTcThreads = 32 * kVecTcWarps;
 //
 // Resident blocks per SM the kernel is compiled for (__launch_bounds__;
 // plan_decode sizes the split-K count with it): 3 up to D = 128 (at most 168
-// registers; ptxas, sm_90a: 128-244 registers without the bound, no spills
-// with it but 32 bytes in the masked bfloat16 turbo4 kernel), 2 at D = 256
-// (254 registers).
+// registers; ptxas, sm_90a: 128-244 registers without the bound; with it,
+// spills of 4-80 bytes in ten of the D = 128 instantiations, eight of them
+// masked), 2 at D = 256 (254 registers, no spills).
 __host__ __device__ constexpr int vec_tc_blocks_per_sm(int d) {
 #ifdef TQ_VTC_MIN_BLOCKS
   return TQ_VTC_MIN_BLOCKS;
@@ -407,8 +407,8 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
     const int rr = ok ? row_g : 0;
     const int h = hk * p.gqa + rr / p.qL;
     float qf[KCPT];
-    const float* qp =
-        q + b * p.q_str[0] + h * p.q_str[1] + (rr % p.qL) * p.q_str[2] + KCPT * t;
+    const float* qp = q + b * p.q_str[0] + h * p.q_str[1] +
+        (rr % p.qL) * p.q_str[2] + KCPT * t;
     float qmax = 0.0f;
 #pragma unroll
     for (int c = 0; c < KCPT; c++) {
@@ -454,8 +454,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
     // coefficient of plane 8 w + 2 t + x % 2 of row g.
     const bool ok = row_g < nrows;
     const int rr = ok ? row_g : 0;
-    const float* cr =
-        wave_coef_row(p, b, hk * p.gqa + rr / p.qL, rr % p.qL);
+    const float* cr = wave_coef_row(p, b, hk * p.gqa + rr / p.qL, rr % p.qL);
     auto coef = [&](int w, int x) {
       const int i = 8 * w + 2 * t + (x & 1);
       return ok && i < P ? cr[(x >> 1) * P + i] : 0.0f;
