@@ -299,6 +299,17 @@ def fmt_ratio(r, b, s):
     return f"{r[s] / b[s]:.2f}x" if b else "-"
 
 
+def fmt_steps(steps):
+    """'median [min-max]' of the runs' median decode steps (ms); '-' where the run kept none.
+    Host stalls move a run's mean rate more than its median step."""
+    if not steps:
+        return "-"
+    v = sorted(steps)
+    n = len(v)
+    med = v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+    return f"{med:.2f} [{v[0]:.2f}-{v[-1]:.2f}]"
+
+
 def table_line(cells):
     return "| " + " | ".join(cells) + " |"
 
@@ -316,8 +327,9 @@ def markdown(rows, header):
             f"### weights {w}",
             "",
             "| context | cache | prefill s (median [min-max]) | prefill vs bf16 "
-            "| decode tok/s (median [min-max]) | decode vs bf16 | peak GB | cache MiB |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|",
+            "| decode tok/s (median [min-max]) | decode vs bf16 "
+            "| decode step ms (median of runs' medians [min-max]) | peak GB | cache MiB |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         ref = {
             r["context"]: r
@@ -327,7 +339,7 @@ def markdown(rows, header):
         for r in (r for r in rows if r["weights"] == w):
             cells = [f"{r['context']:,}", r["cache"]]
             if r["error"] is not None:
-                lines.append(error_line(cells, r["error"], 8))
+                lines.append(error_line(cells, r["error"], 9))
                 continue
             b = ref.get(r["context"])
             cells += [
@@ -335,6 +347,7 @@ def markdown(rows, header):
                 fmt_ratio(r, b, "prefill_s"),
                 fmt_stat(r, "decode_tok_s", 1),
                 fmt_ratio(r, b, "decode_tok_s"),
+                fmt_steps(r.get("decode_step_ms_median_runs")),
                 f"{r['peak_memory_gb']:.2f}",
                 f"{r['cache_bytes'] / 2**20:.1f}",
             ]
