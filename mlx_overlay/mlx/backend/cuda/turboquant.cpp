@@ -43,6 +43,18 @@ array last_dense(const array& a, cu::CommandEncoder& enc, const Stream& s) {
 
 } // namespace
 
+array turbo_row_dense(
+    const array& a,
+    cu::CommandEncoder& enc,
+    const Stream& s) {
+  if (a.flags().row_contiguous) {
+    return a;
+  }
+  array c = contiguous_copy_gpu(a, s);
+  enc.add_temporary(c);
+  return c;
+}
+
 namespace fast {
 
 bool QuantizedScaledDotProductAttention::use_fallback(
@@ -99,9 +111,8 @@ void QuantizedScaledDotProductAttention::eval_gpu(
         "float32 on this backend.");
   }
   auto row_contiguous = [&](std::optional<array>& x) {
-    if (x && !x->flags().row_contiguous) {
-      x = contiguous_copy_gpu(*x, s);
-      enc.add_temporary(*x);
+    if (x) {
+      x = turbo_row_dense(*x, enc, s);
     }
   };
   row_contiguous(sinks);

@@ -168,14 +168,6 @@ void turbo_quantize_update_gpu(
     enc.add_temporary(c);
     return c;
   };
-  auto row_contiguous = [&](const array& a) {
-    if (a.flags().row_contiguous) {
-      return a;
-    }
-    array c = contiguous_copy_gpu(a, s);
-    enc.add_temporary(c);
-    return c;
-  };
   array x = last_contiguous(inputs[1]);
   std::optional<array> shift, freqs, waves;
   int i = 2;
@@ -184,8 +176,8 @@ void turbo_quantize_update_gpu(
     enc.set_input_array(*shift);
   }
   if (has_waves) {
-    freqs = row_contiguous(inputs[i++]);
-    waves = row_contiguous(inputs[i++]);
+    freqs = turbo_row_dense(inputs[i++], enc, s);
+    waves = turbo_row_dense(inputs[i++], enc, s);
     enc.set_input_array(*freqs);
     enc.set_input_array(*waves);
   }

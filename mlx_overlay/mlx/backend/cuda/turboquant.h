@@ -17,6 +17,10 @@ namespace mlx::core {
 // True when the head dimension is one the kernels are built for.
 bool turbo_cuda_supported_dim(int d);
 
+// a when its rows are contiguous, else a contiguous copy that enc keeps
+// alive until its kernels have run.
+array turbo_row_dense(const array& a, cu::CommandEncoder& enc, const Stream& s);
+
 // x (..., D) -> packed (..., W) uint32 and scales (..., 1) in x.dtype().
 // All arrays row contiguous, outputs allocated.
 void turbo_quantize_gpu(
