@@ -5,34 +5,34 @@
 
 using namespace mlx::core::cu::turbo;
 
-#define DECL(D)                                                      \
-  extern "C" int tq_encode_d##D(                                     \
-      const void*, void*, void*, long long, int, int, cudaStream_t); \
-  extern "C" int tq_decode_d##D(                                     \
-      const void*,                                                   \
-      const void*,                                                   \
-      const void*,                                                   \
-      void*,                                                         \
-      const DecodeRows*,                                             \
-      int,                                                           \
-      int,                                                           \
-      cudaStream_t);                                                 \
-  extern "C" int tq_attn_d##D(                                       \
-      const float*,                                                  \
-      const uint32_t*,                                               \
-      const void*,                                                   \
-      const uint32_t*,                                               \
-      const void*,                                                   \
-      const void*,                                                   \
-      const float*,                                                  \
-      float*,                                                        \
-      float*,                                                        \
-      float*,                                                        \
-      const AttnParams*,                                             \
-      const DecodePlan*,                                             \
-      int,                                                           \
-      int,                                                           \
-      int,                                                           \
+#define DECL(D)                                                              \
+  extern "C" int tq_encode_d##D(                                             \
+      const void*, void*, void*, const EncodeRows*, int, int, cudaStream_t); \
+  extern "C" int tq_decode_d##D(                                             \
+      const void*,                                                           \
+      const void*,                                                           \
+      const void*,                                                           \
+      void*,                                                                 \
+      const DecodeRows*,                                                     \
+      int,                                                                   \
+      int,                                                                   \
+      cudaStream_t);                                                         \
+  extern "C" int tq_attn_d##D(                                               \
+      const float*,                                                          \
+      const uint32_t*,                                                       \
+      const void*,                                                           \
+      const uint32_t*,                                                       \
+      const void*,                                                           \
+      const void*,                                                           \
+      const float*,                                                          \
+      float*,                                                                \
+      float*,                                                                \
+      float*,                                                                \
+      const AttnParams*,                                                     \
+      const DecodePlan*,                                                     \
+      int,                                                                   \
+      int,                                                                   \
+      int,                                                                   \
       cudaStream_t)
 DECL(64);
 DECL(80);
@@ -68,7 +68,9 @@ extern "C" int tq_encode(
     int bits,
     int dtype,
     void* st) {
-#define C(d) tq_encode_d##d(x, packed, scales, n, bits, dtype, (cudaStream_t)st)
+  const EncodeRows r = EncodeRows::contiguous(n, D);
+#define C(d) \
+  tq_encode_d##d(x, packed, scales, &r, bits, dtype, (cudaStream_t)st)
   SWITCH_D(D, C)
 #undef C
 }
@@ -115,41 +117,7 @@ extern "C" int tq_decode(
 // of packed (B, H, rows, W) and scales (B, H, rows) (either may be null: not
 // written), minus shift (s_str strides, 0 for broadcast axes; may be null)
 // and the moving shift of the row from freqs (B or 1, H, P) / waves (B or 1,
-// H, 2P, D) float32 (wave_b: per batch entry; freqs may be null). The
-// kernels are instantiated here (tq_inst.cu has the contiguous encode).
-template <int D>
-static int encode_rows_d(
-    const void* x,
-    void* packed,
-    void* scales,
-    const EncodeRows& r,
-    int bits,
-    int dtype,
-    cudaStream_t st) {
-  const unsigned blocks = unsigned((r.n_vec + kEncodeWarps - 1) / kEncodeWarps);
-  if (r.n_vec == 0) {
-    return 0;
-  }
-  auto launch = [&](auto t) {
-    using T = decltype(t);
-    if (bits == 3) {
-      turbo_encode<T, D, 3><<<blocks, 32 * kEncodeWarps, 0, st>>>(
-          (const T*)x, (uint32_t*)packed, (T*)scales, r);
-    } else {
-      turbo_encode<T, D, 4><<<blocks, 32 * kEncodeWarps, 0, st>>>(
-          (const T*)x, (uint32_t*)packed, (T*)scales, r);
-    }
-  };
-  if (dtype == 0) {
-    launch(__half{});
-  } else if (dtype == 1) {
-    launch(__nv_bfloat16{});
-  } else {
-    launch(float{});
-  }
-  return (int)cudaGetLastError();
-}
-
+// H, 2P, D) float32 (wave_b: per batch entry; freqs may be null).
 extern "C" int tq_encode_rows(
     const void* x,
     void* packed,
@@ -188,8 +156,11 @@ extern "C" int tq_encode_rows(
       r.s_str[i] = s_str[i];
     }
   }
+  if (r.n_vec == 0) {
+    return 0;
+  }
 #define C(d) \
-  encode_rows_d<d>(x, packed, scales, r, bits, dtype, (cudaStream_t)st)
+  tq_encode_d##d(x, packed, scales, &r, bits, dtype, (cudaStream_t)st)
   SWITCH_D(D, C)
 #undef C
 }

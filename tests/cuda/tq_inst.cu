@@ -30,23 +30,23 @@ static void by_bits(int bits, F&& f) {
     f(std::integral_constant<int, 4>{});
 }
 
+// Encode vectors where rows says (EncodeRows: mx.quantize's contiguous rows,
+// or the cache update's strided rows with its shifts).
 extern "C" int TQ_FN(tq_encode_d)(
     const void* x,
     void* packed,
     void* scales,
-    long long n,
+    const EncodeRows* rows,
     int bits,
     int dtype,
     cudaStream_t st) {
-  int blocks = int((n + kEncodeWarps - 1) / kEncodeWarps);
+  const EncodeRows r = *rows;
+  int blocks = int((r.n_vec + kEncodeWarps - 1) / kEncodeWarps);
   by_dtype(dtype, [&](auto tt) {
     using T = decltype(tt);
     by_bits(bits, [&](auto bb) {
       turbo_encode<T, D, bb.value><<<blocks, 32 * kEncodeWarps, 0, st>>>(
-          (const T*)x,
-          (uint32_t*)packed,
-          (T*)scales,
-          EncodeRows::contiguous(n, D));
+          (const T*)x, (uint32_t*)packed, (T*)scales, r);
     });
   });
   return (int)cudaGetLastError();
