@@ -159,6 +159,17 @@ def decode(packed, scales, mode):
     return y @ rot(y.shape[-1])  # R^T y, row-vector form
 
 
+def wave_shift(freqs, waves, n):
+    """The moving key shift (docs/format.md section 7) of cache rows n in
+    float64: angles 2 pi ((k n) mod 2^24) / 2^24 of the uint32 frequencies k
+    (whole fractions of a turn), freqs (B or 1, Hkv, P), waves (B or 1, Hkv,
+    2P, D); returns (B or 1, Hkv, len(n), D)."""
+    turns = (freqs[:, :, None, :].astype(np.int64) * np.asarray(n, np.int64)[:, None]) % (1 << 24)
+    ang = 2 * np.pi * turns / (1 << 24)
+    phases = np.concatenate([np.cos(ang), np.sin(ang)], axis=-1)  # (Bf, Hkv, len(n), 2P)
+    return phases @ np.asarray(waves, np.float64)
+
+
 def attention(q, k, v, scale, mask=None, sinks=None):
     """float64 attention with MLX SDPA semantics. q [B,Hq,qL,D], k/v [B,Hkv,kL,D]."""
     q = np.asarray(q, np.float64)

@@ -7,7 +7,6 @@ import pytest
 
 import reference as ref
 from helpers import DTYPES, is_cuda, mlx_float32_matmul_rtol, to_np
-from test_position_shift import to_turns, wave_shift
 
 MODES = ["turbo3", "turbo4"]
 SAFE_MARGIN = 1e-4
@@ -166,7 +165,7 @@ def test_moving_shift_against_float64(rng, mode, dtype, dim, P):
         shift_waves=mx.array(waves),
     )
     x64 = to_np(x).astype(np.float64)
-    y64 = x64 - mu - wave_shift(freqs, waves, np.arange(offset, offset + L))
+    y64 = x64 - mu - ref.wave_shift(freqs, waves, np.arange(offset, offset + L))
     mag = np.abs(x64) + np.abs(mu) + np.abs(waves).sum(axis=2, keepdims=True)
     e = 2.0**-17 * mag
     lo, hi = round_to(y64 - e, t), round_to(y64 + e, t)
@@ -234,7 +233,7 @@ def test_moving_shift_matches_shift_rows(rng, per_batch):
     mu = (rng.standard_normal((B, H, 1, D)) * 0.5).astype(np.float32)
     freqs, waves = moving_shift_inputs(rng, B, H, L, D, P, per_batch)
     waves *= 10.0
-    rows = mu + wave_shift(freqs, waves, np.arange(offset, offset + L))
+    rows = mu + ref.wave_shift(freqs, waves, np.arange(offset, offset + L))
     out = mx.fast.quantized_cache_update(
         packed,
         scales,
@@ -265,7 +264,7 @@ def test_moving_shift_then_prefill_route(rng):
     freqs, waves = moving_shift_inputs(rng, B, H, N, D, P, per_batch=True)
     waves *= 10.0
     mu = (rng.standard_normal((B, H, 1, D)) * 3.0).astype(np.float32)
-    k = mu + wave_shift(freqs, waves, np.arange(N)) + rng.standard_normal((B, H, N, D))
+    k = mu + ref.wave_shift(freqs, waves, np.arange(N)) + rng.standard_normal((B, H, N, D))
     k = k.astype(np.float32)
     kc, ks = make_cache(rng, B, H, N, D, "turbo4", mx.float32)
     kw = dict(shift=mx.array(mu), shift_freqs=mx.array(freqs), shift_waves=mx.array(waves))
@@ -276,7 +275,7 @@ def test_moving_shift_then_prefill_route(rng):
     # The stored vectors are small (the shift removed), so the keys' error is
     # that of the residual, not of the large shifted keys.
     kd = ref.decode(np.array(kc), to_np(ks), "turbo4")
-    resid = k - mu - wave_shift(freqs, waves, np.arange(N))
+    resid = k - mu - ref.wave_shift(freqs, waves, np.arange(N))
     err = np.linalg.norm(kd - resid) / np.linalg.norm(resid)
     assert err < 0.15, err
     q = mx.array(rng.standard_normal((B, Hq, 16, D)).astype(np.float32))

@@ -11,15 +11,6 @@ from helpers import rel_err, to_np
 from test_attention import attention_rtol, random_mask
 
 
-def wave_shift(freqs, waves, n):
-    """shift(n) in float64: angles 2 pi ((k n) mod 2^24) / 2^24 of the uint32
-    frequencies k (whole fractions of a turn): (B or 1, Hkv, len(n), D)."""
-    turns = (freqs[:, :, None, :].astype(np.int64) * np.asarray(n, np.int64)[:, None]) % (1 << 24)
-    ang = 2 * np.pi * turns / (1 << 24)
-    phases = np.concatenate([np.cos(ang), np.sin(ang)], axis=-1)  # (Bf, Hkv, kL, 2P)
-    return phases @ waves.astype(np.float64)
-
-
 def to_turns(theta):
     """Radians per key as uint32 turns of 2^-24."""
     return (
@@ -36,7 +27,7 @@ def rope_like_case(rng, B, Hkv, kL, D, P, per_batch, n0=0):
     freqs = to_turns(np.exp(rng.uniform(np.log(1e-3), 0.0, (tB, Hkv, P))))
     waves = (rng.standard_normal((tB, Hkv, 2 * P, D)) * 3.0).astype(np.float32)
     mu = (rng.standard_normal((tB, Hkv, 1, D)) * 2.0).astype(np.float32)
-    shift = wave_shift(freqs, waves, np.arange(n0, n0 + kL))
+    shift = ref.wave_shift(freqs, waves, np.arange(n0, n0 + kL))
     kx = mu + shift + rng.standard_normal((B, Hkv, kL, D))
     return freqs, waves, mu, shift, kx
 
@@ -146,7 +137,7 @@ def test_position_shift_long_cache_half_precision(rng, dtype_name):
         )
         # waves were rounded to dtype for the call: the reference uses them too.
         w = np.array(mx.array(waves).astype(dtype).astype(mx.float32))
-        kd_w = kd - shift + wave_shift(freqs, w, np.arange(kL))
+        kd_w = kd - shift + ref.wave_shift(freqs, w, np.arange(kL))
         expected = ref.attention(to_np(q), kd_w, vd, D**-0.5, "causal")
         err = rel_err(to_np(out), expected)
         assert err < 10 * attention_rtol(dtype_name, qL), f"qL {qL}: relative error {err:.2e}"
@@ -173,7 +164,7 @@ def test_position_shift_decode_kernels(rng, dtype_name, D, P):
     kd = (
         ref.decode(np.array(k), to_np(ks), "turbo3")
         + mu
-        + wave_shift(freqs, to_np(w), np.arange(kL))
+        + ref.wave_shift(freqs, to_np(w), np.arange(kL))
     )
     vd = ref.decode(np.array(v), to_np(vs), "turbo4")
     op = mx.fast.quantized_scaled_dot_product_attention

@@ -290,7 +290,7 @@ def check_encode_moving_shift():
                 y64 = (
                     x64
                     - mu.double().numpy()
-                    - ref.wave_shift_f64(fu, wv.numpy(), np.arange(offset, offset + L))
+                    - spec.wave_shift(fu, wv.numpy(), np.arange(offset, offset + L))
                 )
                 mag = (
                     np.abs(x64)

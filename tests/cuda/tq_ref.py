@@ -181,14 +181,3 @@ def attention_f64(q, kw, ks, vw, vs, kbits, vbits, scale, causal=False, mask=Non
     e = np.exp(s - mx)
     pr = e / e.sum(-1, keepdims=True)
     return np.einsum("bhqk,bhkd->bhqd", pr[..., :kl], vv)
-
-
-def wave_shift_f64(freqs, waves, rows):
-    """The moving key shift (docs/format.md section 7) of cache rows `rows`
-    in float64: freqs (B or 1, H, P) uint32, waves (B or 1, H, 2P, D);
-    returns (B or 1, H, len(rows), D)."""
-    f = np.asarray(freqs).astype(np.int64)
-    turns = (f[:, :, None, :] * np.asarray(rows, np.int64)[:, None]) % (1 << 24)
-    ang = 2 * np.pi * turns / (1 << 24)
-    ph = np.concatenate([np.cos(ang), np.sin(ang)], axis=-1)
-    return ph @ np.asarray(waves, np.float64)
