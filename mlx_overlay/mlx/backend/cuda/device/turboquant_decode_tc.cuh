@@ -332,12 +332,11 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   constexpr bool kHalf = std::is_same_v<T, __half>;
   constexpr int KT = vec_tc_keys(D); // keys per warp iteration
   constexpr int NT = KT / 8; // 8-key groups: key 8 j + g of lane (g, t)
-  constexpr int MT = KT / 16; // S^T m-tiles = P V k-tiles (16 keys each)
+  constexpr int MT = KT / 16; // S^T m-tiles = V^T P^T k-tiles (16 keys each)
   constexpr int KS = D / 16; // Q K^T k-steps
   constexpr int DM = D / 16; // O^T m-tiles (16 output dims each)
-  constexpr int DT = D / 8; // value coordinates per lane
   constexpr int KCPT = D / 4; // key coordinates per lane
-  constexpr int VCPT = D / 8;
+  constexpr int VCPT = D / 8; // value coordinates per lane
   constexpr int KNW = KCPT / 8;
   constexpr int VNW = VCPT / 8;
   constexpr int KE = vec_tc_lut_entries(KB, true);
@@ -796,7 +795,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
       s_l[warp][2 * t + r] = l_r[r] * f;
     }
     const float fo = kHalf ? f * tc_pow2(ev) : f;
-    float* so = s_o + (warp * 8 + 2 * t + r) * LDO + g * (DT + 1);
+    float* so = s_o + (warp * 8 + 2 * t + r) * LDO + g * (VCPT + 1);
 #pragma unroll
     for (int i = 0; i < DM; i++) {
       so[2 * i] = o[i][r] * fo;
@@ -812,7 +811,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
     if (orow >= nrows) {
       continue;
     }
-    const int di = (d / DT) * (DT + 1) + d % DT;
+    const int di = (d / VCPT) * (VCPT + 1) + d % VCPT;
     float acc = 0.0f;
     float lsum = 0.0f;
     float mb = -INFINITY;
