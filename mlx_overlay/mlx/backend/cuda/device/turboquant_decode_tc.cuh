@@ -393,25 +393,37 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
     }
   }
 
-  // Query row g of this block as the B fragments of Q^T: lane (g, t) holds
-  // dims [(D/4) t, (D/4) t + D/4) of row g; k-step s pairs the dims of key
-  // pairs 2 s (b0) and 2 s + 1 (b1), see tc_kdim. Each row is scaled by its
-  // power of two; lane (g, t) keeps the factors of its S^T columns, rows
-  // 2 t and 2 t + 1.
-  const int row_g = rg * NQ + g;
+  // Row r of the block (query heads of the group x positions): whether it
+  // exists, its query head and position (row 0's where it does not).
+  struct BlockRow {
+    bool ok;
+    int h;
+    int q;
+  };
+  auto block_row = [&](int r) {
+    const int row = rg * NQ + r;
+    const int rr = row < nrows ? row : 0;
+    return BlockRow{row < nrows, hk * p.gqa + rr / p.qL, rr % p.qL};
+  };
+  // Row g (the B fragments of Q^T and of the moving shift's coefficients)
+  // and this lane's S^T columns, rows 2 t and 2 t + 1.
+  const BlockRow row_g = block_row(g);
+  const BlockRow col[2] = {block_row(2 * t), block_row(2 * t + 1)};
+
+  // Query row g as the B fragments of Q^T: lane (g, t) holds dims [(D/4) t,
+  // (D/4) t + D/4) of row g; k-step s pairs the dims of key pairs 2 s (b0)
+  // and 2 s + 1 (b1), see tc_kdim. Each row is scaled by its power of two;
+  // lane (g, t) keeps the factors of its columns.
   uint32_t qb[KS][2];
   float q_unscale[2]; // 2^-e_q of rows 2 t, 2 t + 1
   {
-    const bool ok = row_g < nrows;
-    const int rr = ok ? row_g : 0;
-    const int h = hk * p.gqa + rr / p.qL;
     float qf[KCPT];
-    const float* qp = q + b * p.q_str[0] + h * p.q_str[1] +
-        (rr % p.qL) * p.q_str[2] + KCPT * t;
+    const float* qp = q + b * p.q_str[0] + row_g.h * p.q_str[1] +
+        row_g.q * p.q_str[2] + KCPT * t;
     float qmax = 0.0f;
 #pragma unroll
     for (int c = 0; c < KCPT; c++) {
-      qf[c] = ok ? qp[c] * p.scale_log2 : 0.0f;
+      qf[c] = row_g.ok ? qp[c] * p.scale_log2 : 0.0f;
       qmax = fmaxf(qmax, fabsf(qf[c]));
     }
     const int eq = tc_row_exponent(qmax);
@@ -428,18 +440,6 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
       q_unscale[r] = tc_pow2(-__shfl_sync(0xffffffffu, eq, 8 * t + 4 * r));
     }
   }
-  // This lane's S^T columns: rows 2 t + r.
-  bool row_ok[2];
-  int row_h[2], row_q[2];
-#pragma unroll
-  for (int r = 0; r < 2; r++) {
-    const int row = rg * NQ + 2 * t + r;
-    row_ok[r] = row < nrows;
-    const int rr = row_ok[r] ? row : 0;
-    row_h[r] = hk * p.gqa + rr / p.qL;
-    row_q[r] = rr % p.qL;
-  }
-
   // The moving key shift's bias is one more m16n8k16 product per m-tile and
   // 8 planes, in float16 (phases in [-1, 1] as A; the coefficients as B,
   // scaled by a power of two per row as the queries are): k = 2t, 2t+1 are
@@ -451,12 +451,10 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   if (P > 0) {
     // Entry x of k-step w of lane (g, t)'s B fragment: cos (x < 2) or sin
     // coefficient of plane 8 w + 2 t + x % 2 of row g.
-    const bool ok = row_g < nrows;
-    const int rr = ok ? row_g : 0;
-    const float* cr = wave_coef_row(p, b, hk * p.gqa + rr / p.qL, rr % p.qL);
+    const float* cr = wave_coef_row(p, b, row_g.h, row_g.q);
     auto coef = [&](int w, int x) {
       const int i = 8 * w + 2 * t + (x & 1);
-      return ok && i < P ? cr[(x >> 1) * P + i] : 0.0f;
+      return row_g.ok && i < P ? cr[(x >> 1) * P + i] : 0.0f;
     };
     float cmax = 0.0f;
     for (int w = 0; w < nw; w++) {
@@ -502,8 +500,8 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   if (p.has_sinks && split == 0 && warp == 0) {
 #pragma unroll
     for (int r = 0; r < 2; r++) {
-      if (row_ok[r]) {
-        m_r[r] = kLog2e * sink_logit(p, sinks, b, row_h[r], row_q[r]);
+      if (col[r].ok) {
+        m_r[r] = kLog2e * sink_logit(p, sinks, b, col[r].h, col[r].q);
         l_r[r] = g == 0 ? 1.0f : 0.0f;
       }
     }
@@ -661,7 +659,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
         float sc = s[mt][x] * q_unscale[r] * ksc[j] + sb[mt][x] * c_unscale[r];
         if (jj < k_end) {
           if constexpr (MASKED) {
-            sc = apply_mask(sc, p, mask, b, row_h[r], row_q[r], jj);
+            sc = apply_mask(sc, p, mask, b, col[r].h, col[r].q, jj);
           }
         } else {
           sc = -INFINITY;
