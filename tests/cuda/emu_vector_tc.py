@@ -1,10 +1,12 @@
 """CPU emulation of turbo_sdpa_vector_tc's data layout (no GPU needed).
 
 Mirrors, in Python, what the kernel in
-mlx_overlay/mlx/backend/cuda/device/turboquant_decode_tc.cuh does per lane: the raw
-code loads (TcCodes), the turbo3 plane merge and plane-pair key indices
-(kwords / tc_kdim), the key-pair value indices (x / y words), the byte ->
-(c[first], c[second]) tables, the m16n8k16 fragment layouts of S^T = K Q^T
+mlx_overlay/mlx/backend/cuda/device/turboquant_decode_tc.cuh does per lane: the keys
+of each lane (tc_key: NT consecutive keys per lane for S^T, 2 NT for V^T P^T), the raw
+code loads (TcCodes), the turbo3 plane-pair key indices (kwords / tc_kdim), the
+key-pair value indices (turbo4 x / y words, turbo3 vpair straight from the planes),
+the byte -> (c[first], c[second]) tables of 256 entries (tc_kentry / tc_ventry,
+turbo3 indices with two bits left as they fall), the m16n8k16 fragment layouts of S^T = K Q^T
 and O^T = V^T P^T (A: a0 row g cols 2t.., a1 row g+8, a2 row g cols 2t+8..,
 a3 row g+8; B: b0 rows 2t.., b1 rows 2t+8.., col g; C: rows g, g+8, cols 2t,
 2t+1), the transpose of P by movmatrix, the online softmax per column with
@@ -31,12 +33,10 @@ def pack(codes,bits,D):
     for i,c in enumerate(codes):
         w[i//16]|=(c&3)<<(2*(i%16)); w[D//16+i//32]|=(c>>2)<<(i%32)
     return w
-def spread2to4(x):
-    x&=0xFFFF; x=(x|(x<<8))&0x00FF00FF; x=(x|(x<<4))&0x0F0F0F0F; x=(x|(x<<2))&0x33333333; return x
-def spread1to4(x):
-    x&=0xFF; x=(x|(x<<12))&0x000F000F; x=(x|(x<<6))&0x03030303; x=(x|(x<<3))&0x11111111; return x
-def n2b(x):
-    x=(x|(x<<8))&0x00FF00FF; return (x|(x<<4))&0x0F0F0F0F
+def prmt(a,b,sel):
+    # __byte_perm(a, b, sel) without the sign mode (selector nibbles < 8)
+    by=[(a>>(8*i))&255 for i in range(4)]+[(b>>(8*i))&255 for i in range(4)]
+    return sum(by[(sel>>(4*n))&7]<<(8*n) for n in range(4))
 class Codes:
     def __init__(s,bits,D,CPT): s.b,s.D,s.CPT=bits,D,CPT; s.NW=CPT//8; s.NLO=CPT//16 if CPT>=16 else 1; s.NHI=CPT//32 if CPT>=32 else 1
     def load(s,vec,c):
@@ -48,27 +48,60 @@ class Codes:
         if CPT>=32: raw+= [vec[D//16+s.NHI*c+i] for i in range(s.NHI)]
         else: raw.append(vec[D//16+c//(32//CPT)])
         s.raw=raw
-    def nibbles(s,c):
-        if s.b==4: return list(s.raw)
-        CPT,NLO=s.CPT,s.NLO; out=[]
-        for k in range(s.NW):
-            l16=(s.raw[k>>1]>>(16*(k&1))) if CPT>=16 else (s.raw[0]>>(16*(c&1)))
-            h8=(s.raw[NLO+(k>>2)]>>(8*(k&3))) if CPT>=32 else ((s.raw[NLO]>>(CPT*(c%(32//CPT))))>>(8*k))
-            out.append((spread2to4(l16)|(spread1to4(h8)<<2))&M)
-        return out
     def kwords(s,c):
         if s.b==4: return list(s.raw)
         CPT,NLO=s.CPT,s.NLO; kw=[0]*s.NW
         for i in range(CPT//16):
-            L=s.raw[i]; h16=(s.raw[NLO+(i>>1)]>>(16*(i&1))) if CPT>=32 else (s.raw[NLO]>>(16*(c&1)))
-            kw[2*i]=((L&0x0F0F0F0F)|(n2b(h16&0x3333)<<4))&M
-            kw[2*i+1]=(((L>>4)&0x0F0F0F0F)|(n2b((h16>>2)&0x3333)<<4))&M
+            L=s.raw[i]; h=(i&1) if CPT>=32 else (c&1)
+            x=prmt(s.raw[NLO+((i>>1) if CPT>=32 else 0)],0,0x4140+0x202*h)
+            y=((x<<4)&0x00FF00FF)|((x<<8)&0xFF00FF00)
+            kw[2*i]=((L&0x0F0F0F0F)|(y&0xF0F0F0F0))&M
+            kw[2*i+1]=(((L>>4)&0x0F0F0F0F)|((y>>2)&0xF0F0F0F0))&M
         return kw
+    def vpair(s,o,c):
+        # r[bb][q] byte m: index of coordinate 16 bb + 4 m + q of keys (s, o)
+        CPT,NLO=s.CPT,s.NLO; r=[]
+        for bb in range(max(1,CPT//16)):
+            if CPT>=16:
+                la,lb=s.raw[bb],o.raw[bb]; h=(bb&1) if CPT>=32 else (c&1); sel=0x5140+0x2222*h
+            else:
+                la,lb=s.raw[0]>>(16*(c&1)),o.raw[0]>>(16*(c&1)); sel=0x40+0x11*(c&3)
+            hw=NLO+((bb>>1) if CPT>=32 else 0)
+            y=prmt(s.raw[hw],o.raw[hw],sel)
+            z=(y&0xF00FF00F)|((y<<4)&0x0F000F00)|((y>>4)&0x00F000F0)
+            row=[]
+            for q in range(4):
+                a=la>>(2*q); b=(lb<<(4-2*q)) if q<2 else (lb>>(2*q-4))
+                t=(a&0x0F0F0F0F)|(b&0xF0F0F0F0)
+                row.append(((t&0x77777777)|((z<<(3-q))&0x88888888))&M)
+            r.append(row)
+        return r
 def kdim(bits,p): return 2*p if bits==4 else 16*(p>>3)+4*(p&3)+2*((p>>2)&1)
 def kentry(bits,e):  # codes (first, second)
     if bits==4: return (e&15, e>>4)
     return ((e&3)|((e>>2)&4), ((e>>2)&3)|((e>>3)&4))
+def ventry(bits,e):
+    if bits==4: return (e&15, e>>4)
+    return ((e&3)|((e>>1)&4), ((e>>4)&3)|((e>>5)&4))
 def byte(w,k): return (w>>(8*k))&255
+def vwords(ca,cb,g):
+    # {(m-tile i, 0 for dim 2i (x) / 1 for 2i+1 (y)): (word, byte)} of keys (ca, cb)
+    VC=ca.CPT; out={}
+    if ca.b==4:
+        for w in range(VC//8):
+            wa,wb=ca.raw[w],cb.raw[w]
+            x=(wa&0x0F0F0F0F)|((wb<<4)&0xF0F0F0F0); y=((wa>>4)&0x0F0F0F0F)|(wb&0xF0F0F0F0)
+            for mm in range(4): out[(4*w+mm,0)]=(x,mm); out[(4*w+mm,1)]=(y,mm)
+    else:
+        r=ca.vpair(cb,g)
+        for bb in range(len(r)):
+            for m in range(4 if VC>=16 else 2):
+                for e in range(2):
+                    out[(8*bb+2*m+e,0)]=(r[bb][2*e],m); out[(8*bb+2*m+e,1)]=(r[bb][2*e+1],m)
+    return out
+def vindices(ca,cb,g):
+    # (chunk dim, table index) of every value coordinate of the lane
+    return [(2*i+xy,byte(w,k)) for (i,xy),(w,k) in vwords(ca,cb,g).items()]
 
 def check_bits():
     bad=0
@@ -84,7 +117,6 @@ def check_bits():
                 for st in range(D//16):
                     for r in range(2):
                         p=2*st+r; w=kw[st>>1]; e=byte(w,2*(st&1)+r)
-                        if bits==3: assert e<64
                         a,b=kentry(bits,e); d=CPT*t+kdim(bits,p)
                         if (a,b)!=(codes[d],codes[d+1]): bad+=1
             # V side: lane g chunk D/8; keys a,b
@@ -92,16 +124,8 @@ def check_bits():
             VC=D//8
             for g in range(8):
                 ca=Codes(bits,D,VC); ca.load(vec,g); cb=Codes(bits,D,VC); cb.load(vec2,g)
-                na=ca.nibbles(g); nb=cb.nibbles(g)
-                for w in range(VC//8):
-                    wa,wb=na[w],nb[w]
-                    x=(wa&0x0F0F0F0F)|((wb<<4)&0xF0F0F0F0); y=((wa>>4)&0x0F0F0F0F)|(wb&0xF0F0F0F0)
-                    for mm in range(4):
-                        for xy,ww in ((0,x),(1,y)):
-                            i=8*w+2*mm+xy; e=byte(ww,mm)
-                            if bits==3: assert e<128
-                            d=VC*g+i
-                            if (e&15, e>>4)!=(codes[d],codes2[d]): bad+=1
+                for (d,e) in vindices(ca,cb,g):
+                    if ventry(bits,e)!=(codes[VC*g+d],codes2[VC*g+d]): bad+=1
     return bad
 
 C3=[-2.1520,-1.3440,-0.7560,-0.2451,0.2451,0.7560,1.3440,2.1520]
@@ -109,10 +133,9 @@ C4=[-2.7326,-2.0690,-1.6180,-1.2562,-0.9424,-0.6568,-0.3881,-0.1284,0.1284,0.388
 def cb(bits): return C3 if bits==3 else C4
 f16=np.float16
 def table(bits,key):
-    c=cb(bits); n=256 if bits==4 else (64 if key else 128); out=[]
-    for e in range(n):
-        if bits==4 or not key: a,b=e&15,e>>4; a&= (1<<bits)-1; b&=(1<<bits)-1
-        else: a,b=(e&3)|((e>>2)&4), ((e>>2)&3)|((e>>3)&4)
+    c=cb(bits); out=[]
+    for e in range(256):
+        a,b=kentry(bits,e) if key else ventry(bits,e)
         out.append((f16(c[a]),f16(c[b])))
     return out
 def mma(a,b,cacc):
@@ -167,9 +190,9 @@ def run(D,KB,VB,nrows,kL,seed):
         for lane in range(32):
             g,t=lane>>2,lane&3
             for j in range(NT):
-                jk=jb+8*j+g; jk=jk if jk<kL else 0
+                jk=jb+NT*g+j; jk=jk if jk<kL else 0
                 c=Codes(KB,D,KC); c.load(kvec[jk],t); kw[(lane,j)]=c.kwords(t)
-        # S^T = K Q^T: m-tile mt rows = keys jb+16mt+g (+8)
+        # S^T = K Q^T: m-tile mt rows g (+8) = keys jb+NT*g+2mt (+1)
         s=[[[np.float32(0)]*4 for _ in range(MT)] for _ in range(32)]
         for st in range(KS):
             for mt in range(MT):
@@ -179,7 +202,7 @@ def run(D,KB,VB,nrows,kL,seed):
                     a.append((kt_[byte(w0,k)],kt_[byte(w1,k)],kt_[byte(w0,k+1)],kt_[byte(w1,k+1)]))
                 res=mma(a,[qb[l][st] for l in range(32)],[s[l][mt] for l in range(32)])
                 for l in range(32): s[l][mt]=res[l]
-        kidx=lambda l,mt,x: jb+16*mt+8*(x>>1)+(l>>2)
+        kidx=lambda l,mt,x: jb+NT*(l>>2)+2*mt+(x>>1)
         for l in range(32):
             for mt in range(MT):
                 for x in range(4):
@@ -210,7 +233,7 @@ def run(D,KB,VB,nrows,kL,seed):
             for h in range(2):
                 x=[]
                 for l in range(32):
-                    jj=jb+16*mt+8*h+(l>>2); vsc=vs[jj] if jj<kL else vs[0]
+                    jj=jb+NT*(l>>2)+2*mt+h; vsc=vs[jj] if jj<kL else vs[0]
                     pp=[]
                     for r in range(2):
                         p=np.float32(2.0**(s[l][mt][2*h+r]-mref[l][r])); lsum[l][r]+=p; pp.append(f16(p*vsc*vf))
@@ -219,21 +242,20 @@ def run(D,KB,VB,nrows,kL,seed):
             for l in range(32): pb[l][mt]=(halves[0][l],halves[1][l])
         # O^T += V^T P^T
         for mt in range(MT):
-            xs={}
+            ab={}; cd={}
             for lane in range(32):
-                g,t=lane>>2,lane&3; nib=[]
+                g,t=lane>>2,lane&3; cs=[]
                 for u in range(4):
-                    jv=jb+16*mt+2*t+(u&1)+8*(u>>1); jv=jv if jv<kL else 0
-                    c=Codes(VB,D,VC); c.load(vvec[jv],g); nib.append(c.nibbles(g))
-                for w in range(VC//8):
-                    wa,wb,wc,wd=nib[0][w],nib[1][w],nib[2][w],nib[3][w]
-                    xs[(lane,w)]=((wa&0x0F0F0F0F)|((wb<<4)&0xF0F0F0F0),((wa>>4)&0x0F0F0F0F)|(wb&0xF0F0F0F0),(wc&0x0F0F0F0F)|((wd<<4)&0xF0F0F0F0),((wc>>4)&0x0F0F0F0F)|(wd&0xF0F0F0F0))
-            for w in range(VC//8):
-                for mm in range(4):
-                    i=4*w+mm
-                    a=[tuple(vt_[byte(xs[(l,w)][y],mm)] for y in range(4)) for l in range(32)]
-                    res=mma(a,[pb[l][mt] for l in range(32)],[o[l][i] for l in range(32)])
-                    for l in range(32): o[l][i]=res[l]
+                    jv=jb+NT*(2*t+(u&1))+2*mt+(u>>1); jv=jv if jv<kL else 0
+                    c=Codes(VB,D,VC); c.load(vvec[jv],g); cs.append(c)
+                ab[lane]=vwords(cs[0],cs[1],g); cd[lane]=vwords(cs[2],cs[3],g)
+            for i in range(DM):
+                a=[]
+                for l in range(32):
+                    ent=[ab[l][(i,0)],ab[l][(i,1)],cd[l][(i,0)],cd[l][(i,1)]]
+                    a.append(tuple(vt_[byte(w,k)] for (w,k) in ent))
+                res=mma(a,[pb[l][mt] for l in range(32)],[o[l][i] for l in range(32)])
+                for l in range(32): o[l][i]=res[l]
     out=np.zeros((nrows,D))
     for lane in range(32):
         g,t=lane>>2,lane&3

@@ -235,8 +235,8 @@ extern "C" long long tq_plan(
     return -2;
   }
   AttnParams p = dense_params(B, Hq, Hkv, qL, kL, D, 4, 4);
-  DecodePlan plan =
-      plan_decode(p, D, low_precision, sdtype != 2, num_sms(), force_splits);
+  DecodePlan plan = plan_decode(
+      p, D, 4, 4, low_precision, sdtype != 2, num_sms(), force_splits);
   out[0] = p.num_splits;
   out[1] = plan.tc;
   out[2] = plan.nq;
@@ -285,8 +285,8 @@ extern "C" int tq_attention(
   }
   p.has_sinks = sinks != nullptr;
   p.sk_str[1] = 1; // per head
-  DecodePlan plan =
-      plan_decode(p, D, low_precision, sdtype != 2, num_sms(), force_splits);
+  DecodePlan plan = plan_decode(
+      p, D, kbits, vbits, low_precision, sdtype != 2, num_sms(), force_splits);
   float* part_o = work;
   float* part_ml = work + (long long)p.num_splits * B * Hq * qL * D;
 #define C(d)    \

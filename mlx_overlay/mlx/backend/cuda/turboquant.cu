@@ -557,6 +557,8 @@ void turbo_sdpa_gpu(
   L.plan = tb::plan_decode(
       p,
       D,
+      key_bits,
+      value_bits,
       low_precision,
       ks.dtype() == float16 || ks.dtype() == bfloat16,
       num_sms(enc));

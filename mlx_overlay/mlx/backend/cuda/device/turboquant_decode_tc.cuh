@@ -90,12 +90,9 @@ __host__ __device__ constexpr int vec_tc_blocks_per_sm(int d) {
 __host__ __device__ constexpr int vec_tc_keys(int d) {
   return d <= 128 ? 32 : 16;
 }
-// Entries of the key (value) table: 256 nibble pairs for turbo4; for turbo3
-// keys 64 plane pairs (tc_kwords), for turbo3 values 128 nibble pairs of
-// merged 3-bit codes. One table serves both when both modes are turbo4.
-__host__ __device__ constexpr int vec_tc_lut_entries(int bits, bool key) {
-  return bits == 4 ? 256 : (key ? 64 : 128);
-}
+// The key and value tables map every byte (256 entries; turbo3 indices
+// leave two bits unused, tc_kentry / tc_ventry); one serves both when both
+// modes are turbo4.
 __host__ __device__ constexpr bool vec_tc_shared_lut(int kb, int vb) {
   return kb == 4 && vb == 4;
 }
@@ -105,11 +102,10 @@ __host__ __device__ constexpr int vec_tc_ldo(int d) {
   return 8 * (d / 8 + 1);
 }
 // Dynamic shared memory of turbo_sdpa_vector_tc<KB, VB, D, ...> in bytes
-// (the tables, later reused for the merge of the warps).
+// (the tables, later reused for the merge of the warps): 256 bytes per
+// entry, the key table's 32 copies then the value table's.
 __host__ __device__ constexpr int vec_tc_smem_bytes(int kb, int vb, int d) {
-  int lut = 4 * 32 *
-      (vec_tc_lut_entries(kb, true) +
-       (vec_tc_shared_lut(kb, vb) ? 0 : vec_tc_lut_entries(vb, false)));
+  int lut = 256 * 256;
   int merge = 4 * kVecTcWarps * 8 * vec_tc_ldo(d);
   return lut > merge ? lut : merge;
 }
@@ -186,12 +182,13 @@ __device__ inline uint32_t tc_trans(uint32_t x) {
   return y;
 }
 
-// Table entry of byte k (0..3) of w; tl: shared-window byte address of the
-// lane's copy of entry 0 (entries are 128 bytes apart). PRMT + LEA + LDS.
-__device__ inline uint32_t tc_lut(uint32_t tl, uint32_t w, int k) {
-  const uint32_t idx = __byte_perm(w, 0u, 0x4440u | uint32_t(k));
+// Table entry of byte k (0..3) of w: tab holds entry e of the lane at byte
+// 256 e + lb (lb < 256, the lane's copy in the key or value half), so one
+// PRMT places the byte into the address: PRMT + LDS.
+__device__ inline uint32_t tc_lut(uint32_t tab, uint32_t lb, uint32_t w, int k) {
+  const uint32_t off = __byte_perm(w, lb, 0x5504u | (uint32_t(k) << 4));
   uint32_t v;
-  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(tl + (idx << 7)));
+  asm("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(tab + off));
   return v;
 }
 
@@ -228,16 +225,26 @@ __device__ inline void tc_ldg_words(const uint32_t* p, uint32_t* w, bool al) {
   }
 }
 
-// Nibble k (0..3) of a 16-bit x to byte k.
-__device__ inline uint32_t tc_spread_n2b(uint32_t x) {
-  x = (x | (x << 8)) & 0x00FF00FFu;
-  return (x | (x << 4)) & 0x0F0F0F0Fu;
+// The scales of N consecutive keys from p: one 2 N-byte load when al (p is
+// then 2 N-byte aligned).
+template <int N, typename T>
+__device__ inline void tc_ld_scales(const T* p, T (&s)[N], bool al) {
+  static_assert(N == 2 || N == 4, "2 or 4 keys per lane");
+  if (al) {
+    using W = std::conditional_t<N == 4, uint2, uint32_t>;
+    const W w = __ldg(reinterpret_cast<const W*>(p));
+    memcpy(s, &w, sizeof(W));
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+      s[i] = p[i];
+    }
+  }
 }
 
 // The raw words holding coordinates [CPT c, CPT c + CPT) of one packed
-// vector (loaded ahead), and their nibble words (code of coordinate i is
-// bits 4 (i % 8).. of word i / 8), as SlotCodes but with the turbo3 plane
-// merge separated from the load so the load can be issued early.
+// vector (loaded an iteration ahead), and the table indices built from them
+// (turbo4: the nibble words themselves; turbo3: kwords, vpair).
 template <int BITS, int D, int CPT>
 struct TcCodes {
   static constexpr int NW = CPT / 8;
@@ -252,7 +259,7 @@ struct TcCodes {
     } else {
       if constexpr (CPT >= 16) {
         tc_ldg_words<NLO>(vec + NLO * c, raw, al);
-      } else { // half a word, shifted in nibbles()
+      } else { // half a word, shifted in vpair()
         raw[0] = __ldg(vec + (c >> 1));
       }
       if constexpr (CPT >= 32) {
@@ -262,28 +269,11 @@ struct TcCodes {
       }
     }
   }
-  __device__ inline void nibbles(uint32_t (&nib)[NW], int c) const {
-    if constexpr (BITS == 4) {
-#pragma unroll
-      for (int k = 0; k < NW; k++) {
-        nib[k] = raw[k];
-      }
-    } else {
-#pragma unroll
-      for (int k = 0; k < NW; k++) {
-        uint32_t l16 = CPT >= 16 ? raw[k >> 1] >> (16 * (k & 1))
-                                 : raw[0] >> (16 * (c & 1));
-        uint32_t h8 = CPT >= 32
-            ? raw[NLO + (k >> 2)] >> (8 * (k & 3))
-            : (raw[NLO] >> (CPT * (c % (32 / CPT)))) >> (8 * k);
-        nib[k] = spread2to4(l16) | (spread1to4(h8) << 2);
-      }
-    }
-  }
   // Key-side table indices (NW words of 4 bytes): turbo4 the nibble words;
-  // turbo3, per low-plane word L (coordinates 16 i ..) with high bits h16,
+  // turbo3, per low-plane word L (coordinates 16 i ..) and its 16 high bits,
   // byte k of word 2 i + x pairs coordinates a = 16 i + 4 k + 2 x and a + 1
-  // as lo2(a) | lo2(a+1) << 2 | hi(a) << 4 | hi(a+1) << 5 (see tc_kdim).
+  // as lo2(a) | lo2(a+1) << 2 | hi(a) << 4 | hi(a+1) << 5, bits 6 and 7
+  // left as they fall (tc_kentry ignores them; see tc_kdim).
   __device__ inline void kwords(uint32_t (&kw)[NW], int c) const {
     if constexpr (BITS == 4) {
 #pragma unroll
@@ -295,15 +285,67 @@ struct TcCodes {
 #pragma unroll
       for (int i = 0; i < CPT / 16; i++) {
         const uint32_t L = raw[i];
-        const uint32_t h16 = CPT >= 32 ? raw[NLO + (i >> 1)] >> (16 * (i & 1))
-                                       : raw[NLO] >> (16 * (c & 1));
-        kw[2 * i] = (L & 0x0F0F0F0Fu) | (tc_spread_n2b(h16 & 0x3333u) << 4);
-        kw[2 * i + 1] = ((L >> 4) & 0x0F0F0F0Fu) |
-            (tc_spread_n2b((h16 >> 2) & 0x3333u) << 4);
+        // The high bits' bytes 0 and 1 as bytes 0 and 2 of x; y: nibble k
+        // of the 16 high bits in bits 4..7 of byte k.
+        const uint32_t h = CPT >= 32 ? (i & 1) : (c & 1);
+        const uint32_t x =
+            __byte_perm(raw[NLO + (CPT >= 32 ? i >> 1 : 0)], 0u, 0x4140u + 0x202u * h);
+        const uint32_t y = ((x << 4) & 0x00FF00FFu) | ((x << 8) & 0xFF00FF00u);
+        kw[2 * i] = (L & 0x0F0F0F0Fu) | (y & 0xF0F0F0F0u);
+        kw[2 * i + 1] = ((L >> 4) & 0x0F0F0F0Fu) | ((y >> 2) & 0xF0F0F0F0u);
+      }
+    }
+  }
+  // turbo3 value-table indices of two keys, this one (a) and o (b): byte m
+  // of r[bb][q] is the index of coordinate 16 bb + 4 m + q of the chunk,
+  // lo2(a) | lo2(b) << 4 | hi(a) << 3 | hi(b) << 7, bits 2 and 6 left as
+  // they fall (tc_ventry ignores them).
+  static constexpr int NB = CPT >= 16 ? CPT / 16 : 1;
+  __device__ inline void vpair(const TcCodes& o, uint32_t (&r)[NB][4], int c)
+      const {
+    static_assert(BITS == 3, "turbo3 planes");
+#pragma unroll
+    for (int bb = 0; bb < NB; bb++) {
+      uint32_t la, lb, sel;
+      if constexpr (CPT >= 16) {
+        la = raw[bb];
+        lb = o.raw[bb];
+        // Bytes (A, B, A, B) of the high bits' half h of the two keys.
+        const uint32_t h = CPT >= 32 ? (bb & 1) : (c & 1);
+        sel = 0x5140u + 0x2222u * h;
+      } else {
+        la = raw[0] >> (16 * (c & 1));
+        lb = o.raw[0] >> (16 * (c & 1));
+        sel = 0x40u + 0x11u * uint32_t(c & 3); // byte c % 4 of each
+      }
+      const int hw = NLO + (CPT >= 32 ? bb >> 1 : 0);
+      const uint32_t y = __byte_perm(raw[hw], o.raw[hw], sel);
+      // Nibbles (a0, a1, b0, b1) of each half to (a0, b0, a1, b1): byte m of
+      // z holds the high bits of coordinates 4 m.. of a (bits 0..3) and b.
+      const uint32_t z = (y & 0xF00FF00Fu) | ((y << 4) & 0x0F000F00u) |
+          ((y >> 4) & 0x00F000F0u);
+#pragma unroll
+      for (int q = 0; q < 4; q++) {
+        const uint32_t a = la >> (2 * q);
+        const uint32_t b = q < 2 ? lb << (4 - 2 * q) : lb >> (2 * q - 4);
+        const uint32_t t = (a & 0x0F0F0F0Fu) | (b & 0xF0F0F0F0u);
+        r[bb][q] = (t & 0x77777777u) | ((z << (3 - q)) & 0x88888888u);
       }
     }
   }
 };
+
+// The codes (first, second) of key-table (value-table) entry e.
+__host__ __device__ constexpr int2 tc_kentry(int bits, int e) {
+  return bits == 4
+      ? int2{e & 15, e >> 4}
+      : int2{(e & 3) | ((e >> 2) & 4), ((e >> 2) & 3) | ((e >> 3) & 4)};
+}
+__host__ __device__ constexpr int2 tc_ventry(int bits, int e) {
+  return bits == 4
+      ? int2{e & 15, e >> 4}
+      : int2{(e & 3) | ((e >> 1) & 4), ((e >> 4) & 3) | ((e >> 5) & 4)};
+}
 
 // First of the two coordinates (within a lane's key chunk) of key pair p
 // (byte p % 4 of kwords word p / 4).
@@ -339,8 +381,8 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   constexpr int VCPT = D / 8; // value coordinates per lane
   constexpr int KNW = KCPT / 8;
   constexpr int VNW = VCPT / 8;
-  constexpr int KE = vec_tc_lut_entries(KB, true);
-  constexpr int VE = vec_tc_lut_entries(VB, false);
+  constexpr int KW = packed_words(KB, D); // words per key (value) row
+  constexpr int VW = packed_words(VB, D);
   constexpr bool kShareLut = vec_tc_shared_lut(KB, VB);
   constexpr int LDO = vec_tc_ldo(D);
   // The value codes of the next iteration load with the key codes (D <= 128);
@@ -356,8 +398,10 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   // = planes 8 w .. 8 w + 7, row g, lane t) and the frequencies.
   __shared__ uint2 s_wa[kMaxKeyWaves / 8][8][4];
   __shared__ uint32_t s_wf[kMaxKeyWaves];
-  uint32_t* ktab = tq_vtc_smem;
-  uint32_t* vtab = kShareLut ? ktab : ktab + 32 * KE;
+  // Tables: entry e of lane l at word 64 e + l (key) and 64 e + 32 + l
+  // (value; the key table when the two are the same).
+  const uint32_t tab =
+      static_cast<uint32_t>(__cvta_generic_to_shared(tq_vtc_smem));
   float* s_o = reinterpret_cast<float*>(tq_vtc_smem); // after the loop
 
   const int tid = threadIdx.x;
@@ -376,20 +420,17 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
     s_cb[1][tid] = centroid(VB, tid & ((1 << VB) - 1));
   }
   __syncthreads();
-  // Tables: uint4 f holds copies 4 (f % 8).. of entry f / 8.
-  for (int f = tid; f < 8 * KE; f += kVecTcThreads) {
-    int e = f >> 3;
-    uint32_t v = KB == 4 ? tc_pack2<T>(s_cb[0][e & 15], s_cb[0][e >> 4])
-                         : tc_pack2<T>(
-                               s_cb[0][(e & 3) | ((e >> 2) & 4)],
-                               s_cb[0][((e >> 2) & 3) | ((e >> 3) & 4)]);
-    reinterpret_cast<uint4*>(ktab)[f] = make_uint4(v, v, v, v);
-  }
-  if constexpr (!kShareLut) {
-    for (int f = tid; f < 8 * VE; f += kVecTcThreads) {
-      int e = f >> 3;
-      uint32_t v = tc_pack2<T>(s_cb[1][e & 15], s_cb[1][e >> 4]);
-      reinterpret_cast<uint4*>(vtab)[f] = make_uint4(v, v, v, v);
+  // Tables: uint4 f of a half holds copies 4 (f % 8).. of entry f / 8.
+  uint4* tab4 = reinterpret_cast<uint4*>(tq_vtc_smem);
+  for (int f = tid; f < 8 * 256; f += kVecTcThreads) {
+    const int e = f >> 3;
+    const int2 kc = tc_kentry(KB, e);
+    const uint32_t kv = tc_pack2<T>(s_cb[0][kc.x], s_cb[0][kc.y]);
+    tab4[16 * e + (f & 7)] = make_uint4(kv, kv, kv, kv);
+    if constexpr (!kShareLut) {
+      const int2 vc = tc_ventry(VB, e);
+      const uint32_t vv = tc_pack2<T>(s_cb[1][vc.x], s_cb[1][vc.y]);
+      tab4[16 * e + 8 + (f & 7)] = make_uint4(vv, vv, vv, vv);
     }
   }
 
@@ -510,45 +551,69 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
 
   const int k_begin = split * p.keys_per_split;
   const int k_end = min(p.kL, k_begin + p.keys_per_split);
+  // Rows are packed and scales unit-stride (vector_tc_layout).
   const uint32_t* kbase = kc + b * p.k_str[0] + hk * p.k_str[1];
   const uint32_t* vbase = vc + b * p.v_str[0] + hk * p.v_str[1];
   const T* ksb = ks + b * p.ks_str[0] + hk * p.ks_str[1];
   const T* vsb = vs + b * p.vs_str[0] + hk * p.vs_str[1];
-  // Vector loads need every row 16-byte aligned.
+  // Vector loads need every row 16-byte aligned, and the scales of a lane's
+  // NT keys 2 NT-byte aligned (k_begin is a multiple of KT, plan_decode).
   const bool kal =
-      ((reinterpret_cast<uintptr_t>(kbase) & 15) == 0) && (p.k_str[2] % 4 == 0);
+      ((reinterpret_cast<uintptr_t>(kbase) & 15) == 0) && (KW % 4 == 0);
   const bool val =
-      ((reinterpret_cast<uintptr_t>(vbase) & 15) == 0) && (p.v_str[2] % 4 == 0);
-  const uint32_t ktl =
-      static_cast<uint32_t>(__cvta_generic_to_shared(ktab + lane));
-  const uint32_t vtl =
-      static_cast<uint32_t>(__cvta_generic_to_shared(vtab + lane));
+      ((reinterpret_cast<uintptr_t>(vbase) & 15) == 0) && (VW % 4 == 0);
+  const bool sal = ((reinterpret_cast<uintptr_t>(ksb) % (2 * NT)) == 0) &&
+      ((reinterpret_cast<uintptr_t>(vsb) % (2 * NT)) == 0) &&
+      (k_begin % NT == 0);
+  const uint32_t klb = 4 * lane;
+  const uint32_t vlb = kShareLut ? klb : 128 + klb;
 
   // Codes and scales of one warp iteration (keys jb .. jb + KT - 1): K and
-  // both scales of keys jb + 8 j + g (the lane's S^T rows), V of keys
-  // jb + 16 mt + 2 t + {0, 1, 8, 9} (its P V A fragments).
+  // both scales of the NT consecutive keys jb + NT g + j (the lane's S^T
+  // rows, tc_key), V of keys jb + NT (2 t + u % 2) + 2 mt + u / 2 (its P V
+  // A fragments: keys 2 NT t .. 2 NT t + 2 NT - 1 of the iteration). Rows
+  // are packed (vector_tc_layout), so a full iteration's loads are
+  // immediate offsets from one row address per operand; the last, partial
+  // one clamps each row into the split.
   TcCodes<KB, D, KCPT> kn[NT];
   TcCodes<VB, D, VCPT> vn[MT][4];
   T ksn[NT], vsn[NT];
   auto load_v = [&](int jb, TcCodes<VB, D, VCPT>(&dst)[MT][4]) {
+    const int j0 = jb + 2 * NT * t;
+    const bool full = jb + KT <= k_end;
+    const uint32_t* vr = vbase + j0 * VW;
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
       for (int u = 0; u < 4; u++) {
-        int jv = jb + 16 * mt + 2 * t + (u & 1) + 8 * (u >> 1);
-        jv = jv < k_end ? jv : k_begin;
-        dst[mt][u].load(vbase + jv * p.v_str[2], g, val);
+        const int o = NT * (u & 1) + 2 * mt + (u >> 1);
+        if (full) {
+          dst[mt][u].load(vr + o * VW, g, val);
+        } else {
+          const int jv = j0 + o < k_end ? j0 + o : k_begin;
+          dst[mt][u].load(vbase + jv * VW, g, val);
+        }
       }
     }
   };
   auto load = [&](int jb) {
+    const int j0 = jb + NT * g;
+    if (jb + KT <= k_end) {
+      const uint32_t* kr = kbase + j0 * KW;
 #pragma unroll
-    for (int j = 0; j < NT; j++) {
-      int jk = jb + 8 * j + g;
-      jk = jk < k_end ? jk : k_begin;
-      kn[j].load(kbase + jk * p.k_str[2], t, kal);
-      ksn[j] = ksb[jk * p.ks_str[2]];
-      vsn[j] = vsb[jk * p.vs_str[2]];
+      for (int j = 0; j < NT; j++) {
+        kn[j].load(kr + j * KW, t, kal);
+      }
+      tc_ld_scales(ksb + j0, ksn, sal);
+      tc_ld_scales(vsb + j0, vsn, sal);
+    } else {
+#pragma unroll
+      for (int j = 0; j < NT; j++) {
+        const int jk = j0 + j < k_end ? j0 + j : k_begin;
+        kn[j].load(kbase + jk * KW, t, kal);
+        ksn[j] = ksb[jk];
+        vsn[j] = vsb[jk];
+      }
     }
     if constexpr (kPrefetchV) {
       load_v(jb, vn);
@@ -557,11 +622,15 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
 
   constexpr int kStep = kVecTcWarps * KT;
   const int jb0 = k_begin + warp * KT;
-  if (jb0 < k_end) {
+  // Every warp runs the block's iteration count (a warp past k_end has all
+  // its keys masked), so the loop's control flow is uniform in the block and
+  // loop invariants such as the table address stay in uniform registers.
+  const int iters = (k_end - k_begin + kStep - 1) / kStep;
+  if (iters > 0) {
     load(jb0);
   }
-  // The loop bound is warp-uniform (shuffles and MMAs need every lane).
-  for (int jb = jb0; jb < k_end; jb += kStep) {
+  for (int it = 0; it < iters; it++) {
+    const int jb = jb0 + it * kStep;
     uint32_t knib[NT][KNW];
     TcCodes<VB, D, VCPT> vcur[MT][4];
     float ksc[NT], vsc[NT];
@@ -582,7 +651,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
       ksc[j] = to_float(ksn[j]);
       vsc[j] = to_float(vsn[j]);
     }
-    if (jb + kStep < k_end) {
+    if (it + 1 < iters) {
       load(jb + kStep);
     }
 
@@ -605,10 +674,10 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
         const int k = 2 * (st & 1);
         tc_mma<T>(
             s[mt],
-            tc_lut(ktl, w0, k),
-            tc_lut(ktl, w1, k),
-            tc_lut(ktl, w0, k + 1),
-            tc_lut(ktl, w1, k + 1),
+            tc_lut(tab, klb, w0, k),
+            tc_lut(tab, klb, w1, k),
+            tc_lut(tab, klb, w0, k + 1),
+            tc_lut(tab, klb, w1, k + 1),
             qb[st][0],
             qb[st][1]);
       }
@@ -632,7 +701,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
         float sn[2][2], cs[2][2]; // [key g, g + 8][plane]
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-          const int j = jb + 16 * mt + 8 * h + g;
+          const int j = jb + NT * g + 2 * mt + h;
           key_wave_sincos(f0, j, sn[h][0], cs[h][0]);
           key_wave_sincos(f1, j, sn[h][1], cs[h][1]);
         }
@@ -655,7 +724,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
       for (int x = 0; x < 4; x++) {
         const int r = x & 1;
         const int j = 2 * mt + (x >> 1);
-        const int jj = jb + 8 * j + g;
+        const int jj = jb + NT * g + j;
         float sc = s[mt][x] * q_unscale[r] * ksc[j] + sb[mt][x] * c_unscale[r];
         if (jj < k_end) {
           if constexpr (MASKED) {
@@ -731,38 +800,57 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
       }
     }
 
-    uint32_t vnib[MT][4][VNW];
-#pragma unroll
-    for (int mt = 0; mt < MT; mt++) {
-#pragma unroll
-      for (int u = 0; u < 4; u++) {
-        vcur[mt][u].nibbles(vnib[mt][u], g);
-      }
-    }
     // O^T += V^T P^T: the A fragment of m-tile i pairs keys (2t, 2t+1) in a0,
     // a1 and (2t+8, 2t+9) in a2, a3, at dims (D/8) g + 2 i (a0, a2) and + 1
-    // (a1, a3): byte m of x (y) pairs the codes of dim 8 w + 2 m (+ 1) of the
-    // two keys' nibble word w.
+    // (a1, a3).
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
+      if constexpr (VB == 4) {
+        // Byte m of x (y) pairs the codes of dim 8 w + 2 m (+ 1) of the two
+        // keys' nibble word w.
 #pragma unroll
-      for (int w = 0; w < VNW; w++) {
-        const uint32_t wa = vnib[mt][0][w], wb = vnib[mt][1][w];
-        const uint32_t wc = vnib[mt][2][w], wd = vnib[mt][3][w];
-        const uint32_t xa = (wa & 0x0F0F0F0Fu) | ((wb << 4) & 0xF0F0F0F0u);
-        const uint32_t ya = ((wa >> 4) & 0x0F0F0F0Fu) | (wb & 0xF0F0F0F0u);
-        const uint32_t xb = (wc & 0x0F0F0F0Fu) | ((wd << 4) & 0xF0F0F0F0u);
-        const uint32_t yb = ((wc >> 4) & 0x0F0F0F0Fu) | (wd & 0xF0F0F0F0u);
+        for (int w = 0; w < VNW; w++) {
+          const uint32_t wa = vcur[mt][0].raw[w], wb = vcur[mt][1].raw[w];
+          const uint32_t wc = vcur[mt][2].raw[w], wd = vcur[mt][3].raw[w];
+          const uint32_t xa = (wa & 0x0F0F0F0Fu) | ((wb << 4) & 0xF0F0F0F0u);
+          const uint32_t ya = ((wa >> 4) & 0x0F0F0F0Fu) | (wb & 0xF0F0F0F0u);
+          const uint32_t xb = (wc & 0x0F0F0F0Fu) | ((wd << 4) & 0xF0F0F0F0u);
+          const uint32_t yb = ((wc >> 4) & 0x0F0F0F0Fu) | (wd & 0xF0F0F0F0u);
 #pragma unroll
-        for (int mm = 0; mm < 4; mm++) {
-          tc_mma<T>(
-              o[4 * w + mm],
-              tc_lut(vtl, xa, mm),
-              tc_lut(vtl, ya, mm),
-              tc_lut(vtl, xb, mm),
-              tc_lut(vtl, yb, mm),
-              pb[mt][0],
-              pb[mt][1]);
+          for (int mm = 0; mm < 4; mm++) {
+            tc_mma<T>(
+                o[4 * w + mm],
+                tc_lut(tab, vlb, xa, mm),
+                tc_lut(tab, vlb, ya, mm),
+                tc_lut(tab, vlb, xb, mm),
+                tc_lut(tab, vlb, yb, mm),
+                pb[mt][0],
+                pb[mt][1]);
+          }
+        }
+      } else {
+        // Byte m of words 2 e, 2 e + 1 of block bb: dims 16 bb + 4 m + 2 e
+        // (+ 1), m-tile 8 bb + 2 m + e.
+        using VC = TcCodes<VB, D, VCPT>;
+        uint32_t rab[VC::NB][4], rcd[VC::NB][4];
+        vcur[mt][0].vpair(vcur[mt][1], rab, g);
+        vcur[mt][2].vpair(vcur[mt][3], rcd, g);
+#pragma unroll
+        for (int bb = 0; bb < VC::NB; bb++) {
+#pragma unroll
+          for (int m = 0; m < (VCPT >= 16 ? 4 : 2); m++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+              tc_mma<T>(
+                  o[8 * bb + 2 * m + e],
+                  tc_lut(tab, vlb, rab[bb][2 * e], m),
+                  tc_lut(tab, vlb, rab[bb][2 * e + 1], m),
+                  tc_lut(tab, vlb, rcd[bb][2 * e], m),
+                  tc_lut(tab, vlb, rcd[bb][2 * e + 1], m),
+                  pb[mt][0],
+                  pb[mt][1]);
+            }
+          }
         }
       }
     }

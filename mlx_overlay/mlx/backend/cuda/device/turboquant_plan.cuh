@@ -34,19 +34,26 @@ constexpr int kVecBlocksPerSm = 2;
 
 // Number of key splits for the vector kernel: as many as fill one wave of
 // resident blocks without starting a second (splits * base_blocks <=
-// kVecBlocksPerSm * num_sms), at least 256 keys each. A partial second wave
-// costs a whole wave's time: in tests/cuda/sweep_decode.py (H200, D = 128,
-// turbo3/4) the one-wave count was the fastest of the counts tried at B = 1
-// and 8, Hq/Hkv = 28/4 and 32/8, 32K and 128K keys (e.g. B = 1, 28/4, 128K
-// keys: 64 splits 51.7 us against 66.5 us at 132), the split-K combine
-// included. per_sm: the kernel's resident blocks per SM.
+// per_sm * num_sms), at least 256 keys each, and no more than either give
+// every SM a block (num_sms / base_blocks, rounded up) or give each split
+// 1024 keys: a block's fixed cost (tables, queries, merge, its partial row)
+// is paid per split. A partial second wave costs a whole wave's time. In
+// tests/cuda/sweep_decode.py (H200, D = 128, turbo3/4, B = 1 and 8, Hq/Hkv
+// = 28/4 and 32/8, 8K-128K keys, cuda_split_sweep_h200.md) this count was
+// within a few percent of the fastest tried everywhere, e.g. B = 1, 28/4:
+// 32K keys 32 splits 22.4 us against 26.5 us at the one-wave 99; 128K keys
+// 99 splits 45.6 us against 51.0 us at 32. per_sm: the kernel's resident
+// blocks per SM.
 inline int vector_num_splits(int base_blocks, int kL, int num_sms, int per_sm) {
   int resident = per_sm * num_sms;
   if (base_blocks >= resident || kL < 512) {
     return 1;
   }
   int splits = resident / base_blocks;
+  int fill = (num_sms + base_blocks - 1) / base_blocks;
+  int enough = fill > kL / 1024 ? fill : kL / 1024;
   int max_splits = kL / 256; // at least 256 keys per split
+  splits = splits < enough ? splits : enough;
   splits = splits < max_splits ? splits : max_splits;
   splits = splits < kMaxSplits ? splits : kMaxSplits;
   return splits < 1 ? 1 : splits;
@@ -59,22 +66,37 @@ struct DecodePlan {
   bool masked; // the MASKED instantiation
 };
 
-// Plans a decode call (qL <= kVectorMaxQL) whose shape, mask_kind and causal
-// are set in p; sets p.row_groups, p.keys_per_split and p.num_splits.
-// low_precision: the queries were float16/bfloat16 (the primitive's flag);
-// with float16/bfloat16 scales too, the tensor-core kernel runs where it has
-// the head dim (fp16/bf16 operands, float32 accumulation). force_splits > 0
-// replaces the planned split count (the harness's sweeps).
+// Whether the tensor-core kernel can read the cache of p: packed code rows
+// (row stride = packed_words) and unit-stride scales, so that its loads are
+// immediate offsets from one row address (a transposed or strided cache
+// takes turbo_sdpa_vector).
+inline bool vector_tc_layout(const AttnParams& p, int d, int kb, int vb) {
+  return p.k_str[2] == packed_words(kb, d) &&
+      p.v_str[2] == packed_words(vb, d) && p.ks_str[2] == 1 &&
+      p.vs_str[2] == 1;
+}
+
+// Plans a decode call (qL <= kVectorMaxQL) whose shape, strides, mask_kind
+// and causal are set in p; sets p.row_groups, p.keys_per_split and
+// p.num_splits. low_precision: the queries were float16/bfloat16 (the
+// primitive's flag); with float16/bfloat16 scales and the cache layout of
+// vector_tc_layout too, the tensor-core kernel runs where it has the head dim
+// (fp16/bf16 operands, float32 accumulation); its splits are whole warp
+// iterations (vec_tc_keys). force_splits > 0 replaces the planned split count
+// (the harness's sweeps).
 inline DecodePlan plan_decode(
     AttnParams& p,
     int d,
+    int key_bits,
+    int value_bits,
     bool low_precision,
     bool half_scales,
     int num_sms,
     int force_splits = 0) {
   DecodePlan plan;
   const int rows = p.gqa * p.qL;
-  plan.tc = low_precision && half_scales && vector_tc_supported(d);
+  plan.tc = low_precision && half_scales && vector_tc_supported(d) &&
+      vector_tc_layout(p, d, key_bits, value_bits);
   plan.nq = plan.tc ? 8 : vector_rows_per_block(rows);
   // Without an array mask, causality only matters for qL > 1.
   plan.masked = p.mask_kind != kMaskNone || (p.causal && p.qL > 1);
@@ -87,6 +109,10 @@ inline DecodePlan plan_decode(
             num_sms,
             plan.tc ? vec_tc_blocks_per_sm(d) : kVecBlocksPerSm);
   p.keys_per_split = (p.kL + splits - 1) / splits;
+  if (plan.tc) {
+    const int kt = vec_tc_keys(d);
+    p.keys_per_split = (p.keys_per_split + kt - 1) / kt * kt;
+  }
   p.num_splits = (p.kL + p.keys_per_split - 1) / p.keys_per_split;
   return plan;
 }
