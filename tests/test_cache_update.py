@@ -348,7 +348,7 @@ def test_updates_in_place(rng):
     queued = append_growth(update, pipelined=True)
     reference = append_growth(assign, pipelined=True)
     if queued > reference + cache_bytes / 4 and is_cuda():
-        # Known on the H200 (benchmarks/results/test_gpu_h200.log): 21.6 MB
+        # Known on the H200 (docs/cuda.md, status): 21.6 MB
         # against slice assignment's 8.7 MB for a 4.3 MB cache, while mlx-lm's
         # decode loop copies no cache (docs/cuda.md, "The cache append").
         pytest.xfail(f"CUDA: queued appends grew {queued} bytes, slice assignment {reference}")

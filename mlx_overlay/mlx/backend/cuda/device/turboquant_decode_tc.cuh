@@ -20,35 +20,49 @@ namespace mlx::core::cu::turbo {
 // kVecTcWarps-th run of KT keys of the block's split and keeps its own online
 // softmax state; the warps are merged through shared memory at the end.
 //
-// Per warp and KT keys, with mma.sync m16n8k16 (T operands, fp32 accumulate),
-// keys as M and the block's 8 rows (query heads of the group x positions) as
-// N, so no half of an MMA is padding:
-//   S^T = K Q^T   A = 16 keys x 16 dims (keys g and g + 8 of an m-tile), B =
-//                 Q^T (registers, once per block). Dims are permuted (the dot
-//                 product does not care): in k-step s, the entry (key, k =
-//                 2 t + 8 r + h) of lane (g, t) is dim (D/4) t + 4 s + 2 r + h,
-//                 so lane (g, t) reads the D/4 consecutive codes [(D/4) t,
-//                 (D/4) t + D/4) of its two keys: one 16-byte load each for
-//                 turbo4 at D = 128. C: lane (g, t) has the scores of keys g,
-//                 g + 8 for rows 2 t, 2 t + 1 (its "columns").
-//   O^T += V^T P^T   A = 16 output dims x 16 keys, B = P^T: the C fragments of
-//                 S^T times the value scales, converted to T and transposed
-//                 by movmatrix (FlashAttention-2 style, on the transposed
-//                 problem). Row r of m-tile i is dim (D/8) (r % 8) + 2 i +
-//                 r / 8, so lane (g, t) reads the D/8 consecutive codes
-//                 [(D/8) g, (D/8) g + D/8) of keys 2t, 2t+1, 2t+8, 2t+9 of the
-//                 16.
-// Codes become operands through a shared table mapping a byte (two codes) to
-// the packed pair (c[first], c[second]) in T, one copy per lane (entry e of
-// lane l at word 32 e + l: no bank conflicts). turbo4: the byte is two 4-bit
-// codes, low nibble first (256 entries). turbo3 keys: the byte is built
-// straight from the bit planes, lo2(a) | lo2(a+1) << 2 | hi(a) << 4 |
-// hi(a+1) << 5 (64 entries; the pairing of dims this gives is folded into
-// the Q fragments, tc_kdim). turbo3 values: the planes are merged into
-// nibble words (as in turbo_sdpa_vector; 128 entries, codes < 8). For V^T
-// P^T the byte pairs two keys at one dim, built with bit operations from two
-// keys' nibble words. The key scale multiplies the fp32 score; the value
-// scale is folded into p before the conversion to T.
+// Per warp and KT keys jb .. jb + KT - 1 (NT = KT / 8), with mma.sync
+// m16n8k16 (T operands, fp32 accumulate), keys as M and the block's 8 rows
+// (query heads of the group x positions) as N, so no half of an MMA is
+// padding:
+//   S^T = K Q^T   A = 16 key slots x 16 dims: slots g and g + 8 of m-tile mt
+//                 are keys jb + NT g + 2 mt and + 1, so lane (g, t) owns the
+//                 NT consecutive keys jb + NT g + j (one row address, one
+//                 vector load of their scales). B = Q^T (registers, once per
+//                 block). Dims are permuted (the dot product does not care):
+//                 in k-step s, the entry (slot, k = 2 t + 8 r + h) of lane
+//                 (g, t) is dim (D/4) t + 4 s + 2 r + h, so lane (g, t) reads
+//                 the D/4 consecutive codes [(D/4) t, (D/4) t + D/4) of each
+//                 of its keys: one 16-byte load for turbo4 at D = 128. C:
+//                 lane (g, t) has the scores of its keys for rows 2 t, 2 t + 1
+//                 (its "columns").
+//   O^T += V^T P^T   A = 16 output dims x 16 key slots, B = P^T: the C
+//                 fragments of S^T times the value scales, converted to T and
+//                 transposed by movmatrix (FlashAttention-2 style, on the
+//                 transposed problem), so key slots 2 t, 2 t + 1 (+ 8) of
+//                 m-tile mt are keys jb + NT (2 t + u % 2) + 2 mt + u / 2 (u =
+//                 0 .. 3): lane (g, t) reads the 2 NT consecutive keys jb +
+//                 2 NT t ... Row r of m-tile i is dim (D/8) (r % 8) + 2 i +
+//                 r / 8, so the lane reads the D/8 consecutive codes
+//                 [(D/8) g, (D/8) g + D/8) of each.
+// Codes become operands through shared tables mapping a byte to the packed
+// pair (c[first], c[second]) in T: entry e is the 256-byte row e, 32 copies
+// of the key table's entry (word 64 e + l for lane l: no bank conflicts),
+// then 32 of the value table's, so one PRMT puts the byte and the lane's
+// offset into the address (tc_lut). turbo4: the byte is two 4-bit codes, low
+// nibble first. turbo3 keys: the byte is built straight from the bit planes,
+// lo2(a) | lo2(a+1) << 2 | hi(a) << 4 | hi(a+1) << 5 (the pairing of dims
+// this gives is folded into the Q fragments, tc_kdim). For V^T P^T the byte
+// pairs two keys at one dim: turbo4 from the two keys' nibble words with bit
+// operations, turbo3 straight from their planes (TcCodes::vpair). turbo3
+// bytes leave two bits as they fall, which the tables ignore (tc_kentry,
+// tc_ventry). The key scale multiplies the fp32 score; the value scale is
+// folded into p before the conversion to T. Rows are packed and scales
+// unit-stride (vector_tc_layout), so a full iteration's loads are immediate
+// offsets from one row address per operand; the last, partial one clamps
+// each row into the split. Every warp runs the block's iteration count (a
+// warp past the split's end has its keys masked), so the loop's control
+// flow is uniform and its invariants (the table's base) stay in uniform
+// registers.
 //
 // Range guards (fp16 has 5 exponent bits): each query row is multiplied by a
 // power of two 2^e_q so that its largest |q * scale * log2 e| lies in
@@ -70,9 +84,9 @@ constexpr int kVecTcThreads = 32 * kVecTcWarps;
 //
 // Resident blocks per SM the kernel is compiled for (__launch_bounds__;
 // plan_decode sizes the split-K count with it): 3 up to D = 128 (at most 168
-// registers; ptxas, sm_90a: 128-244 registers without the bound; with it,
-// spills of 4-80 bytes in ten of the D = 128 instantiations, eight of them
-// masked), 2 at D = 256 (254 registers, no spills).
+// registers; ptxas, sm_90a: spills of 12 and 56 bytes in two masked bf16
+// D = 128 instantiations, none in the others), 2 at D = 256 (222-237
+// registers, no spills).
 __host__ __device__ constexpr int vec_tc_blocks_per_sm(int d) {
 #ifdef TQ_VTC_MIN_BLOCKS
   return TQ_VTC_MIN_BLOCKS;
@@ -185,7 +199,8 @@ __device__ inline uint32_t tc_trans(uint32_t x) {
 // Table entry of byte k (0..3) of w: tab holds entry e of the lane at byte
 // 256 e + lb (lb < 256, the lane's copy in the key or value half), so one
 // PRMT places the byte into the address: PRMT + LDS.
-__device__ inline uint32_t tc_lut(uint32_t tab, uint32_t lb, uint32_t w, int k) {
+__device__ inline uint32_t
+tc_lut(uint32_t tab, uint32_t lb, uint32_t w, int k) {
   const uint32_t off = __byte_perm(w, lb, 0x5504u | (uint32_t(k) << 4));
   uint32_t v;
   asm("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(tab + off));
@@ -288,8 +303,8 @@ struct TcCodes {
         // The high bits' bytes 0 and 1 as bytes 0 and 2 of x; y: nibble k
         // of the 16 high bits in bits 4..7 of byte k.
         const uint32_t h = CPT >= 32 ? (i & 1) : (c & 1);
-        const uint32_t x =
-            __byte_perm(raw[NLO + (CPT >= 32 ? i >> 1 : 0)], 0u, 0x4140u + 0x202u * h);
+        const uint32_t x = __byte_perm(
+            raw[NLO + (CPT >= 32 ? i >> 1 : 0)], 0u, 0x4140u + 0x202u * h);
         const uint32_t y = ((x << 4) & 0x00FF00FFu) | ((x << 8) & 0xFF00FF00u);
         kw[2 * i] = (L & 0x0F0F0F0Fu) | (y & 0xF0F0F0F0u);
         kw[2 * i + 1] = ((L >> 4) & 0x0F0F0F0Fu) | ((y >> 2) & 0xF0F0F0F0u);
@@ -373,7 +388,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
       "float16 or bfloat16 scales");
   constexpr bool kHalf = std::is_same_v<T, __half>;
   constexpr int KT = vec_tc_keys(D); // keys per warp iteration
-  constexpr int NT = KT / 8; // 8-key groups: key 8 j + g of lane (g, t)
+  constexpr int NT = KT / 8; // keys of a lane: jb + NT g + j, j < NT
   constexpr int MT = KT / 16; // S^T m-tiles = V^T P^T k-tiles (16 keys each)
   constexpr int KS = D / 16; // Q K^T k-steps
   constexpr int DM = D / 16; // O^T m-tiles (16 output dims each)
@@ -655,8 +670,8 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
       load(jb + kStep);
     }
 
-    // S^T = K Q^T (log2 domain, scaled rows): m-tile mt holds keys
-    // jb + 16 mt + g (x = 0, 1) and + 8 (x = 2, 3), rows 2 t + x % 2.
+    // S^T = K Q^T (log2 domain, scaled rows): m-tile mt holds the lane's
+    // keys jb + NT g + 2 mt (x = 0, 1) and + 1 (x = 2, 3), rows 2 t + x % 2.
     float s[MT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
@@ -698,7 +713,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
       const uint32_t f1 = s_wf[8 * w + 2 * t + 1];
 #pragma unroll
       for (int mt = 0; mt < MT; mt++) {
-        float sn[2][2], cs[2][2]; // [key g, g + 8][plane]
+        float sn[2][2], cs[2][2]; // [slot g, g + 8][plane]
 #pragma unroll
         for (int h = 0; h < 2; h++) {
           const int j = jb + NT * g + 2 * mt + h;
@@ -783,9 +798,9 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
       }
       vf = tc_pow2(-ev);
     }
-    // P^T (times value scale) as B fragments: the C fragment of keys g and
-    // g + 8 of m-tile mt, transposed (movmatrix), gives keys 2 t, 2 t + 1
-    // (b0) and 2 t + 8, 2 t + 9 (b1) of row g.
+    // P^T (times value scale) as B fragments: the C fragment of slots g and
+    // g + 8 of m-tile mt, transposed (movmatrix), gives slots 2 t, 2 t + 1
+    // (b0) and 2 t + 8, 2 t + 9 (b1) of row g (the keys of load_v).
     uint32_t pb[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {

@@ -72,8 +72,7 @@ struct DecodePlan {
 // takes turbo_sdpa_vector).
 inline bool vector_tc_layout(const AttnParams& p, int d, int kb, int vb) {
   return p.k_str[2] == packed_words(kb, d) &&
-      p.v_str[2] == packed_words(vb, d) && p.ks_str[2] == 1 &&
-      p.vs_str[2] == 1;
+      p.v_str[2] == packed_words(vb, d) && p.ks_str[2] == 1 && p.vs_str[2] == 1;
 }
 
 // Plans a decode call (qL <= kVectorMaxQL) whose shape, strides, mask_kind
