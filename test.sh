@@ -25,6 +25,11 @@ if [[ -z "${TURBOQUANT_SKIP_CPU_ASAN:-}" ]]; then
   "$ROOT/tools/cpu_sanitizer.sh" "$CACHE/work/mlx"
 fi
 
+# The CUDA tensor-core decode's lane mapping and table indices, emulated on
+# the CPU against float64 (~1 s; the kernels themselves run on the device).
+echo "==> CUDA tensor-core decode emulation (tests/cuda/emu_vector_tc.py)"
+"$VENV/bin/python" "$ROOT/tests/cuda/emu_vector_tc.py"
+
 echo "==> pytest against $("$VENV/bin/python" -c 'import mlx.core as mx, os; print("mlx", mx.__version__, os.path.dirname(mx.__file__))')"
 cd "$ROOT"
 # Our suite plus the upstream-style unittest that the patch series adds to MLX.
