@@ -2,7 +2,7 @@
 
 Mirrors, in Python, what the kernel in
 mlx_overlay/mlx/backend/cuda/device/turboquant_decode_tc.cuh does per lane: the keys
-of each lane (tc_key: NT consecutive keys per lane for S^T, 2 NT for V^T P^T), the raw
+of each lane (NT consecutive keys per lane for S^T, 2 NT for V^T P^T), the raw
 code loads (TcCodes), the turbo3 plane-pair key indices (kwords / tc_kdim), the
 key-pair value indices (turbo4 x / y words, turbo3 vpair straight from the planes),
 the byte -> (c[first], c[second]) tables of 256 entries (tc_kentry / tc_ventry,

@@ -104,9 +104,10 @@ __host__ __device__ constexpr int vec_tc_blocks_per_sm(int d) {
 __host__ __device__ constexpr int vec_tc_keys(int d) {
   return d <= 128 ? 32 : 16;
 }
-// The key and value tables map every byte (256 entries; turbo3 indices
-// leave two bits unused, tc_kentry / tc_ventry); one serves both when both
-// modes are turbo4.
+// The key and value tables map every byte (kVecTcLutEntries entries; turbo3
+// indices leave two bits unused, tc_kentry / tc_ventry); one serves both
+// when both modes are turbo4.
+constexpr int kVecTcLutEntries = 256;
 __host__ __device__ constexpr bool vec_tc_shared_lut(int kb, int vb) {
   return kb == 4 && vb == 4;
 }
@@ -119,7 +120,7 @@ __host__ __device__ constexpr int vec_tc_ldo(int d) {
 // (the tables, later reused for the merge of the warps): 256 bytes per
 // entry, the key table's 32 copies then the value table's.
 __host__ __device__ constexpr int vec_tc_smem_bytes(int kb, int vb, int d) {
-  int lut = 256 * 256;
+  int lut = 256 * kVecTcLutEntries;
   int merge = 4 * kVecTcWarps * 8 * vec_tc_ldo(d);
   return lut > merge ? lut : merge;
 }
@@ -437,7 +438,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   __syncthreads();
   // Tables: uint4 f of a half holds copies 4 (f % 8).. of entry f / 8.
   uint4* tab4 = reinterpret_cast<uint4*>(tq_vtc_smem);
-  for (int f = tid; f < 8 * 256; f += kVecTcThreads) {
+  for (int f = tid; f < 8 * kVecTcLutEntries; f += kVecTcThreads) {
     const int e = f >> 3;
     const int2 kc = tc_kentry(KB, e);
     const uint32_t kv = tc_pack2<T>(s_cb[0][kc.x], s_cb[0][kc.y]);
@@ -585,7 +586,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
 
   // Codes and scales of one warp iteration (keys jb .. jb + KT - 1): K and
   // both scales of the NT consecutive keys jb + NT g + j (the lane's S^T
-  // rows, tc_key), V of keys jb + NT (2 t + u % 2) + 2 mt + u / 2 (its P V
+  // rows), V of keys jb + NT (2 t + u % 2) + 2 mt + u / 2 (its P V
   // A fragments: keys 2 NT t .. 2 NT t + 2 NT - 1 of the iteration). Rows
   // are packed (vector_tc_layout), so a full iteration's loads are
   // immediate offsets from one row address per operand; the last, partial
