@@ -62,7 +62,9 @@ namespace mlx::core::cu::turbo {
 // each row into the split. Every warp runs the block's iteration count (a
 // warp past the split's end has its keys masked), so the loop's control
 // flow is uniform and its invariants (the table's base) stay in uniform
-// registers.
+// registers. The prologue overlaps its latencies: the block's query rows are
+// read with coalesced 16-byte loads (staged in shared memory, s_q) and the
+// first iteration's codes are requested before the tables are built.
 //
 // Range guards (fp16 has 5 exponent bits): each query row is multiplied by a
 // power of two 2^e_q so that its largest |q * scale * log2 e| lies in
@@ -431,25 +433,6 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   const int b = blockIdx.z;
   const int nrows = p.gqa * p.qL;
 
-  if (tid < 16) {
-    s_cb[0][tid] = centroid(KB, tid & ((1 << KB) - 1));
-    s_cb[1][tid] = centroid(VB, tid & ((1 << VB) - 1));
-  }
-  __syncthreads();
-  // Tables: uint4 f of a half holds copies 4 (f % 8).. of entry f / 8.
-  uint4* tab4 = reinterpret_cast<uint4*>(tq_vtc_smem);
-  for (int f = tid; f < 8 * kVecTcLutEntries; f += kVecTcThreads) {
-    const int e = f >> 3;
-    const int2 kc = tc_kentry(KB, e);
-    const uint32_t kv = tc_pack2<T>(s_cb[0][kc.x], s_cb[0][kc.y]);
-    tab4[16 * e + (f & 7)] = make_uint4(kv, kv, kv, kv);
-    if constexpr (!kShareLut) {
-      const int2 vc = tc_ventry(VB, e);
-      const uint32_t vv = tc_pack2<T>(s_cb[1][vc.x], s_cb[1][vc.y]);
-      tab4[16 * e + 8 + (f & 7)] = make_uint4(vv, vv, vv, vv);
-    }
-  }
-
   // Row r of the block (query heads of the group x positions): whether it
   // exists, its query head and position (row 0's where it does not).
   struct BlockRow {
@@ -467,104 +450,34 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   const BlockRow row_g = block_row(g);
   const BlockRow col[2] = {block_row(2 * t), block_row(2 * t + 1)};
 
-  // Query row g as the B fragments of Q^T: lane (g, t) holds dims [(D/4) t,
-  // (D/4) t + D/4) of row g; k-step s pairs the dims of key pairs 2 s (b0)
-  // and 2 s + 1 (b1), see tc_kdim. Each row is scaled by its power of two;
-  // lane (g, t) keeps the factors of its columns.
-  uint32_t qb[KS][2];
-  float q_unscale[2]; // 2^-e_q of rows 2 t, 2 t + 1
+  // The block's query rows load first, coalesced (16-byte loads of whole
+  // rows; rows past the group are zeros), and go to shared memory once the
+  // tables are built; each lane reads its B fragments from there.
+  constexpr int kQVec = NQ * D / 4 / kVecTcThreads; // float4 per thread
+  static_assert(NQ * D / 4 % kVecTcThreads == 0, "whole float4 per thread");
+  __shared__ __align__(16) float s_q[NQ][D];
+  float4 qv[kQVec];
   {
-    float qf[KCPT];
-    const float* qp = q + b * p.q_str[0] + row_g.h * p.q_str[1] +
-        row_g.q * p.q_str[2] + KCPT * t;
-    float qmax = 0.0f;
+    const bool qal = (reinterpret_cast<uintptr_t>(q) % 16 == 0) &&
+        p.q_str[0] % 4 == 0 && p.q_str[1] % 4 == 0 && p.q_str[2] % 4 == 0;
 #pragma unroll
-    for (int c = 0; c < KCPT; c++) {
-      qf[c] = row_g.ok ? qp[c] * p.scale_log2 : 0.0f;
-      qmax = fmaxf(qmax, fabsf(qf[c]));
-    }
-    const int eq = tc_row_exponent(qmax);
-    const float qs = tc_pow2(eq);
-#pragma unroll
-    for (int s = 0; s < KS; s++) {
-      const int d0 = tc_kdim(KB, 2 * s);
-      const int d1 = tc_kdim(KB, 2 * s + 1);
-      qb[s][0] = tc_pack2<T>(qf[d0] * qs, qf[d0 + 1] * qs);
-      qb[s][1] = tc_pack2<T>(qf[d1] * qs, qf[d1 + 1] * qs);
-    }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-      q_unscale[r] = tc_pow2(-__shfl_sync(0xffffffffu, eq, 8 * t + 4 * r));
-    }
-  }
-  // The moving key shift's bias is one more m16n8k16 product per m-tile and
-  // 8 planes, in float16 (phases in [-1, 1] as A; the coefficients as B,
-  // scaled by a power of two per row as the queries are): k = 2t, 2t+1 are
-  // the cos planes 8 w + 2t, 8 w + 2t + 1 and k = 2t+8, 2t+9 their sin
-  // planes.
-  const int P = p.waves;
-  const int nw = (P + 7) / 8;
-  float c_unscale[2] = {0.0f, 0.0f};
-  if (P > 0) {
-    // Entry x of k-step w of lane (g, t)'s B fragment: cos (x < 2) or sin
-    // coefficient of plane 8 w + 2 t + x % 2 of row g.
-    const float* cr = wave_coef_row(p, b, row_g.h, row_g.q);
-    auto coef = [&](int w, int x) {
-      const int i = 8 * w + 2 * t + (x & 1);
-      return row_g.ok && i < P ? cr[(x >> 1) * P + i] : 0.0f;
-    };
-    float cmax = 0.0f;
-    for (int w = 0; w < nw; w++) {
-#pragma unroll
-      for (int x = 0; x < 4; x++) {
-        cmax = fmaxf(cmax, fabsf(coef(w, x)));
+    for (int i = 0; i < kQVec; i++) {
+      const int x = tid + i * kVecTcThreads;
+      const BlockRow br = block_row(x / (D / 4));
+      const float* qr = q + b * p.q_str[0] + br.h * p.q_str[1] +
+          br.q * p.q_str[2] + 4 * (x % (D / 4));
+      if (!br.ok) {
+        qv[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      } else if (qal) {
+        qv[i] = __ldg(reinterpret_cast<const float4*>(qr));
+      } else {
+        qv[i] = make_float4(qr[0], qr[1], qr[2], qr[3]);
       }
-    }
-    const int ec = tc_row_exponent(cmax);
-    const float cs = tc_pow2(ec);
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-      c_unscale[r] = tc_pow2(-__shfl_sync(0xffffffffu, ec, 8 * t + 4 * r));
-    }
-    if (warp == 0) {
-      for (int w = 0; w < nw; w++) {
-        float c[4];
-#pragma unroll
-        for (int x = 0; x < 4; x++) {
-          c[x] = coef(w, x) * cs;
-        }
-        s_wa[w][g][t] = make_uint2(
-            tc_pack2<__half>(c[0], c[1]), tc_pack2<__half>(c[2], c[3]));
-      }
-    }
-    if (tid < 8 * nw) {
-      s_wf[tid] = tid < P ? p.wave_freqs[b * p.wf_b_str + hk * P + tid] : 0u;
     }
   }
 
-  // O^T m-tile i: o[i][2 c + r] is dim (D/8) g + 2 i + c of row 2 t + r.
-  float o[DM][4];
-#pragma unroll
-  for (int i = 0; i < DM; i++) {
-#pragma unroll
-    for (int x = 0; x < 4; x++) {
-      o[i][x] = 0.0f;
-    }
-  }
-  float m_r[2] = {-INFINITY, -INFINITY}; // same in the 8 lanes of a column
-  float l_r[2] = {0.0f, 0.0f}; // partial over the lane's keys
-  int ev = 0; // T = __half: o is in units of 2^ev (P guard); warp-uniform
-  if (p.has_sinks && split == 0 && warp == 0) {
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-      if (col[r].ok) {
-        m_r[r] = kLog2e * sink_logit(p, sinks, b, col[r].h, col[r].q);
-        l_r[r] = g == 0 ? 1.0f : 0.0f;
-      }
-    }
-  }
-  __syncthreads(); // tables ready
-
+  // The first iteration's codes and scales load while the block builds its
+  // tables and query fragments.
   const int k_begin = split * p.keys_per_split;
   const int k_end = min(p.kL, k_begin + p.keys_per_split);
   // Rows are packed and scales unit-stride (vector_tc_layout).
@@ -645,6 +558,137 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   if (iters > 0) {
     load(jb0);
   }
+
+  if (tid < 16) {
+    s_cb[0][tid] = centroid(KB, tid & ((1 << KB) - 1));
+    s_cb[1][tid] = centroid(VB, tid & ((1 << VB) - 1));
+  }
+  __syncthreads();
+  // Tables: uint4 f of a half holds copies 4 (f % 8).. of entry f / 8.
+  uint4* tab4 = reinterpret_cast<uint4*>(tq_vtc_smem);
+  for (int f = tid; f < 8 * kVecTcLutEntries; f += kVecTcThreads) {
+    const int e = f >> 3;
+    const int2 kc = tc_kentry(KB, e);
+    const uint32_t kv = tc_pack2<T>(s_cb[0][kc.x], s_cb[0][kc.y]);
+    tab4[16 * e + (f & 7)] = make_uint4(kv, kv, kv, kv);
+    if constexpr (!kShareLut) {
+      const int2 vc = tc_ventry(VB, e);
+      const uint32_t vv = tc_pack2<T>(s_cb[1][vc.x], s_cb[1][vc.y]);
+      tab4[16 * e + 8 + (f & 7)] = make_uint4(vv, vv, vv, vv);
+    }
+  }
+
+#pragma unroll
+  for (int i = 0; i < kQVec; i++) {
+    const int x = tid + i * kVecTcThreads;
+    reinterpret_cast<float4*>(&s_q[0][0])[x] = qv[i];
+  }
+
+  // The moving key shift's bias is one more m16n8k16 product per m-tile and
+  // 8 planes, in float16 (phases in [-1, 1] as A; the coefficients as B,
+  // scaled by a power of two per row as the queries are): k = 2t, 2t+1 are
+  // the cos planes 8 w + 2t, 8 w + 2t + 1 and k = 2t+8, 2t+9 their sin
+  // planes.
+  const int P = p.waves;
+  const int nw = (P + 7) / 8;
+  float c_unscale[2] = {0.0f, 0.0f};
+  if (P > 0) {
+    // Entry x of k-step w of lane (g, t)'s B fragment: cos (x < 2) or sin
+    // coefficient of plane 8 w + 2 t + x % 2 of row g.
+    const float* cr = wave_coef_row(p, b, row_g.h, row_g.q);
+    auto coef = [&](int w, int x) {
+      const int i = 8 * w + 2 * t + (x & 1);
+      return row_g.ok && i < P ? cr[(x >> 1) * P + i] : 0.0f;
+    };
+    float cmax = 0.0f;
+    for (int w = 0; w < nw; w++) {
+#pragma unroll
+      for (int x = 0; x < 4; x++) {
+        cmax = fmaxf(cmax, fabsf(coef(w, x)));
+      }
+    }
+    const int ec = tc_row_exponent(cmax);
+    const float cs = tc_pow2(ec);
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      c_unscale[r] = tc_pow2(-__shfl_sync(0xffffffffu, ec, 8 * t + 4 * r));
+    }
+    if (warp == 0) {
+      for (int w = 0; w < nw; w++) {
+        float c[4];
+#pragma unroll
+        for (int x = 0; x < 4; x++) {
+          c[x] = coef(w, x) * cs;
+        }
+        s_wa[w][g][t] = make_uint2(
+            tc_pack2<__half>(c[0], c[1]), tc_pack2<__half>(c[2], c[3]));
+      }
+    }
+    if (tid < 8 * nw) {
+      s_wf[tid] = tid < P ? p.wave_freqs[b * p.wf_b_str + hk * P + tid] : 0u;
+    }
+  }
+
+  // O^T m-tile i: o[i][2 c + r] is dim (D/8) g + 2 i + c of row 2 t + r.
+  float o[DM][4];
+#pragma unroll
+  for (int i = 0; i < DM; i++) {
+#pragma unroll
+    for (int x = 0; x < 4; x++) {
+      o[i][x] = 0.0f;
+    }
+  }
+  float m_r[2] = {-INFINITY, -INFINITY}; // same in the 8 lanes of a column
+  float l_r[2] = {0.0f, 0.0f}; // partial over the lane's keys
+  int ev = 0; // T = __half: o is in units of 2^ev (P guard); warp-uniform
+  if (p.has_sinks && split == 0 && warp == 0) {
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      if (col[r].ok) {
+        m_r[r] = kLog2e * sink_logit(p, sinks, b, col[r].h, col[r].q);
+        l_r[r] = g == 0 ? 1.0f : 0.0f;
+      }
+    }
+  }
+  __syncthreads(); // tables and s_q ready
+
+  // Query row g (from s_q) as the B fragments of Q^T: lane (g, t) holds
+  // dims [(D/4) t, (D/4) t + D/4) of row g; k-step s pairs the dims of key
+  // pairs 2 s (b0) and 2 s + 1 (b1), see tc_kdim. Each row is scaled by its
+  // power of two; lane (g, t) keeps the factors of its columns.
+  uint32_t qb[KS][2];
+  float q_unscale[2]; // 2^-e_q of rows 2 t, 2 t + 1
+  {
+    float qf[KCPT];
+    const float4* qr = reinterpret_cast<const float4*>(&s_q[g][KCPT * t]);
+    float qmax = 0.0f;
+#pragma unroll
+    for (int c = 0; c < KCPT / 4; c++) {
+      const float4 v = qr[c];
+      qf[4 * c] = v.x * p.scale_log2;
+      qf[4 * c + 1] = v.y * p.scale_log2;
+      qf[4 * c + 2] = v.z * p.scale_log2;
+      qf[4 * c + 3] = v.w * p.scale_log2;
+    }
+#pragma unroll
+    for (int c = 0; c < KCPT; c++) {
+      qmax = fmaxf(qmax, fabsf(qf[c]));
+    }
+    const int eq = tc_row_exponent(qmax);
+    const float qs = tc_pow2(eq);
+#pragma unroll
+    for (int s = 0; s < KS; s++) {
+      const int d0 = tc_kdim(KB, 2 * s);
+      const int d1 = tc_kdim(KB, 2 * s + 1);
+      qb[s][0] = tc_pack2<T>(qf[d0] * qs, qf[d0 + 1] * qs);
+      qb[s][1] = tc_pack2<T>(qf[d1] * qs, qf[d1 + 1] * qs);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      q_unscale[r] = tc_pow2(-__shfl_sync(0xffffffffu, eq, 8 * t + 4 * r));
+    }
+  }
+
   for (int it = 0; it < iters; it++) {
     const int jb = jb0 + it * kStep;
     uint32_t knib[NT][KNW];
@@ -906,33 +950,49 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   }
   __syncthreads();
 
-  for (int e = tid; e < NQ * D; e += kVecTcThreads) {
-    const int r = e / D;
-    const int d = e % D;
-    const int orow = rg * NQ + r;
-    if (orow >= nrows) {
-      continue;
-    }
-    const int di = (d / VCPT) * (VCPT + 1) + d % VCPT;
-    float acc = 0.0f;
+  // Thread tid writes kDpt consecutive dims of row r: one chunk of s_o.
+  constexpr int kDpt = NQ * D / kVecTcThreads;
+  static_assert(VCPT % kDpt == 0, "a thread's dims in one chunk of s_o");
+  const int r = tid / (D / kDpt);
+  const int d0 = tid % (D / kDpt) * kDpt;
+  const int orow = rg * NQ + r;
+  if (orow < nrows) {
     float lsum = 0.0f;
     float mb = -INFINITY;
 #pragma unroll
     for (int w = 0; w < kVecTcWarps; w++) {
-      acc += s_o[(w * 8 + r) * LDO + di];
       lsum += s_l[w][r];
       mb = fmaxf(mb, s_m[w][r]);
     }
     const int h = hk * p.gqa + orow / p.qL;
     const int qi = orow % p.qL;
-    acc += sink_value_term<D>(p, sinks, split, b, h, qi, d, mb);
+    const float* so = s_o + r * LDO + (d0 / VCPT) * (VCPT + 1) + d0 % VCPT;
+    float acc[kDpt];
+#pragma unroll
+    for (int i = 0; i < kDpt; i++) {
+      acc[i] = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kVecTcWarps; w++) {
+        acc[i] += so[w * 8 * LDO + i];
+      }
+      acc[i] += sink_value_term<D>(p, sinks, split, b, h, qi, d0 + i, mb);
+    }
     if (p.num_splits == 1) {
-      out[b * p.o_str[0] + h * p.o_str[1] + qi * p.o_str[2] + d] = acc / lsum;
+      float* dst = out + b * p.o_str[0] + h * p.o_str[1] + qi * p.o_str[2] + d0;
+#pragma unroll
+      for (int i = 0; i < kDpt; i++) {
+        dst[i] = acc[i] / lsum;
+      }
     } else {
-      int64_t grow = (int64_t(b) * p.Hq + h) * p.qL + qi;
-      int64_t prow = int64_t(split) * p.B * p.Hq * p.qL + grow;
-      part_o[prow * D + d] = acc;
-      if (d == 0) {
+      const int64_t grow = (int64_t(b) * p.Hq + h) * p.qL + qi;
+      const int64_t prow = int64_t(split) * p.B * p.Hq * p.qL + grow;
+      float4* dst = reinterpret_cast<float4*>(part_o + prow * D + d0);
+#pragma unroll
+      for (int i = 0; i < kDpt / 4; i++) {
+        dst[i] = make_float4(
+            acc[4 * i], acc[4 * i + 1], acc[4 * i + 2], acc[4 * i + 3]);
+      }
+      if (d0 == 0) {
         part_ml[2 * prow] = mb;
         part_ml[2 * prow + 1] = lsum;
       }
