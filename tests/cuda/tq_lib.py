@@ -8,7 +8,8 @@ import os
 import torch
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_lib = ctypes.CDLL(os.path.join(_HERE, "build", "libtq.so"))
+# TQ_LIB: another build of the library (phase_trace.py's instrumented one).
+_lib = ctypes.CDLL(os.environ.get("TQ_LIB") or os.path.join(_HERE, "build", "libtq.so"))
 
 _vp = ctypes.c_void_p
 _i = ctypes.c_int
