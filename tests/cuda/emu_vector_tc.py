@@ -11,7 +11,9 @@ and O^T = V^T P^T (A: a0 row g cols 2t.., a1 row g+8, a2 row g cols 2t+8..,
 a3 row g+8; B: b0 rows 2t.., b1 rows 2t+8.., col g; C: rows g, g+8, cols 2t,
 2t+1), the transpose of P by movmatrix, the online softmax per column with
 the fp16 range guards, and the mapping of the accumulators back to dims, for
-one warp; compares with float64 attention. It checks the index reasoning, not the CUDA
+the block's 4 warps (each its own iterations and softmax state) and their
+merge as the kernel's epilogue does it (s_m / s_l, the padded s_o rows, one
+thread per row chunk); compares with float64 attention. It checks the index reasoning, not the CUDA
 code itself (the device tests in test_tq_cuda.py do that).
 
     python3 tests/cuda/emu_vector_tc.py
@@ -183,89 +185,112 @@ def run(D,KB,VB,nrows,kL,seed):
             l.append(((f16(qf[d0]*qs),f16(qf[d0+1]*qs)),(f16(qf[d1]*qs),f16(qf[d1+1]*qs))))
         qb.append(l)
     qun=[[np.float32(2.0**-eqs[8*(l&3)+4*r]) for r in range(2)] for l in range(32)]
-    o=[[[np.float32(0)]*4 for _ in range(DM)] for _ in range(32)]
-    m=[[-np.inf]*2 for _ in range(32)]; lsum=[[np.float32(0)]*2 for _ in range(32)]; ev=0
-    for jb in range(0,kL,KT):
-        kw={}
-        for lane in range(32):
-            g,t=lane>>2,lane&3
-            for j in range(NT):
-                jk=jb+NT*g+j; jk=jk if jk<kL else 0
-                c=Codes(KB,D,KC); c.load(kvec[jk],t); kw[(lane,j)]=c.kwords(t)
-        # S^T = K Q^T: m-tile mt rows g (+8) = keys jb+NT*g+2mt (+1)
-        s=[[[np.float32(0)]*4 for _ in range(MT)] for _ in range(32)]
-        for st in range(KS):
-            for mt in range(MT):
-                a=[]
-                for l in range(32):
-                    w0=kw[(l,2*mt)][st>>1]; w1=kw[(l,2*mt+1)][st>>1]; k=2*(st&1)
-                    a.append((kt_[byte(w0,k)],kt_[byte(w1,k)],kt_[byte(w0,k+1)],kt_[byte(w1,k+1)]))
-                res=mma(a,[qb[l][st] for l in range(32)],[s[l][mt] for l in range(32)])
-                for l in range(32): s[l][mt]=res[l]
-        kidx=lambda l,mt,x: jb+NT*(l>>2)+2*mt+(x>>1)
-        for l in range(32):
-            for mt in range(MT):
-                for x in range(4):
-                    jj=kidx(l,mt,x)
-                    s[l][mt][x]=np.float32(s[l][mt][x]*qun[l][x&1]*ks[jj]) if jj<kL else -np.inf
-        # column max over the 8 lanes of the same t
-        mref=[[0,0] for _ in range(32)]
-        for l in range(32):
-            t=l&3
-            for r in range(2):
-                mx=max([m[l][r]]+[s[l2][mt][x] for l2 in range(t,32,4) for mt in range(MT) for x in (r,2+r)])
-                mref[l][r]=0 if mx==-np.inf else mx
-                if mx!=m[l][r]:
-                    al=np.float32(2.0**(m[l][r]-mref[l][r])); lsum[l][r]*=al
-                    for i in range(DM): o[l][i][r]*=al; o[l][i][2+r]*=al
-                    m[l][r]=mx
-        vmax=max(vs[jb+j] for j in range(KT) if jb+j<kL)
-        e=int(np.floor(np.log2(vmax)))
-        if e>ev+4 or e<ev-8:
-            fct=np.float32(2.0**(ev-e))
-            for l in range(32):
-                for i in range(DM): o[l][i]=[v*fct for v in o[l][i]]
-            ev=e
-        vf=np.float32(2.0**-ev)
-        pb=[[None]*MT for _ in range(32)]
-        for mt in range(MT):
-            halves=[]
-            for h in range(2):
-                x=[]
-                for l in range(32):
-                    jj=jb+NT*(l>>2)+2*mt+h; vsc=vs[jj] if jj<kL else vs[0]
-                    pp=[]
-                    for r in range(2):
-                        p=np.float32(2.0**(s[l][mt][2*h+r]-mref[l][r])); lsum[l][r]+=p; pp.append(f16(p*vsc*vf))
-                    x.append(tuple(pp))
-                halves.append(trans(x))
-            for l in range(32): pb[l][mt]=(halves[0][l],halves[1][l])
-        # O^T += V^T P^T
-        for mt in range(MT):
-            ab={}; cd={}
+    # each of the block's W warps runs its own iterations and softmax state
+    W=4; states=[]
+    for w in range(W):
+        o=[[[np.float32(0)]*4 for _ in range(DM)] for _ in range(32)]
+        m=[[-np.inf]*2 for _ in range(32)]; lsum=[[np.float32(0)]*2 for _ in range(32)]; ev=0
+        for jb in range(w*KT,kL,W*KT):  # warp w's iterations (kStep = W KT)
+            kw={}
             for lane in range(32):
-                g,t=lane>>2,lane&3; cs=[]
-                for u in range(4):
-                    jv=jb+NT*(2*t+(u&1))+2*mt+(u>>1); jv=jv if jv<kL else 0
-                    c=Codes(VB,D,VC); c.load(vvec[jv],g); cs.append(c)
-                ab[lane]=vwords(cs[0],cs[1],g); cd[lane]=vwords(cs[2],cs[3],g)
-            for i in range(DM):
-                a=[]
+                g,t=lane>>2,lane&3
+                for j in range(NT):
+                    jk=jb+NT*g+j; jk=jk if jk<kL else 0
+                    c=Codes(KB,D,KC); c.load(kvec[jk],t); kw[(lane,j)]=c.kwords(t)
+            # S^T = K Q^T: m-tile mt rows g (+8) = keys jb+NT*g+2mt (+1)
+            s=[[[np.float32(0)]*4 for _ in range(MT)] for _ in range(32)]
+            for st in range(KS):
+                for mt in range(MT):
+                    a=[]
+                    for l in range(32):
+                        w0=kw[(l,2*mt)][st>>1]; w1=kw[(l,2*mt+1)][st>>1]; k=2*(st&1)
+                        a.append((kt_[byte(w0,k)],kt_[byte(w1,k)],kt_[byte(w0,k+1)],kt_[byte(w1,k+1)]))
+                    res=mma(a,[qb[l][st] for l in range(32)],[s[l][mt] for l in range(32)])
+                    for l in range(32): s[l][mt]=res[l]
+            kidx=lambda l,mt,x: jb+NT*(l>>2)+2*mt+(x>>1)
+            for l in range(32):
+                for mt in range(MT):
+                    for x in range(4):
+                        jj=kidx(l,mt,x)
+                        s[l][mt][x]=np.float32(s[l][mt][x]*qun[l][x&1]*ks[jj]) if jj<kL else -np.inf
+            # column max over the 8 lanes of the same t
+            mref=[[0,0] for _ in range(32)]
+            for l in range(32):
+                t=l&3
+                for r in range(2):
+                    mx=max([m[l][r]]+[s[l2][mt][x] for l2 in range(t,32,4) for mt in range(MT) for x in (r,2+r)])
+                    mref[l][r]=0 if mx==-np.inf else mx
+                    if mx!=m[l][r]:
+                        al=np.float32(2.0**(m[l][r]-mref[l][r])); lsum[l][r]*=al
+                        for i in range(DM): o[l][i][r]*=al; o[l][i][2+r]*=al
+                        m[l][r]=mx
+            vmax=max(vs[jb+j] for j in range(KT) if jb+j<kL)
+            e=int(np.floor(np.log2(vmax)))
+            if e>ev+4 or e<ev-8:
+                fct=np.float32(2.0**(ev-e))
                 for l in range(32):
-                    ent=[ab[l][(i,0)],ab[l][(i,1)],cd[l][(i,0)],cd[l][(i,1)]]
-                    a.append(tuple(vt_[byte(w,k)] for (w,k) in ent))
-                res=mma(a,[pb[l][mt] for l in range(32)],[o[l][i] for l in range(32)])
-                for l in range(32): o[l][i]=res[l]
+                    for i in range(DM): o[l][i]=[v*fct for v in o[l][i]]
+                ev=e
+            vf=np.float32(2.0**-ev)
+            pb=[[None]*MT for _ in range(32)]
+            for mt in range(MT):
+                halves=[]
+                for h in range(2):
+                    x=[]
+                    for l in range(32):
+                        jj=jb+NT*(l>>2)+2*mt+h; vsc=vs[jj] if jj<kL else vs[0]
+                        pp=[]
+                        for r in range(2):
+                            p=np.float32(2.0**(s[l][mt][2*h+r]-mref[l][r])); lsum[l][r]+=p; pp.append(f16(p*vsc*vf))
+                        x.append(tuple(pp))
+                    halves.append(trans(x))
+                for l in range(32): pb[l][mt]=(halves[0][l],halves[1][l])
+            # O^T += V^T P^T
+            for mt in range(MT):
+                ab={}; cd={}
+                for lane in range(32):
+                    g,t=lane>>2,lane&3; cs=[]
+                    for u in range(4):
+                        jv=jb+NT*(2*t+(u&1))+2*mt+(u>>1); jv=jv if jv<kL else 0
+                        c=Codes(VB,D,VC); c.load(vvec[jv],g); cs.append(c)
+                    ab[lane]=vwords(cs[0],cs[1],g); cd[lane]=vwords(cs[2],cs[3],g)
+                for i in range(DM):
+                    a=[]
+                    for l in range(32):
+                        ent=[ab[l][(i,0)],ab[l][(i,1)],cd[l][(i,0)],cd[l][(i,1)]]
+                        a.append(tuple(vt_[byte(w,k)] for (w,k) in ent))
+                    res=mma(a,[pb[l][mt] for l in range(32)],[o[l][i] for l in range(32)])
+                    for l in range(32): o[l][i]=res[l]
+        states.append((o,m,lsum,ev))
+    # merge of the warps as the kernel's epilogue: column sums over the 8
+    # lanes of a t, s_m / s_l per warp and row, o scaled to the block's max
+    # into s_o (row w*8 + 2t + r, lane g's chunk at g*(VC+1), LDO padding),
+    # then thread tid sums kDpt consecutive dims of row tid // (D // kDpt)
+    LDO=8*(VC+1); kDpt=8*D//128
+    s_o=np.zeros(W*8*LDO); s_m=np.full((W,8),-np.inf); s_l=np.zeros((W,8))
+    ref0=lambda x: 0.0 if x==-np.inf else x
+    for w,(o,m,lsum,ev) in enumerate(states):
+        for l in range(32):
+            g,t=l>>2,l&3
+            for r in range(2): s_m[w][2*t+r]=m[l][r]
+    for w,(o,m,lsum,ev) in enumerate(states):
+        for l in range(32):
+            g,t=l>>2,l&3
+            for r in range(2):
+                mb=max(s_m[x][2*t+r] for x in range(W))
+                f=2.0**(m[l][r]-ref0(mb)) if m[l][r]!=-np.inf else 0.0
+                if g==0: s_l[w][2*t+r]=sum(lsum[l2][r] for l2 in range(t,32,4))*f
+                base=(w*8+2*t+r)*LDO+g*(VC+1)
+                for i in range(DM):
+                    s_o[base+2*i]=o[l][i][r]*f*2.0**ev; s_o[base+2*i+1]=o[l][i][2+r]*f*2.0**ev
     out=np.zeros((nrows,D))
-    for lane in range(32):
-        g,t=lane>>2,lane&3
-        for r in range(2):
-            row=2*t+r
-            if row>=nrows: continue
-            L=sum(lsum[l][r] for l in range(t,32,4))
-            for i in range(DM):
-                for c in range(2):
-                    out[row,(D//8)*g+2*i+c]=o[lane][i][2*c+r]*2.0**ev/L
+    for tid in range(128):
+        r=tid//(D//kDpt); d0=tid%(D//kDpt)*kDpt
+        if r>=nrows: continue
+        L=sum(s_l[w][r] for w in range(W))
+        so=r*LDO+(d0//VC)*(VC+1)+d0%VC
+        for i in range(kDpt):
+            out[r,d0+i]=sum(s_o[so+w*8*LDO+i] for w in range(W))/L
     kd=np.array(cb(KB))[kcodes]*ks[:,None]; vd=np.array(cb(VB))[vcodes]*vs[:,None]
     sc=(q.astype(np.float64)*4/np.sqrt(D))@kd.T; p=np.exp(sc-sc.max(1,keepdims=True)); p/=p.sum(1,keepdims=True)
     ref=p@vd
@@ -274,7 +299,7 @@ def main():
     bad=check_bits()
     print('index words vs docs/format.md: %d mismatches' % bad)
     ok=bad==0
-    for D,KB,VB,nr,kL in ((64,4,4,4,70),(128,3,4,8,45),(128,4,3,3,33),(256,3,3,5,40),(64,3,3,8,64)):
+    for D,KB,VB,nr,kL in ((64,4,4,4,170),(128,3,4,8,145),(128,4,3,3,33),(256,3,3,5,90),(64,3,3,8,300)):
         err=run(D,KB,VB,nr,kL,D+KB*7+VB)
         ok=ok and err<3e-3
         print("D=%d turbo%d/turbo%d rows=%d kL=%d: rel err %.2e (fp16)"%(D,KB,VB,nr,kL,err))
