@@ -1,7 +1,7 @@
 """CPU emulation of turbo_sdpa_vector_tc's data layout (no GPU needed).
 
 Mirrors, in Python, what the kernel in
-mlx_overlay/mlx/backend/cuda/device/turboquant_decode_tc.cuh does per lane: the keys
+mlx_overlay/mlx/backend/cuda/device/turboquant_decode_tc.cuh (with turboquant_tc_ops.cuh) does per lane: the keys
 of each lane (NT consecutive keys per lane for S^T, 2 NT for V^T P^T), the raw
 code loads (TcCodes), the turbo3 plane-pair key indices (kwords / tc_kdim), the
 key-pair value indices (turbo4 x / y words, turbo3 vpair straight from the planes),

@@ -8,6 +8,8 @@
 //   turboquant_decode.cuh     AttnParams, mask / sink helpers,
 //                             turbo_sdpa_vector (SIMT decode),
 //                             turbo_sdpa_combine
+//   turboquant_tc_ops.cuh     the tensor-core decode's building blocks (MMA
+//                             wrappers, table lookups, packed-code loads)
 //   turboquant_decode_tc.cuh  turbo_sdpa_vector_tc (tensor-core decode)
 //   turboquant_plan.cuh       host-side decode launch plan, shared by MLX
 //                             and the standalone harness
