@@ -717,8 +717,8 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   static_assert(VCPT % kDpt == 0, "a thread's dims in one chunk of s_o");
   const int r = tid / (D / kDpt);
   const int d0 = tid % (D / kDpt) * kDpt;
-  const int orow = rg * NQ + r;
-  if (orow < nrows) {
+  const BlockRow row_r = block_row(r);
+  if (row_r.ok) {
     float lsum = 0.0f;
     float mb = -INFINITY;
 #pragma unroll
@@ -726,8 +726,8 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
       lsum += s_l[w][r];
       mb = fmaxf(mb, s_m[w][r]);
     }
-    const int h = hk * p.gqa + orow / p.qL;
-    const int qi = orow % p.qL;
+    const int h = row_r.h;
+    const int qi = row_r.q;
     const float* so = s_o + r * LDO + (d0 / VCPT) * (VCPT + 1) + d0 % VCPT;
     float acc[kDpt];
 #pragma unroll
