@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 KERNEL = "mlx/backend/cuda/device/turboquant_decode_tc.cuh"
@@ -141,13 +143,11 @@ def build(outdir):
 
 
 def percentiles(x):
-    import numpy as np
-
     p = np.percentile(x, [0, 50, 90, 100])
     return {"min": p[0], "median": p[1], "p90": p[2], "max": p[3]}
 
 
-def run(shape, tq_lib, torch, np):
+def run(shape, tq_lib, torch):
     B, Hq, Hkv, kL, bits = shape
     D = 128
     w = tq_lib.words(bits, D)
@@ -231,12 +231,11 @@ def main():
     else:
         os.environ["TQ_LIB"] = build(phase_dir)
     sys.path.insert(0, HERE)
-    import numpy as np
     import torch
     import tq_lib
 
     tq_lib._lib.tq_phase_read.argtypes = [ctypes.c_void_p, ctypes.c_int]
-    rows = [run(s, tq_lib, torch, np) for s in SHAPES]
+    rows = [run(s, tq_lib, torch) for s in SHAPES]
     md = markdown(rows, torch.cuda.get_device_name())
     print(md)
     with open(os.path.join(args.out, "block_phases.json"), "w") as f:
