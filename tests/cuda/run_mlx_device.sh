@@ -15,6 +15,8 @@
 #   tests/cuda/run_mlx_device.sh memory [ARGS]  # benchmarks/prefill_memory.py (transient memory per chunk)
 #   tests/cuda/run_mlx_device.sh grid [ARGS]    # benchmarks/gpu_attention.py --grid (gpu_decode_*.json)
 #   tests/cuda/run_mlx_device.sh pytest [ARGS]  # the op's test modules on the GPU (no mlx-lm tests)
+#   tests/cuda/run_mlx_device.sh mlxlm [ARGS]   # the mlx-lm tests (tests/mlx_lm) on the GPU, with the
+#                                             # carried dist/mlx_lm-*.whl
 #   tests/cuda/run_mlx_device.sh sanitize     # compute-sanitizer memcheck over the attention tests
 #   tests/cuda/run_mlx_device.sh backtrace    # cuda-gdb backtrace of a crashing ./test.sh run
 #
@@ -132,6 +134,13 @@ case "${1:-}" in
       tests/test_attention.py tests/test_position_shift.py tests/test_errors.py tests/test_format.py tests/test_properties.py tests/test_cache_update.py tests/test_prefill_route.py -q -p no:cacheprovider --assert=plain -rf "$@" 2>&1 |
       tee "$OUTDIR/pytest_gpu.log" | tail -25
     ;;
+  mlxlm)
+    shift
+    set -o pipefail
+    "$TURBOQUANT_VENV/bin/python" -m pip install -q --no-deps --force-reinstall dist/mlx_lm-*.whl || exit 1
+    "$TURBOQUANT_VENV/bin/python" -m pytest tests/mlx_lm -q -p no:cacheprovider --assert=plain -rf "$@" 2>&1 |
+      tee "$OUTDIR/pytest_mlx_lm_gpu.log" | tail -25
+    ;;
   e2e | profile | trace | memory)
     script=benchmarks/e2e_generate.py
     [[ "$1" == profile ]] && script=benchmarks/decode_profile.py
@@ -157,7 +166,7 @@ case "${1:-}" in
       tee "$OUTDIR/backtrace.log" | tail -60
     ;;
   *)
-    sed -n 2,16p "$0"
+    sed -n 2,18p "$0"
     exit 2
     ;;
 esac

@@ -559,36 +559,43 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
         mx[r] = fmaxf(mx[r], sc);
       }
     }
-    float mref[2];
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-#pragma unroll
-      for (int off = 4; off < 32; off <<= 1) {
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], off));
-      }
-      mref[r] = safe_max_ref(mx[r]);
-      if (mx[r] != m_r[r]) { // uniform in the column; rare once warm
-        const float alpha = exp2f(m_r[r] - mref[r]);
-        l_r[r] *= alpha;
-#pragma unroll
-        for (int i = 0; i < DM; i++) {
-          o[i][r] *= alpha;
-          o[i][2 + r] *= alpha;
-        }
-        m_r[r] = mx[r];
-      }
-    }
-    float vf = 1.0f;
+    // The columns' maxima over their 8 lanes and, for T = __half, the
+    // largest |value scale| of the warp's keys: the three reductions
+    // interleave, then one branch rescales the rows whose maximum moved.
+    float vmax = 0.0f;
     if constexpr (kHalf) {
-      float vmax = 0.0f;
 #pragma unroll
       for (int j = 0; j < NT; j++) {
         vmax = fmaxf(vmax, fabsf(vsc[j]));
       }
+    }
 #pragma unroll
-      for (int off = 4; off < 32; off <<= 1) {
+    for (int off = 4; off < 32; off <<= 1) {
+      mx[0] = fmaxf(mx[0], __shfl_xor_sync(0xffffffffu, mx[0], off));
+      mx[1] = fmaxf(mx[1], __shfl_xor_sync(0xffffffffu, mx[1], off));
+      if constexpr (kHalf) {
         vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, off));
       }
+    }
+    const float mref[2] = {safe_max_ref(mx[0]), safe_max_ref(mx[1])};
+    if (mx[0] != m_r[0] || mx[1] != m_r[1]) { // uniform in a column; rare
+      float alpha[2];
+#pragma unroll
+      for (int r = 0; r < 2; r++) {
+        alpha[r] = mx[r] != m_r[r] ? tc_exp2(m_r[r] - mref[r]) : 1.0f;
+        l_r[r] *= alpha[r];
+        m_r[r] = mx[r];
+      }
+#pragma unroll
+      for (int i = 0; i < DM; i++) {
+#pragma unroll
+        for (int x = 0; x < 4; x++) {
+          o[i][x] *= alpha[x & 1];
+        }
+      }
+    }
+    float vf = 1.0f;
+    if constexpr (kHalf) {
       if (vmax > 0.0f && vmax <= FLT_MAX) {
         int e = tc_exponent(vmax);
         if (e > ev + 4 || e < ev - 8) { // uniform in the warp
@@ -614,8 +621,8 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
 #pragma unroll
       for (int h = 0; h < 2; h++) {
         const float pv = vsc[2 * mt + h] * vf;
-        const float p0 = exp2f(s[mt][2 * h] - mref[0]);
-        const float p1 = exp2f(s[mt][2 * h + 1] - mref[1]);
+        const float p0 = tc_exp2(s[mt][2 * h] - mref[0]);
+        const float p1 = tc_exp2(s[mt][2 * h + 1] - mref[1]);
         l_r[0] += p0;
         l_r[1] += p1;
         pb[mt][h] = tc_trans(tc_pack2<T>(p0 * pv, p1 * pv));

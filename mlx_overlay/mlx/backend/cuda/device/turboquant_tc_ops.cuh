@@ -34,6 +34,15 @@ __device__ inline int tc_row_exponent(float amax) {
   return 0;
 }
 
+// 2^x with one MUFU.EX2 (ex2.approx.ftz: the accuracy of exp2f, whose
+// extra instructions only keep results below 2^-126 subnormal; here such
+// weights flush to 0, against a largest weight of 1 per row).
+__device__ inline float tc_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 template <typename T>
 __device__ inline uint32_t tc_pack2(float lo, float hi) {
   if constexpr (std::is_same_v<T, __half>) {
