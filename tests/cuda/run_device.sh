@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build the harness, run the correctness tests, benchmark.
 #   bash tests/cuda/run_device.sh [--no-bench] [--no-test] [--ncu] [--quick]
-# --ncu: Nsight Compute sections of the decode kernels (prof_one.py).
+# --ncu: Nsight Compute sections and stall reasons of the decode kernels
+# (prof_one.py; benchmarks/results/ncu_decode_h200.txt).
 # Writes logs, bench_cuda.json and cuda_decode.png to $OUT (or tests/cuda/out).
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -37,6 +38,7 @@ if [ $ncu -eq 1 ]; then
     --section Occupancy --section WarpStateStats --section LaunchStats \
     --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
     --section InstructionStats --section SchedulerStats \
+    --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \
     python3 prof_one.py > "$OUT/ncu.txt" 2>&1
   grep -E "turbo_sdpa_vector|Duration|Memory Throughput|Compute \(SM\)|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Issue Slots|Theoretical Occ|Stall|Eligible|Issued Warp|No Eligible|L1/TEX Hit|L2 Hit|Executed Ipc|Mem Busy|Max Bandwidth|Block Limit" "$OUT/ncu.txt" | head -120
 fi
