@@ -245,16 +245,19 @@ def measure_context(model, prompts, weights, context, caches, warmed, args):
     """The rows of one (weights, context) for CACHES. The runs interleave
     the caches (round r runs each once), so a drift of the machine over the
     minutes a context takes (clocks, host load) spreads over every cache
-    instead of biasing the ones measured last."""
-    runs, errors = {c: [] for c in caches}, {}
+    instead of biasing the ones measured last. WARMED maps each cache warmed
+    up so far to its warm-up error (None if it ran): a cache whose warm-up
+    failed is not run at any context (its error is recorded for each)."""
     for c in caches:
         if c not in warmed:
+            warmed[c] = None
             try:
                 one_run(model, prompts[min(prompts)], c, args)
             except Exception as e:
-                errors[c] = f"{type(e).__name__}: {e}"
-            warmed.add(c)
+                warmed[c] = f"{type(e).__name__}: {e}"
             mx.clear_cache()
+    runs = {c: [] for c in caches}
+    errors = {c: warmed[c] for c in caches if warmed[c] is not None}
     for r in range(args.runs):
         for c in caches:
             if c in errors:
@@ -524,7 +527,7 @@ def main():
                 model = build_model(config, w)
             except Exception as e:
                 build_error = f"building the model: {type(e).__name__}: {e}"
-        warmed = set()
+        warmed = {}
         for L in contexts:
             todo = [c for c in caches if (w, L, c) not in done]
             skip = None
