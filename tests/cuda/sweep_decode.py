@@ -8,7 +8,9 @@ plans (plan_decode) and forced ones, each timed as a CUDA graph of 20 calls
 (median of 7 replays, inputs rotated so the L2 does not hold the cache); the kernels of
 one call are also recorded with CUPTI (torch.profiler) so the decode kernel
 and the split-K combine are timed apart. Each row also says how far its output
-is from the first plan's (rel_err_vs_first: float32 reassociation only). Next to them: PyTorch's bf16 SDPA
+is from the first plan's (rel_err_vs_first: float32 reassociation, and
+the rounding of the weights to the MMA's type, which follows each split's
+running maximum). Next to them: PyTorch's bf16 SDPA
 (fastest backend) on the same shape and a device-to-device copy (GB/s).
 Writes DIR/sweep_decode.json.
 """

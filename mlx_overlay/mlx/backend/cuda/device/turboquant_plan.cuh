@@ -40,10 +40,10 @@ constexpr int kVecBlocksPerSm = 2;
 // is paid per split. A partial second wave costs a whole wave's time. In
 // tests/cuda/sweep_decode.py (H200, D = 128, turbo3/4, B = 1 and 8, Hq/Hkv
 // = 28/4 and 32/8, 8K-128K keys, cuda_split_sweep_h200.md) this count was
-// the fastest tried, or within 1% of it, at all but three shapes (2-3%
-// there; e.g. B = 1, 28/4, 128K keys, turbo3: 44.9 us at 98 splits, 43.7 us
-// at 64), e.g. B = 1, 28/4, turbo4, 128K keys: 98 splits 42.0 us against
-// 49.8 us at 32, 43.7 at 64 and 51.7 at 128. per_sm: the kernel's resident
+// the fastest tried, or within 1% of it, at all but four shapes, all turbo3
+// (3-5% there; e.g. B = 1, 28/4, 128K keys: 44.8 us at 98 splits, 42.6 us
+// at 64), e.g. B = 1, 28/4, turbo4, 128K keys: 98 splits 41.0 us against
+// 47.3 us at 32, 42.4 at 64 and 50.6 at 128. per_sm: the kernel's resident
 // blocks per SM.
 inline int vector_num_splits(int base_blocks, int kL, int num_sms, int per_sm) {
   int resident = per_sm * num_sms;
