@@ -87,8 +87,8 @@ constexpr int kVecTcThreads = 32 * kVecTcWarps;
 //
 // Resident blocks per SM the kernel is compiled for (__launch_bounds__;
 // plan_decode sizes the split-K count with it): 3 up to D = 128 (at most 168
-// registers; ptxas, sm_90a: 8 and 44 bytes of spill loads in two masked
-// bf16 D = 128 instantiations, none in the others), 2 at D = 256 (225-235
+// registers; ptxas, sm_90a: 8 and 52 bytes of spill loads in two masked
+// bf16 D = 128 instantiations, none in the others), 2 at D = 256 (223-235
 // registers, no spills).
 __host__ __device__ constexpr int vec_tc_blocks_per_sm(int d) {
 #ifdef TQ_VTC_MIN_BLOCKS
