@@ -138,7 +138,14 @@ case "${1:-}" in
     shift
     set -o pipefail
     "$TURBOQUANT_VENV/bin/python" -m pip install -q --no-deps --force-reinstall dist/mlx_lm-*.whl || exit 1
-    "$TURBOQUANT_VENV/bin/python" -m pytest tests/mlx_lm -q -p no:cacheprovider --assert=plain -rf "$@" 2>&1 |
+    # The cache's own tests first, the subprocess-heavy CLI tests (each test
+    # starts `python -m mlx_lm`, which loads the CUDA backend) last.
+    # --timeout (pytest-timeout, in the device image) bounds a stuck test.
+    "$TURBOQUANT_VENV/bin/python" -m pytest tests/mlx_lm/test_turbo_kv_cache.py \
+      tests/mlx_lm/test_turbo_rotary_shift.py tests/mlx_lm/test_batch_turbo.py \
+      tests/mlx_lm/test_server_batching.py tests/mlx_lm/test_distributed.py \
+      tests/mlx_lm/test_cli.py \
+      -q -p no:cacheprovider --assert=plain -rf --timeout 240 "$@" 2>&1 |
       tee "$OUTDIR/pytest_mlx_lm_gpu.log" | tail -25
     ;;
   e2e | profile | trace | memory)

@@ -117,14 +117,50 @@ def test_nothing_dequantized_and_append_is_in_place():
     assert batch.keys[0].shape[2] == cap  # a step writes into the preallocated buffer
 
 
+# Largest difference of a log-probability between a batched and a single run.
+# On the CPU the two paths differ only by padding, which the mask removes: the
+# tokens agree exactly, the log-probabilities to float32 rounding (the matmuls'
+# blocking follows the batch's shape; 4e-6 measured, CPU_TOL 1e-4). On the
+# default device, MLX's CUDA backend runs float32 matmuls in TF32 (inputs
+# rounded to 11 significant bits, MLX_ENABLE_TF32) with algorithms chosen by
+# the batch's shape, and plans the decode kernel's key splits by batch size, so
+# the two runs round differently: about 1e-3 relative through the 4 layers of
+# this model, which a 3-bit code can turn into a flipped centroid. BATCH_TOL
+# bounds that with room; it is an estimate, not yet checked on a GPU (where the
+# exact comparison failed: docs/cuda.md).
+BATCH_TOL = 0.05
+CPU_TOL = 1e-4
+
+
+def assert_agrees_with_alone(got, got_lp, alone, alone_lp, tol):
+    """Tokens GOT (with their log-probabilities GOT_LP) of one sequence of a
+    batch against the run of its prompt alone (ALONE, full log-probability
+    vectors ALONE_LP). Where the tokens agree their log-probabilities agree
+    within TOL; a different token is allowed only at a near tie of the alone
+    run (the batch's token within 2 TOL of its best), after which the two
+    histories differ and nothing more is compared."""
+    assert len(got) == len(alone)
+    for i, (g, a) in enumerate(zip(got, alone)):
+        if g == a:
+            assert abs(got_lp[i] - alone_lp[i][a].item()) <= tol, (i, got_lp[i])
+            continue
+        margin = (alone_lp[i][a] - alone_lp[i][g]).item()
+        assert margin <= 2 * tol, (i, g, a, margin)
+        return
+
+
+@pytest.mark.parametrize("device", ["cpu", "default"])
 @pytest.mark.parametrize("kv_cache_type", ["turbo3", "turbo4-turbo3"])
-def test_batch_generate_matches_each_prompt_alone(kv_cache_type):
-    """Each sequence of a batch of different lengths gives the tokens that prompt
-    gives alone with the same cache type (float32: the batched and single paths
-    differ only by padding, which the mask removes)."""
+def test_batch_generate_matches_each_prompt_alone(kv_cache_type, device):
+    """Each sequence of a batch of different lengths gives the tokens that
+    prompt gives alone with the same cache type: exactly on the CPU (float32,
+    the paths differ only by padding, which the mask removes), and up to the
+    rounding of the default device (BATCH_TOL) elsewhere."""
     model, _ = tiny_llama(dtype=mx.float32)
     prompts = [[(7 * i + 3 * j) % 90 + 3 for j in range(n)] for i, n in enumerate([5, 23, 41, 12])]
     n_gen = 10
+    on_cpu = device == "cpu" or mx.default_device() == mx.cpu
+    kw = {"stream": mx.new_stream(mx.cpu)} if device == "cpu" else {}
     res = batch_generate(
         model,
         _Tok(),
@@ -132,11 +168,18 @@ def test_batch_generate_matches_each_prompt_alone(kv_cache_type):
         max_tokens=n_gen,
         kv_cache_type=kv_cache_type,
         return_token_ids=True,
+        return_logprobs=True,
+        **kw,
     )
-    for p, got in zip(prompts, res.token_ids):
+    for p, got, got_lp in zip(prompts, res.token_ids, res.logprobs):
         cache = make_prompt_cache(model, kv_cache_type=kv_cache_type)
-        alone = [t for t, _ in generate_step(mx.array(p), model, max_tokens=n_gen, prompt_cache=cache)]
-        assert list(got) == alone
+        steps = list(generate_step(mx.array(p), model, max_tokens=n_gen, prompt_cache=cache, **kw))
+        alone = [t for t, _ in steps]
+        if on_cpu:
+            assert list(got) == alone
+        assert_agrees_with_alone(
+            list(got), got_lp, alone, [lp for _, lp in steps], CPU_TOL if on_cpu else BATCH_TOL
+        )
 
 
 def test_batch_generator_uses_turbo_caches():
