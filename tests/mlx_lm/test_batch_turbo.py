@@ -124,10 +124,10 @@ def test_nothing_dequantized_and_append_is_in_place():
 # default device, MLX's CUDA backend runs float32 matmuls in TF32 (inputs
 # rounded to 11 significant bits, MLX_ENABLE_TF32) with algorithms chosen by
 # the batch's shape, and plans the decode kernel's key splits by batch size, so
-# the two runs round differently: about 1e-3 relative through the 4 layers of
-# this model, which a 3-bit code can turn into a flipped centroid. BATCH_TOL
-# bounds that with room; it is an estimate, not yet checked on a GPU (where the
-# exact comparison failed: docs/cuda.md).
+# the two runs round differently, by the order of TF32's 2^-11 relative
+# rounding per layer, which a 3-bit code can turn into a flipped centroid.
+# BATCH_TOL is an estimate of that with room, not measured: not yet run on a
+# GPU (where the exact comparison failed: docs/cuda.md).
 BATCH_TOL = 0.05
 CPU_TOL = 1e-4
 
