@@ -11,11 +11,13 @@ bf16 weights) through mlx-lm, prefills ``context`` tokens, and records with
            ``generate_step`` runs it (the next step built and queued with
            ``mx.async_eval`` before the current token is read): per step the
            host's time building the graph, queuing it (``async_eval``, which
-           encodes every kernel) and waiting for the token, and the GPU's busy
-           and idle time between the first and last kernel. A step whose GPU
-           is idle for long is bound by the host; one with copies of
-           cache-sized buffers ("long copies", over 10 us each) lost the
-           in-place append
+           encodes every kernel) and waiting for the token, the GPU's busy
+           and idle time between the first and last kernel, and the host's
+           CUDA runtime / driver calls by name (where the queue time goes:
+           graph nodes added, graphs instantiated or updated, launches). A
+           step whose GPU is idle for long is bound by the host; one with
+           copies of cache-sized buffers ("long copies", over 10 us each)
+           lost the in-place append
   decode   ``--steps`` decode steps evaluated one at a time (each step's graph
            built, evaluated, then the next): kernels per step, GPU busy time
            per step (the union of kernel intervals) and the step's wall time
@@ -89,12 +91,18 @@ def busy_us(intervals):
 LONG_COPY_US = 10.0
 
 
+# Chrome-trace categories of the host's CUDA runtime and driver API calls.
+API_CATEGORIES = ("cuda_runtime", "cuda_driver")
+
+
 def trace(fn, n, warm=True):
     """Kernels of n calls of fn: ({name: [count, us]}, busy us, wall us,
-    kernel span us, [long copy count, us]).
+    kernel span us, [long copy count, us], {API call: [count, us]}).
 
     Read from the profiler's Chrome trace (events of category "kernel"),
-    which holds every kernel CUPTI saw, whoever launched it."""
+    which holds every kernel CUPTI saw, whoever launched it, and the host's
+    CUDA runtime / driver calls CUPTI recorded (from every thread: MLX's
+    graph building, instantiation and update, launches, allocations)."""
     import tempfile
 
     import torch
@@ -119,7 +127,11 @@ def trace(fn, n, warm=True):
     kernels = collections.defaultdict(lambda: [0, 0.0])
     intervals = []
     long_copies = [0, 0.0]
+    api = collections.defaultdict(lambda: [0, 0.0])
     for e in events:
+        if e.get("cat") in API_CATEGORIES and "dur" in e:
+            api[e["name"]][0] += 1
+            api[e["name"]][1] += float(e["dur"])
         if e.get("cat") != "kernel" or "dur" not in e:
             continue
         dur = float(e["dur"])
@@ -130,10 +142,10 @@ def trace(fn, n, warm=True):
             long_copies[0] += 1
             long_copies[1] += dur
     span = max(e for _, e in intervals) - min(s for s, _ in intervals) if intervals else 0.0
-    return kernels, busy_us(intervals), wall, span, long_copies
+    return kernels, busy_us(intervals), wall, span, long_copies, api
 
 
-def summarize(kernels, busy, wall, span, long_copies, n):
+def summarize(kernels, busy, wall, span, long_copies, api, n):
     groups = collections.defaultdict(lambda: [0.0, 0.0])
     for name, (count, us) in kernels.items():
         g = groups[group_of(name)]
@@ -149,6 +161,12 @@ def summarize(kernels, busy, wall, span, long_copies, n):
         "kernels": sum(c for c, _ in kernels.values()) / n,
         "groups": {g: {"launches": c, "us": us} for g, (c, us) in groups.items()},
         "top": [{"name": short(k), "launches": c / n, "us": us / n} for k, (c, us) in top],
+        # Host time inside CUDA API calls (calls overlap across threads).
+        "host_api_us": sum(us for _, us in api.values()) / n,
+        "host_api": [
+            {"name": k, "calls": c / n, "us": us / n}
+            for k, (c, us) in sorted(api.items(), key=lambda kv: -kv[1][1])[:12]
+        ],
     }
 
 
@@ -273,6 +291,26 @@ def markdown(rows, header):
                 cells.append(f"{x['us']:.0f} ({x['launches']:.0f})" if x else "")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    if any("host_api" in r["loop"] for r in rows):
+        lines += [
+            "### The host's CUDA API calls in one step of the decode loop (CUPTI; us, all threads)",
+            "",
+        ]
+        for r in rows:
+            api = r["loop"].get("host_api")
+            if api is None:
+                continue
+            lines.append(
+                f"{r['context']:,} tokens, {r['cache']}: {r['loop']['host_api_us']:.0f} us in calls"
+            )
+            lines.append("")
+            if not api:
+                lines += ["(no runtime or driver calls recorded)", ""]
+                continue
+            lines += ["| call | calls | us |", "|---|---:|---:|"]
+            for a in api:
+                lines.append(f"| `{a['name']}` | {a['calls']:.1f} | {a['us']:.1f} |")
+            lines.append("")
     lines += ["### Top kernels of one step of the decode loop", ""]
     for r in rows:
         lines.append(f"{r['context']:,} tokens, {r['cache']}:")
