@@ -145,13 +145,17 @@ def trace(fn, n, warm=True):
     return kernels, busy_us(intervals), wall, span, long_copies, api
 
 
+def heaviest(calls, n=12):
+    """The n entries of {name: [count, us]} with the most us, heaviest first."""
+    return sorted(calls.items(), key=lambda kv: -kv[1][1])[:n]
+
+
 def summarize(kernels, busy, wall, span, long_copies, api, n):
     groups = collections.defaultdict(lambda: [0.0, 0.0])
     for name, (count, us) in kernels.items():
         g = groups[group_of(name)]
         g[0] += count / n
         g[1] += us / n
-    top = sorted(kernels.items(), key=lambda kv: -kv[1][1])[:12]
     return {
         "wall_us": wall / n,
         "busy_us": busy / n,
@@ -160,13 +164,12 @@ def summarize(kernels, busy, wall, span, long_copies, api, n):
         "long_copy_us": long_copies[1] / n,
         "kernels": sum(c for c, _ in kernels.values()) / n,
         "groups": {g: {"launches": c, "us": us} for g, (c, us) in groups.items()},
-        "top": [{"name": short(k), "launches": c / n, "us": us / n} for k, (c, us) in top],
+        "top": [
+            {"name": short(k), "launches": c / n, "us": us / n} for k, (c, us) in heaviest(kernels)
+        ],
         # Host time inside CUDA API calls (calls overlap across threads).
         "host_api_us": sum(us for _, us in api.values()) / n,
-        "host_api": [
-            {"name": k, "calls": c / n, "us": us / n}
-            for k, (c, us) in sorted(api.items(), key=lambda kv: -kv[1][1])[:12]
-        ],
+        "host_api": [{"name": k, "calls": c / n, "us": us / n} for k, (c, us) in heaviest(api)],
     }
 
 
