@@ -65,6 +65,12 @@ progress() {
   grep -v "^WARNING: Location" "$LOG" 2>/dev/null | tail -4
 }
 
+# The patched mlx-lm is pure Python: the wheel built here (./build.sh) is
+# carried in dist/; its requirements are in the device image.
+install_mlx_lm() {
+  "$TURBOQUANT_VENV/bin/python" -m pip install -q --no-deps --force-reinstall dist/mlx_lm-*.whl
+}
+
 case "${1:-}" in
   start)
     [[ -d .cuda_deps/mlx.git ]] || { echo "no .cuda_deps: run tools/cuda_build_on_device.sh prepare here and carry it" >&2; exit 1; }
@@ -137,7 +143,7 @@ case "${1:-}" in
   mlxlm)
     shift
     set -o pipefail
-    "$TURBOQUANT_VENV/bin/python" -m pip install -q --no-deps --force-reinstall dist/mlx_lm-*.whl || exit 1
+    install_mlx_lm || exit 1
     # The cache's own tests first, the subprocess-heavy CLI tests (each test
     # starts `python -m mlx_lm`, which loads the CUDA backend) last.
     # --timeout (pytest-timeout, in the device image) bounds a stuck test.
@@ -154,9 +160,7 @@ case "${1:-}" in
     [[ "$1" == trace ]] && script=benchmarks/decode_trace.py
     [[ "$1" == memory ]] && script=benchmarks/prefill_memory.py
     shift
-    # The patched mlx-lm is pure Python: the wheel built here (./build.sh) is
-    # carried in dist/; its requirements are in the device image.
-    "$TURBOQUANT_VENV/bin/python" -m pip install -q --no-deps --force-reinstall dist/mlx_lm-*.whl || exit 1
+    install_mlx_lm || exit 1
     "$TURBOQUANT_VENV/bin/python" "$script" --out "$OUTDIR" "$@" 2>&1 |
       tee "$OUTDIR/$(basename "$script" .py)_gpu.log"
     ;;
