@@ -171,8 +171,8 @@ def measure(model, prompt, kind, args):
     mx.synchronize()
     row = {"cache": kind, "cache_mib": sum(c.nbytes for c in cache) / 2**20}
     reps = {p: [] for p in PARTS}
-    # The nodes of a typical step: the first after prefill also builds the
-    # moving key shift's table of rows (once per 128 steps).
+    # The nodes of a typical step (the first after prefill may grow the
+    # buffers).
     mx.eval(model(y[None], cache=cache))
     out = model(y[None], cache=cache)
     row["nodes"], row["node_kinds"] = count_nodes([out])

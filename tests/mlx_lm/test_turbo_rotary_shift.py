@@ -2,7 +2,10 @@
 the planes read off the embedding, the fit, exactness through the fused op,
 prompt-cache files, trimming, batching."""
 
+import collections
+import io
 import math
+import re
 
 import numpy as np
 import pytest
@@ -161,9 +164,10 @@ def test_make_prompt_cache_attaches_the_model_ropes():
     assert all(type(c) is KVCache for c in plain)
 
 
-def test_decode_steps_take_the_shift_from_the_table():
-    """One key at a time (rows from the 128-row table, across its blocks) stores
-    the same keys as one long append (the shift computed for the chunk)."""
+def test_decode_steps_store_the_keys_of_one_chunk():
+    """One key at a time stores the same keys as one long append: every
+    append passes the moving shift's frequencies and waves, and the op
+    computes the shift of each row."""
     rope, k, v = rotary_keys(400)
     steps = TurboQuantKVCache("turbo4", rope=rope)
     chunk = TurboQuantKVCache("turbo4", rope=rope)
@@ -178,3 +182,38 @@ def test_decode_steps_take_the_shift_from_the_table():
     assert err < 1e-5, err
     whole = mx.sum((b - k) ** 2).item() / mx.sum(k**2).item()
     assert whole < 0.05, whole
+
+
+def count_primitives(*outputs):
+    """The primitives of the graph that computes outputs, by name."""
+    f = io.StringIO()
+    mx.export_to_dot(f, *outputs)
+    return collections.Counter(re.findall(r'label ="([^"]+)", shape=rectangle', f.getvalue()))
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_decode_step_adds_only_the_append_and_the_views(batch):
+    """A decode step's append over a cache with the moving shift is the op's
+    four nodes (codes and scales of keys and values) and the four views of
+    the stored rows: nothing per step for the shift (host time per node is
+    what bounds decode on the GPU, docs/cuda.md), and the batch cache does not
+    read its calibration flags back once they are known."""
+    rope, k, v = rotary_keys(120)
+    c = TurboQuantKVCache("turbo4", rope=rope)
+    c.update_and_fetch(k[:, :, :100], v[:, :, :100])
+    if batch:
+        c = BatchTurboQuantKVCache.merge([c])
+        mx.eval(c.update_and_fetch(*(mx.contiguous(x[:, :, 100:101]) for x in (k, v))))
+
+        class Unread:
+            def __getattr__(self, name):
+                raise AssertionError("a decode step read the calibration flags back")
+
+        # Known calibrated after the first step: later steps do not read the
+        # flags back (a synchronization per layer and step).
+        c._calibrated = Unread()
+    mx.eval(c.keys, c.values)
+    k1, v1 = mx.contiguous(k[:, :, 110:111]), mx.contiguous(v[:, :, 110:111])
+    mx.eval(k1, v1)
+    (kq, ks), (vq, vs) = c.update_and_fetch(k1, v1)
+    assert count_primitives(kq, ks, vq, vs) == {"QuantizedCacheUpdate": 4, "Slice": 4}
