@@ -44,7 +44,13 @@ import time
 import mlx.core as mx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from decode_profile import add_profile_args, measure_cells, prefill, setup  # noqa: E402
+from decode_profile import (  # noqa: E402
+    add_profile_args,
+    count_nodes,
+    measure_cells,
+    prefill,
+    setup,
+)
 from e2e_generate import table_line  # noqa: E402
 from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
 
@@ -216,6 +222,12 @@ def measure(model, prompt, kind, args):
     row = {"cache": kind}
     # Two loops of steps + 1 tokens each (the last queued step included).
     row["loop"], row["loop_host"] = decode_loop(model, cache, y, args.steps)
+    # The primitives of one step's graph (MLX's host work grows with them).
+    out = mx.argmax(model(y[None], cache=cache)[:, -1, :], axis=-1)
+    row["nodes"], row["node_kinds"] = count_nodes([out])
+    mx.eval(out)
+    for c in cache:
+        c.trim(1)
     if args.loop_only:
         return row
     for c in cache:
@@ -246,8 +258,8 @@ def markdown(rows, header):
         "### the decode loop (as generate_step runs it): ms per step",
         "",
         "| context | cache | step | host: build | host: queue | host: wait | GPU span "
-        "| GPU busy | GPU idle | kernels | long copies (ms) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| GPU busy | GPU idle | kernels | long copies (ms) | graph nodes | queue us per node |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         h, g = r["loop_host"], r["loop"]
@@ -261,6 +273,11 @@ def markdown(rows, header):
                     f"{g['kernels']:.0f}",
                     f"{g['long_copies']:.1f} ({g['long_copy_us'] / 1e3:.2f})",
                 ]
+                + (
+                    [f"{r['nodes']}", f"{1e3 * h['queue_ms'] / r['nodes']:.1f}"]
+                    if "nodes" in r
+                    else ["", ""]
+                )
             )
         )
     lines.append("")
