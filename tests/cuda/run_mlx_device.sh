@@ -13,6 +13,7 @@
 #   tests/cuda/run_mlx_device.sh profile [ARGS] # benchmarks/decode_profile.py, the same way
 #   tests/cuda/run_mlx_device.sh trace [ARGS]   # benchmarks/decode_trace.py (kernels per step), the same way
 #   tests/cuda/run_mlx_device.sh memory [ARGS]  # benchmarks/prefill_memory.py (transient memory per chunk)
+#   tests/cuda/run_mlx_device.sh batch [ARGS]   # benchmarks/batch_generate.py (batched generation)
 #   tests/cuda/run_mlx_device.sh grid [ARGS]    # benchmarks/gpu_attention.py --grid (gpu_decode_*.json)
 #   tests/cuda/run_mlx_device.sh pytest [ARGS]  # the op's test modules on the GPU (no mlx-lm tests)
 #   tests/cuda/run_mlx_device.sh mlxlm [ARGS]   # the mlx-lm tests (tests/mlx_lm) on the GPU, with the
@@ -66,9 +67,11 @@ progress() {
 }
 
 # The patched mlx-lm is pure Python: the wheel built here (./build.sh) is
-# carried in dist/; its requirements are in the device image.
+# carried in dist/ (MLX_LM_WHEEL names another, e.g. an earlier tree's for an
+# A-B run); its requirements are in the device image.
 install_mlx_lm() {
-  "$TURBOQUANT_VENV/bin/python" -m pip install -q --no-deps --force-reinstall dist/mlx_lm-*.whl
+  "$TURBOQUANT_VENV/bin/python" -m pip install -q --no-deps --force-reinstall \
+    ${MLX_LM_WHEEL:-dist/mlx_lm-*.whl}
 }
 
 case "${1:-}" in
@@ -154,11 +157,12 @@ case "${1:-}" in
       -q -p no:cacheprovider --assert=plain -rf --timeout 240 "$@" 2>&1 |
       tee "$OUTDIR/pytest_mlx_lm_gpu.log" | tail -25
     ;;
-  e2e | profile | trace | memory)
+  e2e | profile | trace | memory | batch)
     script=benchmarks/e2e_generate.py
     [[ "$1" == profile ]] && script=benchmarks/decode_profile.py
     [[ "$1" == trace ]] && script=benchmarks/decode_trace.py
     [[ "$1" == memory ]] && script=benchmarks/prefill_memory.py
+    [[ "$1" == batch ]] && script=benchmarks/batch_generate.py
     shift
     install_mlx_lm || exit 1
     "$TURBOQUANT_VENV/bin/python" "$script" --out "$OUTDIR" "$@" 2>&1 |
