@@ -28,11 +28,8 @@ Writes OUT/decode_profile_<machine>.json (rows) and .md.
 """
 
 import argparse
-import collections
-import io
 import json
 import os
-import re
 import statistics
 import sys
 import time
@@ -45,6 +42,7 @@ from e2e_generate import (  # noqa: E402
     TINY,
     add_output_args,
     build_model,
+    count_nodes,
     csv,
     device_name,
     log,
@@ -62,14 +60,6 @@ PARTS = ["pipelined_ms", "sync_ms", "build_ms", "attention_ms", "update_ms"]
 
 def stats(xs):
     return statistics.median(xs), min(xs), max(xs)
-
-
-def count_nodes(outputs):
-    """Primitives of the graph that computes OUTPUTS (not yet evaluated), by name."""
-    f = io.StringIO()
-    mx.export_to_dot(f, *outputs)
-    names = re.findall(r'label ="([^"]+)", shape=rectangle', f.getvalue())
-    return len(names), dict(collections.Counter(names).most_common())
 
 
 def prefill(model, prompt, cache, step):

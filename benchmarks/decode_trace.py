@@ -44,14 +44,8 @@ import time
 import mlx.core as mx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from decode_profile import (  # noqa: E402
-    add_profile_args,
-    count_nodes,
-    measure_cells,
-    prefill,
-    setup,
-)
-from e2e_generate import table_line  # noqa: E402
+from decode_profile import add_profile_args, measure_cells, prefill, setup  # noqa: E402
+from e2e_generate import count_nodes, table_line  # noqa: E402
 from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
 
 # First match wins: (group, substrings of the kernel's name).

@@ -42,6 +42,8 @@ cell), .md and .png (if matplotlib imports).
 """
 
 import argparse
+import collections
+import io
 import json
 import os
 import re
@@ -152,6 +154,14 @@ def composed_append(
     return key_bufs, value_bufs
 
 
+def count_nodes(outputs):
+    """Primitives of the graph that computes OUTPUTS (not yet evaluated), by name."""
+    f = io.StringIO()
+    mx.export_to_dot(f, *outputs)
+    names = re.findall(r'label ="([^"]+)", shape=rectangle', f.getvalue())
+    return len(names), dict(collections.Counter(names).most_common())
+
+
 def one_run(model, prompt, cache_kind, args):
     variant = cache_kind.partition(":")[2]
     fused = cache_module.turbo_append
@@ -164,7 +174,8 @@ def one_run(model, prompt, cache_kind, args):
 
 
 def measure_run(model, prompt, cache_kind, args):
-    """(prefill s, decode tok/s, peak bytes, cache bytes) of one generation."""
+    """(prefill s, decode tok/s, peak bytes, cache bytes, median step ms, graph
+    nodes of a decode step) of one generation."""
     if cache_kind in ("bf16", "kv4"):
         cache = make_prompt_cache(model)
     else:
@@ -191,7 +202,10 @@ def measure_run(model, prompt, cache_kind, args):
     # The median step next to the mean rate: steps the host stalls (graph
     # instantiations, the cache's growth) weigh in the mean only.
     step_ms = 1e3 * statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
-    return stamps[0] - t0, decode, mx.get_peak_memory(), cache_bytes, step_ms
+    # The primitives of one more decode step's graph (built, not evaluated):
+    # MLX's host work per step grows with them.
+    nodes = count_nodes([model(mx.array([[0]]), cache=cache)])[0]
+    return stamps[0] - t0, decode, mx.get_peak_memory(), cache_bytes, step_ms, nodes
 
 
 def no_stats(stats):
@@ -284,6 +298,7 @@ def measure_context(model, prompts, weights, context, caches, warmed, args):
         row["decode_step_ms_median_runs"] = [x[4] for x in runs[c]]
         row["peak_memory_gb"] = max(x[2] for x in runs[c]) / 1e9
         row["cache_bytes"] = runs[c][-1][3]
+        row["graph_nodes"] = runs[c][-1][5]
         row["runs"] = len(runs[c])
         rows.append(row)
     return rows
@@ -331,8 +346,9 @@ def markdown(rows, header):
             "",
             "| context | cache | prefill s (median [min-max]) | prefill vs bf16 "
             "| decode tok/s (median [min-max]) | decode vs bf16 "
-            "| decode step ms (median of runs' medians [min-max]) | peak GB | cache MiB |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| decode step ms (median of runs' medians [min-max]) | peak GB | cache MiB "
+            "| decode step's graph nodes |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         ref = {
             r["context"]: r
@@ -342,7 +358,7 @@ def markdown(rows, header):
         for r in (r for r in rows if r["weights"] == w):
             cells = [f"{r['context']:,}", r["cache"]]
             if r["error"] is not None:
-                lines.append(error_line(cells, r["error"], 9))
+                lines.append(error_line(cells, r["error"], 10))
                 continue
             b = ref.get(r["context"])
             cells += [
@@ -353,6 +369,7 @@ def markdown(rows, header):
                 fmt_steps(r.get("decode_step_ms_median_runs")),
                 f"{r['peak_memory_gb']:.2f}",
                 f"{r['cache_bytes'] / 2**20:.1f}",
+                str(r.get("graph_nodes", "-")),
             ]
             lines.append(table_line(cells))
         lines.append("")
