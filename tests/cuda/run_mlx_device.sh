@@ -38,7 +38,8 @@ export TURBOQUANT_DIST="${TURBOQUANT_DIST:-/tmp/tq-dist}"
 export PYTHONUNBUFFERED=1
 # The image sets CC/CXX/CUDAHOSTCXX to /opt/gcc, whose libstdc++ is linked
 # statically: libmlx.so then carries a second libstdc++ and MLX segfaulted in
-# iostream code (docs/cuda.md, "Third session"). Use the system compilers.
+# iostream code (benchmarks/cuda_runs.md, "The CUDA build on the H100",
+# item 5). Use the system compilers.
 if [[ -x /usr/bin/g++ && -z "${TQ_KEEP_CXX:-}" ]]; then
   export CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++
 fi
@@ -115,7 +116,7 @@ case "${1:-}" in
     shift
     # The suite without pytest (tests/cuda/run_plain.py) and the upstream
     # unittest with unittest: every pytest process segfaulted on the device
-    # image (docs/cuda.md, "Third session").
+    # image (benchmarks/cuda_runs.md, "The CUDA build on the H100", item 5).
     set -o pipefail
     "$TURBOQUANT_VENV/bin/python" tests/cuda/run_plain.py "$@" 2>&1 | tee "$OUTDIR/plain_gpu.log"
     rc=$?
