@@ -202,10 +202,11 @@ def measure_run(model, prompt, cache_kind, args):
     # The median step next to the mean rate: steps the host stalls (graph
     # instantiations, the cache's growth) weigh in the mean only.
     step_ms = 1e3 * statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+    peak = mx.get_peak_memory()
     # The primitives of one more decode step's graph (built, not evaluated):
     # MLX's host work per step grows with them.
     nodes = count_nodes([model(mx.array([[0]]), cache=cache)])[0]
-    return stamps[0] - t0, decode, mx.get_peak_memory(), cache_bytes, step_ms, nodes
+    return stamps[0] - t0, decode, peak, cache_bytes, step_ms, nodes
 
 
 def no_stats(stats):
