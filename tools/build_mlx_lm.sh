@@ -11,6 +11,11 @@
 # 4. Installs mlx-lm's runtime requirements from PyPI *except mlx*, then the
 #    wheel with --no-deps, so the patched mlx already in VENV is never
 #    replaced by PyPI's mlx. Set MLX_LM_SKIP_DEPS=1 to skip the requirements.
+#
+# MLX_LM_PATCHES_REV=REV builds the wheel of another commit's patches (git
+# show REV:patches/mlx-lm/...) into <repo>/dist/mlx-lm-REV/ and installs
+# nothing: the other side of an A-B run (tests/cuda/run_mlx_device.sh's
+# MLX_LM_WHEEL).
 set -euo pipefail
 
 MLX_LM_VERSION=0.32.2
@@ -47,7 +52,20 @@ tar -xzf "$SDIST" -C "$WORK"
 SRC="$WORK/mlx_lm-$MLX_LM_VERSION"
 
 shopt -s nullglob
-patches=("$REPO"/patches/mlx-lm/[0-9][0-9][0-9][0-9]-*.patch)
+REV="${MLX_LM_PATCHES_REV:-}"
+if [ -n "$REV" ]; then
+    sha="$(git -C "$REPO" rev-parse --short "$REV^{commit}")"
+    mkdir -p "$WORK/patches"
+    for f in $(git -C "$REPO" ls-tree --name-only "$sha" patches/mlx-lm/); do
+        git -C "$REPO" show "$sha:$f" >"$WORK/patches/$(basename "$f")"
+    done
+    patches=("$WORK"/patches/[0-9][0-9][0-9][0-9]-*.patch)
+    DIST="$REPO/dist/mlx-lm-$sha"
+    LOCAL_VERSION="${MLX_LM_VERSION}+turboquant.$sha"
+    mkdir -p "$DIST"
+else
+    patches=("$REPO"/patches/mlx-lm/[0-9][0-9][0-9][0-9]-*.patch)
+fi
 if [ ${#patches[@]} -eq 0 ]; then
     echo "build_mlx_lm: no patches in $REPO/patches/mlx-lm" >&2
     exit 1
@@ -67,6 +85,7 @@ SETUPTOOLS_SCM_PRETEND_VERSION="$LOCAL_VERSION" \
     "$PY" -m pip wheel --quiet --no-deps -w "$DIST" "$SRC"
 WHEEL="$(ls "$DIST"/mlx_lm-*.whl | head -n 1)"
 echo "build_mlx_lm: built $WHEEL" >&2
+[ -n "$REV" ] && exit 0
 
 mlx_before="$("$PY" -m pip show mlx 2>/dev/null | sed -n 's/^Version: //p' || true)"
 if [ "${MLX_LM_SKIP_DEPS:-0}" != "1" ]; then
