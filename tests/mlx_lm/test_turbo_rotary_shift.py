@@ -191,16 +191,20 @@ def count_primitives(*outputs):
     return collections.Counter(re.findall(r'label ="([^"]+)", shape=rectangle', f.getvalue()))
 
 
+@pytest.mark.parametrize("moving", [True, False])
 @pytest.mark.parametrize("batch", [False, True])
-def test_a_decode_step_adds_only_the_append_and_the_views(batch):
-    """A decode step's append over a cache with the moving shift is the op's
-    four nodes (codes and scales of keys and values) and the four views of
-    the stored rows: nothing per step for the shift (host time per node is
-    what bounds decode on the GPU, docs/cuda.md), and the batch cache does not
-    read its calibration flags back once they are known."""
+def test_a_decode_step_adds_only_the_append_and_the_views(batch, moving):
+    """A decode step's append over a cache with the key shift (moving, or
+    constant: no rotary embedding), keys in bfloat16, is the op's four nodes
+    (codes and scales of keys and values) and the four views of the stored
+    rows: no node per step for the shift, not even a cast (host time per node
+    is what bounds decode on the GPU, docs/cuda.md), and the batch cache does
+    not read its calibration flags back once they are known."""
     rope, k, v = rotary_keys(120)
-    c = TurboQuantKVCache("turbo4", rope=rope)
+    k, v = k.astype(mx.bfloat16), v.astype(mx.bfloat16)
+    c = TurboQuantKVCache("turbo4", rope=rope if moving else None)
     c.update_and_fetch(k[:, :, :100], v[:, :, :100])
+    assert (c.key_shift_waves is not None) == moving
     if batch:
         c = BatchTurboQuantKVCache.merge([c])
         mx.eval(c.update_and_fetch(*(mx.contiguous(x[:, :, 100:101]) for x in (k, v))))
