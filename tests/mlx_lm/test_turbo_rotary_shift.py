@@ -164,6 +164,30 @@ def test_make_prompt_cache_attaches_the_model_ropes():
     assert all(type(c) is KVCache for c in plain)
 
 
+def test_a_step_over_converted_caches_reads_no_rope(monkeypatch):
+    """generate_step converts the cache at every step (to_turbo_kv_cache):
+    once every layer is a turbo cache with its rope, nothing is read off the
+    model; a plain layer that reaches the start is still converted with its
+    rope."""
+    import mlx_lm.models.cache as cache_module
+
+    model, _ = tiny_llama(dtype=mx.float32)
+    cache = make_prompt_cache(model, kv_cache_type="turbo3")
+    real = cache_module._turbo_ropes
+
+    def forbidden(*a, **k):
+        raise AssertionError("read the ropes off the model")
+
+    monkeypatch.setattr(cache_module, "_turbo_ropes", forbidden)
+    cache_module.to_turbo_kv_cache(cache, "turbo3", model=model)
+    monkeypatch.setattr(cache_module, "_turbo_ropes", real)
+    plain = make_prompt_cache(model)
+    plain[0].update_and_fetch(*(mx.zeros((1, 2, 4, 64)) for _ in range(2)))
+    cache_module.to_turbo_kv_cache(plain, "turbo3", min_offset=4, model=model)
+    assert type(plain[0]) is TurboQuantKVCache and plain[0].rope is model.layers[0].self_attn.rope
+    assert type(plain[1]) is KVCache
+
+
 def test_decode_steps_store_the_keys_of_one_chunk():
     """One key at a time stores the same keys as one long append: every
     append passes the moving shift's frequencies and waves, and the op
