@@ -45,7 +45,7 @@ import mlx.core as mx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from decode_profile import add_profile_args, measure_cells, prefill, setup  # noqa: E402
-from e2e_generate import count_nodes, table_line  # noqa: E402
+from e2e_generate import step_nodes, table_line  # noqa: E402
 from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
 
 # First match wins: (group, substrings of the kernel's name).
@@ -216,10 +216,8 @@ def measure(model, prompt, kind, args):
     row = {"cache": kind}
     # Two loops of steps + 1 tokens each (the last queued step included).
     row["loop"], row["loop_host"] = decode_loop(model, cache, y, args.steps)
-    # The primitives of one step's graph (MLX's host work grows with them).
-    out = mx.argmax(model(y[None], cache=cache)[:, -1, :], axis=-1)
-    row["nodes"], row["node_kinds"] = count_nodes([out])
-    mx.eval(out)
+    row["nodes"], row["node_kinds"] = step_nodes(model, cache, y)
+    mx.eval([c.state for c in cache])
     for c in cache:
         c.trim(1)
     if args.loop_only:

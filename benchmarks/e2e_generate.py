@@ -162,6 +162,14 @@ def count_nodes(outputs):
     return len(names), dict(collections.Counter(names).most_common())
 
 
+def step_nodes(model, cache, token):
+    """count_nodes of one decode step's graph: the model on TOKEN ((1,), as
+    generate_step passes it) over CACHE, built and not evaluated (the cache
+    then holds the step's appends, pending). MLX's host work per step grows
+    with these nodes."""
+    return count_nodes([model(token[None], cache=cache)])
+
+
 def one_run(model, prompt, cache_kind, args):
     variant = cache_kind.partition(":")[2]
     fused = cache_module.turbo_append
@@ -203,9 +211,7 @@ def measure_run(model, prompt, cache_kind, args):
     # instantiations, the cache's growth) weigh in the mean only.
     step_ms = 1e3 * statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
     peak = mx.get_peak_memory()
-    # The primitives of one more decode step's graph (built, not evaluated):
-    # MLX's host work per step grows with them.
-    nodes = count_nodes([model(mx.array([[0]]), cache=cache)])[0]
+    nodes = step_nodes(model, cache, mx.array([0]))[0]
     return stamps[0] - t0, decode, peak, cache_bytes, step_ms, nodes
 
 
