@@ -1,4 +1,7 @@
+import collections
+import io
 import os
+import re
 
 import mlx.core as mx
 import numpy as np
@@ -26,6 +29,14 @@ def mlx_float32_matmul_rtol():
     if is_cuda() and os.environ.get("MLX_ENABLE_TF32", "1") != "0":
         return 5e-3
     return OUT_RTOL["float32"]
+
+
+def graph_primitives(*outputs):
+    """{name: count} of the primitives of the (not yet evaluated) graph that
+    computes outputs: what a call adds to the host's work per step."""
+    f = io.StringIO()
+    mx.export_to_dot(f, *outputs)
+    return dict(collections.Counter(re.findall(r'label ="([^"]+)", shape=rectangle', f.getvalue())))
 
 
 def to_np(a):

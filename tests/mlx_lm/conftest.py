@@ -9,4 +9,8 @@ module (with the reason) unless both the patched MLX (with
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+# This folder's _stack, and the suite's helpers (tests/helpers.py) also when
+# pytest runs from here, where tests/conftest.py is not loaded.
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)

@@ -2,10 +2,7 @@
 the planes read off the embedding, the fit, exactness through the fused op,
 prompt-cache files, trimming, batching."""
 
-import collections
-import io
 import math
-import re
 
 import numpy as np
 import pytest
@@ -15,6 +12,7 @@ from _stack import require_turbo_stack, tiny_llama
 mx = require_turbo_stack()
 
 import mlx.nn as nn  # noqa: E402
+from helpers import graph_primitives  # noqa: E402
 from mlx_lm.models.cache import (  # noqa: E402
     BatchTurboQuantKVCache,
     KVCache,
@@ -173,14 +171,13 @@ def test_a_step_over_converted_caches_reads_no_rope(monkeypatch):
 
     model, _ = tiny_llama(dtype=mx.float32)
     cache = make_prompt_cache(model, kv_cache_type="turbo3")
-    real = cache_module._turbo_ropes
 
     def forbidden(*a, **k):
         raise AssertionError("read the ropes off the model")
 
     monkeypatch.setattr(cache_module, "_turbo_ropes", forbidden)
     cache_module.to_turbo_kv_cache(cache, "turbo3", model=model)
-    monkeypatch.setattr(cache_module, "_turbo_ropes", real)
+    monkeypatch.undo()
     plain = make_prompt_cache(model)
     plain[0].update_and_fetch(*(mx.zeros((1, 2, 4, 64)) for _ in range(2)))
     cache_module.to_turbo_kv_cache(plain, "turbo3", min_offset=4, model=model)
@@ -206,13 +203,6 @@ def test_decode_steps_store_the_keys_of_one_chunk():
     assert err < 1e-5, err
     whole = mx.sum((b - k) ** 2).item() / mx.sum(k**2).item()
     assert whole < 0.05, whole
-
-
-def count_primitives(*outputs):
-    """The primitives of the graph that computes outputs, by name."""
-    f = io.StringIO()
-    mx.export_to_dot(f, *outputs)
-    return collections.Counter(re.findall(r'label ="([^"]+)", shape=rectangle', f.getvalue()))
 
 
 @pytest.mark.parametrize("moving", [True, False])
@@ -244,4 +234,4 @@ def test_a_decode_step_adds_only_the_append_and_the_views(batch, moving):
     k1, v1 = mx.contiguous(k[:, :, 110:111]), mx.contiguous(v[:, :, 110:111])
     mx.eval(k1, v1)
     (kq, ks), (vq, vs) = c.update_and_fetch(k1, v1)
-    assert count_primitives(kq, ks, vq, vs) == {"QuantizedCacheUpdate": 4, "Slice": 4}
+    assert graph_primitives(kq, ks, vq, vs) == {"QuantizedCacheUpdate": 4, "Slice": 4}
