@@ -2,11 +2,11 @@
 
 On the H100 image every pytest process that uses the CUDA build of MLX
 segfaulted at a fixed test (benchmarks/cuda_runs.md, "The CUDA build on the
-H100", item 5), while the same test bodies passed in a plain Python process. This runner imports the test modules,
-expands their `parametrize` marks, builds the three fixtures they use (`rng`,
-`tmp_path`, and `test_errors.case`, through the fixture's own function) and
-calls each test in this process, so the GPU results of the suite do not depend
-on pytest's process.
+H100", item 5), while the same test bodies passed in a plain Python process.
+This runner imports the test modules, expands their `parametrize` marks,
+builds the three fixtures they use (`rng`, `tmp_path`, and `test_errors.case`,
+through the fixture's own function) and calls each test in this process, so
+the GPU results of the suite do not depend on pytest's process.
 
     python tests/cuda/run_plain.py [--gc] [-k SUBSTRING] [MODULE ...]   (default: all)
 
