@@ -15,6 +15,13 @@ int main() {
               if (tb::attn_dims_supported(dk, dv))
                 printf("%s\n", tb::attn_kernel_name(pass, kb, vb, t, dk, dv).c_str());
   for (int dv : dims) printf("%s\n", tb::agg_kernel_name(dv).c_str());
+  for (auto t : types) {
+    for (int dk : dims)
+      for (int dv : dims)
+        if (tb::attn_dims_supported(dk, dv))
+          printf("%s\n", tb::prep_kernel_name(t, dk, dv).c_str());
+    for (int d : dims) printf("%s\n", tb::rotate_out_kernel_name(t, d).c_str());
+  }
   for (int b = 3; b <= 4; b++)
     for (int d : dims) {
       if (!tb::quant_dim_supported(d)) continue;

@@ -4,7 +4,10 @@
 // TurboQuant counterparts of sdpa_vector / sdpa_vector_2pass_1 /
 // sdpa_vector_2pass_2 in sdpa_vector.h. Queries are already rotated (float32),
 // keys and values are packed codes plus one scale per vector, and the output
-// is float32 in the rotated value space (docs/format.md section 6).
+// is float32 in the rotated value space (docs/format.md section 6). When the
+// primitive rotates (fused_rotation), turbo_attention_prep makes their
+// inputs from the queries as given and turbo_rotate_out rotates the output
+// back (end of this file).
 
 #pragma once
 
@@ -21,6 +24,9 @@ constant bool turbo_float_mask [[function_constant(TURBO_FC_FLOAT_MASK)]];
 constant bool turbo_has_sinks [[function_constant(TURBO_FC_HAS_SINKS)]];
 constant bool turbo_sink_values [[function_constant(TURBO_FC_SINK_VALUES)]];
 constant bool turbo_key_waves [[function_constant(TURBO_FC_KEY_WAVES)]];
+constant bool turbo_row_sinks [[function_constant(TURBO_FC_ROW_SINKS)]];
+constant bool turbo_prep_key_shift [[function_constant(TURBO_FC_KEY_SHIFT)]];
+constant bool turbo_prep_first_key [[function_constant(TURBO_FC_FIRST_KEY)]];
 
 // Online-softmax state of one SIMD-group for one query. Lane l owns key
 // coordinates [l * EK, (l + 1) * EK) and value coordinates
@@ -203,7 +209,7 @@ template <typename S, int D, int V, int KB, int VB>
   st.init(queries + row * D, p.scale, simd_lid);
   if (turbo_has_sinks && simd_gid == 0) {
     st.init_sink(
-        sinks[h],
+        sinks[turbo_row_sinks ? row : h],
         turbo_sink_values ? sink_values + (b * p.Hkv + kvh) * V : nullptr,
         simd_lid);
   }
@@ -313,7 +319,7 @@ template <typename S, int D, int V, int KB, int VB>
   st.init(queries + row * D, p.scale, simd_lid);
   if (turbo_has_sinks && block == 0) {
     st.init_sink(
-        sinks[h],
+        sinks[turbo_row_sinks ? row : h],
         turbo_sink_values ? sink_values + (b * p.Hkv + kvh) * V : nullptr,
         simd_lid);
   }
@@ -429,5 +435,194 @@ template <int V>
       out[simd_gid * EV + e] = r;
     }
     threadgroup_barrier(mem_flags::mem_threadgroup);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// fused_rotation: the decode preparation and the output rotation, one
+// SIMD-group per row, the row rotated in threadgroup memory.
+
+// Unnormalized Walsh-Hadamard transform of y[0:P] by one SIMD-group: for
+// each butterfly span, lane l takes pairs l, l + 32, ...; the SIMD-group
+// synchronizes after each span.
+template <int P>
+METAL_FUNC void turbo_simd_fwht(threadgroup float* y, uint lane) {
+  for (int h = 1; h < P; h <<= 1) {
+    for (int t = int(lane); t < P / 2; t += TURBO_SIMD_WIDTH) {
+      const int i = ((t & ~(h - 1)) << 1) | (t & (h - 1));
+      const float a = y[i];
+      const float b = y[i + h];
+      y[i] = a + b;
+      y[i + h] = a - b;
+    }
+    simdgroup_barrier(mem_flags::mem_threadgroup);
+  }
+}
+
+// y <- R y (as turbo::rotate) or R^T y (INVERSE) for one row of D floats in
+// threadgroup memory that the SIMD-group has just written: stage 1 is signs
+// s1 and the normalized transform of [0, P), stage 2 signs s2 and the
+// transform of [D - P, D) (P the largest power of two <= D).
+template <int D, bool INVERSE>
+METAL_FUNC void turbo_simd_rotate(threadgroup float* y, uint lane) {
+  constexpr int P = TurboPow2<D>::P;
+  constexpr int BD = TURBO_SIMD_WIDTH;
+  const float norm = TurboConsts<D>::inv_sqrt_p;
+  simdgroup_barrier(mem_flags::mem_threadgroup);
+  if (!INVERSE) {
+    for (int i = int(lane); i < D; i += BD) {
+      y[i] = y[i] * turbo_sign(1u, uint(i));
+    }
+    simdgroup_barrier(mem_flags::mem_threadgroup);
+    turbo_simd_fwht<P>(y, lane);
+    for (int i = int(lane); i < D; i += BD) {
+      y[i] = (i < P ? y[i] * norm : y[i]) * turbo_sign(2u, uint(i));
+    }
+    simdgroup_barrier(mem_flags::mem_threadgroup);
+    turbo_simd_fwht<P>(y + (D - P), lane);
+    for (int i = D - P + int(lane); i < D; i += BD) {
+      y[i] = y[i] * norm;
+    }
+  } else {
+    turbo_simd_fwht<P>(y + (D - P), lane);
+    for (int i = int(lane); i < D; i += BD) {
+      y[i] = (i >= D - P ? y[i] * norm : y[i]) * turbo_sign(2u, uint(i));
+    }
+    simdgroup_barrier(mem_flags::mem_threadgroup);
+    turbo_simd_fwht<P>(y, lane);
+    for (int i = int(lane); i < P; i += BD) {
+      y[i] = y[i] * norm;
+    }
+    simdgroup_barrier(mem_flags::mem_threadgroup);
+    for (int i = int(lane); i < D; i += BD) {
+      y[i] = y[i] * turbo_sign(1u, uint(i));
+    }
+  }
+  simdgroup_barrier(mem_flags::mem_threadgroup);
+}
+
+// Decode preparation (TurboPrepParams; buffers TURBO_PREP_BUF_*): query row v
+// (b, h, i) -> q_rot[v] = R q[v] in float32; with ROW_SINKS, row_sinks[v] =
+// sinks[h] (0 without sinks) - scale * q[v] . (key_shift - first_key) of its
+// kv head, either term optional; with KEY_WAVES, wave_coef[v, j] = scale *
+// q[v] . waves[j] for the 2P rows j of its kv head (the decode kernels'
+// coefficients); sink value row (b, kvh) -> sv_rot = R sv in float32. The
+// dot products use the queries as given (T, converted to float32).
+template <typename T, int D, int V>
+[[kernel]] void turbo_attention_prep(
+    const device T* q [[buffer(TURBO_PREP_BUF_Q)]],
+    device float* q_rot [[buffer(TURBO_PREP_BUF_Q_ROT)]],
+    const constant TurboPrepParams& p [[buffer(TURBO_PREP_BUF_PARAMS)]],
+    const device T* sv
+    [[buffer(TURBO_PREP_BUF_SV), function_constant(turbo_sink_values)]],
+    device float* sv_rot
+    [[buffer(TURBO_PREP_BUF_SV_ROT), function_constant(turbo_sink_values)]],
+    const device float* sinks
+    [[buffer(TURBO_PREP_BUF_SINKS), function_constant(turbo_has_sinks)]],
+    const device T* key_shift
+    [[buffer(TURBO_PREP_BUF_KEY_SHIFT),
+      function_constant(turbo_prep_key_shift)]],
+    const device T* first_key
+    [[buffer(TURBO_PREP_BUF_FIRST_KEY),
+      function_constant(turbo_prep_first_key)]],
+    device float* row_sinks
+    [[buffer(TURBO_PREP_BUF_ROW_SINKS), function_constant(turbo_row_sinks)]],
+    const device float* waves
+    [[buffer(TURBO_PREP_BUF_WAVES), function_constant(turbo_key_waves)]],
+    device float* wave_coef
+    [[buffer(TURBO_PREP_BUF_WAVE_COEF), function_constant(turbo_key_waves)]],
+    uint tid [[threadgroup_position_in_grid]],
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]]) {
+  constexpr int BD = TURBO_SIMD_WIDTH;
+  constexpr int N = D > V ? D : V;
+  threadgroup float rows[TURBO_ROW_SIMDS * N];
+  threadgroup float* y = rows + simd_gid * N;
+  const int64_t v = int64_t(tid) * TURBO_ROW_SIMDS + simd_gid;
+  const int lane = int(simd_lid);
+  if (v < p.n_q) {
+    const device T* x = q + v * D;
+    const int h = int((v / p.qL) % p.Hq);
+    const int b = int(v / (int64_t(p.Hq) * p.qL));
+    const int kvh = h / p.gqa_factor;
+    if (turbo_row_sinks) {
+      float dot = 0.0f;
+      for (int i = lane; i < D; i += BD) {
+        float bias = 0.0f;
+        if (turbo_prep_key_shift) {
+          bias = static_cast<float>(
+              key_shift[(int64_t(p.key_shift_b * b) * p.Hkv + kvh) * D + i]);
+        }
+        if (turbo_prep_first_key) {
+          bias -= static_cast<float>(
+              first_key[(int64_t(p.first_key_b * b) * p.Hkv + kvh) * D + i]);
+        }
+        dot += static_cast<float>(x[i]) * bias;
+      }
+      dot = simd_sum(dot);
+      if (lane == 0) {
+        row_sinks[v] = (turbo_has_sinks ? sinks[h] : 0.0f) - p.scale * dot;
+      }
+    }
+    if (turbo_key_waves) {
+      const int n_coef = 2 * p.waves;
+      const device float* w =
+          waves + (int64_t(p.waves_b * b) * p.Hkv + kvh) * n_coef * D;
+      for (int j = 0; j < n_coef; j++) {
+        float c = 0.0f;
+        for (int i = lane; i < D; i += BD) {
+          c += static_cast<float>(x[i]) * w[j * D + i];
+        }
+        c = simd_sum(c);
+        if (lane == 0) {
+          wave_coef[v * n_coef + j] = p.scale * c;
+        }
+      }
+    }
+    for (int i = lane; i < D; i += BD) {
+      y[i] = static_cast<float>(x[i]);
+    }
+    turbo_simd_rotate<D, false>(y, simd_lid);
+    for (int i = lane; i < D; i += BD) {
+      q_rot[v * D + i] = y[i];
+    }
+  } else if (turbo_sink_values && v < p.n_q + p.n_sv) {
+    const int64_t r = v - p.n_q;
+    const int b = int(r / p.Hkv);
+    const int kvh = int(r % p.Hkv);
+    const device T* x = sv + (int64_t(p.sv_b * b) * p.Hkv + kvh) * V;
+    for (int i = lane; i < V; i += BD) {
+      y[i] = static_cast<float>(x[i]);
+    }
+    turbo_simd_rotate<V, false>(y, simd_lid);
+    for (int i = lane; i < V; i += BD) {
+      sv_rot[r * V + i] = y[i];
+    }
+  }
+}
+
+// Output rotation: rows v < nrows of D float32 (the decode kernels' rotated
+// output) -> out[v] = R^T x[v], rounded once to T.
+template <typename T, int D>
+[[kernel]] void turbo_rotate_out(
+    const device float* x [[buffer(TURBO_ROT_BUF_IN)]],
+    device T* out [[buffer(TURBO_ROT_BUF_OUT)]],
+    const constant int64_t& nrows [[buffer(TURBO_ROT_BUF_NROWS)]],
+    uint tid [[threadgroup_position_in_grid]],
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]]) {
+  constexpr int BD = TURBO_SIMD_WIDTH;
+  threadgroup float rows[TURBO_ROW_SIMDS * D];
+  threadgroup float* y = rows + simd_gid * D;
+  const int64_t v = int64_t(tid) * TURBO_ROW_SIMDS + simd_gid;
+  if (v >= nrows) {
+    return;
+  }
+  for (int i = int(simd_lid); i < D; i += BD) {
+    y[i] = x[v * D + i];
+  }
+  turbo_simd_rotate<D, true>(y, simd_lid);
+  for (int i = int(simd_lid); i < D; i += BD) {
+    out[v * D + i] = static_cast<T>(y[i]);
   }
 }

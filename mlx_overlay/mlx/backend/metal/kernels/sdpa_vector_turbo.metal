@@ -41,4 +41,30 @@ instantiate_sdpa_vector_turbo_aggregation(96)
 instantiate_sdpa_vector_turbo_aggregation(128)
 instantiate_sdpa_vector_turbo_aggregation(192)
 instantiate_sdpa_vector_turbo_aggregation(256)
+// fused_rotation: the decode preparation (per query type and dim pair) and
+// the output rotation (per output type and value dim); names as
+// turbo_bindings::prep_kernel_name / rotate_out_kernel_name.
+#define instantiate_turbo_rotation(type, tname, dk, dv)                   \
+  instantiate_kernel(                                                    \
+      "turbo_attention_prep_" #tname "_" #dk "_" #dv,                    \
+      turbo_attention_prep, type, dk, dv)
+
+#define instantiate_turbo_rotation_dims(type, tname)                      \
+  instantiate_turbo_rotation(type, tname, 64, 64)                        \
+  instantiate_turbo_rotation(type, tname, 80, 80)                        \
+  instantiate_turbo_rotation(type, tname, 96, 96)                        \
+  instantiate_turbo_rotation(type, tname, 128, 128)                      \
+  instantiate_turbo_rotation(type, tname, 192, 192)                      \
+  instantiate_turbo_rotation(type, tname, 192, 128)                      \
+  instantiate_turbo_rotation(type, tname, 256, 256)                      \
+  instantiate_kernel("turbo_rotate_out_" #tname "_64", turbo_rotate_out, type, 64)   \
+  instantiate_kernel("turbo_rotate_out_" #tname "_80", turbo_rotate_out, type, 80)   \
+  instantiate_kernel("turbo_rotate_out_" #tname "_96", turbo_rotate_out, type, 96)   \
+  instantiate_kernel("turbo_rotate_out_" #tname "_128", turbo_rotate_out, type, 128) \
+  instantiate_kernel("turbo_rotate_out_" #tname "_192", turbo_rotate_out, type, 192) \
+  instantiate_kernel("turbo_rotate_out_" #tname "_256", turbo_rotate_out, type, 256)
+
+instantiate_turbo_rotation_dims(float, float32)
+instantiate_turbo_rotation_dims(float16_t, float16)
+instantiate_turbo_rotation_dims(bfloat16_t, bfloat16)
 // clang-format on

@@ -26,7 +26,7 @@
 #define TURBO_ATTN_BUF_PARAMS 6
 #define TURBO_ATTN_BUF_BMASK 7
 #define TURBO_ATTN_BUF_FMASK 8
-#define TURBO_ATTN_BUF_SINKS 9
+#define TURBO_ATTN_BUF_SINKS 9 // (Hq) float32, or (B, Hq, qL) with ROW_SINKS
 #define TURBO_ATTN_BUF_SUMS 10 // 2-pass, first pass only
 #define TURBO_ATTN_BUF_MAXS 11 // 2-pass, first pass only
 #define TURBO_ATTN_BUF_SINK_VALUES 12 // (B, Hkv, V) float32, rotated
@@ -51,6 +51,36 @@
 #define TURBO_FC_HAS_SINKS 44
 #define TURBO_FC_SINK_VALUES 45
 #define TURBO_FC_KEY_WAVES 46
+
+// Sinks per query row (B, Hq, qL) instead of per head (Hq): the logits the
+// preparation kernel writes with the exact transforms' key bias.
+#define TURBO_FC_ROW_SINKS 47
+
+// Decode preparation (turbo_attention_prep; fused_rotation, one launch per
+// call): one SIMD-group per row rotates the query rows and the sink value
+// rows into float32 and, from the queries as given, writes each query row's
+// sink logit with the key bias and the moving key shift's coefficients.
+#define TURBO_PREP_BUF_Q 0 // (B, Hq, qL, Dk) T, row contiguous
+#define TURBO_PREP_BUF_Q_ROT 1 // (B, Hq, qL, Dk) float32: R q
+#define TURBO_PREP_BUF_PARAMS 2
+#define TURBO_PREP_BUF_SV 3 // (B or 1, Hkv, 1, Dv) T, only with SINK_VALUES
+#define TURBO_PREP_BUF_SV_ROT 4 // (B, Hkv, 1, Dv) float32: R v, the same
+#define TURBO_PREP_BUF_SINKS 5 // (Hq) float32, only with HAS_SINKS
+#define TURBO_PREP_BUF_KEY_SHIFT 6 // (B or 1, Hkv, 1, Dk) T, with KEY_SHIFT
+#define TURBO_PREP_BUF_FIRST_KEY 7 // the same, only with FIRST_KEY
+#define TURBO_PREP_BUF_ROW_SINKS 8 // (B, Hq, qL) float32, only with ROW_SINKS
+#define TURBO_PREP_BUF_WAVES 9 // (B or 1, Hkv, 2P, Dk) float32, with KEY_WAVES
+#define TURBO_PREP_BUF_WAVE_COEF 10 // (B, Hq, qL, 2P) float32, the same
+// Function constants of the preparation only (it also reads HAS_SINKS,
+// SINK_VALUES, KEY_WAVES and ROW_SINKS): the key bias's terms are present.
+#define TURBO_FC_KEY_SHIFT 48
+#define TURBO_FC_FIRST_KEY 49
+
+// Output rotation (turbo_rotate_out; fused_rotation): rows of D float32 ->
+// R^T x in T, one SIMD-group per row.
+#define TURBO_ROT_BUF_IN 0
+#define TURBO_ROT_BUF_OUT 1
+#define TURBO_ROT_BUF_NROWS 2
 
 // Quantize: x -> (packed, scales); dequantize: (packed, scales) -> x
 #define TURBO_Q_BUF_IN 0
@@ -108,6 +138,7 @@
 #define TURBO_Q_THREADS 64 // (de)quantize: one thread per vector
 #define TURBO_PREFILL_BQ 8 // prefill: queries (SIMD-groups) per threadgroup
 #define TURBO_PREFILL_BK 32 // prefill: keys per tile (one per lane)
+#define TURBO_ROW_SIMDS 4 // preparation / output rotation: rows per threadgroup
 
 // Strides are in elements (uint32 words for codes). Index 0: batch,
 // 1: (kv) head, 2: sequence; for the mask 3 is the key position.
@@ -127,6 +158,26 @@ struct TurboAttnParams {
   int64_t m_strides[4];
   int64_t wf_b_stride; // moving key shift: frequencies' batch stride, or 0
   int waves; // moving key shift: planes P (0: none)
+};
+
+// Decode preparation: rows v < n_q are the query rows (b, h, i), v = (b Hq
+// + h) qL + i; rows n_q <= v < n_q + n_sv are the sink value rows (b, kvh),
+// r = v - n_q = b Hkv + kvh, n_sv = B Hkv. The per-kv-head inputs (sink
+// values, key shift, first key, waves) have a batch axis of B or 1: the
+// *_b flags are 1 when it is B, 0 when the batch shares one.
+struct TurboPrepParams {
+  int Hq;
+  int qL;
+  int Hkv;
+  int gqa_factor;
+  float scale;
+  int waves; // planes P of the moving key shift (0 without it)
+  int64_t n_q;
+  int64_t n_sv;
+  int sv_b;
+  int key_shift_b;
+  int first_key_b;
+  int waves_b;
 };
 
 // Cache update: vector v < nvec = B * H * L is (b, h, l) with
@@ -208,10 +259,28 @@ inline std::string attn_kernel_name(
 inline std::string agg_kernel_name(int Dv) {
   return "sdpa_vector_turbo_2pass_2_" + std::to_string(Dv);
 }
-inline std::string quantize_kernel_name(
-    int bits,
-    const std::string& type,
-    int D) {
+// Decode preparation: T is the queries' type (float32, float16, bfloat16).
+inline std::string prep_kernel_name(const std::string& type, int Dk, int Dv) {
+  return "turbo_attention_prep_" + type + "_" + std::to_string(Dk) + "_" +
+      std::to_string(Dv);
+}
+// Pipeline cache key of the preparation: its name and its five constants.
+inline std::string prep_hash_name(
+    const std::string& kname,
+    bool sinks,
+    bool sink_values,
+    bool key_shift,
+    bool first_key,
+    bool waves) {
+  return kname + (sinks ? "_sinks" : "") + (sink_values ? "_sv" : "") +
+      (key_shift ? "_shift" : "") + (first_key ? "_first" : "") +
+      (waves ? "_waves" : "");
+}
+inline std::string rotate_out_kernel_name(const std::string& type, int D) {
+  return "turbo_rotate_out_" + type + "_" + std::to_string(D);
+}
+inline std::string
+quantize_kernel_name(int bits, const std::string& type, int D) {
   return std::string(mode_name(bits)) + "_quantize_" + type + "_" +
       std::to_string(D);
 }
@@ -263,14 +332,16 @@ struct Dims {
 
 // 1-pass: one threadgroup of 32 SIMD-groups per (batch*head, query).
 inline Dims attn_1pass_dims(int B, int Hq, int qL) {
-  return {{unsigned(B * Hq), unsigned(qL), 1u},
-          {unsigned(TURBO_ATTN_SIMDS * TURBO_SIMD_WIDTH), 1u, 1u}};
+  return {
+      {unsigned(B * Hq), unsigned(qL), 1u},
+      {unsigned(TURBO_ATTN_SIMDS * TURBO_SIMD_WIDTH), 1u, 1u}};
 }
 // 2-pass first pass: one SIMD-group per (query head of the group, query),
 // one threadgroup per (kv head, batch, key block).
 inline Dims attn_2pass_1_dims(int B, int Hkv, int gqa, int qL, int blocks) {
-  return {{unsigned(Hkv), unsigned(B), unsigned(blocks)},
-          {unsigned(TURBO_SIMD_WIDTH), unsigned(gqa), unsigned(qL)}};
+  return {
+      {unsigned(Hkv), unsigned(B), unsigned(blocks)},
+      {unsigned(TURBO_SIMD_WIDTH), unsigned(gqa), unsigned(qL)}};
 }
 inline Dims attn_2pass_2_dims(int B, int Hq, int qL) {
   return attn_1pass_dims(B, Hq, qL);
@@ -279,8 +350,11 @@ inline Dims attn_2pass_2_dims(int B, int Hq, int qL) {
 // Prefill: one threadgroup of TURBO_PREFILL_BQ SIMD-groups per block of
 // queries of one (batch, head).
 inline Dims attn_prefill_dims(int B, int Hq, int qL) {
-  return {{unsigned((qL + TURBO_PREFILL_BQ - 1) / TURBO_PREFILL_BQ), unsigned(Hq), unsigned(B)},
-          {unsigned(TURBO_PREFILL_BQ * TURBO_SIMD_WIDTH), 1u, 1u}};
+  return {
+      {unsigned((qL + TURBO_PREFILL_BQ - 1) / TURBO_PREFILL_BQ),
+       unsigned(Hq),
+       unsigned(B)},
+      {unsigned(TURBO_PREFILL_BQ * TURBO_SIMD_WIDTH), 1u, 1u}};
 }
 // Queries per call above which the prefill kernel replaces the vector ones.
 inline bool attn_use_prefill(int qL) {
@@ -329,9 +403,17 @@ inline int attn_2pass_blocks(int kL, int n_simds, char devc) {
   return blocks;
 }
 
+// Preparation and output rotation: one SIMD-group per row.
+inline Dims row_dims(int64_t nrows) {
+  return {
+      {unsigned((nrows + TURBO_ROW_SIMDS - 1) / TURBO_ROW_SIMDS), 1u, 1u},
+      {unsigned(TURBO_ROW_SIMDS * TURBO_SIMD_WIDTH), 1u, 1u}};
+}
+
 inline Dims quantize_dims(int64_t nvec) {
-  return {{unsigned((nvec + TURBO_Q_THREADS - 1) / TURBO_Q_THREADS), 1u, 1u},
-          {unsigned(TURBO_Q_THREADS), 1u, 1u}};
+  return {
+      {unsigned((nvec + TURBO_Q_THREADS - 1) / TURBO_Q_THREADS), 1u, 1u},
+      {unsigned(TURBO_Q_THREADS), 1u, 1u}};
 }
 
 } // namespace turbo_bindings
