@@ -584,7 +584,8 @@ array quantized_scaled_dot_product_attention(
   auto scale_type =
       key_scales.dtype() == value_scales.dtype() ? key_scales.dtype() : float32;
   // The primitive rotates the queries and the output itself on the CPU and
-  // where the GPU backend has kernels for it (CUDA); elsewhere (Metal) the op
+  // where the GPU backend has kernels for it (CUDA and Metal: a preparation
+  // launch and the output rotation inside the node); elsewhere the op
   // composes the rotations around it.
   const bool use_primitive = stream.device == Device::cpu ||
       !QuantizedScaledDotProductAttention::use_fallback(
