@@ -499,3 +499,51 @@ def test_decode_with_transforms_is_one_primitive(rng, B, sinks):
     )
     nodes = graph_primitives(out)
     assert nodes == {"QuantizedScaledDotProductAttention": 1}, nodes
+
+
+@pytest.mark.parametrize("start", [0, 3])
+def test_cache_buffers_are_read_in_place(rng, start):
+    """A cache's stored rows, the slice buf[:, :, :n] of its buffers (as
+    mlx-lm's caches pass them), are read in place: the slices are no nodes
+    of the call's graph, the result equals the call on dense copies (also
+    through the op-composed fallback that gradients use). Any other slice
+    (here rows start..start + n) stays a node of its own."""
+    B, Hq, Hkv, cap, n, D = 2, 4, 2, 96, 41, 64
+    dt = mx.bfloat16
+    x = mx.array(rng.standard_normal((B, Hkv, cap, D)).astype(np.float32)).astype(dt)
+    k, ks = mx.quantize(x, mode="turbo4")
+    v, vs = mx.quantize(2 * x, mode="turbo3")
+    mx.eval(k, ks, v, vs)
+    # Buffers that are not evaluated yet, as a decode step's appends.
+    bufs = [a + 0 for a in (k, ks, v, vs)]
+    kv = [a[:, :, start : start + n] for a in bufs]
+    q = mx.array(rng.standard_normal((B, Hq, 1, D)).astype(np.float32)).astype(dt)
+
+    def row():
+        return mx.array(rng.standard_normal((B, Hkv, 1, D)).astype(np.float32)).astype(dt)
+
+    kw = dict(scale=D**-0.5, mode=("turbo4", "turbo3"), key_shift=row())
+    kw["first_key"], kw["first_value"] = row(), row()
+    mx.eval(q, kw["key_shift"], kw["first_key"], kw["first_value"])
+
+    def attend(q, k, ks, v, vs):
+        return mx.fast.quantized_scaled_dot_product_attention(q, k, ks, v, vs, **kw)
+
+    out = attend(q, *kv)
+    nodes = graph_primitives(out)
+    expected_nodes = {"QuantizedScaledDotProductAttention": 1}
+    if start:
+        expected_nodes["Slice"] = 4
+    # the buffers' own nodes (+ 0)
+    assert nodes.pop("Add", 0) == 4 and nodes.pop("Broadcast", 0) == 4, nodes
+    assert nodes == expected_nodes, nodes
+    dense = [mx.array(np.ascontiguousarray(to_np(a))).astype(a.dtype) for a in kv]
+    np.testing.assert_array_equal(to_np(out), to_np(attend(q, *dense)))
+
+    # The fallback (gradients w.r.t. the queries) on the buffers.
+    def loss(q, *kv):
+        return (attend(q, *kv).astype(mx.float32) ** 2).sum()
+
+    g = mx.grad(loss)(q.astype(mx.float32), *kv)
+    g_dense = mx.grad(loss)(q.astype(mx.float32), *dense)
+    np.testing.assert_allclose(np.array(g), np.array(g_dense), rtol=1e-5, atol=1e-6)

@@ -10,6 +10,7 @@
 #include "mlx/fast.h"
 #include "mlx/fast_primitives.h"
 #include "mlx/ops.h"
+#include "mlx/primitives.h"
 #include "mlx/turboquant.h"
 
 namespace mlx::core {
@@ -408,8 +409,35 @@ struct PrimitiveInputs {
   QuantizationMode vmode;
   bool fused_rotation;
   Dtype out_type;
+  int key_length;
   Stream stream;
 };
+
+// A KV cache passes its stored rows as the leading-row slice buf[:, :, :n]
+// of its buffers. The primitive reads such a buffer in place (its first
+// key_length rows), so the slice is no node of the step's graph: the
+// buffer, or a when it is not such a slice.
+array cache_buffer(const array& a) {
+  if (!a.has_primitive()) {
+    return a;
+  }
+  auto* s = dynamic_cast<const Slice*>(&a.primitive());
+  if (!s) {
+    return a;
+  }
+  const array& buf = a.inputs()[0];
+  const auto& [start, end, strides] = s->state();
+  if (buf.ndim() != 4 || buf.dtype() != a.dtype()) {
+    return a;
+  }
+  for (int i = 0; i < 4; ++i) {
+    if (start[i] != 0 || strides[i] != 1 ||
+        (i != 2 && buf.shape(i) != a.shape(i))) {
+      return a;
+    }
+  }
+  return buf;
+}
 
 // Op-composed attention on the primitive's inputs: the cache reconstructed in
 // the rotated domain and MLX's fused attention on it. The primitive's
@@ -417,8 +445,18 @@ struct PrimitiveInputs {
 // where the primitive is not used.
 std::vector<array> composed_attention(
     const PrimitiveInputs& a,
-    const std::vector<array>& inputs) {
+    const std::vector<array>& primitive_inputs) {
   const auto& stream = a.stream;
+  // The codes and scales may be a cache's buffers: their first key_length
+  // rows.
+  std::vector<array> inputs = primitive_inputs;
+  for (int i = 1; i <= 4; ++i) {
+    if (inputs[i].shape(2) != a.key_length) {
+      Shape stop = inputs[i].shape();
+      stop[2] = a.key_length;
+      inputs[i] = slice(inputs[i], Shape(4, 0), std::move(stop), stream);
+    }
+  }
   auto [mask, sinks, sink_value, key_shift, first_key, waves, freqs] =
       turbo::attention_extras(
           inputs,
@@ -593,6 +631,12 @@ array quantized_scaled_dot_product_attention(
   const bool fused_rotation = use_primitive &&
       (stream.device == Device::cpu || turbo::gpu_attention_rotates());
   // Balanced keys k / s are scored with the queries q * s (float32).
+  // The primitive reads the cache's buffers in place (cache_buffer); scales
+  // that need a cast are read from the slice (the cast then covers only
+  // the stored rows).
+  auto cached = [&](const array& a, bool cast) {
+    return use_primitive && !cast ? cache_buffer(a) : a;
+  };
   array q_in = key_channel_scales
       ? multiply(
             queries,
@@ -602,10 +646,16 @@ array quantized_scaled_dot_product_attention(
   const Dtype out_type = queries.dtype();
   std::vector<array> inputs = {
       fused_rotation ? q_in : turbo::rotate(q_in, false, stream),
-      keys,
-      astype(key_scales, scale_type, stream),
-      values,
-      astype(value_scales, scale_type, stream)};
+      cached(keys, false),
+      astype(
+          cached(key_scales, key_scales.dtype() != scale_type),
+          scale_type,
+          stream),
+      cached(values, false),
+      astype(
+          cached(value_scales, value_scales.dtype() != scale_type),
+          scale_type,
+          stream)};
   std::optional<array> mask = mask_arr;
   if (mask && mask->dtype() != bool_) {
     mask = astype(*mask, float32, stream);
@@ -666,6 +716,7 @@ array quantized_scaled_dot_product_attention(
       vmode,
       fused_rotation,
       out_type,
+      kL,
       stream};
   if (mask) {
     inputs.push_back(broadcast_to(*mask, Shape{B, n_q_heads, qL, kL}, stream));
@@ -711,7 +762,8 @@ array quantized_scaled_dot_product_attention(
                 kmode,
                 vmode,
                 queries.dtype() != float32,
-                fused_rotation),
+                fused_rotation,
+                kL),
             inputs)
       : fallback(inputs)[0];
   if (!fused_rotation) {
@@ -729,7 +781,7 @@ bool QuantizedScaledDotProductAttention::is_equivalent(
       has_first_key_ == o.has_first_key_ &&
       has_key_waves_ == o.has_key_waves_ && key_mode_ == o.key_mode_ &&
       value_mode_ == o.value_mode_ && low_precision_ == o.low_precision_ &&
-      fused_rotation_ == o.fused_rotation_;
+      fused_rotation_ == o.fused_rotation_ && key_length_ == o.key_length_;
 }
 
 std::vector<Shape> QuantizedScaledDotProductAttention::output_shapes(

@@ -5,6 +5,7 @@
 #include <numeric>
 #include <sstream>
 
+#include "mlx/backend/common/slicing.h"
 #include "mlx/fast_primitives.h"
 #include "mlx/ops.h"
 #include "mlx/turboquant.h"
@@ -223,6 +224,17 @@ array rotate(const array& x, bool inverse, StreamOrDevice s) {
     y = multiply(hadamard_stage(y, 0, p, s), signs(1, dim), s);
   }
   return y;
+}
+
+array leading_rows(const array& a, int n) {
+  if (a.shape(2) == n) {
+    return a;
+  }
+  Shape shape = a.shape();
+  shape[2] = n;
+  array rows(std::move(shape), a.dtype(), nullptr, {});
+  slice(a, rows, Shape(a.ndim(), 0), Shape(a.ndim(), 1));
+  return rows;
 }
 
 AttentionExtras attention_extras(

@@ -233,6 +233,12 @@ array key_wave_bias(
 // Op-composed rotation over the last axis (float32 result).
 array rotate(const array& x, bool inverse, StreamOrDevice s = {});
 
+// The attention primitive's codes and scales (inputs 1-4) may be a KV cache's
+// buffers, whose first key_length rows (axis 2) are the keys: the rows as a
+// view of the evaluated input's buffer (no copy; the input itself when it
+// has exactly n rows). For the backends' eval.
+array leading_rows(const array& a, int n);
+
 // The optional inputs of the attention primitive, after (q, k, k_scales, v,
 // v_scales), in this order; the mask is present when the count says so.
 struct AttentionExtras {

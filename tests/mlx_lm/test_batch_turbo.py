@@ -117,6 +117,30 @@ def test_nothing_dequantized_and_append_is_in_place():
     assert batch.keys[0].shape[2] == cap  # a step writes into the preallocated buffer
 
 
+def test_decode_step_takes_the_step_mask_as_it_is():
+    """The step's mask (make_mask of the first layer's cache, built before the
+    layers append) is the codes' mask once every row is calibrated: a decode
+    step's attention_mask adds no ops. In the step that calibrates, the mask
+    was made before the first tokens' slots became padding, and they are
+    masked out here."""
+    c = BatchTurboQuantKVCache([2, 0], "turbo3")
+    k, v = kv(7, B=2)
+    mask = c.make_mask(7)  # before the chunk calibrates the rows
+    c.update_and_fetch(k, v)
+    fitted = c.attention_mask(mask)
+    assert not fitted[0, 0, -1, 2].item() and not fitted[1, 0, -1, 0].item()
+    assert mask[0, 0, -1, 2].item() and mask[1, 0, -1, 0].item()
+    for step in range(2):
+        k1, v1 = kv(1, B=2, seed=5 + step)
+        mask = c.make_mask(1)
+        mx.eval(mask)
+        c.update_and_fetch(k1, v1)
+        assert c.attention_mask(mask) is mask
+        # the ops' mask: the same
+        visible = mx.arange(c._idx)[None] >= c.left_padding[:, None]
+        assert_equal(mask, mask & visible[:, None, None, :])
+
+
 # Largest difference of a log-probability between a batched and a single run.
 # On the CPU the two paths differ only by padding, which the mask removes: the
 # tokens agree exactly, the log-probabilities to float32 rounding (the matmuls'

@@ -13,6 +13,7 @@ mx = require_turbo_stack()
 
 import mlx.nn as nn  # noqa: E402
 from helpers import graph_primitives  # noqa: E402
+from mlx_lm.models.base import scaled_dot_product_attention  # noqa: E402
 from mlx_lm.models.cache import (  # noqa: E402
     BatchTurboQuantKVCache,
     KVCache,
@@ -230,8 +231,20 @@ def test_a_decode_step_adds_only_the_append_and_the_views(batch, moving):
         # Known calibrated after the first step: later steps do not read the
         # flags back (a synchronization per layer and step).
         c._calibrated = Unread()
-    mx.eval(c.keys, c.values)
+    mx.eval(c.keys, c.values, *(t for t in c.turbo_transforms.values() if t is not None))
     k1, v1 = mx.contiguous(k[:, :, 110:111]), mx.contiguous(v[:, :, 110:111])
     mx.eval(k1, v1)
     (kq, ks), (vq, vs) = c.update_and_fetch(k1, v1)
     assert graph_primitives(kq, ks, vq, vs) == {"QuantizedCacheUpdate": 4, "Slice": 4}
+    # The attention reads the buffers in place: the views are no nodes of
+    # the step, whose attention is then the append and one node (bf16's
+    # cache: two updates, two views, the attention).
+    q = mx.random.normal((1, 4, 1, 64)).astype(mx.bfloat16)
+    mx.eval(q)
+    out = scaled_dot_product_attention(q, (kq, ks), (vq, vs), c, scale=0.125, mask=None)
+    nodes = graph_primitives(out)
+    if batch:
+        # (the batch cache's mask of the padding and the first tokens' slots)
+        assert "Slice" not in nodes and "Arange" in nodes, nodes
+        nodes = {k: n for k, n in nodes.items() if k.startswith("Quantized")}
+    assert nodes == {"QuantizedCacheUpdate": 4, "QuantizedScaledDotProductAttention": 1}

@@ -425,10 +425,11 @@ void QuantizedScaledDotProductAttention::eval_cpu(
     encoder.add_temporary(c);
     return c;
   };
-  auto k = last_dense(inputs[1]);
-  auto ks = inputs[2];
-  auto v = last_dense(inputs[3]);
-  auto vs = inputs[4];
+  // (a cache's buffers: the first key_length_ rows, in place)
+  auto k = last_dense(turbo::leading_rows(inputs[1], key_length_));
+  auto ks = turbo::leading_rows(inputs[2], key_length_);
+  auto v = last_dense(turbo::leading_rows(inputs[3], key_length_));
+  auto vs = turbo::leading_rows(inputs[4], key_length_);
   auto [mask, sinks, sv, key_shift, first_key, waves, freqs] =
       turbo::attention_extras(
           inputs,

@@ -175,10 +175,11 @@ void QuantizedScaledDotProductAttention::eval_gpu(
       sinks = row_sinks;
     }
   }
-  array k = last_dense(inputs[1], enc, s);
-  array ks = inputs[2];
-  array v = last_dense(inputs[3], enc, s);
-  array vs = inputs[4];
+  // (a cache's buffers: the first key_length_ rows, in place)
+  array k = last_dense(turbo::leading_rows(inputs[1], key_length_), enc, s);
+  array ks = turbo::leading_rows(inputs[2], key_length_);
+  array v = last_dense(turbo::leading_rows(inputs[3], key_length_), enc, s);
+  array vs = turbo::leading_rows(inputs[4], key_length_);
 
   auto& out = outputs[0];
   out.set_data(cu::malloc_async(out.nbytes(), enc));

@@ -609,7 +609,7 @@ void QuantizedScaledDotProductAttention::eval_gpu(
   const int kb = mode_bits(key_mode_), vb = mode_bits(value_mode_);
   const int B = inputs[0].shape(0), Hq = inputs[0].shape(1);
   const int qL = inputs[0].shape(2), Dk = inputs[0].shape(3);
-  const int Hkv = inputs[1].shape(1), kL = inputs[1].shape(2);
+  const int Hkv = inputs[1].shape(1), kL = key_length_;
   const int Dv = out.shape(3);
   const bool prefill = tb::attn_use_prefill(qL);
   if (!tb::attn_dims_supported(Dk, Dv) ||
@@ -637,10 +637,14 @@ void QuantizedScaledDotProductAttention::eval_gpu(
   const array& q = fused_rotation_
       ? prepare_fused(inputs[0], extras, Hkv, Dv, scale_, copies, d, enc)
       : copies.row_contiguous(copies.as_type(inputs[0], float32));
-  const array& k = copies.last_contiguous(inputs[1]);
-  const array& v = copies.last_contiguous(inputs[3]);
-  const array& ks = inputs[2];
-  const array& vs = copies.as_type(inputs[4], ks.dtype());
+  // (a cache's buffers: the first key_length_ rows, in place)
+  const array& k = copies.last_contiguous(
+      copies.keep(turbo::leading_rows(inputs[1], key_length_)));
+  const array& v = copies.last_contiguous(
+      copies.keep(turbo::leading_rows(inputs[3], key_length_)));
+  const array& ks = copies.keep(turbo::leading_rows(inputs[2], key_length_));
+  const array& vs = copies.as_type(
+      copies.keep(turbo::leading_rows(inputs[4], key_length_)), ks.dtype());
   // fused_rotation: the kernels write the rotated float32 output to a
   // temporary, rotated back into out.
   array& kernel_out = fused_rotation_ ? copies.temporary(out.shape()) : out;
