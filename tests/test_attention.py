@@ -502,7 +502,7 @@ def test_decode_with_transforms_is_one_primitive(rng, B, sinks):
 
 
 @pytest.mark.parametrize("start", [0, 3])
-def test_cache_buffers_are_read_in_place(rng, start):
+def test_cache_buffers_are_read_in_place(rng, tmp_path, start):
     """A cache's stored rows, the slice buf[:, :, :n] of its buffers (as
     mlx-lm's caches pass them), are read in place: the slices are no nodes
     of the call's graph, the result equals the call on dense copies (also
@@ -547,3 +547,13 @@ def test_cache_buffers_are_read_in_place(rng, start):
     g = mx.grad(loss)(q.astype(mx.float32), *kv)
     g_dense = mx.grad(loss)(q.astype(mx.float32), *dense)
     np.testing.assert_allclose(np.array(g), np.array(g_dense), rtol=1e-5, atol=1e-6)
+
+    # Compiled and exported with the slices inside (the row count is state).
+    def sliced(q, *bufs):
+        return attend(q, *(a[:, :, start : start + n] for a in bufs))
+
+    mx.eval(bufs)
+    path = str(tmp_path / "sliced.mlxfn")
+    mx.export_function(path, sliced, q, *bufs)
+    for got in (mx.compile(sliced)(q, *bufs), mx.import_function(path)(q, *bufs)[0]):
+        np.testing.assert_array_equal(to_np(got), to_np(out))
