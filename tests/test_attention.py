@@ -403,6 +403,42 @@ def test_exact_first_token(rng, qL, kL, mask, shift, shared):
         assert err < 10 * tol, f"fallback relative error {err:.2e}"
 
 
+def test_balanced_keys_with_a_first_token_in_bfloat16(rng):
+    """bfloat16 queries, float32 channel scales and a bfloat16 first token:
+    the primitive's queries q * s are float32 and the first token's value
+    reaches the kernels in their dtype (the GPU kernels read both in one
+    type)."""
+    B, Hq, Hkv, kL, D = 2, 4, 2, 60, 64
+    dt = mx.bfloat16
+    q = mx.array(rng.standard_normal((B, Hq, 1, D)).astype(np.float32)).astype(dt)
+    s = np.exp(rng.uniform(-1.0, 1.0, (1, Hkv, 1, D))).astype(np.float32)
+    kx = s * rng.standard_normal((B, Hkv, kL, D))
+    k, ks = mx.quantize(mx.array((kx / s).astype(np.float32)).astype(dt), mode="turbo4")
+    v, vs = mx.quantize(
+        mx.array(rng.standard_normal((B, Hkv, kL, D)).astype(np.float32)).astype(dt), mode="turbo3"
+    )
+    k0 = mx.array(rng.standard_normal((B, Hkv, 1, D)).astype(np.float32)).astype(dt)
+    v0 = mx.array(rng.standard_normal((B, Hkv, 1, D)).astype(np.float32)).astype(dt)
+    out = mx.fast.quantized_scaled_dot_product_attention(
+        q,
+        k,
+        ks,
+        v,
+        vs,
+        scale=D**-0.5,
+        mode=("turbo4", "turbo3"),
+        key_channel_scales=mx.array(s),
+        first_key=k0,
+        first_value=v0,
+    )
+    assert out.dtype == dt
+    kd = np.concatenate([to_np(k0), ref.decode(np.array(k), to_np(ks), "turbo4") * s], axis=2)
+    vd = np.concatenate([to_np(v0), ref.decode(np.array(v), to_np(vs), "turbo3")], axis=2)
+    expected = ref.attention(to_np(q), kd, vd, D**-0.5, None)
+    err = rel_err(to_np(out), expected)
+    assert err < attention_rtol("bfloat16", 1), f"relative error {err:.2e}"
+
+
 def test_exact_first_token_errors(rng):
     q, k, ks, v, vs = make_case(rng, 1, 4, 2, 1, 20, 64, 64, "turbo4", "turbo4", "float32")
     k0 = mx.zeros((1, 2, 1, 64))

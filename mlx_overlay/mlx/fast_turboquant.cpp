@@ -692,12 +692,13 @@ array quantized_scaled_dot_product_attention(
         stream);
   }
   // The first token's value is the sink's value, in the domain of the
-  // primitive's queries: as given with fused_rotation (in the queries'
-  // dtype, as the kernels read both), else rotated like the cached values.
+  // primitive's queries: as given with fused_rotation (in the dtype of the
+  // primitive's queries, q * s with balanced keys, as the GPU kernels read
+  // both), else rotated like the cached values.
   std::optional<array> sink_values;
   if (first_key) {
     sink_values = fused_rotation
-        ? astype(*first_value, queries.dtype(), stream)
+        ? astype(*first_value, q_in.dtype(), stream)
         : broadcast_to(
               turbo::rotate(*first_value, false, stream),
               {B, n_kv_heads, 1, dv},
