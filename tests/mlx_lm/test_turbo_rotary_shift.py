@@ -214,7 +214,9 @@ def test_a_decode_step_adds_only_the_append_and_the_views(batch, moving):
     (codes and scales of keys and values) and the four views of the stored
     rows: no node per step for the shift, not even a cast (host time per node
     is what bounds decode on the GPU, docs/cuda.md), and the batch cache does
-    not read its calibration flags back once they are known."""
+    not read its calibration flags back once they are known. The attention
+    then reads the buffers in place: the step's layer is the append and the
+    attention."""
     rope, k, v = rotary_keys(120)
     k, v = k.astype(mx.bfloat16), v.astype(mx.bfloat16)
     c = TurboQuantKVCache("turbo4", rope=rope if moving else None)
