@@ -530,7 +530,8 @@ const array& prepare_fused(
   enc.set_output_array(q_rot, TURBO_PREP_BUF_Q_ROT);
   enc.set_bytes(p, TURBO_PREP_BUF_PARAMS);
   if (has_sinks) {
-    enc.set_input_array(*extras.sinks, TURBO_PREP_BUF_SINKS);
+    enc.set_input_array(
+        copies.row_contiguous(*extras.sinks), TURBO_PREP_BUF_SINKS);
   }
   if (has_sink_values) {
     const array& sv = copies.row_contiguous(*extras.sink_values);
