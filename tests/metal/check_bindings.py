@@ -6,7 +6,7 @@ turbo_bindings.h:
     instantiated by the .metal files (after the preprocessor);
  2. every [[buffer(...)]] / [[function_constant(...)]] index in the TurboQuant
     kernels and every buffer index / function constant passed by
-    turboquant.cpp is a TURBO_* macro from turbo_bindings.h (no literals);
+    the host dispatch (turboquant.cpp, turboquant_attention.cpp) is a TURBO_* macro from turbo_bindings.h (no literals);
  3. each kernel binds each buffer index at most once; the TURBO_FC_* indices
     are distinct;
  4. an argument's [[function_constant(c)]] names a declared function constant
@@ -14,7 +14,7 @@ turbo_bindings.h:
     buffer it writes, and the cache dequantize, which binds first / shift /
     freqs / waves only when used) every use of such an argument lies in an
     `if (...) {` block whose condition names c;
- 5. every TURBO_FC_ index a kernel declares is set by turboquant.cpp.
+ 5. every TURBO_FC_ index a kernel declares is set by the host dispatch.
 usage: check_bindings.py KERNEL_ROOT PP_DIR OVERLAY_OR_TREE_ROOT BUILD_DIR"""
 import os, re, subprocess, sys
 
@@ -118,16 +118,18 @@ if fails == fails_before:
     print(f"  ok  function-constant gates: declared constants, distinct TURBO_FC_ indices; gated argument uses "
           f"all under if (gate): " + ", ".join(f"{k} {v}" for k, v in sorted(n_gated.items())))
 
-cpp = os.path.join(host_root, "mlx/backend/metal/turboquant.cpp")
-if os.path.exists(cpp):
-    src = open(cpp).read()
+HOST_FILES = ("turboquant.cpp", "turboquant_attention.cpp")
+cpps = [os.path.join(host_root, "mlx/backend/metal", f) for f in HOST_FILES]
+cpp = cpps[0]
+if all(os.path.exists(c) for c in cpps):
+    src = "".join(open(c).read() for c in cpps)
     for m in re.finditer(r"set_(?:input_array|output_array|bytes)\([^;]*?,\s*([^,;()]+)\)\s*;", src):
         if not m.group(1).strip().startswith("TURBO_"):
-            fail(f"turboquant.cpp: buffer index {m.group(1).strip()} is not a TURBO_ macro")
+            fail(f"host dispatch: buffer index {m.group(1).strip()} is not a TURBO_ macro")
     for m in re.finditer(r"MTL::DataType::\w+,\s*([^}]+)\}", src):
         if not m.group(1).strip().startswith("TURBO_FC_"):
-            fail(f"turboquant.cpp: function constant index {m.group(1).strip()} is not a TURBO_FC_ macro")
-    print("  ok  binding indices are TURBO_* macros (kernels and turboquant.cpp)" if not fails else "")
+            fail(f"host dispatch: function constant index {m.group(1).strip()} is not a TURBO_FC_ macro")
+    print("  ok  binding indices are TURBO_* macros (kernels and " + ", ".join(HOST_FILES) + ")" if not fails else "")
     # 5. every function constant a kernel declares is set by the host
     host_fc = set(re.findall(r"MTL::DataType::\w+,\s*(TURBO_FC_\w+)\s*\}", src))
     kern_fc = set()
@@ -136,9 +138,9 @@ if os.path.exists(cpp):
                                   open(os.path.join(kdir, f)).read()))
     unset = sorted(kern_fc - host_fc)
     if unset:
-        fail(f"turboquant.cpp never sets the function constants {unset}")
+        fail(f"the host dispatch never sets the function constants {unset}")
     else:
-        print(f"  ok  the {len(kern_fc)} function constants the kernels declare are all set by turboquant.cpp")
+        print(f"  ok  the {len(kern_fc)} function constants the kernels declare are all set by the host dispatch")
 else:
-    fail(f"{cpp} not found")
+    fail(f"{' or '.join(cpps)} not found")
 sys.exit(1 if fails else 0)

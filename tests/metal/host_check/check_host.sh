@@ -1,5 +1,6 @@
 #!/bin/bash
-# Syntax-check mlx/backend/metal/turboquant.cpp (and turboquant_cache.cpp where
+# Syntax-check mlx/backend/metal/turboquant.cpp, turboquant_attention.cpp (and
+# turboquant_cache.cpp where
 # the tree has fast::QuantizedCacheUpdate) against the real MLX headers of
 # a patched tree (metal-cpp replaced by the declarations in Metal/Metal.hpp).
 #   check_host.sh TREE_ROOT
@@ -16,6 +17,7 @@ check() {
   echo "  ok  $1 parses against the MLX headers of $TREE"
 }
 check turboquant.cpp
+check turboquant_attention.cpp
 # fast::QuantizedCacheUpdate::eval_gpu (from patch 0003 on)
 if [ -f "$TREE/mlx/backend/metal/turboquant_cache.cpp" ] \
    && grep -q QuantizedCacheUpdate "$TREE/mlx/fast_primitives.h"; then
