@@ -632,10 +632,12 @@ array quantized_scaled_dot_product_attention(
       (stream.device == Device::cpu || turbo::gpu_attention_rotates());
   // Balanced keys k / s are scored with the queries q * s (float32).
   // The primitive reads the cache's buffers in place (cache_buffer); scales
-  // that need a cast are read from the slice (the cast then covers only
-  // the stored rows).
-  auto cached = [&](const array& a, bool cast) {
-    return use_primitive && !cast ? cache_buffer(a) : a;
+  // that need a cast are cast from the slice (only the stored rows).
+  auto cached = [&](const array& a) {
+    return use_primitive ? cache_buffer(a) : a;
+  };
+  auto cached_scales = [&](const array& a) {
+    return a.dtype() == scale_type ? cached(a) : astype(a, scale_type, stream);
   };
   array q_in = key_channel_scales
       ? multiply(
@@ -646,16 +648,10 @@ array quantized_scaled_dot_product_attention(
   const Dtype out_type = queries.dtype();
   std::vector<array> inputs = {
       fused_rotation ? q_in : turbo::rotate(q_in, false, stream),
-      cached(keys, false),
-      astype(
-          cached(key_scales, key_scales.dtype() != scale_type),
-          scale_type,
-          stream),
-      cached(values, false),
-      astype(
-          cached(value_scales, value_scales.dtype() != scale_type),
-          scale_type,
-          stream)};
+      cached(keys),
+      cached_scales(key_scales),
+      cached(values),
+      cached_scales(value_scales)};
   std::optional<array> mask = mask_arr;
   if (mask && mask->dtype() != bool_) {
     mask = astype(*mask, float32, stream);

@@ -119,6 +119,8 @@ static double get_s(const std::vector<unsigned char>& buf, size_t i) {
 }
 
 // ---------------------------------------------------------------- launch
+static rt::Dim3 D3(const unsigned* a) { return rt::Dim3{a[0], a[1], a[2]}; }
+
 // fused_rotation's preparation: b.q (rotated), b.sv, b.row_sinks, b.wcoef
 // from the inputs as given, with the host's function constants.
 template <typename S, int D, int V>
@@ -143,8 +145,7 @@ static void launch_prep(const Case& c, Buffers& b, const rt::LaunchOptions& opt)
         dev(c.waves ? b.wcoef.data() : nullptr), t.threadgroup_position_in_grid.x,
         t.simdgroup_index_in_threadgroup, t.thread_index_in_simdgroup);
   };
-  rt::dispatch_threadgroups(rt::Dim3{d.grid[0], d.grid[1], d.grid[2]},
-                            rt::Dim3{d.group[0], d.group[1], d.group[2]}, body, opt);
+  rt::dispatch_threadgroups(D3(d.grid), D3(d.group), body, opt);
 }
 
 // fused_rotation's output rotation: rows of V float32 -> R^T x in T.
@@ -155,8 +156,7 @@ static void launch_rotate_out(const float* x, T* out, int64_t nrows, const rt::L
     turbo_rotate_out<T, V>(cdev(x), dev(out), cst(nrows), t.threadgroup_position_in_grid.x,
                            t.simdgroup_index_in_threadgroup, t.thread_index_in_simdgroup);
   };
-  rt::dispatch_threadgroups(rt::Dim3{d.grid[0], d.grid[1], d.grid[2]},
-                            rt::Dim3{d.group[0], d.group[1], d.group[2]}, body, opt);
+  rt::dispatch_threadgroups(D3(d.grid), D3(d.group), body, opt);
 }
 
 template <typename S, int D, int V, int KB, int VB>
@@ -184,7 +184,6 @@ static void launch(const Case& c, Buffers& b, const rt::LaunchOptions& opt) {
   const float* sv = sinks_on && c.sink_values ? b.sv.data() : nullptr;
   const float* wc = c.waves ? b.wcoef.data() : nullptr;
   const uint32_t* wf = c.waves ? b.wfreq.data() : nullptr;
-  auto D3 = [](const unsigned* a) { return rt::Dim3{a[0], a[1], a[2]}; };
   if (c.pass == 1) {
     auto d = tb::attn_1pass_dims(c.B, c.Hq, c.qL);
     auto body = [&](const rt::ThreadCtx& t) {

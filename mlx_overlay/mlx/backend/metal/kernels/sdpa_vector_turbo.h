@@ -490,15 +490,28 @@ METAL_FUNC void turbo_simd_rotate(threadgroup float* y, uint lane) {
     }
     simdgroup_barrier(mem_flags::mem_threadgroup);
     turbo_simd_fwht<P>(y, lane);
-    for (int i = int(lane); i < P; i += BD) {
-      y[i] = y[i] * norm;
-    }
-    simdgroup_barrier(mem_flags::mem_threadgroup);
     for (int i = int(lane); i < D; i += BD) {
-      y[i] = y[i] * turbo_sign(1u, uint(i));
+      y[i] = (i < P ? y[i] * norm : y[i]) * turbo_sign(1u, uint(i));
     }
   }
   simdgroup_barrier(mem_flags::mem_threadgroup);
+}
+
+// out[0:D] <- R x (or R^T x, INVERSE) for one row, through the SIMD-group's
+// threadgroup row y: read as float32, rotated, rounded once to TO.
+template <int D, bool INVERSE, typename TI, typename TO>
+METAL_FUNC void turbo_simd_rotate_row(
+    const device TI* x,
+    device TO* out,
+    threadgroup float* y,
+    uint lane) {
+  for (int i = int(lane); i < D; i += TURBO_SIMD_WIDTH) {
+    y[i] = static_cast<float>(x[i]);
+  }
+  turbo_simd_rotate<D, INVERSE>(y, lane);
+  for (int i = int(lane); i < D; i += TURBO_SIMD_WIDTH) {
+    out[i] = static_cast<TO>(y[i]);
+  }
 }
 
 // Decode preparation (TurboPrepParams; buffers TURBO_PREP_BUF_*): query row v
@@ -579,25 +592,13 @@ template <typename T, int D, int V>
         }
       }
     }
-    for (int i = lane; i < D; i += BD) {
-      y[i] = static_cast<float>(x[i]);
-    }
-    turbo_simd_rotate<D, false>(y, simd_lid);
-    for (int i = lane; i < D; i += BD) {
-      q_rot[v * D + i] = y[i];
-    }
+    turbo_simd_rotate_row<D, false>(x, q_rot + v * D, y, simd_lid);
   } else if (turbo_sink_values && v < p.n_q + p.n_sv) {
     const int64_t r = v - p.n_q;
     const int b = int(r / p.Hkv);
     const int kvh = int(r % p.Hkv);
     const device T* x = sv + (int64_t(p.sv_b * b) * p.Hkv + kvh) * V;
-    for (int i = lane; i < V; i += BD) {
-      y[i] = static_cast<float>(x[i]);
-    }
-    turbo_simd_rotate<V, false>(y, simd_lid);
-    for (int i = lane; i < V; i += BD) {
-      sv_rot[r * V + i] = y[i];
-    }
+    turbo_simd_rotate_row<V, false>(x, sv_rot + r * V, y, simd_lid);
   }
 }
 
@@ -611,18 +612,11 @@ template <typename T, int D>
     uint tid [[threadgroup_position_in_grid]],
     uint simd_gid [[simdgroup_index_in_threadgroup]],
     uint simd_lid [[thread_index_in_simdgroup]]) {
-  constexpr int BD = TURBO_SIMD_WIDTH;
   threadgroup float rows[TURBO_ROW_SIMDS * D];
   threadgroup float* y = rows + simd_gid * D;
   const int64_t v = int64_t(tid) * TURBO_ROW_SIMDS + simd_gid;
   if (v >= nrows) {
     return;
   }
-  for (int i = int(simd_lid); i < D; i += BD) {
-    y[i] = x[v * D + i];
-  }
-  turbo_simd_rotate<D, true>(y, simd_lid);
-  for (int i = int(simd_lid); i < D; i += BD) {
-    out[v * D + i] = static_cast<T>(y[i]);
-  }
+  turbo_simd_rotate_row<D, true>(x + v * D, out + v * D, y, simd_lid);
 }
