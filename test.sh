@@ -25,10 +25,13 @@ if [[ -z "${TURBOQUANT_SKIP_CPU_ASAN:-}" ]]; then
   "$ROOT/tools/cpu_sanitizer.sh" "$CACHE/work/mlx"
 fi
 
-# The CUDA tensor-core decode's lane mapping and table indices, emulated on
-# the CPU against float64 (~1 s; the kernels themselves run on the device).
-echo "==> CUDA tensor-core decode emulation (tests/cuda/emu_vector_tc.py)"
-"$VENV/bin/python" "$ROOT/tests/cuda/emu_vector_tc.py"
+# The CUDA kernels executed on the CPU by an emulator of warps, shared
+# memory and tensor-core fragments, against float64, and its planted bugs
+# (~10 min; docs/cuda.md, "The kernels on the CPU").
+if [[ -z "${TURBOQUANT_SKIP_CUDA_EMU:-}" ]]; then
+  echo "==> CUDA kernels on the CPU (tests/cuda/emu/run.sh)"
+  PYTHON="$VENV/bin/python" "$ROOT/tests/cuda/emu/run.sh"
+fi
 
 echo "==> pytest against $("$VENV/bin/python" -c 'import mlx.core as mx, os; print("mlx", mx.__version__, os.path.dirname(mx.__file__))')"
 cd "$ROOT"

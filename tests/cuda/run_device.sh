@@ -29,6 +29,12 @@ echo "build rc=$rc in $(( $(date +%s) - t0 ))s"
 if [ $test -eq 1 ]; then
   python3 test_tq_cuda.py 2>&1 | tee "$OUT/test.log" | grep -v "^ok" ; trc=${PIPESTATUS[0]}
   echo "tests rc=$trc"
+  # The CPU emulator's checks (tests/cuda/emu/test_emu.py) on the device, on
+  # the same build: what the emulator passes, the GPU must pass too.
+  cudart=$(ls /usr/local/cuda/lib64/libcudart.so* 2>/dev/null | head -1)
+  TQ_EMU_GPU=1 TQ_EMU_LIB="$PWD/build/libtq.so" TQ_CUDART="${cudart:-libcudart.so}" \
+    python3 emu/test_emu.py 2>&1 | tee "$OUT/test_emu_gpu.log" | grep -v "^ok" ; erc=${PIPESTATUS[0]}
+  echo "emulator checks on the GPU rc=$erc"
 fi
 if [ $bench -eq 1 ]; then
   python3 bench_tq_cuda.py --out "$OUT" "${bargs[@]}" 2>&1 | tee "$OUT/bench.log" | grep -v '^{'

@@ -34,6 +34,35 @@ using namespace mlx::core::cu::turbo;
       int,                                                                   \
       int,                                                                   \
       cudaStream_t)
+#define DECL_PREP(D)           \
+  extern "C" int tq_prep_d##D( \
+      const void*,             \
+      float*,                  \
+      const void*,             \
+      float*,                  \
+      long long,               \
+      long long,               \
+      int,                     \
+      int,                     \
+      int,                     \
+      float,                   \
+      const float*,            \
+      const void*,             \
+      const void*,             \
+      long long,               \
+      float*,                  \
+      const float*,            \
+      long long,               \
+      int,                     \
+      float*,                  \
+      int,                     \
+      cudaStream_t)
+DECL_PREP(64);
+DECL_PREP(80);
+DECL_PREP(96);
+DECL_PREP(128);
+DECL_PREP(192);
+DECL_PREP(256);
 DECL(64);
 DECL(80);
 DECL(96);
@@ -165,6 +194,57 @@ extern "C" int tq_encode_rows(
 #undef C
 }
 
+// turbo_attention_prep (tq_prep_d<D>): see tq_inst.cu.
+extern "C" int tq_prep(
+    const void* q,
+    float* q_rot,
+    const void* sv,
+    float* sv_rot,
+    long long n_q,
+    long long n_sv,
+    int Hq,
+    int Hkv,
+    int qL,
+    float scale,
+    const float* sinks,
+    const void* key_shift,
+    const void* first_key,
+    long long kb_str,
+    float* row_sinks,
+    const float* waves,
+    long long wv_b_str,
+    int P,
+    float* wave_coef,
+    int D,
+    int dtype,
+    void* st) {
+#define C(d)     \
+  tq_prep_d##d(  \
+      q,         \
+      q_rot,     \
+      sv,        \
+      sv_rot,    \
+      n_q,       \
+      n_sv,      \
+      Hq,        \
+      Hkv,       \
+      qL,        \
+      scale,     \
+      sinks,     \
+      key_shift, \
+      first_key, \
+      kb_str,    \
+      row_sinks, \
+      waves,     \
+      wv_b_str,  \
+      P,         \
+      wave_coef, \
+      dtype,     \
+      (cudaStream_t)st)
+  SWITCH_D(D, C)
+#undef C
+}
+
 static int num_sms() {
   static int n = 0;
   if (n == 0) {
@@ -272,6 +352,45 @@ extern "C" int tq_attention(
     int mask_kind,
     int low_precision,
     int force_splits,
+    void* st);
+
+// tq_attention with the inputs of the fused call (what
+// turbo_attention_prep makes, AttnParams): row_sinks: sinks are per query
+// row (B, Hq, qL) instead of per head; sink_values (B or 1, Hkv, D) float32
+// (sv_shared: 1) or null; the moving key shift's wave_coef (B, Hq, qL, 2P)
+// and wave_freqs (B or 1, Hkv, P) (wf_shared: 1), P = 0 without.
+extern "C" int tq_attention_ex(
+    const float* q,
+    const uint32_t* kc,
+    const void* ks,
+    const uint32_t* vc,
+    const void* vs,
+    const void* mask,
+    const long long* mstr,
+    const float* sinks,
+    int row_sinks,
+    const float* sink_values,
+    int sv_shared,
+    const float* wave_coef,
+    const uint32_t* wave_freqs,
+    int P,
+    int wf_shared,
+    float* out,
+    float* work,
+    int B,
+    int Hq,
+    int Hkv,
+    int qL,
+    int kL,
+    int D,
+    int kbits,
+    int vbits,
+    int sdtype,
+    float scale,
+    int causal,
+    int mask_kind,
+    int low_precision,
+    int force_splits,
     void* st) {
   if (qL > kVectorMaxQL) {
     return -2;
@@ -284,7 +403,15 @@ extern "C" int tq_attention(
     p.m_str[i] = mstr ? mstr[i] : 0;
   }
   p.has_sinks = sinks != nullptr;
-  p.sk_str[1] = 1; // per head
+  p.sk_str[0] = row_sinks ? (long long)Hq * qL : 0;
+  p.sk_str[1] = row_sinks ? qL : 1;
+  p.sk_str[2] = row_sinks ? 1 : 0;
+  p.sink_values = sink_values;
+  p.sv_b_str = sv_shared ? 0 : (long long)Hkv * D;
+  p.waves = P;
+  p.wave_coef = P > 0 ? wave_coef : nullptr;
+  p.wave_freqs = P > 0 ? wave_freqs : nullptr;
+  p.wf_b_str = wf_shared ? 0 : (long long)Hkv * P;
   DecodePlan plan = plan_decode(
       p, D, kbits, vbits, low_precision, sdtype != 2, num_sms(), force_splits);
   float* part_o = work;
@@ -309,4 +436,65 @@ extern "C" int tq_attention(
       (cudaStream_t)st)
   SWITCH_D(D, C)
 #undef C
+}
+
+extern "C" int tq_attention(
+    const float* q,
+    const uint32_t* kc,
+    const void* ks,
+    const uint32_t* vc,
+    const void* vs,
+    const void* mask,
+    const long long* mstr,
+    const float* sinks,
+    float* out,
+    float* work,
+    int B,
+    int Hq,
+    int Hkv,
+    int qL,
+    int kL,
+    int D,
+    int kbits,
+    int vbits,
+    int sdtype,
+    float scale,
+    int causal,
+    int mask_kind,
+    int low_precision,
+    int force_splits,
+    void* st) {
+  return tq_attention_ex(
+      q,
+      kc,
+      ks,
+      vc,
+      vs,
+      mask,
+      mstr,
+      sinks,
+      0,
+      nullptr,
+      1,
+      nullptr,
+      nullptr,
+      0,
+      1,
+      out,
+      work,
+      B,
+      Hq,
+      Hkv,
+      qL,
+      kL,
+      D,
+      kbits,
+      vbits,
+      sdtype,
+      scale,
+      causal,
+      mask_kind,
+      low_precision,
+      force_splits,
+      st);
 }

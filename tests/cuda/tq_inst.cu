@@ -83,6 +83,58 @@ extern "C" int TQ_FN(tq_decode_d)(
   return (int)cudaGetLastError();
 }
 
+// The fused call's preparation as MLX launches it (turbo_attention_prep_gpu):
+// n_q query rows q (B, Hq, qL, D) and n_sv sink value rows in dtype; Hkv
+// from the key bias / waves; b strides 0 when shared by the batch.
+extern "C" int TQ_FN(tq_prep_d)(
+    const void* q,
+    float* q_rot,
+    const void* sv,
+    float* sv_rot,
+    long long n_q,
+    long long n_sv,
+    int Hq,
+    int Hkv,
+    int qL,
+    float scale,
+    const float* sinks,
+    const void* key_shift,
+    const void* first_key,
+    long long kb_str,
+    float* row_sinks,
+    const float* waves,
+    long long wv_b_str,
+    int P,
+    float* wave_coef,
+    int dtype,
+    cudaStream_t st) {
+  const unsigned blocks =
+      unsigned((n_q + n_sv + kEncodeWarps - 1) / kEncodeWarps);
+  by_dtype(dtype, [&](auto tt) {
+    using T = decltype(tt);
+    PrepArgs<T> a{
+        n_q,
+        n_sv,
+        Hq,
+        qL,
+        Hq / Hkv,
+        scale,
+        sinks,
+        (const T*)key_shift,
+        (const T*)first_key,
+        kb_str,
+        kb_str,
+        row_sinks,
+        waves,
+        wv_b_str,
+        P,
+        wave_coef};
+    turbo_attention_prep<T, D><<<blocks, 32 * kEncodeWarps, 0, st>>>(
+        (const T*)q, q_rot, (const T*)sv, sv_rot, a);
+  });
+  return (int)cudaGetLastError();
+}
+
 // Decode attention as MLX launches it: the kernel of the plan (launch_decode,
 // device/turboquant_plan.cuh), then the split-K combine. p and plan come from
 // plan_decode (tq_capi.cu).
