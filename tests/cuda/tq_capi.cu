@@ -323,37 +323,6 @@ extern "C" long long tq_plan(
   return p.num_splits > 1 ? (long long)p.num_splits * B * Hq * qL * (D + 2) : 0;
 }
 
-// Decode attention as MLX launches it, on dense tensors: q (B, Hq, qL, D)
-// f32, codes (B, Hkv, kL, W), scales (B, Hkv, kL), out (B, Hq, qL, D) f32;
-// mstr: mask strides (B, Hq, qL, kL) in elements; sinks: per head; work:
-// tq_plan's workspace. Returns -2 if qL is beyond the decode kernels.
-extern "C" int tq_attention(
-    const float* q,
-    const uint32_t* kc,
-    const void* ks,
-    const uint32_t* vc,
-    const void* vs,
-    const void* mask,
-    const long long* mstr,
-    const float* sinks,
-    float* out,
-    float* work,
-    int B,
-    int Hq,
-    int Hkv,
-    int qL,
-    int kL,
-    int D,
-    int kbits,
-    int vbits,
-    int sdtype,
-    float scale,
-    int causal,
-    int mask_kind,
-    int low_precision,
-    int force_splits,
-    void* st);
-
 // tq_attention with the inputs of the fused call (what
 // turbo_attention_prep makes, AttnParams): row_sinks: sinks are per query
 // row (B, Hq, qL) instead of per head; sink_values (B or 1, Hkv, D) float32
@@ -438,6 +407,10 @@ extern "C" int tq_attention_ex(
 #undef C
 }
 
+// Decode attention as MLX launches it, on dense tensors: q (B, Hq, qL, D)
+// f32, codes (B, Hkv, kL, W), scales (B, Hkv, kL), out (B, Hq, qL, D) f32;
+// mstr: mask strides (B, Hq, qL, kL) in elements; sinks: per head; work:
+// tq_plan's workspace. Returns -2 if qL is beyond the decode kernels.
 extern "C" int tq_attention(
     const float* q,
     const uint32_t* kc,
