@@ -33,6 +33,8 @@ using namespace mlx::core::cu::turbo;
       int,                                                                   \
       int,                                                                   \
       int,                                                                   \
+      void*,                                                                 \
+      int,                                                                   \
       cudaStream_t)
 #define DECL_PREP(D)           \
   extern "C" int tq_prep_d##D( \
@@ -327,7 +329,9 @@ extern "C" long long tq_plan(
 // turbo_attention_prep makes, AttnParams): row_sinks: sinks are per query
 // row (B, Hq, qL) instead of per head; sink_values (B or 1, Hkv, D) float32
 // (sv_shared: 1) or null; the moving key shift's wave_coef (B, Hq, qL, 2P)
-// and wave_freqs (B or 1, Hkv, P) (wf_shared: 1), P = 0 without.
+// and wave_freqs (B or 1, Hkv, P) (wf_shared: 1), P = 0 without;
+// final_out (B, Hq, qL, D) in final_dtype (0 fp16, 1 bf16, 2 fp32), or
+// null: the output rotated back as the fused call does (tq_attn_d<D>).
 extern "C" int tq_attention_ex(
     const float* q,
     const uint32_t* kc,
@@ -360,6 +364,8 @@ extern "C" int tq_attention_ex(
     int mask_kind,
     int low_precision,
     int force_splits,
+    void* final_out,
+    int final_dtype,
     void* st) {
   if (qL > kVectorMaxQL) {
     return -2;
@@ -385,23 +391,25 @@ extern "C" int tq_attention_ex(
       p, D, kbits, vbits, low_precision, sdtype != 2, num_sms(), force_splits);
   float* part_o = work;
   float* part_ml = work + (long long)p.num_splits * B * Hq * qL * D;
-#define C(d)    \
-  tq_attn_d##d( \
-      q,        \
-      kc,       \
-      ks,       \
-      vc,       \
-      vs,       \
-      mask,     \
-      sinks,    \
-      out,      \
-      part_o,   \
-      part_ml,  \
-      &p,       \
-      &plan,    \
-      kbits,    \
-      vbits,    \
-      sdtype,   \
+#define C(d)       \
+  tq_attn_d##d(    \
+      q,           \
+      kc,          \
+      ks,          \
+      vc,          \
+      vs,          \
+      mask,        \
+      sinks,       \
+      out,         \
+      part_o,      \
+      part_ml,     \
+      &p,          \
+      &plan,       \
+      kbits,       \
+      vbits,       \
+      sdtype,      \
+      final_out,   \
+      final_dtype, \
       (cudaStream_t)st)
   SWITCH_D(D, C)
 #undef C
@@ -469,5 +477,7 @@ extern "C" int tq_attention(
       mask_kind,
       low_precision,
       force_splits,
+      nullptr,
+      0,
       st);
 }

@@ -137,7 +137,9 @@ extern "C" int TQ_FN(tq_prep_d)(
 
 // Decode attention as MLX launches it: the kernel of the plan (launch_decode,
 // device/turboquant_plan.cuh), then the split-K combine. p and plan come from
-// plan_decode (tq_capi.cu).
+// plan_decode (tq_capi.cu). With final_out, the output is rotated back (R^T)
+// into it in final_dtype as turbo_sdpa_gpu does for fused_rotation; out then
+// holds the rotated float32 rows only after a single split.
 extern "C" int TQ_FN(tq_attn_d)(
     const float* q,
     const uint32_t* kc,
@@ -154,6 +156,8 @@ extern "C" int TQ_FN(tq_attn_d)(
     int kbits,
     int vbits,
     int sdtype,
+    void* final_out,
+    int final_dtype,
     cudaStream_t st) {
   const AttnParams p = *pp;
   cudaError_t err = cudaSuccess;
@@ -182,9 +186,28 @@ extern "C" int TQ_FN(tq_attn_d)(
   if (err != cudaSuccess) {
     return (int)err;
   }
-  if (p.num_splits > 1) {
-    turbo_sdpa_combine<D, float, false>
-        <<<p.B * p.Hq * p.qL, 128, 0, st>>>(part_o, part_ml, out, p);
+  const unsigned rows = unsigned(p.B * p.Hq * p.qL);
+  if (final_out == nullptr) {
+    if (p.num_splits > 1) {
+      turbo_sdpa_combine<D, float, false>
+          <<<rows, 128, 0, st>>>(part_o, part_ml, out, p);
+    }
+    return (int)cudaGetLastError();
   }
+  // fused_rotation (turbo_sdpa_gpu): the combine rotates back into final_out
+  // (final_dtype), or turbo_rotate does after a single split.
+  by_dtype(final_dtype, [&](auto tt) {
+    using TO = decltype(tt);
+    if (p.num_splits > 1) {
+      turbo_sdpa_combine<D, TO, true>
+          <<<rows, 128, 0, st>>>(part_o, part_ml, (TO*)final_out, p);
+    } else {
+      turbo_rotate<float, TO, D, true>
+          <<<(rows + kEncodeWarps - 1) / kEncodeWarps,
+             32 * kEncodeWarps,
+             0,
+             st>>>(out, (TO*)final_out, rows);
+    }
+  });
   return (int)cudaGetLastError();
 }

@@ -137,6 +137,22 @@ MUT = [
         ("forward",),
     ),
     (
+        "combine: the output rotated back with stage 2's signs",
+        SIMT,
+        "orow[d] = from_float<TO>(so[d] * rot_sign(1, d));",
+        "orow[d] = from_float<TO>(so[d] * rot_sign(2, d));",
+        ("128", "attn fused rot B=1 Hq=8 Hkv=2 qL=2 kL=400 D=128 k4v3 float16 P=4 -> bfloat16"),
+        ("forward",),
+    ),
+    (
+        "rotate: the inverse rotation's last signs dropped",
+        CODEC,
+        "o[i] = from_float<TO>(buf[i] * rot_sign(1, i));",
+        "o[i] = from_float<TO>(buf[i]);",
+        ("128", "attn fused rot B=1 Hq=8 Hkv=2 qL=2 kL=400 D=128 k4v3 float16 P=4 -> float16"),
+        ("forward",),
+    ),
+    (
         "encode: stage-1 signs where stage 2's belong",
         FMT,
         "  warp_fwht<P>(buf, 0, lane);\n  for (int i = lane; i < D; i += 32) {\n"

@@ -44,7 +44,7 @@ LIB.tq_plan.restype = _ll
 LIB.tq_attention.argtypes = [_vp] * 10 + [_i] * 9 + [ctypes.c_float] + [_i] * 4 + [_vp]
 LIB.tq_attention_ex.argtypes = (
     [_vp] * 8 + [_i, _vp, _i, _vp, _vp, _i, _i, _vp, _vp] + [_i] * 9 + [ctypes.c_float]
-    + [_i] * 4 + [_vp]
+    + [_i] * 4 + [_vp, _i, _vp]
 )  # fmt: skip
 LIB.tq_prep.argtypes = (
     [_vp] * 4 + [_ll] * 2 + [_i] * 3 + [ctypes.c_float] + [_vp] * 3 + [_ll, _vp, _vp, _ll, _i, _vp]
@@ -477,7 +477,7 @@ def attention64(q, k, v, scale, bias=None, sinks=None, sink_values=None, causal=
 
 
 def check_attn_fused(name, B, Hq, Hkv, qL, kL, d, kb, vb, P, sdt="float16", tc=False,
-                     force_splits=0, causal=False, shared=False):  # fmt: skip
+                     force_splits=0, causal=False, shared=False, final=None):  # fmt: skip
     """The decode kernels with the fused call's inputs (tq_attention_ex): sink
     logits per query row, the first token's value in the sink slot, and the
     moving key shift's bias computed per key from wave_coef and wave_freqs
@@ -485,6 +485,7 @@ def check_attn_fused(name, B, Hq, Hkv, qL, kL, d, kb, vb, P, sdt="float16", tc=F
     label = (
         f"attn fused {name} B={B} Hq={Hq} Hkv={Hkv} qL={qL} kL={kL} D={d} k{kb}v{vb} {sdt} "
         f"P={P}{' causal' if causal else ''}{' shared' if shared else ''}"
+        f"{' -> ' + final if final else ''}"
     )
     if not wanted(label):
         return
@@ -504,12 +505,13 @@ def check_attn_fused(name, B, Hq, Hkv, qL, kL, d, kb, vb, P, sdt="float16", tc=F
     splits, is_tc = plan[0], bool(plan[1])
     work = np.zeros(max(nw, 1), np.float32)
     out = np.full((B, Hq, qL, d), np.nan, np.float32)
+    fin = store(np.full((B, Hq, qL, d), np.nan, np.float32), final) if final else None
     rc = call(
         LIB.tq_attention_ex,
         q, kw, ks, vw, vs, None, None, row_sinks, 1, sv,
         int(shared), coef if P else None, freqs if P else None, P, int(shared),
         out, work, B, Hq, Hkv, qL, kL, d, kb, vb, DT[sdt], ctypes.c_float(scale),
-        int(causal), 0, int(tc), force_splits, None,
+        int(causal), 0, int(tc), force_splits, fin, DT[final] if final else 0, None,
     )  # fmt: skip
     k64 = ref.decode_rotated_f64(kw, value(ks, sdt).astype(np.float64), kb, d)
     v64 = ref.decode_rotated_f64(vw, value(vs, sdt).astype(np.float64), vb, d)
@@ -524,10 +526,15 @@ def check_attn_fused(name, B, Hq, Hkv, qL, kL, d, kb, vb, P, sdt="float16", tc=F
     svb = np.broadcast_to(sv, (B, Hkv, d)).astype(np.float64)
     r = attention64(q.astype(np.float64), k64, v64, scale, bias, row_sinks, svb, causal)
     o = out.astype(np.float64)
-    err = np.linalg.norm(o - r) / np.linalg.norm(r)
     # tensor cores: the q / centroid / p operands as check_attn, and the
     # bias's phases and coefficients in float16 (2^-11 relative each)
     tol = (3e-3 if sdt == "float16" else 2e-2) if is_tc else 1e-5
+    if final:
+        # rotated back (R^T per row) and rounded once to the final dtype
+        r = r @ ref.rotation_f64(d)
+        o = value(fin, final).astype(np.float64)
+        tol += {"float32": 0.0, "float16": 2.0**-11, "bfloat16": 2.0**-8}[final]
+    err = np.linalg.norm(o - r) / np.linalg.norm(r)
     report(
         f"{label} [vec{'-tc' if is_tc else ''}/{splits}split]",
         rc == 0 and bool(np.isfinite(o).all()) and err < tol,
@@ -549,6 +556,13 @@ def check_attention_fused():
     check_attn_fused("tc-bf16", 2, 8, 2, 1, 700, 128, 3, 3, P=6, sdt="bfloat16", tc=True)
     check_attn_fused("tc-gqa7", 1, 28, 4, 1, 1500, 128, 4, 4, P=8, tc=True, shared=True)
     check_attn_fused("simt-splits", 2, 8, 2, 1, 700, 128, 4, 3, P=6, force_splits=5)
+    # The output rotated back into the queries' dtype, by the combine or
+    # (one split) by turbo_rotate, as the fused call does.
+    for final in ("float16", "bfloat16", "float32"):
+        for sp in (1, 3):
+            check_attn_fused("rot", 1, 8, 2, 2, 400, 128, 4, 3, P=4, tc=final != "float32",
+                             force_splits=sp, final=final)  # fmt: skip
+            check_attn_fused("rot", 1, 4, 2, 1, 200, 80, 3, 3, P=0, force_splits=sp, final=final)
 
 
 def main():
