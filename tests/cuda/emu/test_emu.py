@@ -182,7 +182,6 @@ def check_decode():
                 w = rand_words((n, ref.words(bits, d)))
                 s = store(rng.random(n) * 3 + 0.1, dtype)
                 out = store(np.full((n, d), np.nan, np.float32), dtype)
-                one = np.array([0, 0, 0], np.int64)
                 ws = np.array([0, 0, w.shape[1]], np.int64)
                 ss = np.array([0, 0, 1], np.int64)
                 rc = call(
@@ -190,7 +189,6 @@ def check_decode():
                     w, s, None, None, None, None, 0, out, 1, 1, n,
                     host(ws), host(ss), d, bits, DT[dtype], None,
                 )  # fmt: skip
-                del one
                 r = ref.decode_f64(w, value(s, dtype).astype(np.float64), bits, d)
                 o = value(out, dtype).astype(np.float64)
                 err = np.linalg.norm(o - r) / np.linalg.norm(r)
