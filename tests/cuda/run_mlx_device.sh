@@ -5,6 +5,9 @@
 #
 #   tests/cuda/run_mlx_device.sh start        # ./build.sh --cuda --offline, in the background
 #   tests/cuda/run_mlx_device.sh wait [S]     # until the build ends, at most S seconds
+#   tests/cuda/run_mlx_device.sh install      # instead of start + wait: the wheel built
+#                                             # off the device (tools/cuda_wheel_here.sh,
+#                                             # carry dist/cuda), installed
 #   tests/cuda/run_mlx_device.sh test         # ./test.sh against the CUDA wheel (GPU default device)
 #   tests/cuda/run_mlx_device.sh plain [ARGS] # the same tests without pytest + the upstream unittest
 #   tests/cuda/run_mlx_device.sh bench [ARGS] # benchmarks/gpu_attention.py --out $OUT
@@ -98,6 +101,21 @@ case "${1:-}" in
     progress
     cp "$LOG" "$OUTDIR/build.log" 2>/dev/null
     grep -q "^BUILD EXIT 0" "$LOG"
+    ;;
+  install)
+    wheel="$(ls dist/cuda/mlx-*-cp312-*.whl 2>/dev/null | head -1)"
+    [[ -n "$wheel" ]] || { echo "no dist/cuda/mlx-*-cp312-*.whl: run tools/cuda_wheel_here.sh here and carry dist/cuda" >&2; exit 1; }
+    nvidia-smi -L
+    echo "installing $wheel (commit $(cat dist/cuda/COMMIT 2>/dev/null || echo unknown))"
+    "$TURBOQUANT_VENV/bin/python" -m pip install -q --no-deps --force-reinstall "$wheel" || exit 1
+    "$TURBOQUANT_VENV/bin/python" - <<'EOF'
+import mlx.core as mx
+q = mx.random.normal((1, 4, 1, 128))
+k = mx.quantize(mx.random.normal((1, 2, 64, 128)), mode="turbo4")
+out = mx.fast.quantized_scaled_dot_product_attention(q, *k, *k, scale=128**-0.5, mode="turbo4")
+mx.eval(out)
+print(f"mlx {mx.__version__} on {mx.default_device()}: turbo4 attention {out.shape}")
+EOF
     ;;
   test)
     shift
