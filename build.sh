@@ -312,20 +312,7 @@ fi
 stage "Installing into $VENV"
 if [[ $INSTALL -eq 1 ]]; then
   "$VPY" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$WHEEL"
-  "$VPY" - <<'EOF'
-import mlx.core as mx
-q = mx.random.normal((1, 4, 1, 128))
-kv = mx.random.normal((1, 2, 64, 128))
-k = mx.quantize(kv, mode="turbo3")
-err = (mx.linalg.norm(mx.dequantize(*k, mode="turbo3") - kv) / mx.linalg.norm(kv)).item()
-assert err < 0.25, f"turbo3 round trip error {err}"
-msg = f"turbo3 round trip error {err:.3f}"
-if hasattr(mx.fast, "quantized_scaled_dot_product_attention"):  # patch 0002 on
-    out = mx.fast.quantized_scaled_dot_product_attention(q, *k, *k, scale=128**-0.5, mode="turbo3")
-    mx.eval(out)
-    msg += f", turbo3 attention output {out.shape}"
-print(f"    smoke test ok: mlx {mx.__version__}, {msg}")
-EOF
+  "$VPY" "$ROOT/tools/smoke_test.py" || die "the installed MLX failed its smoke test"
   if [[ $WITH_MLX_LM -eq 1 && -x "$ROOT/tools/build_mlx_lm.sh" ]]; then
     "$ROOT/tools/build_mlx_lm.sh" "$VENV" || die "building the patched mlx-lm failed"
   fi

@@ -5,13 +5,14 @@
 #
 #   tools/cuda_wheel_here.sh [OUTDIR]      (default dist/cuda; git-ignored)
 #
-# Needs here: nvcc's CUDA 13 toolkit (CUDA_HOME, default /usr/local/cuda), Python 3.12 (the device's; PYTHON312 names it,
-# default: pyenv's), PyPI, .cuda_deps/ (tools/cuda_build_on_device.sh
-# prepare). The CUDA libraries that are not in a compiler-only toolkit
-# (cuBLAS, cuFFT, NVRTC, cuDNN) come from the PyPI wheels of the versions the
-# device's PyTorch pins (cuda-toolkit 13.0.2, nvidia-cudnn-cu13 9.19.0.56),
-# assembled with nvcc's toolkit into one CUDA root; libcuda.so, the driver,
-# is linked against an empty stub (the device's driver resolves it).
+# Needs here: nvcc's CUDA 13 toolkit (CUDA_HOME, default /usr/local/cuda),
+# Python 3.12 (the device's; PYTHON312 names it, default: pyenv's), PyPI,
+# .cuda_deps/ (tools/cuda_build_on_device.sh prepare). The CUDA libraries that
+# are not in a compiler-only toolkit (cuBLAS, cuFFT, NVRTC, cuDNN) come from
+# the PyPI wheels of the versions the device's PyTorch pins (cuda-toolkit
+# 13.0.2, nvidia-cudnn-cu13 9.19.0.56), assembled with nvcc's toolkit into one
+# CUDA root; libcuda.so, the driver, is linked against an empty stub (the
+# device's driver resolves it).
 # sm_90a only (MLX_CUDA_ARCHITECTURES). About 40 minutes on 2 cores.
 # Then on the device: tests/cuda/run_mlx_device.sh install (carry dist/cuda).
 set -euo pipefail

@@ -108,14 +108,7 @@ case "${1:-}" in
     nvidia-smi -L
     echo "installing $wheel (commit $(cat dist/cuda/COMMIT 2>/dev/null || echo unknown))"
     "$TURBOQUANT_VENV/bin/python" -m pip install -q --no-deps --force-reinstall "$wheel" || exit 1
-    "$TURBOQUANT_VENV/bin/python" - <<'EOF'
-import mlx.core as mx
-q = mx.random.normal((1, 4, 1, 128))
-k = mx.quantize(mx.random.normal((1, 2, 64, 128)), mode="turbo4")
-out = mx.fast.quantized_scaled_dot_product_attention(q, *k, *k, scale=128**-0.5, mode="turbo4")
-mx.eval(out)
-print(f"mlx {mx.__version__} on {mx.default_device()}: turbo4 attention {out.shape}")
-EOF
+    "$TURBOQUANT_VENV/bin/python" tools/smoke_test.py
     ;;
   test)
     shift
