@@ -152,7 +152,7 @@ case "${1:-}" in
     shift
     set -o pipefail
     TURBO_LARGE_TESTS=1 "$TURBOQUANT_VENV/bin/python" -m pytest tests/test_large_offsets.py \
-      tests/test_attention.py tests/test_position_shift.py tests/test_errors.py tests/test_format.py tests/test_properties.py tests/test_cache_update.py tests/test_prefill_route.py -q -p no:cacheprovider --assert=plain -rf "$@" 2>&1 |
+      tests/test_attention.py tests/test_position_shift.py tests/test_errors.py tests/test_format.py tests/test_properties.py tests/test_cache_update.py tests/test_prefill_route.py -q -p no:cacheprovider --assert=plain -rfx "$@" 2>&1 |
       tee "$OUTDIR/pytest_gpu.log" | tail -25
     ;;
   mlxlm)
