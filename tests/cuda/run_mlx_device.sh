@@ -20,7 +20,8 @@
 #   tests/cuda/run_mlx_device.sh grid [ARGS]    # benchmarks/gpu_attention.py --grid (gpu_decode_*.json)
 #   tests/cuda/run_mlx_device.sh pytest [ARGS]  # the op's test modules on the GPU (no mlx-lm tests)
 #   tests/cuda/run_mlx_device.sh mlxlm [ARGS]   # the mlx-lm tests (tests/mlx_lm) on the GPU, with the
-#                                             # carried dist/mlx_lm-*.whl
+#                                             # carried dist/mlx_lm-*.whl (TQ_DEADLINE=S: stop
+#                                             # after S seconds with the failures so far)
 #   tests/cuda/run_mlx_device.sh sanitize     # compute-sanitizer memcheck over the attention tests
 #   tests/cuda/run_mlx_device.sh backtrace    # cuda-gdb backtrace of a crashing ./test.sh run
 #
@@ -162,11 +163,14 @@ case "${1:-}" in
     # The cache's own tests first, the subprocess-heavy CLI tests (each test
     # starts `python -m mlx_lm`, which loads the CUDA backend) last.
     # --timeout (pytest-timeout, in the device image) bounds a stuck test.
-    "$TURBOQUANT_VENV/bin/python" -m pytest tests/mlx_lm/test_turbo_kv_cache.py \
+    # TQ_DEADLINE=S interrupts pytest after S seconds (SIGINT), so that it
+    # still prints the failures so far: a call's limit kills it silently.
+    ${TQ_DEADLINE:+timeout -s INT -k 20 "$TQ_DEADLINE"} \
+      "$TURBOQUANT_VENV/bin/python" -m pytest tests/mlx_lm/test_turbo_kv_cache.py \
       tests/mlx_lm/test_turbo_rotary_shift.py tests/mlx_lm/test_batch_turbo.py \
       tests/mlx_lm/test_server_batching.py tests/mlx_lm/test_distributed.py \
       tests/mlx_lm/test_cli.py \
-      -q -p no:cacheprovider --assert=plain -rf --timeout 240 "$@" 2>&1 |
+      -q -p no:cacheprovider --assert=plain -rf --tb=short --timeout 240 "$@" 2>&1 |
       tee "$OUTDIR/pytest_mlx_lm_gpu.log" | tail -25
     ;;
   e2e | profile | trace | memory | batch)
