@@ -141,49 +141,45 @@ def test_decode_step_takes_the_step_mask_as_it_is():
         assert_equal(mask, mask & visible[:, None, None, :])
 
 
-# Largest difference of a log-probability between a batched and a single run.
-# On the CPU the two paths differ only by padding, which the mask removes: the
-# tokens agree exactly, the log-probabilities to float32 rounding (the matmuls'
-# blocking follows the batch's shape; 4e-6 measured, CPU_TOL 1e-4). On the
-# default device, MLX's CUDA backend runs float32 matmuls in TF32 (inputs
-# rounded to 11 significant bits, MLX_ENABLE_TF32) with algorithms chosen by
-# the batch's shape, and plans the decode kernel's key splits by batch size, so
-# the two runs round differently, by the order of TF32's 2^-11 relative
-# rounding per layer, which a 3-bit code can turn into a flipped centroid.
-# BATCH_TOL is an estimate of that with room, not measured: not yet run on a
-# GPU (where the exact comparison failed: docs/cuda.md).
-BATCH_TOL = 0.05
+# Largest difference of a log-probability between a batched and a single run
+# on the CPU, where the two paths differ only by padding, which the mask
+# removes: the tokens agree exactly, the log-probabilities to float32 rounding
+# (the matmuls' blocking follows the batch's shape; 4e-6 measured).
 CPU_TOL = 1e-4
+# On a GPU the two runs round differently (MLX's CUDA backend: TF32 matmuls
+# with algorithms chosen by the batch's shape, decode key splits planned by
+# batch size), and a 3-bit code is a step function of its input: in this
+# tiny model, weights perturbed by 1e-6 relative noise moved a log-probability
+# of the same token by up to 0.15 nats through a turbo3 cache (1e-4 with a
+# plain cache) and made the runs choose different tokens at a 0.015-nat margin
+# (benchmarks/rounding_sensitivity.py, results/rounding_sensitivity_cpu.md).
+# No tolerance then separates rounding from a bug; the H100 run failed the
+# 0.05-nat one tried before. The batch's kernels are checked against float64
+# on every device by the op's tests (masks, per-sequence offsets, B > 1).
+GPU_SKIP = "batch and alone round differently on a GPU; compared on the CPU only"
 
 
 def assert_agrees_with_alone(got, got_lp, alone, alone_lp, tol):
     """Tokens GOT (with their log-probabilities GOT_LP) of one sequence of a
-    batch against the run of its prompt alone (ALONE, full log-probability
-    vectors ALONE_LP). Where the tokens agree their log-probabilities agree
-    within TOL; a different token is allowed only at a near tie of the alone
-    run (the batch's token within 2 TOL of its best), after which the two
-    histories differ and nothing more is compared."""
-    assert len(got) == len(alone)
-    for i, (g, a) in enumerate(zip(got, alone)):
-        if g == a:
-            assert abs(got_lp[i] - alone_lp[i][a].item()) <= tol, (i, got_lp[i])
-            continue
-        margin = (alone_lp[i][a] - alone_lp[i][g]).item()
-        assert margin <= 2 * tol, (i, g, a, margin)
-        return
+    batch equal the run of its prompt alone (ALONE, full log-probability
+    vectors ALONE_LP), their log-probabilities within TOL."""
+    assert got == alone, (got, alone)
+    for i, a in enumerate(alone):
+        assert abs(got_lp[i] - alone_lp[i][a].item()) <= tol, (i, got_lp[i])
 
 
 @pytest.mark.parametrize("device", ["cpu", "default"])
 @pytest.mark.parametrize("kv_cache_type", ["turbo3", "turbo4-turbo3"])
 def test_batch_generate_matches_each_prompt_alone(kv_cache_type, device):
     """Each sequence of a batch of different lengths gives the tokens that
-    prompt gives alone with the same cache type: exactly on the CPU (float32,
-    the paths differ only by padding, which the mask removes), and up to the
-    rounding of the default device (BATCH_TOL) elsewhere."""
+    prompt gives alone with the same cache type, exactly, on the CPU (float32;
+    the paths differ only by padding, which the mask removes)."""
+    on_cpu = device == "cpu" or mx.default_device() == mx.cpu
+    if not on_cpu:
+        pytest.skip(GPU_SKIP)
     model, _ = tiny_llama(dtype=mx.float32)
     prompts = [[(7 * i + 3 * j) % 90 + 3 for j in range(n)] for i, n in enumerate([5, 23, 41, 12])]
     n_gen = 10
-    on_cpu = device == "cpu" or mx.default_device() == mx.cpu
     kw = {"stream": mx.new_stream(mx.cpu)} if device == "cpu" else {}
     res = batch_generate(
         model,
@@ -199,11 +195,7 @@ def test_batch_generate_matches_each_prompt_alone(kv_cache_type, device):
         cache = make_prompt_cache(model, kv_cache_type=kv_cache_type)
         steps = list(generate_step(mx.array(p), model, max_tokens=n_gen, prompt_cache=cache, **kw))
         alone = [t for t, _ in steps]
-        if on_cpu:
-            assert list(got) == alone
-        assert_agrees_with_alone(
-            list(got), got_lp, alone, [lp for _, lp in steps], CPU_TOL if on_cpu else BATCH_TOL
-        )
+        assert_agrees_with_alone(list(got), got_lp, alone, [lp for _, lp in steps], CPU_TOL)
 
 
 def test_batch_generator_uses_turbo_caches():
