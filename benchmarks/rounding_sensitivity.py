@@ -1,6 +1,6 @@
 """How far greedy generation through a turbo cache moves under float32-level
-rounding noise: the tiny test model of tests/mlx_lm (float32, the prompts of
-test_batch_turbo.py) run twice on the CPU, once with its 2-D weights
+rounding noise: the tiny test model of tests/mlx_lm (float32, its
+TINY_PROMPTS) run twice on the CPU, once with its 2-D weights
 multiplied by (1 + eps * N(0, 1)), for the cache types given.
 
 This bounds what tests comparing two runs that round differently (a batch
@@ -21,15 +21,13 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.join(HERE, "..", "tests", "mlx_lm"), os.path.join(HERE, "..", "tests")]
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "mlx_lm"))
 
 import mlx.core as mx  # noqa: E402
-from _stack import tiny_llama  # noqa: E402
+from _stack import TINY_PROMPTS, tiny_llama  # noqa: E402
 from mlx.utils import tree_map  # noqa: E402
 from mlx_lm.generate import generate_step  # noqa: E402
 from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
-
-PROMPTS = [[(7 * i + 3 * j) % 90 + 3 for j in range(n)] for i, n in enumerate([5, 23, 41, 12])]
 
 
 def generate(model, prompt, kv_cache_type, n_gen):
@@ -50,7 +48,7 @@ def compare(eps, kv_cache_type, seeds, n_gen):
                 noisy.parameters(),
             )
         )
-        for p in PROMPTS:
+        for p in TINY_PROMPTS:
             a = generate(model, p, kv_cache_type, n_gen)
             b = generate(noisy, p, kv_cache_type, n_gen)
             for i, ((ta, la), (tb, lb)) in enumerate(zip(a, b)):
@@ -71,7 +69,7 @@ def main():
     args = ap.parse_args()
     mx.set_default_device(mx.cpu)
     lines = [
-        f"tiny float32 llama of tests/mlx_lm, {len(PROMPTS)} prompts x {args.seeds} seeds, "
+        f"tiny float32 llama of tests/mlx_lm, {len(TINY_PROMPTS)} prompts x {args.seeds} seeds, "
         f"{args.gen_tokens} greedy tokens, CPU; weights x (1 + eps N(0,1))",
         "",
         "| eps | cache | max abs dlogp, same token | first differing tokens (of runs) | their margins in the unperturbed run (nats) |",
@@ -84,7 +82,7 @@ def main():
             )
             margins = ", ".join(f"{m:.3f}" for *_, m in flips)
             lines.append(
-                f"| {eps:g} | {c} | {worst:.4f} | {len(flips)} of {args.seeds * len(PROMPTS)} | {margins} |"
+                f"| {eps:g} | {c} | {worst:.4f} | {len(flips)} of {args.seeds * len(TINY_PROMPTS)} | {margins} |"
             )
             print(lines[-1], flush=True)
     if args.out:

@@ -41,6 +41,12 @@ TINY_CONFIG = {
     "max_position_embeddings": 4096,
 }
 
+# Token prompts of different lengths for the tiny model (a batch of them is
+# left-padded to the longest).
+TINY_PROMPTS = [
+    [(7 * i + 3 * j) % 90 + 3 for j in range(n)] for i, n in enumerate([5, 23, 41, 12])
+]
+
 
 def tiny_llama(seed=0, dtype=None, **overrides):
     import mlx.core as mx

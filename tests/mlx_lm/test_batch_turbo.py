@@ -2,7 +2,7 @@
 
 import pytest
 
-from _stack import require_turbo_stack, tiny_llama
+from _stack import TINY_PROMPTS, require_turbo_stack, tiny_llama
 
 mx = require_turbo_stack()
 
@@ -178,7 +178,7 @@ def test_batch_generate_matches_each_prompt_alone(kv_cache_type, device):
     if not on_cpu:
         pytest.skip(GPU_SKIP)
     model, _ = tiny_llama(dtype=mx.float32)
-    prompts = [[(7 * i + 3 * j) % 90 + 3 for j in range(n)] for i, n in enumerate([5, 23, 41, 12])]
+    prompts = TINY_PROMPTS
     n_gen = 10
     kw = {"stream": mx.new_stream(mx.cpu)} if device == "cpu" else {}
     res = batch_generate(
