@@ -8,8 +8,9 @@ generated tokens and the model's log-probabilities at each of them, then
 the same for a continuation generated after the cache was saved with
 ``save_prompt_cache`` (one file per rank) and loaded back. ``--force``
 (and ``--force-continued``) make the generation take given tokens instead
-of the greedy ones, through the same steps, so that two runs' log-probabilities
-can be compared position by position along one path. Every rank writes its cache's KV heads per layer and bytes to
+of the greedy ones, through the same steps, so that two runs'
+log-probabilities can be compared position by position along one path.
+Every rank writes its cache's KV heads per layer and bytes to
 ``CACHE_FILE.rank<r>.json``.
 
     python tests/mlx_lm/dist_generate.py MODEL_DIR --kv-cache-type turbo4

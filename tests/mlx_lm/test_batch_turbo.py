@@ -178,20 +178,19 @@ def test_batch_generate_matches_each_prompt_alone(kv_cache_type, device):
     if not on_cpu:
         pytest.skip(GPU_SKIP)
     model, _ = tiny_llama(dtype=mx.float32)
-    prompts = TINY_PROMPTS
     n_gen = 10
     kw = {"stream": mx.new_stream(mx.cpu)} if device == "cpu" else {}
     res = batch_generate(
         model,
         _Tok(),
-        prompts,
+        TINY_PROMPTS,
         max_tokens=n_gen,
         kv_cache_type=kv_cache_type,
         return_token_ids=True,
         return_logprobs=True,
         **kw,
     )
-    for p, got, got_lp in zip(prompts, res.token_ids, res.logprobs):
+    for p, got, got_lp in zip(TINY_PROMPTS, res.token_ids, res.logprobs):
         cache = make_prompt_cache(model, kv_cache_type=kv_cache_type)
         steps = list(generate_step(mx.array(p), model, max_tokens=n_gen, prompt_cache=cache, **kw))
         alone = [t for t, _ in steps]

@@ -2,9 +2,10 @@
 
 Two real processes on 127.0.0.1, started by ``mlx.launch --backend ring``,
 load a tiny Llama with mlx-lm's ``sharded_load`` (each rank: half of the
-query and KV heads) and generate with a turbo cache along the tokens one process generated greedily
-with the same cache type; both runs' log-probabilities must agree within
-rounding, before and after a per-rank prompt-cache save/load round trip.
+query and KV heads) and generate with a turbo cache along the tokens one
+process generated greedily with the same cache type; both runs'
+log-probabilities must agree within rounding, before and after a per-rank
+prompt-cache save/load round trip.
 """
 
 import json
@@ -92,7 +93,6 @@ def check_same_path(one, two, key):
         first, second = sorted(u, reverse=True)[:2]
         if first - second > 2 * ROUNDING_NATS:
             assert max(range(len(v)), key=v.__getitem__) == t, f"{key[0]}[{i}]"
-    return worst
 
 
 @pytest.mark.parametrize("kv", ["turbo4", "turbo3", "turbo4-turbo3"])
