@@ -481,3 +481,152 @@ extern "C" int tq_attention(
       0,
       st);
 }
+
+// The fused call as MLX's QuantizedScaledDotProductAttention::eval_gpu makes
+// it with fused_rotation: q (B, Hq, qL, D) as given in qdtype (0 fp16, 1
+// bf16, 2 fp32); sinks per head (float32) or null; the sink values sv (B or
+// 1, Hkv, D), key_shift / first_key (the same) in qdtype, waves (B or 1, Hkv,
+// 2P, D) float32 and wave_freqs (B or 1, Hkv, P), each null or shared by the
+// batch as its flag says; the output rotated back into final_out (B, Hq, qL,
+// D) in qdtype. Where the plan allows (decode_preps_in_kernel) the
+// tensor-core kernel prepares the queries itself, else turbo_attention_prep
+// runs first (*in_kernel says which). work: tq_plan's floats plus
+// B Hq qL (2 D + 1 + 2 P) + Hkv D (B or 1 for sv).
+extern "C" int tq_attention_fused(
+    const void* q,
+    const uint32_t* kc,
+    const void* ks,
+    const uint32_t* vc,
+    const void* vs,
+    const void* mask,
+    const long long* mstr,
+    const float* sinks,
+    const void* sv,
+    int sv_shared,
+    const void* key_shift,
+    const void* first_key,
+    int kb_shared,
+    const float* waves,
+    const uint32_t* wave_freqs,
+    int P,
+    int w_shared,
+    void* final_out,
+    float* work,
+    int B,
+    int Hq,
+    int Hkv,
+    int qL,
+    int kL,
+    int D,
+    int kbits,
+    int vbits,
+    int qdtype,
+    int sdtype,
+    float scale,
+    int causal,
+    int mask_kind,
+    int force_splits,
+    int* in_kernel,
+    void* st) {
+  if (qL > kVectorMaxQL) {
+    return -2;
+  }
+  AttnParams p = dense_params(B, Hq, Hkv, qL, kL, D, kbits, vbits);
+  p.scale_log2 = scale * kLog2e;
+  p.causal = causal;
+  p.mask_kind = mask_kind;
+  for (int i = 0; i < 4; i++) {
+    p.m_str[i] = mstr ? mstr[i] : 0;
+  }
+  p.waves = P;
+  p.wave_freqs = P > 0 ? wave_freqs : nullptr;
+  p.wf_b_str = w_shared ? 0 : (long long)Hkv * P;
+  const bool low_precision = qdtype != 2;
+  DecodePlan plan = plan_decode(
+      p, D, kbits, vbits, low_precision, sdtype != 2, num_sms(), force_splits);
+  const long long rows = (long long)B * Hq * qL;
+  const long long parts = p.num_splits > 1 ? p.num_splits * rows : 0;
+  float* part_o = work;
+  float* part_ml = part_o + parts * D;
+  float* out_rot = part_ml + parts * 2;
+  float* q_rot = out_rot + rows * D;
+  float* row_sinks = q_rot + rows * D;
+  float* coef = row_sinks + rows;
+  float* sv_rot = coef + rows * 2 * P;
+  const bool bias = key_shift || first_key;
+  const long long kb_str = kb_shared ? 0 : (long long)Hkv * D;
+  *in_kernel = decode_preps_in_kernel(plan, qdtype == sdtype, sv != nullptr);
+  if (*in_kernel) {
+    p.q_in = q;
+    p.scale = scale;
+    p.row_bias = bias;
+    p.key_shift = key_shift;
+    p.first_key = first_key;
+    p.ksh_b_str = kb_str;
+    p.fk_b_str = kb_str;
+    p.wave_rows = P > 0 ? waves : nullptr;
+    p.wr_b_str = w_shared ? 0 : (long long)Hkv * 2 * P * D;
+    p.has_sinks = sinks != nullptr || bias;
+    p.sk_str[1] = 1; // per head
+  } else {
+    int rc = tq_prep(
+        q,
+        q_rot,
+        sv,
+        sv_rot,
+        rows,
+        sv ? (sv_shared ? 1 : B) * (long long)Hkv : 0,
+        Hq,
+        Hkv,
+        qL,
+        scale,
+        sinks,
+        key_shift,
+        first_key,
+        kb_str,
+        bias ? row_sinks : nullptr,
+        P > 0 ? waves : nullptr,
+        w_shared ? 0 : (long long)Hkv * 2 * P * D,
+        P,
+        P > 0 ? coef : nullptr,
+        D,
+        qdtype,
+        st);
+    if (rc != 0) {
+      return rc;
+    }
+    p.has_sinks = sinks != nullptr || bias;
+    p.sk_str[0] = bias ? (long long)Hq * qL : 0;
+    p.sk_str[1] = bias ? qL : 1;
+    p.sk_str[2] = bias ? 1 : 0;
+    p.sink_values = sv ? sv_rot : nullptr;
+    p.sv_b_str = sv_shared ? 0 : (long long)Hkv * D;
+    p.wave_coef = P > 0 ? coef : nullptr;
+    if (bias) {
+      sinks = row_sinks;
+    }
+  }
+  const float* qk = *in_kernel ? nullptr : q_rot;
+#define C(d)     \
+  tq_attn_d##d(  \
+      qk,        \
+      kc,        \
+      ks,        \
+      vc,        \
+      vs,        \
+      mask,      \
+      sinks,     \
+      out_rot,   \
+      part_o,    \
+      part_ml,   \
+      &p,        \
+      &plan,     \
+      kbits,     \
+      vbits,     \
+      sdtype,    \
+      final_out, \
+      qdtype,    \
+      (cudaStream_t)st)
+  SWITCH_D(D, C)
+#undef C
+}

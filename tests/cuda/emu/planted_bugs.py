@@ -29,6 +29,7 @@ TC_RUN = ("128", "attn tc B=2 Hq=8 Hkv=2 qL=1 kL=777 D=128 k4v3 bfloat16")
 SIMT_RUN = ("128", "attn decode B=2 Hq=8 Hkv=2 qL=1 kL=777 D=128 k3v4")
 TC_FUSED_RUN = ("128", "attn fused tc B=2 Hq=8 Hkv=2 qL=1 kL=500 D=128")
 SIMT_FUSED_RUN = ("128", "attn fused simt B=2 Hq=8 Hkv=2 qL=1 kL=500 D=128")
+TC_PREP_RUN = ("128", "attn prepared tc B=2 Hq=8 Hkv=2 qL=1 kL=500 D=128")
 
 # (name, file, old, new, (head dim built, test filter), schedules)
 MUT = [
@@ -160,6 +161,30 @@ MUT = [
         "  warp_fwht<P>(buf, 0, lane);\n  for (int i = lane; i < D; i += 32) {\n"
         "    buf[i] = buf[i] * rot_sign(1, i);",
         ("128", "encode D=128 turbo4 float16"),
+        ("forward",),
+    ),
+    (
+        "tc prologue: queries read before the rows are rotated",
+        TC,
+        "      warp_rotate_presigned<D>(row, lane);\n    }\n    __syncthreads();\n",
+        "      warp_rotate_presigned<D>(row, lane);\n    }\n",
+        TC_PREP_RUN,
+        ("reverse",),
+    ),
+    (
+        "tc prologue: the moving shift's coefficients of the first kv head",
+        TC,
+        "p.wave_rows + b * p.wr_b_str + int64_t(hk) * 2 * p.waves * D;",
+        "p.wave_rows + b * p.wr_b_str + int64_t(0) * 2 * p.waves * D;",
+        TC_PREP_RUN,
+        ("forward",),
+    ),
+    (
+        "tc prologue: the key bias's sink logit without the head's sink",
+        TC,
+        "s_rsink[r] = (sinks ? sinks[br.h] : 0.0f) - p.scale * dot;",
+        "s_rsink[r] = -p.scale * dot;",
+        TC_PREP_RUN,
         ("forward",),
     ),
     (

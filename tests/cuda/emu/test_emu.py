@@ -50,6 +50,10 @@ LIB.tq_prep.argtypes = (
     [_vp] * 4 + [_ll] * 2 + [_i] * 3 + [ctypes.c_float] + [_vp] * 3 + [_ll, _vp, _vp, _ll, _i, _vp]
     + [_i] * 2 + [_vp]
 )  # fmt: skip
+LIB.tq_attention_fused.argtypes = (
+    [_vp] * 9 + [_i, _vp, _vp, _i, _vp, _vp, _i, _i, _vp, _vp] + [_i] * 10 + [ctypes.c_float]
+    + [_i] * 3 + [_vp, _vp]
+)  # fmt: skip
 LOG2E = 1.4426950408889634
 
 SEED = int(os.environ.get("TQ_EMU_SEED", time.time_ns() % 2**31))
@@ -563,6 +567,118 @@ def check_attention_fused():
             check_attn_fused("rot", 1, 4, 2, 1, 200, 80, 3, 3, P=0, force_splits=sp, final=final)
 
 
+def check_attn_prepared(name, B, Hq, Hkv, qL, kL, d, kb, vb, P, qdt="float16", sdt="float16",
+                        force_splits=0, causal=False, shared=False, sinks=True, bias=True,
+                        sink_values=False, expect_in_kernel=None):  # fmt: skip
+    """The whole fused call as MLX makes it (tq_attention_fused): queries as
+    given in qdt, the key bias of the exact transforms (key_shift, first_key),
+    per-head sinks, the moving key shift's waves and frequencies, the output
+    rotated back into qdt. The tensor-core kernel prepares the queries itself
+    where decode_preps_in_kernel allows (queries of the scales' dtype, no
+    sink values), else turbo_attention_prep runs first; both against float64
+    on the stored inputs: scores scale (R q) . k + scale q . (waves' phases)
+    sum, sink logit sinks[h] - scale q . (key_shift - first_key) with value
+    R sv (0 without), output R^T o."""
+    label = (
+        f"attn prepared {name} B={B} Hq={Hq} Hkv={Hkv} qL={qL} kL={kL} D={d} k{kb}v{vb} "
+        f"q {qdt} scales {sdt} P={P}{' causal' if causal else ''}{' shared' if shared else ''}"
+        f"{' sinks' if sinks else ''}{' bias' if bias else ''}{' sv' if sink_values else ''}"
+    )
+    if not wanted(label):
+        return
+    Bs = 1 if shared else B
+    q = store(rng.standard_normal((B, Hq, qL, d)), qdt)
+    kw = rand_words((B, Hkv, kL, ref.words(kb, d)))
+    vw = rand_words((B, Hkv, kL, ref.words(vb, d)))
+    ks = store(rng.random((B, Hkv, kL)) * 0.5 + 0.05, sdt)
+    vs = store(rng.random((B, Hkv, kL)) * 0.5 + 0.05, sdt)
+    hs = (rng.standard_normal(Hq) * 2 + 3).astype(np.float32) if sinks else None
+    sv = store(rng.standard_normal((Bs, Hkv, d)), qdt) if sink_values else None
+    mu = store(rng.standard_normal((Bs, Hkv, d)) * 0.5, qdt) if bias else None
+    k0 = store(rng.standard_normal((Bs, Hkv, d)), qdt) if bias else None
+    waves = (rng.standard_normal((Bs, Hkv, 2 * P, d)) * 0.3).astype(np.float32) if P else None
+    freqs = rng.integers(0, 2**32, (Bs, Hkv, P), dtype=np.uint32) if P else None
+    scale = 1.0 / np.sqrt(d) * 2.0
+    plan = (_i * 3)()
+    nw = LIB.tq_plan(B, Hq, Hkv, qL, kL, d, DT[sdt], int(qdt != "float32"), force_splits, plan)
+    splits, is_tc = plan[0], bool(plan[1])
+    rows = B * Hq * qL
+    work = np.full(nw + rows * (2 * d + 1 + 2 * P) + B * Hkv * d, np.nan, np.float32)
+    fin = store(np.full((B, Hq, qL, d), np.nan, np.float32), qdt)
+    in_kernel = np.zeros(1, np.int32)
+    rc = call(
+        LIB.tq_attention_fused,
+        q, kw, ks, vw, vs, None, None, hs, sv, int(shared), mu, k0, int(shared),
+        waves, freqs, P, int(shared), fin, work, B, Hq, Hkv, qL, kL, d, kb, vb,
+        DT[qdt], DT[sdt], ctypes.c_float(scale), int(causal), 0, force_splits,
+        host(in_kernel), None,
+    )  # fmt: skip
+    R = ref.rotation_f64(d)
+    kvh = np.arange(Hq) // (Hq // Hkv)
+    q64 = value(q, qdt).astype(np.float64)
+    k64 = ref.decode_rotated_f64(kw, value(ks, sdt).astype(np.float64), kb, d)
+    v64 = ref.decode_rotated_f64(vw, value(vs, sdt).astype(np.float64), vb, d)
+    bias64 = None
+    if P:
+        f = np.broadcast_to(freqs, (B, Hkv, P))[:, kvh].astype(np.int64)  # (B, Hq, P)
+        turns = (f[:, :, None, :] * np.arange(kL)[:, None]) % (1 << 32) % (1 << 24)
+        ang = 2 * np.pi * turns / (1 << 24)  # (B, Hq, kL, P)
+        ph = np.concatenate([np.cos(ang), np.sin(ang)], axis=-1)  # (B, Hq, kL, 2P)
+        w64 = np.broadcast_to(waves.astype(np.float64), (B, Hkv, 2 * P, d))[:, kvh]
+        bias64 = scale * np.einsum("bhqd,bhid,bhki->bhqk", q64, w64, ph)
+    row_sinks = None
+    if sinks or bias:
+        row_sinks = np.broadcast_to(hs if sinks else np.zeros(Hq), (B, qL, Hq))
+        row_sinks = row_sinks.transpose(0, 2, 1).astype(np.float64)
+        if bias:
+            kb64 = value(mu, qdt).astype(np.float64) - value(k0, qdt).astype(np.float64)
+            kb64 = np.broadcast_to(kb64, (B, Hkv, d))[:, kvh]
+            row_sinks = row_sinks - scale * np.einsum("bhqd,bhd->bhq", q64, kb64)
+    svb = None
+    if sink_values:
+        svb = np.broadcast_to(value(sv, qdt).astype(np.float64) @ R.T, (B, Hkv, d))
+    r = attention64(q64 @ R.T, k64, v64, scale, bias64, row_sinks, svb, causal) @ R
+    o = value(fin, qdt).astype(np.float64)
+    # tensor cores as check_attn_fused, then the output's rounding to qdt
+    tol = (3e-3 if sdt == "float16" else 2e-2) if is_tc else 1e-5
+    tol += {"float32": 0.0, "float16": 2.0**-11, "bfloat16": 2.0**-8}[qdt]
+    err = np.linalg.norm(o - r) / np.linalg.norm(r)
+    where = "in kernel" if in_kernel[0] else "prep launch"
+    ok = rc == 0 and bool(np.isfinite(o).all()) and err < tol
+    if expect_in_kernel is not None:
+        ok = ok and bool(in_kernel[0]) == expect_in_kernel
+    report(
+        f"{label} [vec{'-tc' if is_tc else ''}/{splits}split, {where}]",
+        ok,
+        f"rel err {err:.2e} (tol {tol:.0e})" + ("" if rc == 0 else f", CUDA error {rc}"),
+    )
+
+
+def check_attention_prepared():
+    # the tensor-core kernel prepares the queries itself
+    for d in (64, 128, 256):
+        for sp in (1, 3):
+            check_attn_prepared("tc", 2, 8, 2, 1, 500, d, 4, 3, P=8, force_splits=sp,
+                                expect_in_kernel=True)  # fmt: skip
+    check_attn_prepared("tc-gqa7", 1, 28, 4, 1, 1500, 128, 3, 3, P=8, shared=True,
+                        expect_in_kernel=True)  # fmt: skip
+    check_attn_prepared("tc-bf16", 2, 8, 2, 2, 700, 128, 4, 4, P=13, qdt="bfloat16",
+                        sdt="bfloat16", causal=True, expect_in_kernel=True)  # fmt: skip
+    check_attn_prepared("tc-spec", 1, 8, 2, 8, 300, 128, 3, 4, P=32, causal=True,
+                        shared=True, expect_in_kernel=True)  # fmt: skip
+    for sinks, bias, P in ((False, False, 0), (True, False, 1), (False, True, 0)):
+        check_attn_prepared("tc-parts", 1, 8, 2, 1, 400, 128, 4, 4, P=P, sinks=sinks, bias=bias,
+                            force_splits=2, expect_in_kernel=True)  # fmt: skip
+    # turbo_attention_prep first: sink values, queries of another dtype than
+    # the scales, float32 queries (the SIMT kernel)
+    check_attn_prepared("sv", 1, 8, 2, 1, 400, 128, 4, 3, P=8, sink_values=True,
+                        expect_in_kernel=False)  # fmt: skip
+    check_attn_prepared("qdtype", 1, 8, 2, 1, 400, 128, 3, 4, P=8, qdt="bfloat16",
+                        expect_in_kernel=False)  # fmt: skip
+    check_attn_prepared("simt", 1, 8, 2, 1, 400, 96, 4, 4, P=8, qdt="float32",
+                        sdt="float32", force_splits=2, expect_in_kernel=False)  # fmt: skip
+
+
 def main():
     print(f"seed {SEED}", flush=True)
     t0 = time.time()
@@ -573,6 +689,7 @@ def main():
     check_attention_tc()
     check_prep()
     check_attention_fused()
+    check_attention_prepared()
     print(f"{N_OK} passed, {len(FAIL)} failed in {time.time() - t0:.0f} s")
     for f in FAIL:
         print("FAILED:", f)

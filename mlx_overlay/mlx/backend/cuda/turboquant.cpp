@@ -128,15 +128,37 @@ void QuantizedScaledDotProductAttention::eval_gpu(
     return t;
   };
 
+  // (a cache's buffers: the first key_length_ rows, in place)
+  array k = last_dense(turbo::leading_rows(inputs[1], key_length_), enc, s);
+  array ks = turbo::leading_rows(inputs[2], key_length_);
+  array v = last_dense(turbo::leading_rows(inputs[3], key_length_), enc, s);
+  array vs = turbo::leading_rows(inputs[4], key_length_);
+
   // q: the kernels read rotated float32 rows with strides (B, H, L) and a
-  // dense last axis. With fused_rotation one preparation launch makes them
-  // (row contiguous) from the queries as given, rotates the sink values
-  // (B or 1, Hkv, 1, D) the same way and, with the key bias of the exact
-  // transforms, writes per-row sink logits; otherwise the sink values come
-  // float32 and rotated.
+  // dense last axis. With fused_rotation the tensor-core kernel makes them
+  // itself from the queries as given where it can (turbo_sdpa_preps_in_kernel:
+  // queries of the scales' dtype, no sink values), together with the per-row
+  // sink logits of the exact transforms' key bias and the moving key shift's
+  // coefficients. Otherwise one preparation launch makes them (row
+  // contiguous), rotates the sink values (B or 1, Hkv, 1, D) the same way
+  // and, with the key bias, writes per-row sink logits; without
+  // fused_rotation the sink values come float32 and rotated.
   array q = last_dense(inputs[0], enc, s);
   std::optional<array> wave_coef;
-  if (fused_rotation_) {
+  std::optional<TurboKernelPrep> kprep;
+  if (fused_rotation_ &&
+      turbo_sdpa_preps_in_kernel(
+          q,
+          k,
+          ks,
+          v,
+          vs,
+          turbo::bits(key_mode_),
+          turbo::bits(value_mode_),
+          low_precision_,
+          sink_values.has_value())) {
+    kprep = TurboKernelPrep{key_shift, first_key, waves};
+  } else if (fused_rotation_) {
     if (!q.flags().row_contiguous) {
       q = contiguous_copy_gpu(q, s);
       enc.add_temporary(q);
@@ -175,11 +197,6 @@ void QuantizedScaledDotProductAttention::eval_gpu(
       sinks = row_sinks;
     }
   }
-  // (a cache's buffers: the first key_length_ rows, in place)
-  array k = last_dense(turbo::leading_rows(inputs[1], key_length_), enc, s);
-  array ks = turbo::leading_rows(inputs[2], key_length_);
-  array v = last_dense(turbo::leading_rows(inputs[3], key_length_), enc, s);
-  array vs = turbo::leading_rows(inputs[4], key_length_);
 
   auto& out = outputs[0];
   out.set_data(cu::malloc_async(out.nbytes(), enc));
@@ -208,6 +225,7 @@ void QuantizedScaledDotProductAttention::eval_gpu(
       turbo::bits(value_mode_),
       low_precision_,
       out_rot ? &out : nullptr,
+      kprep ? &*kprep : nullptr,
       enc);
 }
 

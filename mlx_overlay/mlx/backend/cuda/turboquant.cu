@@ -6,11 +6,11 @@
 // turboquant_attn_d*.cu).
 
 #include "mlx/backend/cuda/device.h"
-#include "mlx/backend/gpu/copy.h"
 #include "mlx/backend/cuda/device/turboquant.cuh"
 #include "mlx/backend/cuda/kernel_utils.cuh"
 #include "mlx/backend/cuda/turboquant.h"
 #include "mlx/backend/cuda/turboquant_attn.cuh"
+#include "mlx/backend/gpu/copy.h"
 #include "mlx/dtype_utils.h"
 #include "mlx/turboquant.h"
 
@@ -458,6 +458,57 @@ void turbo_attention_prep_gpu(
   });
 }
 
+namespace {
+
+// The strides of a decode call's cache (B, H, L) in p: what plan_decode's
+// choice of kernel depends on.
+void set_cache_strides(
+    cu::turbo::AttnParams& p,
+    const array& k,
+    const array& ks,
+    const array& v,
+    const array& vs) {
+  auto strides3 = [](const array& a, int64_t* st) {
+    st[0] = a.strides(0);
+    st[1] = a.strides(1);
+    st[2] = a.strides(2);
+  };
+  strides3(k, p.k_str);
+  strides3(ks, p.ks_str);
+  strides3(v, p.v_str);
+  strides3(vs, p.vs_str);
+}
+
+bool half_type(Dtype t) {
+  return t == float16 || t == bfloat16;
+}
+
+} // namespace
+
+bool turbo_sdpa_preps_in_kernel(
+    const array& q,
+    const array& k,
+    const array& ks,
+    const array& v,
+    const array& vs,
+    int key_bits,
+    int value_bits,
+    bool low_precision,
+    bool sink_values) {
+  cu::turbo::AttnParams p{};
+  set_cache_strides(p, k, ks, v, vs);
+  cu::turbo::DecodePlan plan{};
+  plan.tc = cu::turbo::decode_uses_tc(
+      p,
+      q.shape(-1),
+      key_bits,
+      value_bits,
+      low_precision,
+      half_type(ks.dtype()));
+  return cu::turbo::decode_preps_in_kernel(
+      plan, q.dtype() == ks.dtype(), sink_values);
+}
+
 void turbo_sdpa_gpu(
     const array& q,
     const array& k,
@@ -476,6 +527,7 @@ void turbo_sdpa_gpu(
     int value_bits,
     bool low_precision,
     array* final_out,
+    const TurboKernelPrep* kprep,
     cu::CommandEncoder& enc) {
   namespace tb = cu::turbo;
   const int B = q.shape(0);
@@ -503,10 +555,7 @@ void turbo_sdpa_gpu(
     st[2] = a.strides(2);
   };
   strides3(q, p.q_str);
-  strides3(k, p.k_str);
-  strides3(ks, p.ks_str);
-  strides3(v, p.v_str);
-  strides3(vs, p.vs_str);
+  set_cache_strides(p, k, ks, v, vs);
   strides3(out, p.o_str);
   p.mask_kind = tb::kMaskNone;
   if (mask) {
@@ -547,11 +596,47 @@ void turbo_sdpa_gpu(
   }
   if (wave_freqs) {
     p.waves = wave_freqs->shape(2);
-    p.wave_coef = gpu_ptr<float>(*wave_coef);
     p.wave_freqs = gpu_ptr<uint32_t>(*wave_freqs);
     p.wf_b_str = wave_freqs->shape(0) == 1 ? 0 : int64_t(Hkv) * p.waves;
-    enc.set_input_array(*wave_coef);
     enc.set_input_array(*wave_freqs);
+    if (!kprep) {
+      p.wave_coef = gpu_ptr<float>(*wave_coef);
+      enc.set_input_array(*wave_coef);
+    }
+  }
+  if (kprep) {
+    // The kernel rotates the queries as given and computes what
+    // turbo_attention_prep would (AttnParams::q_in).
+    auto b_str = [](const std::optional<array>& x) -> int64_t {
+      return x->shape(0) == 1 ? 0 : x->size() / x->shape(0);
+    };
+    for (auto* x : {&kprep->key_shift, &kprep->first_key}) {
+      if (*x && (*x)->dtype() != q.dtype()) {
+        throw std::invalid_argument(
+            "[turbo_sdpa_gpu] the key bias must have the queries' dtype.");
+      }
+    }
+    p.q_in = gpu_ptr<void>(q);
+    p.scale = scale;
+    p.row_bias = kprep->key_shift || kprep->first_key;
+    if (kprep->key_shift) {
+      p.key_shift = gpu_ptr<void>(*kprep->key_shift);
+      p.ksh_b_str = b_str(kprep->key_shift);
+      enc.set_input_array(*kprep->key_shift);
+    }
+    if (kprep->first_key) {
+      p.first_key = gpu_ptr<void>(*kprep->first_key);
+      p.fk_b_str = b_str(kprep->first_key);
+      enc.set_input_array(*kprep->first_key);
+    }
+    if (p.row_bias) {
+      p.has_sinks = true; // logits per row, from the per-head ones if any
+    }
+    if (p.waves > 0) {
+      p.wave_rows = gpu_ptr<float>(*kprep->waves);
+      p.wr_b_str = b_str(kprep->waves);
+      enc.set_input_array(*kprep->waves);
+    }
   }
 
   L.plan = tb::plan_decode(
@@ -560,8 +645,14 @@ void turbo_sdpa_gpu(
       key_bits,
       value_bits,
       low_precision,
-      ks.dtype() == float16 || ks.dtype() == bfloat16,
+      half_type(ks.dtype()),
       num_sms(enc));
+  if (kprep &&
+      !tb::decode_preps_in_kernel(
+          L.plan, q.dtype() == ks.dtype(), sink_values.has_value())) {
+    throw std::logic_error(
+        "[turbo_sdpa_gpu] the decode kernel cannot prepare these queries.");
+  }
   // Split-K partials (float32 o, and m, l per row and split).
   std::optional<array> part_o;
   std::optional<array> part_ml;

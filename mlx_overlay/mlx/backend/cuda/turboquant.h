@@ -94,6 +94,31 @@ void turbo_attention_prep_gpu(
     float scale,
     cu::CommandEncoder& enc);
 
+// The decode preparation inside the tensor-core kernel: fused_rotation's
+// key bias, (B or 1, Hkv, 1, D) in the queries' dtype, and the moving key
+// shift's waves, (B or 1, Hkv, 2P, D) float32, all row contiguous and
+// optional, read by the kernel with the queries as given.
+struct TurboKernelPrep {
+  std::optional<array> key_shift;
+  std::optional<array> first_key;
+  std::optional<array> waves;
+};
+
+// Whether a fused_rotation decode call on these inputs (laid out as
+// turbo_sdpa_gpu takes them) prepares its queries inside the tensor-core
+// kernel (device/turboquant_plan.cuh, decode_preps_in_kernel) rather than in
+// a turbo_attention_prep_gpu launch.
+bool turbo_sdpa_preps_in_kernel(
+    const array& q,
+    const array& k,
+    const array& k_scales,
+    const array& v,
+    const array& v_scales,
+    int key_bits,
+    int value_bits,
+    bool low_precision,
+    bool sink_values);
+
 // Decode attention on the packed cache (qL <= turbo::kFusedMaxQueries);
 // inputs as in the kernel contract of docs/format.md, already laid out with
 // contiguous last dimensions. With final_out (fused_rotation; out is then a
@@ -105,6 +130,10 @@ void turbo_attention_prep_gpu(
 // wave_coef / wave_freqs: the moving key shift, the coefficients of
 // turbo_attention_prep_gpu and the frequencies (B or 1, Hkv, P) uint32, row
 // contiguous (both or neither).
+// kprep (turbo_sdpa_preps_in_kernel): q is the queries as given (their dtype,
+// last axis dense), sinks per head or none, and the kernel prepares them
+// with kprep's inputs; wave_coef is then unused (the coefficients come from
+// kprep->waves).
 void turbo_sdpa_gpu(
     const array& q,
     const array& k,
@@ -123,6 +152,7 @@ void turbo_sdpa_gpu(
     int value_bits,
     bool low_precision,
     array* final_out,
+    const TurboKernelPrep* kprep,
     cu::CommandEncoder& enc);
 
 } // namespace mlx::core

@@ -45,7 +45,9 @@ void launch_attention_typed(
   const float* sinks = L.sinks;
   float* part_o = L.part_o ? gpu_ptr<float>(*L.part_o) : nullptr;
   float* part_ml = L.part_ml ? gpu_ptr<float>(*L.part_ml) : nullptr;
-  const float* qp = gpu_ptr<float>(q);
+  // With the preparation in the kernel, q holds the queries as given
+  // (p.q_in) and the kernel's float32 q is unused.
+  const float* qp = p.q_in ? nullptr : gpu_ptr<float>(q);
   const uint32_t* kp = gpu_ptr<uint32_t>(k);
   const T* ksp = gpu_ptr<T>(ks);
   const uint32_t* vp = gpu_ptr<uint32_t>(v);

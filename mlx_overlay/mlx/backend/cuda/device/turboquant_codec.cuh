@@ -6,7 +6,7 @@
 
 #pragma once
 
-#include "mlx/backend/cuda/device/turboquant_format.cuh"
+#include "mlx/backend/cuda/device/turboquant_decode.cuh"
 
 namespace mlx::core::cu::turbo {
 
@@ -492,9 +492,6 @@ __global__ void __launch_bounds__(32 * kEncodeWarps)
   }
 }
 
-// Moving-shift coefficients turbo_attention_prep computes together.
-constexpr int kPrepWaves = 8;
-
 // Decode preparation (fused_rotation), one launch per attention call: one
 // warp per row rotates the n_q query rows (B, Hq, qL) and then the n_sv sink
 // value rows (B or 1, Hkv) from T into float32 (y = R x), and with a key bias
@@ -543,71 +540,30 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_attention_prep(
   // A query row's head and batch index.
   const int h = (v / a.qL) % a.Hq;
   const int64_t b = v / (int64_t(a.Hq) * a.qL);
-  float dot = 0.0f;
+  float qv[kPrepPerLane<D>];
+#pragma unroll
+  for (int j = 0; j < kPrepPerLane<D>; j++) {
+    const int k = lane + 32 * j;
+    qv[j] = k < D ? to_float(in[k]) : 0.0f;
+  }
   if (is_q && a.row_sinks) {
     const int64_t kv_row = int64_t(h / a.gqa) * D;
     const T* mu =
         a.key_shift ? a.key_shift + b * a.ksh_b_str + kv_row : nullptr;
     const T* k0 = a.first_key ? a.first_key + b * a.fk_b_str + kv_row : nullptr;
-    for (int i = lane; i < D; i += 32) {
-      float bias =
-          (mu ? to_float(mu[i]) : 0.0f) - (k0 ? to_float(k0[i]) : 0.0f);
-      dot += to_float(in[i]) * bias;
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-      dot += __shfl_xor_sync(0xffffffff, dot, off);
-    }
+    const float dot = prep_bias_dot<D>(qv, mu, k0, lane);
     if (lane == 0) {
       a.row_sinks[v] = (a.sinks ? a.sinks[h] : 0.0f) - a.scale * dot;
     }
   }
   if (is_q && a.wave_coef) {
-    // kPrepWaves coefficients at a time, their loads issued together (one
-    // at a time, each waited on its loads and butterfly: most of the
-    // launch). Each coefficient's sum keeps its order: lane l adds
-    // coordinates l, l + 32, ... in turn, then the butterfly.
-    constexpr int NJ = (D + 31) / 32;
-    float qv[NJ];
-#pragma unroll
-    for (int j = 0; j < NJ; j++) {
-      const int k = lane + 32 * j;
-      qv[j] = k < D ? to_float(in[k]) : 0.0f;
-    }
     const float* w =
         a.waves + b * a.wv_b_str + int64_t(h / a.gqa) * 2 * a.P * D;
     const int n_coef = 2 * a.P;
-    for (int i0 = 0; i0 < n_coef; i0 += kPrepWaves) {
-      float c[kPrepWaves];
-#pragma unroll
-      for (int u = 0; u < kPrepWaves; u++) {
-        c[u] = 0.0f;
-        if (i0 + u < n_coef) {
-#pragma unroll
-          for (int j = 0; j < NJ; j++) {
-            const int k = lane + 32 * j;
-            if (k < D) {
-              c[u] += qv[j] * w[(i0 + u) * D + k];
-            }
-          }
-        }
-      }
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) {
-#pragma unroll
-        for (int u = 0; u < kPrepWaves; u++) {
-          c[u] += __shfl_xor_sync(0xffffffff, c[u], off);
-        }
-      }
-      if (lane == 0) {
-#pragma unroll
-        for (int u = 0; u < kPrepWaves; u++) {
-          if (i0 + u < n_coef) {
-            a.wave_coef[v * n_coef + i0 + u] = a.scale * kLog2e * c[u];
-          }
-        }
-      }
-    }
+    prep_wave_coefs<D>(
+        qv, w, n_coef, a.scale * kLog2e, lane, [&](int i, float c) {
+          a.wave_coef[v * n_coef + i] = c;
+        });
   }
   for (int i = lane; i < D; i += 32) {
     buf[i] = to_float(in[i]) * rot_sign(1, i);

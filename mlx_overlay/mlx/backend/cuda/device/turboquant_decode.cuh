@@ -55,6 +55,23 @@ struct AttnParams {
   const float* wave_coef;
   const uint32_t* wave_freqs;
   int64_t wf_b_str;
+  // The decode preparation inside the tensor-core kernel (plan_decode's
+  // prep_in_kernel), instead of turbo_attention_prep: q_in holds the queries
+  // as given, (B, Hq, qL) rows of D in the kernel's T with strides q_str,
+  // which each block rotates in its prologue; the kernel's q is then unused.
+  // With row_bias, the sink logit of each row is sinks[h] (0 without sinks)
+  // - scale q . (key_shift - first_key) (rows of D in T, (B or 1, Hkv), either
+  // may be nullptr); with waves > 0, the moving key shift's coefficients come
+  // from q and wave_rows (B or 1, Hkv, 2P, D) float32 instead of wave_coef.
+  const void* q_in;
+  int row_bias;
+  const void* key_shift;
+  const void* first_key;
+  int64_t ksh_b_str; // 0 when shared by the batch
+  int64_t fk_b_str;
+  const float* wave_rows;
+  int64_t wr_b_str;
+  float scale;
 };
 
 constexpr int kMaxKeyWaves = 32;
@@ -63,6 +80,86 @@ constexpr int kMaxKeyWaves = 32;
 __device__ inline const float*
 wave_coef_row(const AttnParams& p, int b, int h, int qi) {
   return p.wave_coef + ((int64_t(b) * p.Hq + h) * p.qL + qi) * 2 * p.waves;
+}
+
+// The decode preparation of one query row, shared by turbo_attention_prep
+// and the tensor-core kernel's prologue: lane l holds the row's coordinates
+// l, l + 32, ... as given (qv, 0 past D).
+template <int D>
+constexpr int kPrepPerLane = (D + 31) / 32;
+
+// q . (key_shift - first_key), either row may be nullptr: lane l adds its
+// coordinates in turn, then a butterfly; every lane gets the sum.
+template <int D, typename T>
+__device__ inline float prep_bias_dot(
+    const float (&qv)[kPrepPerLane<D>],
+    const T* mu,
+    const T* k0,
+    int lane) {
+  float dot = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kPrepPerLane<D>; j++) {
+    const int k = lane + 32 * j;
+    if (k < D) {
+      float bias =
+          (mu ? to_float(mu[k]) : 0.0f) - (k0 ? to_float(k0[k]) : 0.0f);
+      dot += qv[j] * bias;
+    }
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    dot += __shfl_xor_sync(0xffffffff, dot, off);
+  }
+  return dot;
+}
+
+// Moving-shift coefficients computed together.
+constexpr int kPrepWaves = 8;
+
+// The moving key shift's n_coef coefficients scale_log2 q . w[i] (w: n_coef
+// rows of D, float32); store(i, c) is called by lane 0. kPrepWaves at a
+// time, their loads issued together (one at a time, each waited on its loads
+// and butterfly). Each sum keeps its order: lane l adds coordinates l,
+// l + 32, ... in turn, then the butterfly.
+template <int D, typename F>
+__device__ inline void prep_wave_coefs(
+    const float (&qv)[kPrepPerLane<D>],
+    const float* w,
+    int n_coef,
+    float scale_log2,
+    int lane,
+    F&& store) {
+  for (int i0 = 0; i0 < n_coef; i0 += kPrepWaves) {
+    float c[kPrepWaves];
+#pragma unroll
+    for (int u = 0; u < kPrepWaves; u++) {
+      c[u] = 0.0f;
+      if (i0 + u < n_coef) {
+#pragma unroll
+        for (int j = 0; j < kPrepPerLane<D>; j++) {
+          const int k = lane + 32 * j;
+          if (k < D) {
+            c[u] += qv[j] * w[(i0 + u) * D + k];
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+#pragma unroll
+      for (int u = 0; u < kPrepWaves; u++) {
+        c[u] += __shfl_xor_sync(0xffffffff, c[u], off);
+      }
+    }
+    if (lane == 0) {
+#pragma unroll
+      for (int u = 0; u < kPrepWaves; u++) {
+        if (i0 + u < n_coef) {
+          store(i0 + u, scale_log2 * c[u]);
+        }
+      }
+    }
+  }
 }
 
 // The sink logit of query row (b, h, qi).

@@ -218,21 +218,43 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   constexpr int kQVec = NQ * D / 4 / kVecTcThreads; // float4 per thread
   static_assert(NQ * D / 4 % kVecTcThreads == 0, "whole float4 per thread");
   __shared__ __align__(16) float s_q[NQ][D];
+  // With the preparation in the kernel (p.q_in), the rows as given (T),
+  // rotated in shared memory below.
+  __shared__ float s_coef[NQ][2 * kMaxKeyWaves];
+  __shared__ float s_rsink[NQ];
+  const bool prep = p.q_in != nullptr; // uniform
   float4 qv[kQVec];
   {
-    const bool qal = (reinterpret_cast<uintptr_t>(q) % 16 == 0) &&
+    const void* qb = prep ? p.q_in : static_cast<const void*>(q);
+    const int qa = prep ? 8 : 16; // bytes of 4 coordinates
+    const bool qal = (reinterpret_cast<uintptr_t>(qb) % qa == 0) &&
         p.q_str[0] % 4 == 0 && p.q_str[1] % 4 == 0 && p.q_str[2] % 4 == 0;
 #pragma unroll
     for (int i = 0; i < kQVec; i++) {
       const int x = tid + i * kVecTcThreads;
       const BlockRow br = block_row(x / (D / 4));
-      const float* qr = q + b * p.q_str[0] + br.h * p.q_str[1] +
+      const int64_t off = b * p.q_str[0] + br.h * p.q_str[1] +
           br.q * p.q_str[2] + 4 * (x % (D / 4));
       if (!br.ok) {
         qv[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      } else if (prep) {
+        const T* qr = static_cast<const T*>(p.q_in) + off;
+        T e[4];
+        if (qal) {
+          const uint2 w = __ldg(reinterpret_cast<const uint2*>(qr));
+          memcpy(e, &w, sizeof(w));
+        } else {
+#pragma unroll
+          for (int c = 0; c < 4; c++) {
+            e[c] = qr[c];
+          }
+        }
+        qv[i] = make_float4(
+            to_float(e[0]), to_float(e[1]), to_float(e[2]), to_float(e[3]));
       } else if (qal) {
-        qv[i] = __ldg(reinterpret_cast<const float4*>(qr));
+        qv[i] = __ldg(reinterpret_cast<const float4*>(q + off));
       } else {
+        const float* qr = q + off;
         qv[i] = make_float4(qr[0], qr[1], qr[2], qr[3]);
       }
     }
@@ -345,6 +367,55 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
     const int x = tid + i * kVecTcThreads;
     reinterpret_cast<float4*>(&s_q[0][0])[x] = qv[i];
   }
+  if (prep) {
+    // Warp w prepares rows 2 w and 2 w + 1 as turbo_attention_prep does:
+    // the moving shift's coefficients and the sink logit from the row as
+    // given, then the row rotated in place (y = R x).
+    static_assert(NQ == 2 * kVecTcWarps, "two rows per warp");
+    __syncthreads();
+#pragma unroll 1
+    for (int rr = 0; rr < 2; rr++) {
+      const int r = 2 * warp + rr;
+      const BlockRow br = block_row(r);
+      if (!br.ok) { // rows past the group stay zero
+        continue;
+      }
+      float* row = s_q[r];
+      float qp[kPrepPerLane<D>];
+#pragma unroll
+      for (int j = 0; j < kPrepPerLane<D>; j++) {
+        qp[j] = row[lane + 32 * j];
+      }
+      if (p.waves > 0) {
+        const float* w =
+            p.wave_rows + b * p.wr_b_str + int64_t(hk) * 2 * p.waves * D;
+        prep_wave_coefs<D>(
+            qp, w, 2 * p.waves, p.scale_log2, lane, [&](int i, float c) {
+              s_coef[r][i] = c;
+            });
+      }
+      if (p.row_bias && split == 0) {
+        const int64_t kv_row = int64_t(hk) * D;
+        const T* mu = p.key_shift
+            ? static_cast<const T*>(p.key_shift) + b * p.ksh_b_str + kv_row
+            : nullptr;
+        const T* k0 = p.first_key
+            ? static_cast<const T*>(p.first_key) + b * p.fk_b_str + kv_row
+            : nullptr;
+        const float dot = prep_bias_dot<D>(qp, mu, k0, lane);
+        if (lane == 0) {
+          s_rsink[r] = (sinks ? sinks[br.h] : 0.0f) - p.scale * dot;
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kPrepPerLane<D>; j++) {
+        row[lane + 32 * j] = qp[j] * rot_sign(1, lane + 32 * j);
+      }
+      __syncwarp();
+      warp_rotate_presigned<D>(row, lane);
+    }
+    __syncthreads();
+  }
 
   // The moving key shift's bias is one more m16n8k16 product per m-tile and
   // 8 planes, in float16 (phases in [-1, 1] as A; the coefficients as B,
@@ -357,7 +428,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   if (P > 0) {
     // Entry x of k-step w of lane (g, t)'s B fragment: cos (x < 2) or sin
     // coefficient of plane 8 w + 2 t + x % 2 of row g.
-    const float* cr = wave_coef_row(p, b, row_g.h, row_g.q);
+    const float* cr = prep ? s_coef[g] : wave_coef_row(p, b, row_g.h, row_g.q);
     auto coef = [&](int w, int x) {
       const int i = 8 * w + 2 * t + (x & 1);
       return row_g.ok && i < P ? cr[(x >> 1) * P + i] : 0.0f;
@@ -407,7 +478,9 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
 #pragma unroll
     for (int r = 0; r < 2; r++) {
       if (col[r].ok) {
-        m_r[r] = kLog2e * sink_logit(p, sinks, b, col[r].h, col[r].q);
+        m_r[r] = kLog2e *
+            (prep && p.row_bias ? s_rsink[2 * t + r]
+                                : sink_logit(p, sinks, b, col[r].h, col[r].q));
         l_r[r] = g == 0 ? 1.0f : 0.0f;
       }
     }

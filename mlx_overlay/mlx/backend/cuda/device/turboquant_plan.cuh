@@ -76,6 +76,31 @@ inline bool vector_tc_layout(const AttnParams& p, int d, int kb, int vb) {
       p.v_str[2] == packed_words(vb, d) && p.ks_str[2] == 1 && p.vs_str[2] == 1;
 }
 
+// Whether plan_decode picks the tensor-core kernel for p (strides set).
+inline bool decode_uses_tc(
+    const AttnParams& p,
+    int d,
+    int key_bits,
+    int value_bits,
+    bool low_precision,
+    bool half_scales) {
+  return low_precision && half_scales && vector_tc_supported(d) &&
+      vector_tc_layout(p, d, key_bits, value_bits);
+}
+
+// Whether a fused_rotation call's preparation (query rotation, per-row sink
+// logits of the key bias, the moving key shift's coefficients) runs in the
+// tensor-core kernel's prologue (AttnParams::q_in) instead of a
+// turbo_attention_prep launch: the tensor-core kernel, queries of its
+// operand type (the scales' dtype), and no sink values (which
+// turbo_attention_prep rotates). It saves a launch and its wait per call.
+inline bool decode_preps_in_kernel(
+    const DecodePlan& plan,
+    bool q_is_scale_type,
+    bool sink_values) {
+  return plan.tc && q_is_scale_type && !sink_values;
+}
+
 // Plans a decode call (qL <= kVectorMaxQL) whose shape, strides, mask_kind
 // and causal are set in p; sets p.row_groups, p.keys_per_split and
 // p.num_splits. low_precision: the queries were float16/bfloat16 (the
@@ -95,8 +120,8 @@ inline DecodePlan plan_decode(
     int force_splits = 0) {
   DecodePlan plan;
   const int rows = p.gqa * p.qL;
-  plan.tc = low_precision && half_scales && vector_tc_supported(d) &&
-      vector_tc_layout(p, d, key_bits, value_bits);
+  plan.tc =
+      decode_uses_tc(p, d, key_bits, value_bits, low_precision, half_scales);
   plan.nq = plan.tc ? 8 : vector_rows_per_block(rows);
   // Without an array mask, causality only matters for qL > 1.
   plan.masked = p.mask_kind != kMaskNone || (p.causal && p.qL > 1);
