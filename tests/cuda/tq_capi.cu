@@ -490,7 +490,8 @@ extern "C" int tq_attention(
 // batch as its flag says; the output rotated back into final_out (B, Hq, qL,
 // D) in qdtype. Where the plan allows (decode_preps_in_kernel) the
 // tensor-core kernel prepares the queries itself, else turbo_attention_prep
-// runs first (*in_kernel says which). work: tq_plan's floats plus
+// runs first (*in_kernel says which); no_kernel_prep: always the latter (the
+// harness's A-B timing). work: tq_plan's floats plus
 // B Hq qL (2 D + 1 + 2 P) + Hkv D (B or 1 for sv).
 extern "C" int tq_attention_fused(
     const void* q,
@@ -526,6 +527,7 @@ extern "C" int tq_attention_fused(
     int causal,
     int mask_kind,
     int force_splits,
+    int no_kernel_prep,
     int* in_kernel,
     void* st) {
   if (qL > kVectorMaxQL) {
@@ -555,7 +557,8 @@ extern "C" int tq_attention_fused(
   float* sv_rot = coef + rows * 2 * P;
   const bool bias = key_shift || first_key;
   const long long kb_str = kb_shared ? 0 : (long long)Hkv * D;
-  *in_kernel = decode_preps_in_kernel(plan, qdtype == sdtype, sv != nullptr);
+  *in_kernel = !no_kernel_prep &&
+      decode_preps_in_kernel(plan, qdtype == sdtype, sv != nullptr);
   if (*in_kernel) {
     p.q_in = q;
     p.scale = scale;

@@ -22,6 +22,10 @@ _lib.tq_encode_rows.argtypes = (
 _lib.tq_plan.argtypes = [_i] * 9 + [ctypes.POINTER(_i)]
 _lib.tq_plan.restype = _ll
 _lib.tq_attention.argtypes = [_vp] * 10 + [_i] * 9 + [ctypes.c_float] + [_i] * 4 + [_vp]
+_lib.tq_attention_fused.argtypes = (
+    [_vp] * 9 + [_i, _vp, _vp, _i, _vp, _vp, _i, _i, _vp, _vp] + [_i] * 10 + [ctypes.c_float]
+    + [_i] * 4 + [_vp, _vp]
+)  # fmt: skip
 
 DT = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 
@@ -246,4 +250,46 @@ class Attention:
             _stream(),
         )
         _check(rc, "attention")
+        return out
+
+
+class FusedAttention:
+    """The whole fused decode call as MLX makes it with fused_rotation
+    (tq_attention_fused): queries as given in the scales' dtype, the output
+    rotated back into it; with bias, the exact transforms' key bias
+    (key_shift, first_key); P > 0, the moving key shift's waves. The
+    tensor-core kernel prepares the queries itself unless no_kernel_prep (then
+    a turbo_attention_prep launch first, as before that change)."""
+
+    def __init__(self, B, Hq, Hkv, kL, D, kbits, vbits, dtype, bias=False, P=0,
+                 no_kernel_prep=False, device="cuda"):  # fmt: skip
+        self.args = (B, Hq, Hkv, 1, kL, D, kbits, vbits)
+        self.dtype, self.P, self.no_kernel_prep = dtype, P, int(no_kernel_prep)
+        plan = (_i * 3)()
+        nw = _lib.tq_plan(B, Hq, Hkv, 1, kL, D, DT[dtype], 1, 0, plan)
+        self.splits, self.tc = plan[0], bool(plan[1])
+        rows = B * Hq
+        self.work = torch.empty(nw + rows * (2 * D + 1 + 2 * P) + B * Hkv * D + 1,
+                                dtype=torch.float32, device=device)  # fmt: skip
+        g = torch.Generator(device="cpu").manual_seed(0)
+        mk = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
+        self.mu = mk(B, Hkv, D).to(dtype) if bias else None
+        self.k0 = mk(B, Hkv, D).to(dtype) if bias else None
+        self.waves = (mk(B, Hkv, 2 * P, D) * 0.3) if P else None
+        self.freqs = (
+            torch.randint(0, 2**31, (B, Hkv, P), dtype=torch.int32, generator=g).to(device)
+            if P else None
+        )  # fmt: skip
+        self.in_kernel = ctypes.c_int(0)
+
+    def __call__(self, q, kc, ks, vc, vs, out):
+        B, Hq, Hkv, qL, kL, D, kb, vb = self.args
+        rc = _lib.tq_attention_fused(
+            _ptr(q), _ptr(kc), _ptr(ks), _ptr(vc), _ptr(vs), None, None, None, None, 0,
+            _ptr(self.mu), _ptr(self.k0), 0, _ptr(self.waves), _ptr(self.freqs), self.P, 0,
+            _ptr(out), _ptr(self.work), B, Hq, Hkv, qL, kL, D, kb, vb, DT[self.dtype],
+            DT[self.dtype], ctypes.c_float(D**-0.5), 0, 0, 0, self.no_kernel_prep,
+            ctypes.byref(self.in_kernel), _stream(),
+        )  # fmt: skip
+        _check(rc, "fused attention")
         return out

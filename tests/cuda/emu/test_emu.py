@@ -52,7 +52,7 @@ LIB.tq_prep.argtypes = (
 )  # fmt: skip
 LIB.tq_attention_fused.argtypes = (
     [_vp] * 9 + [_i, _vp, _vp, _i, _vp, _vp, _i, _i, _vp, _vp] + [_i] * 10 + [ctypes.c_float]
-    + [_i] * 3 + [_vp, _vp]
+    + [_i] * 4 + [_vp, _vp]
 )  # fmt: skip
 LOG2E = 1.4426950408889634
 
@@ -610,7 +610,7 @@ def check_attn_prepared(name, B, Hq, Hkv, qL, kL, d, kb, vb, P, qdt="float16", s
         LIB.tq_attention_fused,
         q, kw, ks, vw, vs, None, None, hs, sv, int(shared), mu, k0, int(shared),
         waves, freqs, P, int(shared), fin, work, B, Hq, Hkv, qL, kL, d, kb, vb,
-        DT[qdt], DT[sdt], ctypes.c_float(scale), int(causal), 0, force_splits,
+        DT[qdt], DT[sdt], ctypes.c_float(scale), int(causal), 0, force_splits, 0,
         host(in_kernel), None,
     )  # fmt: skip
     R = ref.rotation_f64(d)
