@@ -1,8 +1,10 @@
 // Copyright © 2026 TurboQuant-MLX contributors.
 //
 // Decode attention (few queries) on the SIMT cores: AttnParams, the mask /
-// sink helpers shared by every attention kernel, turbo_sdpa_vector and the
-// split-K combine turbo_sdpa_combine.
+// sink helpers shared by every attention kernel, the decode preparation's
+// per-row helpers (prep_bias_dot, prep_wave_coefs: turbo_attention_prep and
+// the tensor-core kernel's prologue), turbo_sdpa_vector and the split-K
+// combine turbo_sdpa_combine.
 
 #pragma once
 

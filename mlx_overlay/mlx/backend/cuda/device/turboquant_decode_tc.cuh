@@ -65,7 +65,12 @@ namespace mlx::core::cu::turbo {
 // flow is uniform and its invariants (the table's base) stay in uniform
 // registers. The prologue overlaps its latencies: the block's query rows are
 // read with coalesced 16-byte loads (staged in shared memory, s_q) and the
-// first iteration's codes are requested before the tables are built.
+// first iteration's codes are requested before the tables are built. With
+// p.q_in (fused_rotation, decode_preps_in_kernel) the rows are the queries
+// as given, and each warp prepares two of them as turbo_attention_prep
+// would, with the same helpers: their moving-shift coefficients (s_coef)
+// and, in split 0, their key-bias sink logits (s_rsink), then the row
+// rotated in place in s_q.
 //
 // Range guards (fp16 has 5 exponent bits): each query row is multiplied by a
 // power of two 2^e_q so that its largest |q * scale * log2 e| lies in
