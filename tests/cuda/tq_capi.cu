@@ -557,8 +557,8 @@ extern "C" int tq_attention_fused(
   float* sv_rot = coef + rows * 2 * P;
   const bool bias = key_shift || first_key;
   const long long kb_str = kb_shared ? 0 : (long long)Hkv * D;
-  *in_kernel = !no_kernel_prep &&
-      decode_preps_in_kernel(plan, qdtype == sdtype, sv != nullptr);
+  *in_kernel =
+      !no_kernel_prep && decode_preps_in_kernel(plan, qdtype == sdtype);
   if (*in_kernel) {
     p.q_in = q;
     p.scale = scale;
@@ -571,6 +571,8 @@ extern "C" int tq_attention_fused(
     p.wr_b_str = w_shared ? 0 : (long long)Hkv * 2 * P * D;
     p.has_sinks = sinks != nullptr || bias;
     p.sk_str[1] = 1; // per head
+    p.sv_in = sv;
+    p.sv_b_str = sv_shared ? 0 : (long long)Hkv * D;
   } else {
     int rc = tq_prep(
         q,

@@ -188,6 +188,14 @@ MUT = [
         ("forward",),
     ),
     (
+        "tc prologue: the sink value used unrotated",
+        TC,
+        "      warp_rotate_presigned<D>(s_sv, lane);\n",
+        "",
+        ("128", "attn prepared sv B=2 Hq=8 Hkv=2 qL=1 kL=400 D=128"),
+        ("forward",),
+    ),
+    (
         "encode: no __syncwarp between the norm and the normalized writes",
         CODEC,
         "  const float n = __fsqrt_rn(seq_sum_squares<D>(buf));\n  __syncwarp();\n",

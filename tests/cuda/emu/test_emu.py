@@ -669,12 +669,18 @@ def check_attention_prepared():
     for sinks, bias, P in ((False, False, 0), (True, False, 1), (False, True, 0)):
         check_attn_prepared("tc-parts", 1, 8, 2, 1, 400, 128, 4, 4, P=P, sinks=sinks, bias=bias,
                             force_splits=2, expect_in_kernel=True)  # fmt: skip
-    # turbo_attention_prep first: sink values, queries of another dtype than
-    # the scales, float32 queries (the SIMT kernel)
-    check_attn_prepared("sv", 1, 8, 2, 1, 400, 128, 4, 3, P=8, sink_values=True,
-                        expect_in_kernel=False)  # fmt: skip
+    # with the sink values (mlx-lm's exact first token), rotated by split 0
+    for sp in (1, 3):
+        check_attn_prepared("sv", 2, 8, 2, 1, 400, 128, 4, 3, P=8, sink_values=True,
+                            force_splits=sp, expect_in_kernel=True)  # fmt: skip
+    check_attn_prepared("sv", 1, 8, 2, 1, 400, 256, 3, 3, P=0, sink_values=True, shared=True,
+                        sdt="bfloat16", qdt="bfloat16", expect_in_kernel=True)  # fmt: skip
+    check_attn_prepared("sv", 1, 8, 2, 1, 400, 64, 4, 4, P=0, sink_values=True, bias=False,
+                        force_splits=2, expect_in_kernel=True)  # fmt: skip
+    # turbo_attention_prep first: queries of another dtype than the scales,
+    # float32 queries (the SIMT kernel)
     check_attn_prepared("qdtype", 1, 8, 2, 1, 400, 128, 3, 4, P=8, qdt="bfloat16",
-                        expect_in_kernel=False)  # fmt: skip
+                        sink_values=True, expect_in_kernel=False)  # fmt: skip
     check_attn_prepared("simt", 1, 8, 2, 1, 400, 96, 4, 4, P=8, qdt="float32",
                         sdt="float32", force_splits=2, expect_in_kernel=False)  # fmt: skip
 

@@ -137,9 +137,9 @@ void QuantizedScaledDotProductAttention::eval_gpu(
   // q: the kernels read rotated float32 rows with strides (B, H, L) and a
   // dense last axis. With fused_rotation the tensor-core kernel makes them
   // itself from the queries as given where it can (turbo_sdpa_preps_in_kernel:
-  // queries of the scales' dtype, no sink values), together with the per-row
-  // sink logits of the exact transforms' key bias and the moving key shift's
-  // coefficients. Otherwise one preparation launch makes them (row
+  // queries of the scales' dtype), together with the rotated sink values, the
+  // per-row sink logits of the exact transforms' key bias and the moving key
+  // shift's coefficients. Otherwise one preparation launch makes them (row
   // contiguous), rotates the sink values (B or 1, Hkv, 1, D) the same way
   // and, with the key bias, writes per-row sink logits; without
   // fused_rotation the sink values come float32 and rotated.
@@ -155,8 +155,7 @@ void QuantizedScaledDotProductAttention::eval_gpu(
           vs,
           turbo::bits(key_mode_),
           turbo::bits(value_mode_),
-          low_precision_,
-          sink_values.has_value())) {
+          low_precision_)) {
     kprep = TurboKernelPrep{key_shift, first_key, waves};
   } else if (fused_rotation_) {
     if (!q.flags().row_contiguous) {

@@ -493,8 +493,7 @@ bool turbo_sdpa_preps_in_kernel(
     const array& vs,
     int key_bits,
     int value_bits,
-    bool low_precision,
-    bool sink_values) {
+    bool low_precision) {
   cu::turbo::AttnParams p{};
   set_cache_strides(p, k, ks, v, vs);
   cu::turbo::DecodePlan plan{};
@@ -505,8 +504,7 @@ bool turbo_sdpa_preps_in_kernel(
       value_bits,
       low_precision,
       half_type(ks.dtype()));
-  return cu::turbo::decode_preps_in_kernel(
-      plan, q.dtype() == ks.dtype(), sink_values);
+  return cu::turbo::decode_preps_in_kernel(plan, q.dtype() == ks.dtype());
 }
 
 void turbo_sdpa_gpu(
@@ -576,7 +574,17 @@ void turbo_sdpa_gpu(
   p.sk_str[1] = row_sinks ? qL : 1;
   p.sk_str[2] = row_sinks ? 1 : 0;
   if (sink_values) {
-    p.sink_values = gpu_ptr<float>(*sink_values);
+    // With kprep the rows as given (the queries' dtype), else rotated
+    // float32.
+    if (kprep) {
+      if (sink_values->dtype() != q.dtype()) {
+        throw std::invalid_argument(
+            "[turbo_sdpa_gpu] the sink values must have the queries' dtype.");
+      }
+      p.sv_in = gpu_ptr<void>(*sink_values);
+    } else {
+      p.sink_values = gpu_ptr<float>(*sink_values);
+    }
     p.sv_b_str = sink_values->shape(0) == 1 ? 0 : int64_t(Hkv) * D;
   }
 
@@ -647,9 +655,7 @@ void turbo_sdpa_gpu(
       low_precision,
       half_type(ks.dtype()),
       num_sms(enc));
-  if (kprep &&
-      !tb::decode_preps_in_kernel(
-          L.plan, q.dtype() == ks.dtype(), sink_values.has_value())) {
+  if (kprep && !tb::decode_preps_in_kernel(L.plan, q.dtype() == ks.dtype())) {
     throw std::logic_error(
         "[turbo_sdpa_gpu] the decode kernel cannot prepare these queries.");
   }

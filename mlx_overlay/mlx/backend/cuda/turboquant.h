@@ -105,9 +105,9 @@ struct TurboKernelPrep {
 };
 
 // Whether a fused_rotation decode call on these inputs (laid out as
-// turbo_sdpa_gpu takes them) prepares its queries inside the tensor-core
-// kernel (device/turboquant_plan.cuh, decode_preps_in_kernel) rather than in
-// a turbo_attention_prep_gpu launch.
+// turbo_sdpa_gpu takes them) prepares its queries and sink values inside the
+// tensor-core kernel (device/turboquant_plan.cuh, decode_preps_in_kernel)
+// rather than in a turbo_attention_prep_gpu launch.
 bool turbo_sdpa_preps_in_kernel(
     const array& q,
     const array& k,
@@ -116,8 +116,7 @@ bool turbo_sdpa_preps_in_kernel(
     const array& v_scales,
     int key_bits,
     int value_bits,
-    bool low_precision,
-    bool sink_values);
+    bool low_precision);
 
 // Decode attention on the packed cache (qL <= turbo::kFusedMaxQueries);
 // inputs as in the kernel contract of docs/format.md, already laid out with
@@ -131,9 +130,9 @@ bool turbo_sdpa_preps_in_kernel(
 // turbo_attention_prep_gpu and the frequencies (B or 1, Hkv, P) uint32, row
 // contiguous (both or neither).
 // kprep (turbo_sdpa_preps_in_kernel): q is the queries as given (their dtype,
-// last axis dense), sinks per head or none, and the kernel prepares them
-// with kprep's inputs; wave_coef is then unused (the coefficients come from
-// kprep->waves).
+// last axis dense), sinks per head or none, sink_values as given (the
+// queries' dtype), and the kernel prepares them with kprep's inputs;
+// wave_coef is then unused (the coefficients come from kprep->waves).
 void turbo_sdpa_gpu(
     const array& q,
     const array& k,

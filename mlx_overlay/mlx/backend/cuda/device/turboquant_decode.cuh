@@ -74,6 +74,9 @@ struct AttnParams {
   const float* wave_rows;
   int64_t wr_b_str;
   float scale;
+  // The sinks' values as given, (B or 1, Hkv, D) in T (sv_b_str), rotated by
+  // split 0's blocks; nullptr: none, or p.sink_values (rotated float32).
+  const void* sv_in;
 };
 
 constexpr int kMaxKeyWaves = 32;

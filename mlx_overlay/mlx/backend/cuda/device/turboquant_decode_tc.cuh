@@ -227,6 +227,7 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
   // rotated in shared memory below.
   __shared__ float s_coef[NQ][2 * kMaxKeyWaves];
   __shared__ float s_rsink[NQ];
+  __shared__ float s_sv[D]; // the kv head's sink value, rotated (split 0)
   const bool prep = p.q_in != nullptr; // uniform
   float4 qv[kQVec];
   {
@@ -418,6 +419,18 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
       }
       __syncwarp();
       warp_rotate_presigned<D>(row, lane);
+    }
+    if (p.sv_in && split == 0 && warp == 0) {
+      // The sink value of the kv head (the exact first token's), rotated.
+      const T* sv =
+          static_cast<const T*>(p.sv_in) + b * p.sv_b_str + int64_t(hk) * D;
+#pragma unroll
+      for (int j = 0; j < kPrepPerLane<D>; j++) {
+        const int k = lane + 32 * j;
+        s_sv[k] = to_float(sv[k]) * rot_sign(1, k);
+      }
+      __syncwarp();
+      warp_rotate_presigned<D>(s_sv, lane);
     }
     __syncthreads();
   }
@@ -822,7 +835,19 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
       for (int w = 0; w < kVecTcWarps; w++) {
         acc[i] += so[w * 8 * LDO + i];
       }
-      acc[i] += sink_value_term<D>(p, sinks, split, b, h, qi, d0 + i, mb);
+    }
+    // The sink's value (split 0): weight exp2(sink logit - mb) times its
+    // rotated row, which the prologue made when the kernel prepares.
+    if (split == 0 && p.has_sinks && (p.sink_values || (prep && p.sv_in))) {
+      const float sl =
+          prep && p.row_bias ? s_rsink[r] : sink_logit(p, sinks, b, h, qi);
+      const float w = exp2f(kLog2e * sl - mb);
+      const float* sv =
+          prep ? s_sv : p.sink_values + b * p.sv_b_str + int64_t(hk) * D;
+#pragma unroll
+      for (int i = 0; i < kDpt; i++) {
+        acc[i] += w * sv[d0 + i];
+      }
     }
     if (p.num_splits == 1) {
       float* dst = out + b * p.o_str[0] + h * p.o_str[1] + qi * p.o_str[2] + d0;

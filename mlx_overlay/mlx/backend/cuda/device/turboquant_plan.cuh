@@ -88,17 +88,16 @@ inline bool decode_uses_tc(
       vector_tc_layout(p, d, key_bits, value_bits);
 }
 
-// Whether a fused_rotation call's preparation (query rotation, per-row sink
-// logits of the key bias, the moving key shift's coefficients) runs in the
-// tensor-core kernel's prologue (AttnParams::q_in) instead of a
-// turbo_attention_prep launch: the tensor-core kernel, queries of its
-// operand type (the scales' dtype), and no sink values (which
-// turbo_attention_prep rotates). It saves a launch and its wait per call.
+// Whether a fused_rotation call's preparation (query and sink-value
+// rotation, per-row sink logits of the key bias, the moving key shift's
+// coefficients) runs in the tensor-core kernel's prologue (AttnParams::q_in)
+// instead of a turbo_attention_prep launch: the tensor-core kernel and
+// queries of its operand type (the scales' dtype). It saves a launch and its
+// wait per call.
 inline bool decode_preps_in_kernel(
     const DecodePlan& plan,
-    bool q_is_scale_type,
-    bool sink_values) {
-  return plan.tc && q_is_scale_type && !sink_values;
+    bool q_is_scale_type) {
+  return plan.tc && q_is_scale_type;
 }
 
 // Plans a decode call (qL <= kVectorMaxQL) whose shape, strides, mask_kind
