@@ -11,7 +11,8 @@ does not hold them; the two variants alternate, 3 rounds each, median per
 variant. Shapes: D = 128, bf16 queries and scales, B 1 and 8, Hq/Hkv 28/4
 and 32/8, 32K and 128K keys, turbo4 and turbo3; "plain" is
 benchmarks/gpu_attention.py's call (no sinks or key bias), "mlx-lm" the
-cache's (key bias, 8 planes of the moving key shift). Writes
+cache's (key bias, the first token's value in the sink slot, 8 planes of
+the moving key shift). Writes
 DIR/bench_prep.json and DIR/bench_prep.md.
 """
 

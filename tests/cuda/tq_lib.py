@@ -257,7 +257,8 @@ class FusedAttention:
     """The whole fused decode call as MLX makes it with fused_rotation
     (tq_attention_fused): queries as given in the scales' dtype, the output
     rotated back into it; with bias, the exact transforms' key bias
-    (key_shift, first_key); P > 0, the moving key shift's waves. The
+    (key_shift, first_key) and the first token's value in the sink slot (sink
+    values); P > 0, the moving key shift's waves. The
     tensor-core kernel prepares the queries itself unless no_kernel_prep (then
     a turbo_attention_prep launch first, as before that change)."""
 
@@ -275,6 +276,7 @@ class FusedAttention:
         mk = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
         self.mu = mk(B, Hkv, D).to(dtype) if bias else None
         self.k0 = mk(B, Hkv, D).to(dtype) if bias else None
+        self.sv = mk(B, Hkv, D).to(dtype) if bias else None
         self.waves = (mk(B, Hkv, 2 * P, D) * 0.3) if P else None
         self.freqs = (
             torch.randint(0, 2**31, (B, Hkv, P), dtype=torch.int32, generator=g).to(device)
@@ -285,7 +287,7 @@ class FusedAttention:
     def __call__(self, q, kc, ks, vc, vs, out):
         B, Hq, Hkv, qL, kL, D, kb, vb = self.args
         rc = _lib.tq_attention_fused(
-            _ptr(q), _ptr(kc), _ptr(ks), _ptr(vc), _ptr(vs), None, None, None, None, 0,
+            _ptr(q), _ptr(kc), _ptr(ks), _ptr(vc), _ptr(vs), None, None, None, _ptr(self.sv), 0,
             _ptr(self.mu), _ptr(self.k0), 0, _ptr(self.waves), _ptr(self.freqs), self.P, 0,
             _ptr(out), _ptr(self.work), B, Hq, Hkv, qL, kL, D, kb, vb, DT[self.dtype],
             DT[self.dtype], ctypes.c_float(D**-0.5), 0, 0, 0, self.no_kernel_prep,

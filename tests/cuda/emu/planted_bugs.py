@@ -166,8 +166,8 @@ MUT = [
     (
         "tc prologue: queries read before the rows are rotated",
         TC,
-        "      warp_rotate_presigned<D>(row, lane);\n    }\n    __syncthreads();\n",
-        "      warp_rotate_presigned<D>(row, lane);\n    }\n",
+        "      warp_rotate_presigned<D>(s_sv, lane);\n    }\n    __syncthreads();\n",
+        "      warp_rotate_presigned<D>(s_sv, lane);\n    }\n",
         TC_PREP_RUN,
         ("reverse",),
     ),

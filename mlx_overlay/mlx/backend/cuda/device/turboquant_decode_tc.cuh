@@ -70,7 +70,8 @@ namespace mlx::core::cu::turbo {
 // as given, and each warp prepares two of them as turbo_attention_prep
 // would, with the same helpers: their moving-shift coefficients (s_coef)
 // and, in split 0, their key-bias sink logits (s_rsink), then the row
-// rotated in place in s_q.
+// rotated in place in s_q; in split 0 warp 0 also rotates the kv head's
+// sink value (p.sv_in) into s_sv for the merge.
 //
 // Range guards (fp16 has 5 exponent bits): each query row is multiplied by a
 // power of two 2^e_q so that its largest |q * scale * log2 e| lies in
