@@ -296,6 +296,76 @@ static AttnParams dense_params(
   return p;
 }
 
+// dense_params with a call's scale, causality and mask (strides (B, Hq,
+// qL, kL) in elements, or null).
+static AttnParams call_params(
+    int B,
+    int Hq,
+    int Hkv,
+    int qL,
+    int kL,
+    int D,
+    int kbits,
+    int vbits,
+    float scale,
+    int causal,
+    int mask_kind,
+    const long long* mstr) {
+  AttnParams p = dense_params(B, Hq, Hkv, qL, kL, D, kbits, vbits);
+  p.scale_log2 = scale * kLog2e;
+  p.causal = causal;
+  p.mask_kind = mask_kind;
+  for (int i = 0; i < 4; i++) {
+    p.m_str[i] = mstr ? mstr[i] : 0;
+  }
+  return p;
+}
+
+// tq_attn_d<D> (tq_inst.cu) for the head dim D.
+static int attn_launch(
+    int D,
+    const float* q,
+    const uint32_t* kc,
+    const void* ks,
+    const uint32_t* vc,
+    const void* vs,
+    const void* mask,
+    const float* sinks,
+    float* out,
+    float* part_o,
+    float* part_ml,
+    const AttnParams* p,
+    const DecodePlan* plan,
+    int kbits,
+    int vbits,
+    int sdtype,
+    void* final_out,
+    int final_dtype,
+    void* st) {
+#define C(d)       \
+  tq_attn_d##d(    \
+      q,           \
+      kc,          \
+      ks,          \
+      vc,          \
+      vs,          \
+      mask,        \
+      sinks,       \
+      out,         \
+      part_o,      \
+      part_ml,     \
+      p,           \
+      plan,        \
+      kbits,       \
+      vbits,       \
+      sdtype,      \
+      final_out,   \
+      final_dtype, \
+      (cudaStream_t)st)
+  SWITCH_D(D, C)
+#undef C
+}
+
 // The plan of a call as MLX makes it (plan_decode, as turbo_sdpa_gpu):
 // sdtype: scale dtype (0 fp16, 1 bf16, 2 fp32); low_precision: the queries
 // were fp16/bf16 (the primitive's flag); force_splits: 0 plans the split
@@ -370,13 +440,8 @@ extern "C" int tq_attention_ex(
   if (qL > kVectorMaxQL) {
     return -2;
   }
-  AttnParams p = dense_params(B, Hq, Hkv, qL, kL, D, kbits, vbits);
-  p.scale_log2 = scale * kLog2e;
-  p.causal = causal;
-  p.mask_kind = mask_kind;
-  for (int i = 0; i < 4; i++) {
-    p.m_str[i] = mstr ? mstr[i] : 0;
-  }
+  AttnParams p = call_params(
+      B, Hq, Hkv, qL, kL, D, kbits, vbits, scale, causal, mask_kind, mstr);
   p.has_sinks = sinks != nullptr;
   p.sk_str[0] = row_sinks ? (long long)Hq * qL : 0;
   p.sk_str[1] = row_sinks ? qL : 1;
@@ -391,28 +456,26 @@ extern "C" int tq_attention_ex(
       p, D, kbits, vbits, low_precision, sdtype != 2, num_sms(), force_splits);
   float* part_o = work;
   float* part_ml = work + (long long)p.num_splits * B * Hq * qL * D;
-#define C(d)       \
-  tq_attn_d##d(    \
-      q,           \
-      kc,          \
-      ks,          \
-      vc,          \
-      vs,          \
-      mask,        \
-      sinks,       \
-      out,         \
-      part_o,      \
-      part_ml,     \
-      &p,          \
-      &plan,       \
-      kbits,       \
-      vbits,       \
-      sdtype,      \
-      final_out,   \
-      final_dtype, \
-      (cudaStream_t)st)
-  SWITCH_D(D, C)
-#undef C
+  return attn_launch(
+      D,
+      q,
+      kc,
+      ks,
+      vc,
+      vs,
+      mask,
+      sinks,
+      out,
+      part_o,
+      part_ml,
+      &p,
+      &plan,
+      kbits,
+      vbits,
+      sdtype,
+      final_out,
+      final_dtype,
+      st);
 }
 
 // Decode attention as MLX launches it, on dense tensors: q (B, Hq, qL, D)
@@ -533,13 +596,8 @@ extern "C" int tq_attention_fused(
   if (qL > kVectorMaxQL) {
     return -2;
   }
-  AttnParams p = dense_params(B, Hq, Hkv, qL, kL, D, kbits, vbits);
-  p.scale_log2 = scale * kLog2e;
-  p.causal = causal;
-  p.mask_kind = mask_kind;
-  for (int i = 0; i < 4; i++) {
-    p.m_str[i] = mstr ? mstr[i] : 0;
-  }
+  AttnParams p = call_params(
+      B, Hq, Hkv, qL, kL, D, kbits, vbits, scale, causal, mask_kind, mstr);
   p.waves = P;
   p.wave_freqs = P > 0 ? wave_freqs : nullptr;
   p.wf_b_str = w_shared ? 0 : (long long)Hkv * P;
@@ -612,26 +670,24 @@ extern "C" int tq_attention_fused(
     }
   }
   const float* qk = *in_kernel ? nullptr : q_rot;
-#define C(d)     \
-  tq_attn_d##d(  \
-      qk,        \
-      kc,        \
-      ks,        \
-      vc,        \
-      vs,        \
-      mask,      \
-      sinks,     \
-      out_rot,   \
-      part_o,    \
-      part_ml,   \
-      &p,        \
-      &plan,     \
-      kbits,     \
-      vbits,     \
-      sdtype,    \
-      final_out, \
-      qdtype,    \
-      (cudaStream_t)st)
-  SWITCH_D(D, C)
-#undef C
+  return attn_launch(
+      D,
+      qk,
+      kc,
+      ks,
+      vc,
+      vs,
+      mask,
+      sinks,
+      out_rot,
+      part_o,
+      part_ml,
+      &p,
+      &plan,
+      kbits,
+      vbits,
+      sdtype,
+      final_out,
+      qdtype,
+      st);
 }
