@@ -174,8 +174,8 @@ MUT = [
     (
         "tc prologue: queries read before the rows are rotated",
         TC,
-        "      warp_rotate_presigned<D>(s_sv, lane);\n    }\n    __syncthreads();\n",
-        "      warp_rotate_presigned<D>(s_sv, lane);\n    }\n",
+        "      prep_rotate_row<D>(s_sv, svx, lane);\n    }\n    __syncthreads();\n",
+        "      prep_rotate_row<D>(s_sv, svx, lane);\n    }\n",
         TC_PREP_RUN,
         ("reverse",),
     ),
@@ -198,8 +198,9 @@ MUT = [
     (
         "tc prologue: the sink value used unrotated",
         TC,
-        "      warp_rotate_presigned<D>(s_sv, lane);\n",
-        "",
+        "      prep_rotate_row<D>(s_sv, svx, lane);\n",
+        "      for (int j = 0; j < kPrepPerLane<D>; j++) {\n"
+        "        s_sv[lane + 32 * j] = svx[j];\n      }\n",
         ("128", "attn prepared sv B=2 Hq=8 Hkv=2 qL=1 kL=400 D=128"),
         ("forward",),
     ),

@@ -565,11 +565,7 @@ __global__ void __launch_bounds__(32 * kEncodeWarps) turbo_attention_prep(
           a.wave_coef[v * n_coef + i] = c;
         });
   }
-  for (int i = lane; i < D; i += 32) {
-    buf[i] = to_float(in[i]) * rot_sign(1, i);
-  }
-  __syncwarp();
-  warp_rotate_presigned<D>(buf, lane);
+  prep_rotate_row<D>(buf, qv, lane);
   for (int i = lane; i < D; i += 32) {
     o[i] = buf[i];
   }

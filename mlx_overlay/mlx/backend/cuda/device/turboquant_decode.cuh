@@ -118,6 +118,22 @@ __device__ inline float prep_bias_dot(
   return dot;
 }
 
+// R x into buf (D floats of shared memory) for the row x held as qv is:
+// the signs applied as it is stored, then the warp rotation.
+template <int D>
+__device__ inline void
+prep_rotate_row(float* buf, const float (&x)[kPrepPerLane<D>], int lane) {
+#pragma unroll
+  for (int j = 0; j < kPrepPerLane<D>; j++) {
+    const int k = lane + 32 * j;
+    if (k < D) {
+      buf[k] = x[j] * rot_sign(1, k);
+    }
+  }
+  __syncwarp();
+  warp_rotate_presigned<D>(buf, lane);
+}
+
 // Moving-shift coefficients computed together.
 constexpr int kPrepWaves = 8;
 

@@ -93,7 +93,7 @@ constexpr int kVecTcThreads = 32 * kVecTcWarps;
 //
 // Resident blocks per SM the kernel is compiled for (__launch_bounds__;
 // plan_decode sizes the split-K count with it): 3 up to D = 128 (at most 168
-// registers; ptxas, sm_90a: 8 and 52 bytes of spill loads in two masked
+// registers; ptxas, sm_90a: 16 and 52 bytes of spill loads in two masked
 // bf16 D = 128 instantiations, none in the others), 2 at D = 256 (223-235
 // registers, no spills).
 __host__ __device__ constexpr int vec_tc_blocks_per_sm(int d) {
@@ -414,24 +414,18 @@ __global__ void TQ_VTC_LAUNCH_BOUNDS turbo_sdpa_vector_tc(
           s_rsink[r] = (sinks ? sinks[br.h] : 0.0f) - p.scale * dot;
         }
       }
-#pragma unroll
-      for (int j = 0; j < kPrepPerLane<D>; j++) {
-        row[lane + 32 * j] = qp[j] * rot_sign(1, lane + 32 * j);
-      }
-      __syncwarp();
-      warp_rotate_presigned<D>(row, lane);
+      prep_rotate_row<D>(row, qp, lane);
     }
     if (p.sv_in && split == 0 && warp == 0) {
       // The sink value of the kv head (the exact first token's), rotated.
       const T* sv =
           static_cast<const T*>(p.sv_in) + b * p.sv_b_str + int64_t(hk) * D;
+      float svx[kPrepPerLane<D>];
 #pragma unroll
       for (int j = 0; j < kPrepPerLane<D>; j++) {
-        const int k = lane + 32 * j;
-        s_sv[k] = to_float(sv[k]) * rot_sign(1, k);
+        svx[j] = to_float(sv[lane + 32 * j]);
       }
-      __syncwarp();
-      warp_rotate_presigned<D>(s_sv, lane);
+      prep_rotate_row<D>(s_sv, svx, lane);
     }
     __syncthreads();
   }
