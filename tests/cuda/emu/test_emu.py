@@ -478,6 +478,18 @@ def attention64(q, k, v, scale, bias=None, sinks=None, sink_values=None, causal=
     return np.einsum("bhqk,bhkd->bhqd", p, vv)
 
 
+def wave_phases(freqs, B, Hq, Hkv, kL):
+    """The moving key shift's phases in float64 (docs/format.md, section 7):
+    for each query head's planes (freqs (B or 1, Hkv, P), turns of 2^-24 per
+    key), the cos then the sin of each key's angle, (B, Hq, kL, 2P)."""
+    P = freqs.shape[-1]
+    kvh = np.arange(Hq) // (Hq // Hkv)
+    f = np.broadcast_to(freqs, (B, Hkv, P))[:, kvh].astype(np.int64)  # (B, Hq, P)
+    turns = (f[:, :, None, :] * np.arange(kL)[:, None]) % (1 << 32) % (1 << 24)
+    ang = 2 * np.pi * turns / (1 << 24)  # (B, Hq, kL, P)
+    return np.concatenate([np.cos(ang), np.sin(ang)], axis=-1)
+
+
 def check_attn_fused(name, B, Hq, Hkv, qL, kL, d, kb, vb, P, sdt="float16", tc=False,
                      force_splits=0, causal=False, shared=False, final=None):  # fmt: skip
     """The decode kernels with the fused call's inputs (tq_attention_ex): sink
@@ -519,11 +531,7 @@ def check_attn_fused(name, B, Hq, Hkv, qL, kL, d, kb, vb, P, sdt="float16", tc=F
     v64 = ref.decode_rotated_f64(vw, value(vs, sdt).astype(np.float64), vb, d)
     bias = None
     if P:
-        kvh = np.arange(Hq) // (Hq // Hkv)
-        f = np.broadcast_to(freqs, (B, Hkv, P))[:, kvh].astype(np.int64)  # (B, Hq, P)
-        turns = (f[:, :, None, :] * np.arange(kL)[:, None]) % (1 << 32) % (1 << 24)
-        ang = 2 * np.pi * turns / (1 << 24)  # (B, Hq, kL, P)
-        ph = np.concatenate([np.cos(ang), np.sin(ang)], axis=-1)  # (B, Hq, kL, 2P)
+        ph = wave_phases(freqs, B, Hq, Hkv, kL)
         bias = np.einsum("bhqi,bhki->bhqk", coef.astype(np.float64), ph) / LOG2E
     svb = np.broadcast_to(sv, (B, Hkv, d)).astype(np.float64)
     r = attention64(q.astype(np.float64), k64, v64, scale, bias, row_sinks, svb, causal)
@@ -620,10 +628,7 @@ def check_attn_prepared(name, B, Hq, Hkv, qL, kL, d, kb, vb, P, qdt="float16", s
     v64 = ref.decode_rotated_f64(vw, value(vs, sdt).astype(np.float64), vb, d)
     bias64 = None
     if P:
-        f = np.broadcast_to(freqs, (B, Hkv, P))[:, kvh].astype(np.int64)  # (B, Hq, P)
-        turns = (f[:, :, None, :] * np.arange(kL)[:, None]) % (1 << 32) % (1 << 24)
-        ang = 2 * np.pi * turns / (1 << 24)  # (B, Hq, kL, P)
-        ph = np.concatenate([np.cos(ang), np.sin(ang)], axis=-1)  # (B, Hq, kL, 2P)
+        ph = wave_phases(freqs, B, Hq, Hkv, kL)
         w64 = np.broadcast_to(waves.astype(np.float64), (B, Hkv, 2 * P, d))[:, kvh]
         bias64 = scale * np.einsum("bhqd,bhid,bhki->bhqk", q64, w64, ph)
     row_sinks = None
