@@ -548,6 +548,10 @@ def check_attention_tc():
     check_attn("tc-split-odd", 1, 8, 2, 1, 1003, 128, 3, 4, tc=True, force_splits=3)
     check_attn("tc-split-odd", 1, 8, 2, 1, 1003, 64, 4, 4, tc=True, force_splits=7)
     check_attn("tc-split-odd", 1, 8, 2, 1, 1003, 256, 3, 3, tc=True, force_splits=5)
+    # more splits than the combine reads per group in one chunk
+    for d, sp in ((64, 150), (128, 100), (256, 50)):
+        kL = sp * (16 if d == 256 else 32)  # one iteration of the kernel's keys per split
+        check_attn("tc-splits-many", 1, 8, 2, 1, kL, d, 3, 4, tc=True, force_splits=sp)
     check_attn("tc-long", 1, 32, 8, 1, 32768, 128, 3, 3, tc=True)
     check_attn("tc-long", 1, 32, 8, 1, 32768, 128, 4, 4, tc=True, force_splits=1)
     # fp16 range guards: q * scale beyond fp16 (and tiny), value scales near

@@ -190,7 +190,7 @@ extern "C" int TQ_FN(tq_attn_d)(
   if (final_out == nullptr) {
     if (p.num_splits > 1) {
       turbo_sdpa_combine<D, float, false>
-          <<<rows, 128, 0, st>>>(part_o, part_ml, out, p);
+          <<<rows, kCombineThreads, 0, st>>>(part_o, part_ml, out, p);
     }
     return (int)cudaGetLastError();
   }
@@ -199,8 +199,8 @@ extern "C" int TQ_FN(tq_attn_d)(
   by_dtype(final_dtype, [&](auto tt) {
     using TO = decltype(tt);
     if (p.num_splits > 1) {
-      turbo_sdpa_combine<D, TO, true>
-          <<<rows, 128, 0, st>>>(part_o, part_ml, (TO*)final_out, p);
+      turbo_sdpa_combine<D, TO, true><<<rows, kCombineThreads, 0, st>>>(
+          part_o, part_ml, (TO*)final_out, p);
     } else {
       turbo_rotate<float, TO, D, true>
           <<<(rows + kEncodeWarps - 1) / kEncodeWarps,

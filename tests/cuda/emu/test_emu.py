@@ -573,6 +573,12 @@ def check_attention_fused():
             check_attn_fused("rot", 1, 8, 2, 2, 400, 128, 4, 3, P=4, tc=final != "float32",
                              force_splits=sp, final=final)  # fmt: skip
             check_attn_fused("rot", 1, 4, 2, 1, 200, 80, 3, 3, P=0, force_splits=sp, final=final)
+    # More splits than the combine's groups read in one chunk (kCombineChunk
+    # of them per group: 128, 64, 32 at D = 64, 128, 256), each split one
+    # full iteration of the kernel's keys, the row rotated back in registers.
+    for d, sp in ((64, 150), (128, 100), (256, 50)):
+        check_attn_fused("rot-many", 1, 8, 2, 1, sp * (16 if d == 256 else 32), d, 4, 3, P=2,
+                         tc=True, force_splits=sp, final="bfloat16")  # fmt: skip
 
 
 def check_attn_prepared(name, B, Hq, Hkv, qL, kL, d, kb, vb, P, qdt="float16", sdt="float16",

@@ -86,7 +86,7 @@ void launch_attention_typed(
     enc.add_kernel_node(
         kernel,
         dim3(p.B * p.Hq * p.qL),
-        dim3(128),
+        dim3(tb::kCombineThreads),
         const_part_o,
         const_part_ml,
         dst,

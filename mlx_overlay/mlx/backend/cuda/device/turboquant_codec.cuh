@@ -254,38 +254,6 @@ struct alignas(sizeof(T) * N <= 16 ? sizeof(T) * N : 16) DecodeVec {
   T v[N];
 };
 
-// Butterflies of a register-resident Walsh-Hadamard transform of D = 32 E
-// coordinates (lane l holds E l ..), span ascending, as warp_fwht<D> without
-// its normalization (the caller multiplies by it). Across lanes the pair
-// (a, b) becomes a + b in the lower lane and b - a = fma(-1, a, b) in the
-// upper one: the same roundings as the shared-memory transform.
-template <int E>
-__device__ inline void reg_fwht(float (&x)[E], int lane) {
-  constexpr int D = 32 * E;
-#pragma unroll
-  for (int h = 1; h < D; h <<= 1) {
-    if (h < E) {
-#pragma unroll
-      for (int e = 0; e < E; e++) {
-        if ((e & h) == 0) {
-          float a = x[e];
-          float b = x[e + h];
-          x[e] = __fadd_rn(a, b);
-          x[e + h] = __fsub_rn(a, b);
-        }
-      }
-    } else {
-      const int m = h / E;
-      const float sgn = (lane & m) ? -1.0f : 1.0f;
-#pragma unroll
-      for (int e = 0; e < E; e++) {
-        float y = __shfl_xor_sync(0xffffffff, x[e], m);
-        x[e] = __fmaf_rn(sgn, x[e], y);
-      }
-    }
-  }
-}
-
 template <typename T, int D, int BITS>
 __global__ void __launch_bounds__(32 * kDecodeWarps) turbo_decode(
     const uint32_t* __restrict__ packed,
@@ -343,15 +311,6 @@ __global__ void __launch_bounds__(32 * kDecodeWarps) turbo_decode(
   // Decode and rotate every row (rows past L decode zeros, never stored).
   float x[R][E];
   if constexpr (kRegs) {
-    // The normalization with the stage's signs: (y * norm) * sign in one
-    // exact multiplication, sign = +-1.
-    const float norm = __fdiv_rn(1.0f, __fsqrt_rn(float(D)));
-    float n2[E], n1[E];
-#pragma unroll
-    for (int e = 0; e < E; e++) {
-      n2[e] = norm * rot_sign(2, coord(e));
-      n1[e] = norm * rot_sign(1, coord(e));
-    }
     const int sub = (lane % kSlot) * E;
 #pragma unroll
     for (int k = 0; k < R; k++) {
@@ -359,16 +318,7 @@ __global__ void __launch_bounds__(32 * kDecodeWarps) turbo_decode(
       for (int e = 0; e < E; e++) {
         x[k][e] = sc[k] * lut[slot_code<BITS>(wa[k], wb[k], sub + e)];
       }
-      reg_fwht<E>(x[k], lane);
-#pragma unroll
-      for (int e = 0; e < E; e++) {
-        x[k][e] = __fmul_rn(x[k][e], n2[e]);
-      }
-      reg_fwht<E>(x[k], lane);
-#pragma unroll
-      for (int e = 0; e < E; e++) {
-        x[k][e] = __fmul_rn(x[k][e], n1[e]);
-      }
+      reg_inverse_rotate<E>(x[k], lane);
     }
   } else {
     float* buf = sbuf[kRegs ? 0 : warp];

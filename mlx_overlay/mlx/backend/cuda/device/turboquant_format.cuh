@@ -219,6 +219,57 @@ __device__ inline void warp_inverse_rotate_unsigned(float* buf, int lane) {
   warp_fwht<P>(buf, 0, lane);
 }
 
+// Butterflies of a register-resident Walsh-Hadamard transform of D = 32 E
+// coordinates (lane l holds E l ..), span ascending, as warp_fwht<D> without
+// its normalization (the caller multiplies by it). Across lanes the pair
+// (a, b) becomes a + b in the lower lane and b - a = fma(-1, a, b) in the
+// upper one: the same roundings as the shared-memory transform.
+template <int E>
+__device__ inline void reg_fwht(float (&x)[E], int lane) {
+  constexpr int D = 32 * E;
+#pragma unroll
+  for (int h = 1; h < D; h <<= 1) {
+    if (h < E) {
+#pragma unroll
+      for (int e = 0; e < E; e++) {
+        if ((e & h) == 0) {
+          float a = x[e];
+          float b = x[e + h];
+          x[e] = __fadd_rn(a, b);
+          x[e + h] = __fsub_rn(a, b);
+        }
+      }
+    } else {
+      const int m = h / E;
+      const float sgn = (lane & m) ? -1.0f : 1.0f;
+#pragma unroll
+      for (int e = 0; e < E; e++) {
+        float y = __shfl_xor_sync(0xffffffff, x[e], m);
+        x[e] = __fmaf_rn(sgn, x[e], y);
+      }
+    }
+  }
+}
+
+// Inverse rotation of a register-resident vector of D = 32 E coordinates
+// (lane l holds E l ..), stage-1 signs included: the float32 operations of
+// warp_inverse_rotate_unsigned and the caller's rot_sign(1, i), with each
+// normalization and its signs in one exact multiplication (sign = +-1).
+template <int E>
+__device__ inline void reg_inverse_rotate(float (&x)[E], int lane) {
+  const float norm = __fdiv_rn(1.0f, __fsqrt_rn(float(32 * E)));
+  reg_fwht<E>(x, lane);
+#pragma unroll
+  for (int e = 0; e < E; e++) {
+    x[e] = __fmul_rn(x[e], norm * rot_sign(2, E * lane + e));
+  }
+  reg_fwht<E>(x, lane);
+#pragma unroll
+  for (int e = 0; e < E; e++) {
+    x[e] = __fmul_rn(x[e], norm * rot_sign(1, E * lane + e));
+  }
+}
+
 // Sum of squares of buf[0, D) in a pinned order: sequential in i, one fused
 // multiply-add per term (acc = fma(v, v, acc)), the order the CPU backend
 // compiles to where the compiler contracts `acc += v * v` (arm64 clang).
