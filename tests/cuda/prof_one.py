@@ -1,6 +1,6 @@
 """Decode calls for ncu (run_device.sh --ncu): Hq=32, Hkv=8, D=128, 128K keys,
 float16 scales; the tensor-core kernel at B=1 and B=8 and the SIMT kernel at
-B=1, turbo4 then turbo3."""
+B=1, turbo4 then turbo3, each with its split-K combine where it splits."""
 
 import math
 
