@@ -79,6 +79,12 @@ int num_sms(cu::CommandEncoder& enc) {
   return cache[dev];
 }
 
+// Elements between the batch entries of x (B, ...): 0 where x is shared by
+// the batch (leading size 1) or absent.
+int64_t batch_stride(const std::optional<array>& x) {
+  return x && x->shape(0) != 1 ? x->size() / x->shape(0) : 0;
+}
+
 } // namespace
 
 bool turbo_cuda_supported_dim(int d) {
@@ -418,9 +424,6 @@ void turbo_attention_prep_gpu(
     auto ptr = [](const std::optional<array>& x) {
       return x ? gpu_ptr<T>(*x) : static_cast<const T*>(nullptr);
     };
-    auto b_str = [&](const std::optional<array>& x) -> int64_t {
-      return x && x->shape(0) != 1 ? x->size() / x->shape(0) : 0;
-    };
     int Hkv = Hq;
     for (auto* x : {&key_shift, &first_key, &waves}) {
       if (*x) {
@@ -437,11 +440,11 @@ void turbo_attention_prep_gpu(
         sinks ? gpu_ptr<float>(*sinks) : nullptr,
         ptr(key_shift),
         ptr(first_key),
-        b_str(key_shift),
-        b_str(first_key),
+        batch_stride(key_shift),
+        batch_stride(first_key),
         row_sinks ? gpu_ptr<float>(*row_sinks) : nullptr,
         waves ? gpu_ptr<float>(*waves) : nullptr,
-        waves && waves->shape(0) != 1 ? waves->size() / waves->shape(0) : 0,
+        batch_stride(waves),
         waves ? waves->shape(2) / 2 : 0,
         wave_coef ? gpu_ptr<float>(*wave_coef) : nullptr};
     dispatch_turbo_dim(d, [&](auto dim) {
@@ -585,7 +588,7 @@ void turbo_sdpa_gpu(
     } else {
       p.sink_values = gpu_ptr<float>(*sink_values);
     }
-    p.sv_b_str = sink_values->shape(0) == 1 ? 0 : int64_t(Hkv) * D;
+    p.sv_b_str = batch_stride(sink_values);
   }
 
   enc.set_input_array(q);
@@ -605,7 +608,7 @@ void turbo_sdpa_gpu(
   if (wave_freqs) {
     p.waves = wave_freqs->shape(2);
     p.wave_freqs = gpu_ptr<uint32_t>(*wave_freqs);
-    p.wf_b_str = wave_freqs->shape(0) == 1 ? 0 : int64_t(Hkv) * p.waves;
+    p.wf_b_str = batch_stride(wave_freqs);
     enc.set_input_array(*wave_freqs);
     if (!kprep) {
       p.wave_coef = gpu_ptr<float>(*wave_coef);
@@ -615,9 +618,6 @@ void turbo_sdpa_gpu(
   if (kprep) {
     // The kernel rotates the queries as given and computes what
     // turbo_attention_prep would (AttnParams::q_in).
-    auto b_str = [](const std::optional<array>& x) -> int64_t {
-      return x->shape(0) == 1 ? 0 : x->size() / x->shape(0);
-    };
     for (auto* x : {&kprep->key_shift, &kprep->first_key}) {
       if (*x && (*x)->dtype() != q.dtype()) {
         throw std::invalid_argument(
@@ -629,12 +629,12 @@ void turbo_sdpa_gpu(
     p.row_bias = kprep->key_shift || kprep->first_key;
     if (kprep->key_shift) {
       p.key_shift = gpu_ptr<void>(*kprep->key_shift);
-      p.ksh_b_str = b_str(kprep->key_shift);
+      p.ksh_b_str = batch_stride(kprep->key_shift);
       enc.set_input_array(*kprep->key_shift);
     }
     if (kprep->first_key) {
       p.first_key = gpu_ptr<void>(*kprep->first_key);
-      p.fk_b_str = b_str(kprep->first_key);
+      p.fk_b_str = batch_stride(kprep->first_key);
       enc.set_input_array(*kprep->first_key);
     }
     if (p.row_bias) {
@@ -642,7 +642,7 @@ void turbo_sdpa_gpu(
     }
     if (p.waves > 0) {
       p.wave_rows = gpu_ptr<float>(*kprep->waves);
-      p.wr_b_str = b_str(kprep->waves);
+      p.wr_b_str = batch_stride(kprep->waves);
       enc.set_input_array(*kprep->waves);
     }
   }
