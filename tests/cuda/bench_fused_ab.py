@@ -33,8 +33,7 @@ sys.path.insert(0, _HERE)
 
 import torch  # noqa: E402
 import tq_lib  # noqa: E402
-from bench_tq_cuda import bench, ncopies  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
+from bench_tq_cuda import bench, kernel_times, ncopies  # noqa: E402
 
 
 def load_harness(where):
@@ -51,22 +50,6 @@ def load_harness(where):
         else:
             os.environ["TQ_LIB"] = old
     return mod
-
-
-def kernel_times(fn, n=5):
-    """us per call of the call's kernels (decode, combine, prep) over n calls."""
-    fn(0)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for i in range(n):
-            fn(i)
-        torch.cuda.synchronize()
-    out = {}
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            key = next((k for k in ("combine", "prep") if k in e.name), "decode")
-            out[key] = out.get(key, 0.0) + e.device_time / n
-    return out
 
 
 def variants(args, B, Hq, Hkv, kL, D, bits, dt, kind):

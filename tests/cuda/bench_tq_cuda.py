@@ -122,6 +122,25 @@ def copy_bw():
     return 2 * n * 4 / (t * 1e-6) / 1e9  # GB/s, read + write
 
 
+def kernel_times(fn, n=5):
+    """us per call of a decode call's kernels over n calls (CUPTI): the split-K
+    combine, the preparation launch, and the decode kernel (any other)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn(0)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(n):
+            fn(i)
+        torch.cuda.synchronize()
+    out = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            key = next((k for k in ("combine", "prep") if k in e.name), "decode")
+            out[key] = out.get(key, 0.0) + e.device_time / n
+    return out
+
+
 def ncopies(nbytes):
     return max(1, min(8, math.ceil(L2_DEFEAT / max(nbytes, 1))))
 

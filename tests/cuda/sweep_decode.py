@@ -27,31 +27,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 def load_gpu_modules():
     """torch, the harness library and its timing helpers, as module globals
     (--render needs none of them)."""
-    global torch, F, ProfilerActivity, profile, tq_lib, dev
-    global bench, best_sdpa, copy_bw, ncopies
+    global torch, F, tq_lib, dev
+    global bench, best_sdpa, copy_bw, kernel_times, ncopies
     import torch
     import torch.nn.functional as F
     import tq_lib
-    from bench_tq_cuda import bench, best_sdpa, copy_bw, ncopies
-    from torch.profiler import ProfilerActivity, profile
+    from bench_tq_cuda import bench, best_sdpa, copy_bw, kernel_times, ncopies
 
     dev = torch.device("cuda")
-
-
-def kernel_times(fn, n=5):
-    """us per call of each kernel name over n calls (CUPTI)."""
-    fn(0)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for i in range(n):
-            fn(i)
-        torch.cuda.synchronize()
-    out = {}
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            key = "combine" if "combine" in e.name else "decode"
-            out[key] = out.get(key, 0.0) + e.device_time / n
-    return out
 
 
 def case(B, Hq, Hkv, kL, bits, splits_list, D=128):
