@@ -18,12 +18,13 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 DEVICE = os.path.join(ROOT, "mlx_overlay", "mlx", "backend", "cuda", "device")
-TC, SIMT, CODEC, FMT, PLAN = (
+TC, SIMT, CODEC, FMT, PLAN, COMBINE = (
     "turboquant_decode_tc.cuh",
     "turboquant_decode.cuh",
     "turboquant_codec.cuh",
     "turboquant_format.cuh",
     "turboquant_plan.cuh",
+    "turboquant_combine.cuh",
 )
 TC_RUN = ("128", "attn tc B=2 Hq=8 Hkv=2 qL=1 kL=777 D=128 k4v3 bfloat16")
 SIMT_RUN = ("128", "attn decode B=2 Hq=8 Hkv=2 qL=1 kL=777 D=128 k3v4")
@@ -93,7 +94,7 @@ MUT = [
     ),
     (
         "combine: every split of a group weighted as if its max were the group's",
-        SIMT,
+        COMBINE,
         "const float f = exp2f(w[u].x - ref);",
         "const float f = 1.0f;",
         ("128", "attn fused rot-many B=1 Hq=8 Hkv=2 qL=1 kL=3200 D=128"),
@@ -101,7 +102,7 @@ MUT = [
     ),
     (
         "combine: a group's running sums not rescaled when a chunk raises its max",
-        SIMT,
+        COMBINE,
         "const float alpha = exp2f(m - ref);",
         "const float alpha = 1.0f;",
         ("128", "attn fused rot-many B=1 Hq=8 Hkv=2 qL=1 kL=3200 D=128"),

@@ -6,8 +6,8 @@
 //   turboquant_codec.cuh      turbo_encode, turbo_decode, turbo_rotate,
 //                             turbo_attention_prep
 //   turboquant_decode.cuh     AttnParams, mask / sink helpers,
-//                             turbo_sdpa_vector (SIMT decode),
-//                             turbo_sdpa_combine
+//                             turbo_sdpa_vector (SIMT decode)
+//   turboquant_combine.cuh    turbo_sdpa_combine (split-K second pass)
 //   turboquant_tc_ops.cuh     the tensor-core decode's building blocks (MMA
 //                             wrappers, table lookups, packed-code loads)
 //   turboquant_decode_tc.cuh  turbo_sdpa_vector_tc (tensor-core decode)
@@ -18,6 +18,7 @@
 #pragma once
 
 #include "mlx/backend/cuda/device/turboquant_codec.cuh"
+#include "mlx/backend/cuda/device/turboquant_combine.cuh"
 #include "mlx/backend/cuda/device/turboquant_decode.cuh"
 #include "mlx/backend/cuda/device/turboquant_decode_tc.cuh"
 #include "mlx/backend/cuda/device/turboquant_plan.cuh"

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "mlx/backend/cuda/device/turboquant_combine.cuh"
 #include "mlx/backend/cuda/device/turboquant_decode_tc.cuh"
 
 namespace mlx::core::cu::turbo {
