@@ -14,7 +14,9 @@ public API, exactly as mlx-lm would:
 
 Timing: each measurement evaluates ``--calls`` independent calls in one
 ``mx.eval`` (so host-side graph building overlaps the GPU), after warm-up;
-the median over ``--reps`` is divided by ``--calls``. Caches rotate among
+the median over ``--reps`` is divided by ``--calls``. In the grid, a shape
+whose ``--calls`` take less than ``--min-ms`` (20 ms) queues more calls, up
+to 1000, so that short calls are timed over enough GPU work. Caches rotate among
 enough copies that they do not sit in L2. GB/s counts the bytes that must
 move: packed codes + scales (+ q and output) for turbo, fp16/bf16 K/V for
 SDPA. The device's copy bandwidth is measured in the same run (read + write
@@ -44,10 +46,23 @@ import mlx.core as mx
 HQ, HKV, D = 32, 8, 128
 
 
-def timed(fn, calls, reps, warmup=2):
+def timed(fn, calls, reps, warmup=2, min_s=0.0, max_calls=1000):
+    """Median seconds per call over reps evaluations of calls queued calls.
+    With min_s, calls grows (up to max_calls) until one evaluation takes at
+    least min_s, found in the warm-up: short calls are then timed over enough
+    GPU work that the evaluation's fixed cost and the GPU's clock ramp after
+    the synchronization weigh little."""
     for _ in range(warmup):
         mx.eval(fn(0))
     mx.synchronize()
+    while True:
+        t0 = time.perf_counter()
+        mx.eval([fn(i) for i in range(calls)])
+        mx.synchronize()
+        t = time.perf_counter() - t0
+        if t >= min_s or calls >= max_calls:
+            break
+        calls = min(max_calls, max(2 * calls, math.ceil(calls * 1.2 * min_s / t)))
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -186,7 +201,10 @@ def grid_case(B, L, hq, hkv, d, dtype, args, bw):
     qs = [mx.random.normal((B, hq, 1, d)).astype(dtype) for _ in range(copies)]
     mx.eval(qs)
     fns = methods(lambda i: qs[i % len(qs)], caches, causal=False)
-    t = {m: timed(fns[m], calls=args.calls, reps=args.reps) for m in ("sdpa", "turbo3", "turbo4")}
+    t = {
+        m: timed(fns[m], calls=args.calls, reps=args.reps, min_s=args.min_ms / 1e3)
+        for m in ("sdpa", "turbo3", "turbo4")
+    }
     rows = []
     for m in ("turbo3", "turbo4"):
         rows.append(
@@ -209,10 +227,11 @@ def grid_case(B, L, hq, hkv, d, dtype, args, bw):
     return rows
 
 
-def grid_markdown(rows, device):
+def grid_markdown(rows, device, calls=20, min_ms=20.0):
     lines = [
         f"device: {device}; decode (one query per head) through mx.fast, median of "
-        f"repetitions of queued calls; copy bandwidth {rows[0]['copy_gbps']:.0f} GB/s "
+        f"repetitions of queued calls (at least {calls}, and {min_ms:g} ms of them, up to 1000); "
+        f"copy bandwidth {rows[0]['copy_gbps']:.0f} GB/s "
         "(read + write, same run); speedup = SDPA (fp cache) time / turbo time",
         "",
         "| B | Hq/Hkv | D | dtype | context | SDPA us | turbo4 us (x, GB/s, % copy) "
@@ -267,7 +286,7 @@ def run_grid(args, machine, device):
                     with open(base + ".json", "w") as f:
                         json.dump(rows, f, indent=1)
                     with open(base + ".md", "w") as f:
-                        f.write(grid_markdown(rows, device))
+                        f.write(grid_markdown(rows, device, args.calls, args.min_ms))
     return rows
 
 
@@ -415,6 +434,12 @@ def main():
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument(
+        "--min-ms",
+        type=float,
+        default=20.0,
+        help="grid: more queued calls where one evaluation of --calls takes less",
+    )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-prefill", action="store_true")
     ap.add_argument(
@@ -428,7 +453,7 @@ def main():
         global HQ, HKV
         HQ, HKV = 4, 2
         mx.set_default_device(mx.cpu)
-        args.calls, args.reps = 2, 1
+        args.calls, args.reps, args.min_ms = 2, 1, 0.0
     elif not mx.is_available(mx.gpu):
         raise SystemExit("gpu_attention.py: this MLX build has no GPU backend")
     dtype = getattr(mx, args.dtype)
@@ -443,7 +468,7 @@ def main():
         machine = args.machine or (m.group(1).lower() if m else "cpu")
         rows = run_grid(args, machine, name)
         if rows:
-            print(grid_markdown(rows, name))
+            print(grid_markdown(rows, name, args.calls, args.min_ms))
         return
     res["copy_GBps"] = copy_bandwidth(small=args.cpu_smoke)
     print(f"copy bandwidth {res['copy_GBps']:.0f} GB/s", flush=True)
